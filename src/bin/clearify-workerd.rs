@@ -1,0 +1,3 @@
+fn main() {
+    println!("clearify-workerd {}", clearify_workerd::VERSION);
+}

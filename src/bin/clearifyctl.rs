@@ -1,0 +1,3 @@
+fn main() {
+    println!("clearifyctl {}", clearify_workerd::VERSION);
+}

@@ -1,0 +1,146 @@
+//! The plan: what the daemon should run, derived from a validated config.
+//!
+//! [`Plan`] is plain data. The supervisor compares two plans on reload
+//! ([`diff`]) and starts each [`InstanceSpec`] exactly as written here, so
+//! `clearify-workerd --check` can print the very command lines that will run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Resource limits of one queue group (cgroup v2). `None` leaves the
+/// kernel's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// memory.max, bytes.
+    pub memory_max: Option<u64>,
+    /// memory.high, bytes.
+    pub memory_high: Option<u64>,
+    /// memory.swap.max, bytes.
+    pub memory_swap_max: Option<u64>,
+    /// cpu.max as a number of CPUs, e.g. 1.5.
+    pub cpu_max: Option<f64>,
+    /// cpu.weight, 1..=10000.
+    pub cpu_weight: Option<u32>,
+    /// pids.max.
+    pub pids_max: Option<u64>,
+    /// io.weight, 1..=10000.
+    pub io_weight: Option<u32>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
+/// How an instance is restarted and stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// SIGTERM → SIGQUIT after this long.
+    pub stop_timeout: Duration,
+    /// First restart delay.
+    pub restart_delay: Duration,
+    /// Cap of the doubling restart delay.
+    pub restart_delay_max: Duration,
+    /// A run this long resets the backoff; a shorter one is a quick failure.
+    pub stable_after: Duration,
+    /// Restart when heartbeats stop for this long (after the first one).
+    /// `None` turns it off.
+    pub heartbeat_timeout: Option<Duration>,
+    /// Restart when the instance makes no progress with backlog waiting for
+    /// this long. `None` turns it off.
+    pub stall_timeout: Option<Duration>,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            stop_timeout: Duration::from_secs(60),
+            restart_delay: Duration::from_millis(100),
+            restart_delay_max: Duration::from_secs(60),
+            stable_after: Duration::from_secs(30),
+            heartbeat_timeout: Some(Duration::from_secs(60)),
+            stall_timeout: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// One worker process to keep running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// `<group>-<i>`, e.g. `text-1`.
+    pub id: String,
+    pub group: String,
+    /// 1-based.
+    pub index: u32,
+    /// Celery node name, `<group>-<i>@<device_id>`.
+    pub node: String,
+    /// The executable (`celery.command`), resolved.
+    pub program: PathBuf,
+    /// Arguments after the program.
+    pub args: Vec<String>,
+    /// The complete environment of the worker (nothing else is inherited).
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    /// The user to switch to when the daemon runs as root.
+    pub user: Option<String>,
+    pub timing: Timing,
+}
+
+/// One queue group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupPlan {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub limits: Limits,
+    pub instances: Vec<InstanceSpec>,
+}
+
+/// Everything the daemon runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub device_id: String,
+    /// Groups in config order.
+    pub groups: Vec<GroupPlan>,
+}
+
+impl Plan {
+    pub fn group(&self, name: &str) -> Option<&GroupPlan> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &InstanceSpec> {
+        self.groups.iter().flat_map(|g| g.instances.iter())
+    }
+}
+
+/// What a reload changes, by group name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// Compare two plans group by group. A group is changed when anything that
+/// affects its processes differs (queues, limits, any instance spec).
+pub fn diff(old: &Plan, new: &Plan) -> PlanDiff {
+    let mut d = PlanDiff::default();
+    for g in &new.groups {
+        match old.group(&g.name) {
+            None => d.added.push(g.name.clone()),
+            Some(o) if o == g => d.unchanged.push(g.name.clone()),
+            Some(_) => d.changed.push(g.name.clone()),
+        }
+    }
+    for g in &old.groups {
+        if new.group(&g.name).is_none() {
+            d.removed.push(g.name.clone());
+        }
+    }
+    d
+}

@@ -1,0 +1,1 @@
+//! The supervisor: the one owner of the daemon's state.
