@@ -1,0 +1,65 @@
+//! The restart delay schedule.
+//!
+//! The first restart waits `restart_delay`. Every further *quick* failure in
+//! a row (an exit within `stable_after` of the start) doubles the delay, up
+//! to `restart_delay_max`. A ±10% jitter keeps many instances that crashed
+//! together (a broker outage, a bad deploy) from restarting in lockstep.
+
+use std::time::Duration;
+
+/// The jitter range: ±10%.
+pub const JITTER: f64 = 0.10;
+
+/// The delay before the next start after `quick_failures` consecutive quick
+/// failures (counting the one that just happened; 0 after a stable run).
+///
+/// `jitter` is a number in `[-1, 1]`; it scales the ±10% jitter. Passing 0
+/// gives the exact schedule, which the tests use.
+pub fn delay(base: Duration, max: Duration, quick_failures: u32, jitter: f64) -> Duration {
+    let doublings = quick_failures.saturating_sub(1).min(32);
+    let exact = base
+        .checked_mul(1u32 << doublings.min(31))
+        .unwrap_or(max)
+        .min(max);
+    let factor = 1.0 + JITTER * jitter.clamp(-1.0, 1.0);
+    exact.mul_f64(factor)
+}
+
+/// After this many quick failures in a row an instance reports `crash-loop`.
+pub const CRASH_LOOP_AFTER: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn doubles_per_quick_failure_and_caps() {
+        let base = 100 * MS;
+        let max = Duration::from_secs(1);
+        let got: Vec<u128> = (0..8)
+            .map(|n| delay(base, max, n, 0.0).as_millis())
+            .collect();
+        assert_eq!(got, vec![100, 100, 200, 400, 800, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let base = 1000 * MS;
+        let max = Duration::from_secs(60);
+        assert_eq!(delay(base, max, 1, 1.0), 1100 * MS);
+        assert_eq!(delay(base, max, 1, -1.0), 900 * MS);
+        // Out-of-range jitter is clamped.
+        assert_eq!(delay(base, max, 1, 7.0), 1100 * MS);
+    }
+
+    #[test]
+    fn zero_delay_stays_zero_and_huge_counts_do_not_overflow() {
+        assert_eq!(delay(Duration::ZERO, MS, 5, 1.0), Duration::ZERO);
+        assert_eq!(
+            delay(MS, Duration::from_secs(60), u32::MAX, 0.0),
+            Duration::from_secs(60)
+        );
+    }
+}
