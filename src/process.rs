@@ -1,1 +1,376 @@
-//! process (being written).
+//! Process effects: spawn a worker, signal it, kill everything it left
+//! behind, and reap every child.
+//!
+//! * **Spawn.** A worker starts in its own session (`setsid`), so terminal
+//!   signals never reach it and its main pid is also its process group and
+//!   session id. It joins its cgroup leaf *before* exec (a write of "0" to an
+//!   fd of the leaf's `cgroup.procs`, opened beforehand), and drops to the
+//!   worker user when the daemon runs as root. Everything `pre_exec` needs is
+//!   prepared before the fork: it only makes system calls.
+//! * **Reap.** One reaper owns all reaping: on SIGCHLD it calls
+//!   `waitpid(-1, WNOHANG)` until nothing is left and reports every exit. The
+//!   daemon is a child subreaper, so orphaned pool children come back to it
+//!   and are reaped there too. Nothing else in the daemon may wait for
+//!   children (no `tokio::process`).
+//! * **Kill tree.** The last step of a stop, and the clean-up after a crash:
+//!   SIGKILL to the run's process group, to its session, to every descendant
+//!   of those, and to adopted orphans that carry the run's marker in their
+//!   environment (grandchildren that called setsid), until none is left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, User};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+use crate::plan::InstanceSpec;
+use crate::supervisor::machine::ExitReason;
+
+/// The environment variable that marks every process of one run of an
+/// instance: `<instance id>.<generation>@<daemon pid>`.
+pub const RUN_MARKER: &str = "CLEARIFY_RUN";
+
+/// The user a worker runs as, resolved once before spawning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+}
+
+/// Why the daemon cannot run workers as the configured user.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error(
+        "clearify-workerd runs as root but [celery].user is not set: workers never run as root; set user = \"clearify\" (or another unprivileged user) in [celery]"
+    )]
+    NoUser,
+    #[error("[celery].user = {0:?}: no such user")]
+    Unknown(String),
+    #[error("[celery].user = {0:?} is root (uid 0): workers never run as root")]
+    Root(String),
+    #[error("looking up user {0:?}: {1}")]
+    Lookup(String, nix::Error),
+}
+
+/// Decide who workers run as. As root, `user` must name an unprivileged
+/// user; otherwise workers simply run as the daemon's own user, and `user`
+/// is ignored (systemd already chose the user).
+pub fn resolve_user(user: Option<&str>) -> Result<Option<RunAs>, UserError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let name = user.ok_or(UserError::NoUser)?;
+    let u = User::from_name(name)
+        .map_err(|e| UserError::Lookup(name.to_string(), e))?
+        .ok_or_else(|| UserError::Unknown(name.to_string()))?;
+    if u.uid.is_root() {
+        return Err(UserError::Root(name.to_string()));
+    }
+    let cname = CString::new(name).map_err(|_| UserError::Unknown(name.to_string()))?;
+    let groups = nix::unistd::getgrouplist(&cname, u.gid)
+        .map_err(|e| UserError::Lookup(name.to_string(), e))?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    Ok(Some(RunAs {
+        name: name.to_string(),
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        groups,
+        home: u.dir.to_string_lossy().into_owned(),
+    }))
+}
+
+/// A worker that was started.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: u32,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+}
+
+/// The marker value of one run.
+pub fn run_marker(id: &str, generation: u64) -> String {
+    format!("{id}.{generation}@{}", std::process::id())
+}
+
+/// Start a worker for `spec`. `cgroup_procs` is an open, writable fd of the
+/// cgroup leaf's `cgroup.procs`, which the child joins before exec.
+pub fn spawn(
+    spec: &InstanceSpec,
+    generation: u64,
+    run_as: Option<&RunAs>,
+    cgroup_procs: Option<RawFd>,
+) -> io::Result<Spawned> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .env(RUN_MARKER, run_marker(&spec.id, generation))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let ids = run_as.map(|u| {
+        cmd.env("HOME", &u.home)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name);
+        (
+            u.uid as libc::uid_t,
+            u.gid as libc::gid_t,
+            u.groups
+                .iter()
+                .map(|g| *g as libc::gid_t)
+                .collect::<Vec<_>>(),
+        )
+    });
+    // SAFETY: the closure runs between fork and exec. It only makes system
+    // calls (setsid, write, setgroups, setgid, setuid) on data prepared
+    // above; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = cgroup_procs {
+                let zero = b"0";
+                if libc::write(fd, zero.as_ptr().cast(), zero.len()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some((uid, gid, groups)) = &ids {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(*gid) < 0
+                    || libc::setuid(*uid) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{}: {e}", spec.program.display()),
+        )
+    })?;
+    let pid = child.id();
+    let stdout: OwnedFd = child.stdout.take().expect("piped").into();
+    let stderr: OwnedFd = child.stderr.take().expect("piped").into();
+    // The Child is dropped without waiting: the reaper owns reaping.
+    drop(child);
+    Ok(Spawned {
+        pid,
+        stdout: pipe::Receiver::from_owned_fd(stdout)?,
+        stderr: pipe::Receiver::from_owned_fd(stderr)?,
+    })
+}
+
+/// Send `sig` to one process. A process that is already gone is not an error.
+pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
+    match kill(Pid::from_raw(pid as i32), sig) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Make the daemon a child subreaper: orphans of its workers (pool children
+/// whose main process died) are re-parented to it instead of PID 1, so they
+/// can be found, killed and reaped.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An exit the reaper saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub pid: u32,
+    pub reason: ExitReason,
+}
+
+/// Reap every child that has exited, without blocking.
+pub fn reap_all() -> Vec<Exit> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push(Exit {
+                pid: pid.as_raw() as u32,
+                reason: ExitReason::Code(code),
+            }),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push(Exit {
+                pid: pid.as_raw() as u32,
+                reason: ExitReason::Signal(sig as i32),
+            }),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Run the reaper: on every SIGCHLD, reap all exited children and send
+/// their exits. Ends when the receiver is dropped.
+pub fn spawn_reaper(tx: mpsc::UnboundedSender<Exit>) -> io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigchld = signal(SignalKind::child())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            for exit in reap_all() {
+                if tx.send(exit).is_err() {
+                    return;
+                }
+            }
+            if sigchld.recv().await.is_none() {
+                return;
+            }
+        }
+    }))
+}
+
+/// One line of /proc/PID/stat, the fields we need.
+#[derive(Debug, Clone, Copy)]
+struct ProcStat {
+    pid: i32,
+    ppid: i32,
+    pgrp: i32,
+    session: i32,
+    zombie: bool,
+}
+
+fn read_stat(pid: i32) -> Option<ProcStat> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split_ascii_whitespace();
+    let state = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    let session = f.next()?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        ppid,
+        pgrp,
+        session,
+        zombie: state == "Z" || state == "X",
+    })
+}
+
+fn all_processes() -> Vec<ProcStat> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_stat)
+        .collect()
+}
+
+fn has_marker(pid: i32, marker: &[u8]) -> bool {
+    let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    env.split(|b| *b == 0).any(|kv| kv == marker)
+}
+
+/// The live processes that belong to one run: its process group and session
+/// (`pgid` is the run's main pid, a session leader), all their descendants,
+/// and adopted orphans that carry the run's marker, with their descendants.
+pub fn run_members(pgid: Option<u32>, marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let procs = all_processes();
+    let marker_kv = format!("{RUN_MARKER}={marker}").into_bytes();
+    let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut roots: Vec<i32> = Vec::new();
+    for p in &procs {
+        if p.pid == me {
+            continue;
+        }
+        let in_run = pgid.is_some_and(|g| {
+            let g = g as i32;
+            p.pid == g || p.pgrp == g || p.session == g
+        });
+        if in_run || (p.ppid == me && has_marker(p.pid, &marker_kv)) {
+            roots.push(p.pid);
+        }
+    }
+    let zombies: BTreeSet<i32> = procs.iter().filter(|p| p.zombie).map(|p| p.pid).collect();
+    let mut seen: BTreeSet<i32> = BTreeSet::new();
+    while let Some(pid) = roots.pop() {
+        if pid == me || !seen.insert(pid) {
+            continue;
+        }
+        if let Some(c) = children.get(&pid) {
+            roots.extend(c.iter().copied());
+        }
+    }
+    seen.into_iter().filter(|p| !zombies.contains(p)).collect()
+}
+
+/// SIGKILL every process of one run until none is left, or `timeout`
+/// passes. Returns how many are left (0 on success). Blocking: call it from
+/// a blocking task.
+pub fn kill_run(pgid: Option<u32>, marker: &str, timeout: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        if let Some(g) = pgid {
+            // The whole process group at once, even when its leader is gone.
+            let _ = kill(Pid::from_raw(-(g as i32)), Signal::SIGKILL);
+        }
+        let members = run_members(pgid, marker);
+        if members.is_empty() {
+            return 0;
+        }
+        for pid in &members {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        if start.elapsed() >= timeout {
+            return members.len();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_command_names() {
+        let me = std::process::id() as i32;
+        let s = read_stat(me).expect("own stat");
+        assert_eq!(s.pid, me);
+        assert!(!s.zombie);
+        assert_eq!(s.ppid, nix::unistd::getppid().as_raw());
+    }
+
+    #[test]
+    fn run_marker_names_instance_generation_and_daemon() {
+        assert_eq!(
+            run_marker("text-1", 3),
+            format!("text-1.3@{}", std::process::id())
+        );
+    }
+}

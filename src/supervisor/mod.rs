@@ -1,6 +1,939 @@
 //! The supervisor: the one owner of the daemon's state.
 //!
-//! [`machine`] is the pure state machine; [`backoff`] its restart schedule.
+//! [`machine`] is the pure state machine and [`backoff`] its restart
+//! schedule. This module is the actor around them: one task that owns the
+//! [`Machine`], receives [`Msg`]s (control requests, signals, broker events,
+//! process exits, finished kills), feeds them to the machine, and carries
+//! out the [`Action`]s it returns through the effect modules ([`process`],
+//! [`cgroup`], [`journal`], [`notify`]). Nothing else touches the state.
+//!
+//! [`process`]: crate::process
+//! [`cgroup`]: crate::cgroup
+//! [`journal`]: crate::journal
+//! [`notify`]: crate::notify
 
 pub mod backoff;
 pub mod machine;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::broker::{self, BrokerEvent, BrokerSettings, Monitor};
+use crate::cgroup::{CgroupTree, Leaf};
+use crate::config::{self, Config, OnTimeout};
+use crate::control::protocol::{
+    BrokerStatus, DaemonStatus, ErrorKind, GroupStatus, HeartbeatSeen, InstanceStatus,
+    QueueStatus, ReloadReport, Request, Response, Status,
+};
+use crate::control::server::ControlMsg;
+use crate::journal::{self, LogStore, Sink, Stream, WorkerMeta};
+use crate::notify::Notifier;
+use crate::plan::{self, Plan};
+use crate::process::{self, RunAs};
+pub use machine::{Action, ExitReason, Machine, StopSignal};
+
+/// What the supervisor is told.
+#[derive(Debug)]
+pub enum Msg {
+    /// A request from the control socket.
+    Control(ControlMsg),
+    /// SIGTERM or SIGINT: stop everything and exit.
+    Shutdown,
+    /// SIGHUP: reload the config file.
+    Reload,
+    /// From the broker monitor.
+    Broker(BrokerEvent),
+    /// A KillTree finished.
+    TreeCleared { id: String, seq: u64 },
+}
+
+/// The broker as the supervisor last heard of it.
+#[derive(Debug, Clone)]
+struct BrokerView {
+    state: &'static str,
+    error: Option<String>,
+    since: Option<SystemTime>,
+    latency: Option<Duration>,
+}
+
+/// Everything the supervisor needs from the start-up sequence.
+pub struct Setup {
+    pub config: Config,
+    pub run_as: Option<RunAs>,
+    /// `None` when limits are off.
+    pub cgroups: Option<CgroupTree>,
+    /// "on" or "off (reason)", for status.
+    pub limits_line: String,
+    pub sink: Sink,
+    pub notifier: Notifier,
+}
+
+/// The usage sample of one instance, for the CPU% between two status calls.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    at: std::time::Instant,
+    cpu_usec: u64,
+    memory: Option<u64>,
+    cpu_percent: Option<f64>,
+}
+
+/// The actor.
+pub struct Supervisor {
+    machine: Machine,
+    config: Config,
+    run_as: Option<RunAs>,
+    cgroups: Option<Arc<CgroupTree>>,
+    limits_line: String,
+    leaves: HashMap<String, Leaf>,
+    sink: Arc<Sink>,
+    logs: LogStore,
+    notifier: Notifier,
+    started: SystemTime,
+    broker: BrokerView,
+    monitor: Option<Monitor>,
+    tx: mpsc::Sender<Msg>,
+    last_status_line: String,
+    usage: HashMap<String, Usage>,
+    usage_at: Option<std::time::Instant>,
+    sys: sysinfo::System,
+    exit_code: Option<i32>,
+}
+
+impl Supervisor {
+    /// Build the supervisor. `tx` is the sender of its own mailbox (for the
+    /// broker monitor and the kill tasks).
+    pub fn new(setup: Setup, tx: mpsc::Sender<Msg>) -> Self {
+        let plan = plan::build(&setup.config);
+        let has_work = !plan.groups.is_empty();
+        // Without groups there is nothing to gate.
+        let gate_open = !has_work || setup.config.broker.is_none();
+        let machine = Machine::new(
+            plan,
+            gate_open,
+            Box::new(|| rand::random::<f64>() * 2.0 - 1.0),
+        );
+        Supervisor {
+            machine,
+            run_as: setup.run_as,
+            cgroups: setup.cgroups.map(Arc::new),
+            limits_line: setup.limits_line,
+            leaves: HashMap::new(),
+            sink: Arc::new(setup.sink),
+            logs: LogStore::new(),
+            notifier: setup.notifier,
+            started: SystemTime::now(),
+            broker: BrokerView {
+                state: if has_work { "waiting" } else { "unknown" },
+                error: None,
+                since: Some(SystemTime::now()),
+                latency: None,
+            },
+            monitor: None,
+            tx,
+            last_status_line: String::new(),
+            usage: HashMap::new(),
+            usage_at: None,
+            sys: sysinfo::System::new(),
+            exit_code: None,
+            config: setup.config,
+        }
+    }
+
+    /// The ring buffers of worker output.
+    pub fn logs(&self) -> LogStore {
+        self.logs.clone()
+    }
+
+    /// Run until shutdown. Returns the exit code.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut exits: mpsc::UnboundedReceiver<process::Exit>,
+    ) -> i32 {
+        self.start_broker_monitor();
+        self.machine.boot(Instant::now());
+        self.apply();
+        let watchdog = self.notifier.watchdog_interval();
+        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Some(code) = self.exit_code {
+                self.finish().await;
+                return code;
+            }
+            let deadline = self.machine.next_deadline();
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => self.machine.shutdown(Instant::now()),
+                },
+                Some(exit) = exits.recv() => self.exited(exit),
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.machine.tick(Instant::now());
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    // Sent from the loop itself: a hung loop stops the pings.
+                    self.notifier.watchdog();
+                }
+            }
+            self.apply();
+            self.update_status_line();
+        }
+    }
+
+    async fn finish(&mut self) {
+        self.notifier.stopping();
+        if let Some(m) = self.monitor.take() {
+            m.shutdown().await;
+        }
+        if let Some(t) = &self.cgroups {
+            for g in self.machine.plan().groups.iter() {
+                if let Err(e) = t.remove_group(&g.name) {
+                    warn!(group = %g.name, error = %e, "could not remove the group's cgroup");
+                }
+            }
+        }
+        info!("all workers stopped; exiting");
+    }
+
+    fn start_broker_monitor(&mut self) {
+        let Some(b) = &self.config.broker else {
+            return;
+        };
+        if self.machine.plan().groups.is_empty() {
+            return;
+        }
+        let settings = broker_settings(b);
+        let (btx, mut brx) = mpsc::channel(256);
+        self.monitor = Some(broker::spawn_monitor(settings, self.queues(), btx));
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = brx.recv().await {
+                if tx.send(Msg::Broker(ev)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        info!(
+            broker = %config::redact_url(&b.url),
+            "waiting for the broker before starting workers"
+        );
+    }
+
+    fn queues(&self) -> Vec<String> {
+        let mut q: Vec<String> = self
+            .machine
+            .plan()
+            .groups
+            .iter()
+            .flat_map(|g| g.queues.iter().cloned())
+            .collect();
+        q.sort();
+        q.dedup();
+        q
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        let now = Instant::now();
+        match msg {
+            Msg::Shutdown => {
+                if self.machine.is_shutting_down() {
+                    info!("already shutting down; waiting for workers to stop");
+                } else {
+                    self.notifier.stopping();
+                    self.extend_stop_timeout();
+                }
+                self.machine.shutdown(now);
+            }
+            Msg::Reload => {
+                let report = self.reload();
+                log_reload(&report);
+            }
+            Msg::TreeCleared { id, seq } => self.machine.tree_cleared(&id, seq, now),
+            Msg::Broker(ev) => self.broker_event(ev, now),
+            Msg::Control(c) => self.control(c),
+        }
+    }
+
+    fn broker_event(&mut self, ev: BrokerEvent, now: Instant) {
+        match ev {
+            BrokerEvent::Waiting { error, since } => {
+                self.broker = BrokerView {
+                    state: "waiting",
+                    error: Some(error),
+                    since: Some(since),
+                    latency: None,
+                };
+            }
+            BrokerEvent::Up { latency } => {
+                if self.broker.state != "ok" {
+                    info!(latency = ?latency, "broker is reachable");
+                    self.broker.since = Some(SystemTime::now());
+                }
+                self.broker.state = "ok";
+                self.broker.error = None;
+                self.broker.latency = Some(latency);
+                if !self.machine.gate_open() {
+                    info!("starting workers");
+                    self.machine.open_gate(now);
+                }
+                self.machine.broker_health(true, now);
+            }
+            BrokerEvent::Down { error, since } => {
+                if self.broker.state != "unreachable" {
+                    warn!(%error, "broker unreachable; workers keep running and will reconnect");
+                }
+                self.broker = BrokerView {
+                    state: "unreachable",
+                    error: Some(error),
+                    since: Some(since),
+                    latency: None,
+                };
+                self.machine.broker_health(false, now);
+            }
+            BrokerEvent::Fatal { error } => {
+                error!(%error, "broker configuration error");
+                self.broker.state = "unreachable";
+                self.broker.error = Some(error);
+                if !self.machine.gate_open() {
+                    // Nothing was started: this is a configuration error.
+                    self.exit_code = Some(1);
+                }
+            }
+            BrokerEvent::GateTimeout => {
+                let on = self
+                    .config
+                    .broker
+                    .as_ref()
+                    .map(|b| b.on_timeout)
+                    .unwrap_or_default();
+                match on {
+                    OnTimeout::Wait => warn!("broker wait_timeout passed; still waiting (on_timeout = \"wait\")"),
+                    OnTimeout::Start => {
+                        warn!("broker wait_timeout passed; starting workers anyway (on_timeout = \"start\")");
+                        self.machine.open_gate(now);
+                    }
+                    OnTimeout::Fail => {
+                        error!("broker wait_timeout passed; exiting (on_timeout = \"fail\")");
+                        self.exit_code = Some(1);
+                    }
+                }
+            }
+            BrokerEvent::Backlog(b) => self.machine.backlog(b, now),
+            BrokerEvent::Heartbeat(h) => {
+                self.machine
+                    .heartbeat(&h.hostname, h.active, h.processed, now)
+            }
+        }
+    }
+
+    fn exited(&mut self, exit: process::Exit) {
+        let mut reason = exit.reason;
+        if let (Some(spec), Some(t)) = (self.machine.instance_by_pid(exit.pid), &self.cgroups)
+            && let Some(leaf) = self.leaves.get(&spec.id)
+            && t.was_oom_killed(&spec.group, &spec.id, &leaf.oom_baseline())
+        {
+            reason = ExitReason::OomKilled;
+        }
+        self.machine.exited(exit.pid, reason, Instant::now());
+    }
+
+    /// Carry out the machine's actions until it has no more.
+    fn apply(&mut self) {
+        loop {
+            let actions = self.machine.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                self.effect(a);
+            }
+        }
+    }
+
+    fn effect(&mut self, action: Action) {
+        let now = Instant::now();
+        match action {
+            Action::PrepareGroup { group, limits } => {
+                if let Some(t) = &self.cgroups {
+                    match t.prepare_group(&group, &limits) {
+                        Ok(warnings) => {
+                            for w in warnings {
+                                warn!(%group, "{w}");
+                            }
+                        }
+                        Err(e) => error!(%group, error = %e, "could not set up the group's cgroup"),
+                    }
+                }
+            }
+            Action::Spawn { spec, generation } => {
+                let leaf = match &self.cgroups {
+                    Some(t) => match t.prepare_instance(&spec.group, &spec.id) {
+                        Ok(leaf) => Some(leaf),
+                        Err(e) => {
+                            let msg = format!("cgroup: {e}");
+                            self.machine.spawn_failed(&spec.id, generation, msg, now);
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                let fd = leaf.as_ref().map(|l| l.procs_fd());
+                match process::spawn(&spec, generation, self.run_as.as_ref(), fd) {
+                    Ok(sp) => {
+                        let meta = Arc::new(WorkerMeta {
+                            group: spec.group.clone(),
+                            instance: spec.id.clone(),
+                            node: spec.node.clone(),
+                            pid: sp.pid,
+                        });
+                        tokio::spawn(journal::pump(
+                            sp.stdout,
+                            meta.clone(),
+                            Stream::Stdout,
+                            self.sink.clone(),
+                            self.logs.clone(),
+                        ));
+                        tokio::spawn(journal::pump(
+                            sp.stderr,
+                            meta,
+                            Stream::Stderr,
+                            self.sink.clone(),
+                            self.logs.clone(),
+                        ));
+                        if let Some(l) = leaf {
+                            self.leaves.insert(spec.id.clone(), l);
+                        }
+                        self.usage.remove(&spec.id);
+                        self.machine.spawned(&spec.id, generation, sp.pid, now);
+                    }
+                    Err(e) => self
+                        .machine
+                        .spawn_failed(&spec.id, generation, e.to_string(), now),
+                }
+            }
+            Action::Signal { id, pid, signal } => {
+                let sig = match signal {
+                    StopSignal::Term => Signal::SIGTERM,
+                    StopSignal::Quit => Signal::SIGQUIT,
+                };
+                if let Err(e) = process::signal(pid, sig) {
+                    warn!(instance = %id, pid, error = %e, "could not signal worker");
+                }
+            }
+            Action::KillTree {
+                id,
+                group,
+                pgid,
+                generation,
+                seq,
+            } => {
+                let tree = self.cgroups.clone();
+                let tx = self.tx.clone();
+                let marker = process::run_marker(&id, generation);
+                tokio::task::spawn_blocking(move || {
+                    if let Some(t) = &tree
+                        && let Err(e) = t.kill_instance(&group, &id)
+                        && !e.is_not_found()
+                    {
+                        warn!(instance = %id, error = %e, "cgroup kill failed; killing by pid");
+                    }
+                    let left = process::kill_run(pgid, &marker, Duration::from_secs(2));
+                    if left > 0 {
+                        error!(instance = %id, left, "processes of the worker survived SIGKILL");
+                    } else {
+                        let _ = tx.blocking_send(Msg::TreeCleared { id, seq });
+                    }
+                });
+            }
+            Action::RemoveGroup { group } => {
+                if let Some(t) = &self.cgroups
+                    && let Err(e) = t.remove_group(&group)
+                {
+                    warn!(%group, error = %e, "could not remove the group's cgroup");
+                }
+            }
+            Action::Exit => self.exit_code = Some(0),
+        }
+    }
+
+    /// Ask systemd for more time while workers drain (warm shutdown may
+    /// take stop_timeout + the SIGQUIT grace).
+    fn extend_stop_timeout(&self) {
+        let longest = self
+            .machine
+            .plan()
+            .instances()
+            .map(|s| s.timing.stop_timeout)
+            .max()
+            .unwrap_or_default();
+        self.notifier
+            .extend_timeout(longest + machine::QUIT_GRACE + machine::KILL_GRACE);
+    }
+
+    fn reload(&mut self) -> ReloadReport {
+        let path = self.config.path.clone();
+        self.notifier.reloading();
+        let report = match config::load(&path) {
+            Err(e) => ReloadReport {
+                applied: false,
+                added: vec![],
+                removed: vec![],
+                changed: vec![],
+                unchanged: vec![],
+                warnings: vec![],
+                errors: e.to_string().lines().map(str::to_string).collect(),
+            },
+            Ok(loaded) if self.machine.is_shutting_down() => {
+                let _ = loaded;
+                ReloadReport {
+                    applied: false,
+                    added: vec![],
+                    removed: vec![],
+                    changed: vec![],
+                    unchanged: vec![],
+                    warnings: vec![],
+                    errors: vec!["the daemon is shutting down".into()],
+                }
+            }
+            Ok(loaded) => {
+                let new = loaded.config;
+                let mut warnings: Vec<String> =
+                    loaded.warnings.iter().map(|w| w.to_string()).collect();
+                for (what, old, newv) in [
+                    (
+                        "[daemon].socket",
+                        self.config.daemon.socket.display().to_string(),
+                        new.daemon.socket.display().to_string(),
+                    ),
+                    (
+                        "[daemon].device_id",
+                        self.config.daemon.device_id.clone(),
+                        new.daemon.device_id.clone(),
+                    ),
+                    (
+                        "[broker]",
+                        format!("{:?}", self.config.broker),
+                        format!("{:?}", new.broker),
+                    ),
+                ] {
+                    if old != newv && what != "[daemon].device_id" {
+                        warnings.push(format!(
+                            "{what} changed: this takes effect when the daemon restarts (systemctl restart clearify-workerd)"
+                        ));
+                    }
+                }
+                let mut new_plan = plan::build(&new);
+                if new.daemon.device_id != self.config.daemon.device_id {
+                    warnings.push("[daemon].device_id changed: node names change, so every instance restarts".into());
+                }
+                if new.broker != self.config.broker {
+                    // Keep the running broker settings until restart.
+                    new_plan.device_id = new.daemon.device_id.clone();
+                }
+                let d = self.machine.reload(new_plan, Instant::now());
+                let mut keep = new;
+                keep.broker = self.config.broker.clone();
+                keep.daemon.socket = self.config.daemon.socket.clone();
+                self.config = keep;
+                if let Some(m) = &self.monitor {
+                    m.set_queues(self.queues());
+                } else if !self.machine.plan().groups.is_empty() {
+                    self.start_broker_monitor();
+                }
+                ReloadReport {
+                    applied: true,
+                    added: d.added,
+                    removed: d.removed,
+                    changed: d.changed,
+                    unchanged: d.unchanged,
+                    warnings,
+                    errors: vec![],
+                }
+            }
+        };
+        self.notifier.ready();
+        report
+    }
+
+    fn control(&mut self, c: ControlMsg) {
+        let now = Instant::now();
+        let ControlMsg { request, reply, .. } = c;
+        let resp = match request {
+            Request::Status { targets } => Response::Status(self.status(&targets)),
+            Request::Start { targets } => done(self.machine.start(&targets, now)),
+            Request::Stop { targets } => done(self.machine.stop(&targets, now)),
+            Request::Restart { targets, rolling } => {
+                done(self.machine.restart(&targets, rolling, now))
+            }
+            Request::Reload => {
+                let r = self.reload();
+                log_reload(&r);
+                Response::Reloaded(r)
+            }
+            Request::Logs {
+                target,
+                lines,
+                since,
+            } => {
+                if let Some(t) = &target
+                    && !self.is_target(t)
+                {
+                    Response::Error {
+                        kind: ErrorKind::UnknownTarget,
+                        message: format!("unknown target {t:?}"),
+                    }
+                } else {
+                    let target = target.filter(|t| t != "all");
+                    Response::Logs {
+                        lines: self.logs.tail(target.as_deref(), lines, since),
+                    }
+                }
+            }
+            Request::Test => {
+                self.test(reply);
+                return;
+            }
+            Request::Version => Response::Version {
+                version: crate::VERSION.to_string(),
+                protocol: crate::control::protocol::PROTOCOL_VERSION,
+            },
+        };
+        let _ = reply.send(resp);
+    }
+
+    fn is_target(&self, t: &str) -> bool {
+        t == "all" || !self.target_instances(t).is_empty()
+    }
+
+    fn target_instances(&self, t: &str) -> Vec<String> {
+        self.machine
+            .snapshot(Instant::now())
+            .into_iter()
+            .filter(|v| t == "all" || v.id == t || v.group == t)
+            .map(|v| v.id)
+            .collect()
+    }
+
+    /// `clearifyctl test` runs off the actor: it may take seconds.
+    fn test(&mut self, reply: oneshot::Sender<Response>) {
+        let Some(b) = &self.config.broker else {
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::Refused,
+                message: "no [broker] configured in the config file".into(),
+            });
+            return;
+        };
+        let settings = broker_settings(b);
+        let queues = self.queues();
+        let heartbeats: Vec<HeartbeatSeen> = self
+            .machine
+            .snapshot(Instant::now())
+            .into_iter()
+            .filter_map(|v| {
+                Some(HeartbeatSeen {
+                    node: v.node,
+                    age_secs: v.heartbeat_age?.as_secs_f64(),
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            let report = broker::test_report(&settings, &queues, heartbeats).await;
+            let _ = reply.send(Response::Test(report));
+        });
+    }
+
+    fn status(&mut self, targets: &[String]) -> Status {
+        let now = Instant::now();
+        let views = self.machine.snapshot(now);
+        self.refresh_usage(&views);
+        let plan = self.machine.plan().clone();
+        let mut groups: Vec<GroupStatus> = Vec::new();
+        let mut group_names: Vec<String> = plan.groups.iter().map(|g| g.name.clone()).collect();
+        for v in &views {
+            if !group_names.contains(&v.group) {
+                group_names.push(v.group.clone());
+            }
+        }
+        for name in group_names {
+            let queues = plan
+                .group(&name)
+                .map(|g| g.queues.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|q| QueueStatus {
+                    backlog: self.machine.queue_backlog(&q),
+                    name: q,
+                })
+                .collect();
+            let instances: Vec<InstanceStatus> = views
+                .iter()
+                .filter(|v| v.group == name)
+                .filter(|v| {
+                    targets.is_empty()
+                        || targets
+                            .iter()
+                            .any(|t| t == "all" || t == &v.id || t == &v.group)
+                })
+                .map(|v| {
+                    let u = self.usage.get(&v.id);
+                    InstanceStatus {
+                        id: v.id.clone(),
+                        node: v.node.clone(),
+                        state: v.state.to_string(),
+                        pid: v.pid,
+                        uptime_secs: v.uptime.map(|d| d.as_secs()),
+                        restarts: v.restarts,
+                        last_exit: v.last_exit.clone(),
+                        memory_bytes: u.and_then(|u| u.memory),
+                        cpu_percent: u.and_then(|u| u.cpu_percent),
+                        heartbeat_age_secs: v.heartbeat_age.map(|d| d.as_secs_f64()),
+                        active: v.active,
+                        processed: v.processed,
+                        pinned: v.pinned,
+                    }
+                })
+                .collect();
+            if !targets.is_empty() && instances.is_empty() {
+                continue;
+            }
+            groups.push(GroupStatus {
+                name,
+                queues,
+                instances,
+            });
+        }
+        Status {
+            daemon: DaemonStatus {
+                version: crate::VERSION.to_string(),
+                pid: std::process::id(),
+                uptime_secs: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                device_id: self.config.daemon.device_id.clone(),
+                config: self.config.path.display().to_string(),
+                broker: BrokerStatus {
+                    state: self.broker.state.to_string(),
+                    url: self
+                        .config
+                        .broker
+                        .as_ref()
+                        .map(|b| config::redact_url(&b.url))
+                        .unwrap_or_default(),
+                    error: self.broker.error.clone(),
+                    since: self.broker.since.map(epoch_secs),
+                    latency_ms: self.broker.latency.map(|d| d.as_secs_f64() * 1000.0),
+                },
+                limits: self.limits_line.clone(),
+                summary: self.summary(&views),
+                logs_to_journal: matches!(*self.sink, Sink::Journal(_)),
+            },
+            groups,
+        }
+    }
+
+    /// Memory and CPU per instance: from the cgroup leaf when limits are
+    /// on, else from /proc (the main process and its descendants). Sampled
+    /// at most once a second, so `status --watch` and scripts polling
+    /// status stay cheap.
+    fn refresh_usage(&mut self, views: &[machine::InstanceView]) {
+        let now = std::time::Instant::now();
+        if self
+            .usage_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.usage_at = Some(now);
+        let mut fresh: HashMap<String, (u64, Option<u64>)> = HashMap::new();
+        if let Some(t) = &self.cgroups {
+            for v in views.iter().filter(|v| v.pid.is_some()) {
+                if let Some(s) = t.stats(&v.group, &v.id) {
+                    fresh.insert(v.id.clone(), (s.cpu_usage_usec.unwrap_or(0), s.memory_current));
+                }
+            }
+        } else {
+            use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
+            self.sys.refresh_processes_specifics(
+                ProcessesToUpdate::All,
+                true,
+                ProcessRefreshKind::nothing().with_memory().with_cpu(),
+            );
+            let mut children: HashMap<sysinfo::Pid, Vec<sysinfo::Pid>> = HashMap::new();
+            for (pid, p) in self.sys.processes() {
+                if let Some(parent) = p.parent() {
+                    children.entry(parent).or_default().push(*pid);
+                }
+            }
+            for v in views {
+                let Some(pid) = v.pid else { continue };
+                let mut stack = vec![sysinfo::Pid::from_u32(pid)];
+                let (mut cpu, mut mem) = (0u64, 0u64);
+                while let Some(p) = stack.pop() {
+                    if let Some(proc_) = self.sys.process(p) {
+                        cpu += proc_.accumulated_cpu_time() * 1000;
+                        mem += proc_.memory();
+                    }
+                    if let Some(c) = children.get(&p) {
+                        stack.extend(c.iter().copied());
+                    }
+                }
+                fresh.insert(v.id.clone(), (cpu, Some(mem)));
+            }
+        }
+        let mut next = HashMap::new();
+        for (id, (cpu_usec, memory)) in fresh {
+            let cpu_percent = self.usage.get(&id).and_then(|prev| {
+                let dt = now.duration_since(prev.at).as_secs_f64();
+                (dt > 0.0 && cpu_usec >= prev.cpu_usec)
+                    .then(|| (cpu_usec - prev.cpu_usec) as f64 / 1e6 / dt * 100.0)
+            });
+            next.insert(
+                id,
+                Usage {
+                    at: now,
+                    cpu_usec,
+                    memory,
+                    cpu_percent: cpu_percent.or(Some(0.0)),
+                },
+            );
+        }
+        self.usage = next;
+    }
+
+    /// A plain-words summary, for STATUS= and status.
+    fn summary(&self, views: &[machine::InstanceView]) -> String {
+        let total = views.len();
+        if total == 0 {
+            return format!(
+                "idle: no worker groups configured; add [group.NAME] sections to {} and run: systemctl reload clearify-workerd",
+                self.config.path.display()
+            );
+        }
+        if views.iter().any(|v| v.state == "waiting-for-broker") {
+            let url = self
+                .config
+                .broker
+                .as_ref()
+                .map(|b| config::redact_url(&b.url))
+                .unwrap_or_default();
+            let since = self
+                .broker
+                .since
+                .map(|t| format!(" (since {})", clock_time(t)))
+                .unwrap_or_default();
+            return match &self.broker.error {
+                Some(e) => format!("waiting for broker {url}: {e}{since}"),
+                None => format!("waiting for broker {url}{since}"),
+            };
+        }
+        let running = views.iter().filter(|v| v.state == "running").count();
+        let broker = match self.broker.state {
+            "ok" => "broker ok".to_string(),
+            s => format!("broker {s}"),
+        };
+        let troubled: Vec<String> = views
+            .iter()
+            .filter(|v| matches!(v.state, "crash-loop" | "backoff"))
+            .map(|v| match &v.last_exit {
+                Some(e) => format!("{} {} ({})", v.id, v.state, e),
+                None => format!("{} {}", v.id, v.state),
+            })
+            .collect();
+        if running == total {
+            format!("{running}/{total} workers running, {broker}")
+        } else if troubled.is_empty() {
+            format!("{running}/{total} running, {broker}")
+        } else {
+            format!("{running}/{total} running, {}, {broker}", troubled.join(", "))
+        }
+    }
+
+    fn update_status_line(&mut self) {
+        if !self.notifier.is_enabled() {
+            return;
+        }
+        let views = self.machine.snapshot(Instant::now());
+        let line = self.summary(&views);
+        if line != self.last_status_line {
+            self.notifier.status(&line);
+            self.last_status_line = line;
+        }
+    }
+}
+
+fn done(r: Result<Vec<String>, machine::CommandError>) -> Response {
+    match r {
+        Ok(messages) => Response::Done { messages },
+        Err(e @ machine::CommandError::ShuttingDown) => Response::Error {
+            kind: ErrorKind::Refused,
+            message: e.to_string(),
+        },
+        Err(e) => Response::Error {
+            kind: ErrorKind::UnknownTarget,
+            message: e.to_string(),
+        },
+    }
+}
+
+fn log_reload(r: &ReloadReport) {
+    if r.applied {
+        info!(
+            added = ?r.added,
+            removed = ?r.removed,
+            changed = ?r.changed,
+            unchanged = ?r.unchanged,
+            "config reloaded"
+        );
+        for w in &r.warnings {
+            warn!("{w}");
+        }
+    } else {
+        error!("reload rejected; the old config keeps running");
+        for e in &r.errors {
+            error!("{e}");
+        }
+    }
+}
+
+/// The broker monitor's settings from the config.
+pub fn broker_settings(b: &config::BrokerConfig) -> BrokerSettings {
+    BrokerSettings {
+        url: b.url.clone(),
+        wait_timeout: b.wait_timeout,
+        check_interval: b.check_interval,
+        priority_steps: b.priority_steps.clone(),
+        key_prefix: b.key_prefix.clone(),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// HH:MM:SS in local time (as systemd shows it), or UTC when the local zone
+/// is unknown.
+fn clock_time(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as libc::time_t;
+    // SAFETY: localtime_r writes into the tm we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    if ok {
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    } else {
+        let s = secs as u64 % 86400;
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    }
+}
