@@ -69,7 +69,10 @@ impl Request {
     pub fn is_mutating(&self) -> bool {
         matches!(
             self,
-            Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } | Request::Reload
+            Request::Start { .. }
+                | Request::Stop { .. }
+                | Request::Restart { .. }
+                | Request::Reload
         )
     }
 }
@@ -80,12 +83,22 @@ impl Request {
 pub enum Response {
     Status(Status),
     /// The outcome of start/stop/restart: one line per affected instance.
-    Done { messages: Vec<String> },
+    Done {
+        messages: Vec<String>,
+    },
     Reloaded(ReloadReport),
-    Logs { lines: Vec<LogLine> },
+    Logs {
+        lines: Vec<LogLine>,
+    },
     Test(TestReport),
-    Version { version: String, protocol: u32 },
-    Error { kind: ErrorKind, message: String },
+    Version {
+        version: String,
+        protocol: u32,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 /// Why a request failed. Maps onto clearifyctl's exit codes.
@@ -460,9 +473,10 @@ mod tests {
 
     #[test]
     fn logs_since_is_optional_on_the_wire() {
-        let env: Envelope =
-            serde_json::from_str(r#"{"version":1,"request":{"type":"logs","target":null,"lines":3}}"#)
-                .unwrap();
+        let env: Envelope = serde_json::from_str(
+            r#"{"version":1,"request":{"type":"logs","target":null,"lines":3}}"#,
+        )
+        .unwrap();
         assert_eq!(
             env.request,
             Request::Logs {
