@@ -51,9 +51,9 @@ pub enum Request {
     Logs {
         target: Option<String>,
         lines: usize,
-        /// Only lines with a timestamp strictly after this (seconds since the
-        /// Unix epoch); `clearifyctl logs -f` polls with it. Absent means
-        /// "the last `lines` lines".
+        /// Absent: the last `lines` lines. Present: the first `lines` lines
+        /// with a timestamp strictly after this (seconds since the Unix
+        /// epoch), oldest first; `clearifyctl logs -f` polls with it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<f64>,
     },
