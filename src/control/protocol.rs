@@ -51,6 +51,11 @@ pub enum Request {
     Logs {
         target: Option<String>,
         lines: usize,
+        /// Absent: the last `lines` lines. Present: the first `lines` lines
+        /// with a timestamp strictly after this (seconds since the Unix
+        /// epoch), oldest first; `clearifyctl logs -f` polls with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<f64>,
     },
     /// Check the broker from the daemon (which holds the credentials).
     Test,
@@ -190,6 +195,10 @@ pub struct DaemonStatus {
     pub limits: String,
     /// A plain-words summary, the same as systemd's STATUS=.
     pub summary: String,
+    /// Whether worker output goes to journald (then `clearifyctl logs -f`
+    /// follows `journalctl` instead of polling the ring buffers).
+    #[serde(default)]
+    pub logs_to_journal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +248,163 @@ pub struct InstanceStatus {
     pub pinned: bool,
 }
 
+impl Response {
+    /// Shorthand for [`Response::Error`].
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announced more than [`MAX_FRAME`] bytes. Nothing
+    /// was allocated for it.
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
+    TooLarge(usize),
+    /// The bytes were not the JSON we expected.
+    #[error("malformed frame: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes `msg` as one frame: 4-byte big-endian length, then JSON.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut buf = vec![0u8; 4];
+    serde_json::to_writer(&mut buf, msg)?;
+    let len = buf.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf)
+}
+
+/// Checks a length prefix against [`MAX_FRAME`].
+fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Reads one raw frame body. `Ok(None)` means the peer closed the
+/// connection cleanly before a new frame began. The body buffer grows as
+/// bytes arrive, so a length prefix alone never makes us allocate.
+pub async fn read_frame_bytes<R>(r: &mut R) -> Result<Option<Vec<u8>>, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut header[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = frame_len(header)?;
+    let mut body = Vec::new();
+    r.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(body))
+}
+
+/// Reads and decodes one frame (async). `Ok(None)` on a clean EOF.
+pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    match read_frame_bytes(r).await? {
+        None => Ok(None),
+        Some(body) => Ok(Some(serde_json::from_slice(&body)?)),
+    }
+}
+
+/// Encodes and writes one frame (async).
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    T: Serialize,
+{
+    use tokio::io::AsyncWriteExt;
+    let buf = encode_frame(msg)?;
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads and decodes one frame from a blocking reader. `Ok(None)` on a
+/// clean EOF.
+pub fn read_frame_blocking<R, T>(r: &mut R) -> Result<Option<T>, FrameError>
+where
+    R: std::io::Read,
+    T: serde::de::DeserializeOwned,
+{
+    use std::io::Read;
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = match r.read(&mut header[got..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = frame_len(header)?;
+    let mut body = Vec::new();
+    r.take(len as u64).read_to_end(&mut body)?;
+    if body.len() != len {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+/// Encodes and writes one frame to a blocking writer.
+pub fn write_frame_blocking<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
+where
+    W: std::io::Write,
+    T: Serialize,
+{
+    let buf = encode_frame(msg)?;
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Just the version of an [`Envelope`], so that a request from another
+/// protocol version can be answered with [`ErrorKind::Version`] even when
+/// its request no longer parses.
+#[derive(Debug, Deserialize)]
+pub struct EnvelopeVersion {
+    pub version: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,9 +433,57 @@ mod tests {
         assert!(
             !Request::Logs {
                 target: None,
-                lines: 10
+                lines: 10,
+                since: None,
             }
             .is_mutating()
+        );
+    }
+
+    #[test]
+    fn frames_round_trip_and_oversized_prefix_is_refused_before_reading() {
+        let env = Envelope::new(Request::Logs {
+            target: Some("text-1".into()),
+            lines: 5,
+            since: Some(1.5),
+        });
+        let buf = encode_frame(&env).unwrap();
+        assert_eq!(&buf[..4], &((buf.len() - 4) as u32).to_be_bytes());
+        let back: Envelope = read_frame_blocking(&mut &buf[..]).unwrap().unwrap();
+        assert_eq!(back, env);
+
+        // A prefix of MAX_FRAME + 1 with no body: refused as too large, not
+        // "truncated", proving the body was never awaited.
+        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        match read_frame_blocking::<_, Envelope>(&mut &huge[..]) {
+            Err(FrameError::TooLarge(n)) => assert_eq!(n, MAX_FRAME + 1),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // Clean EOF and a truncated frame.
+        assert!(
+            read_frame_blocking::<_, Envelope>(&mut &[][..])
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            read_frame_blocking::<_, Envelope>(&mut &buf[..buf.len() - 1]),
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn logs_since_is_optional_on_the_wire() {
+        let env: Envelope = serde_json::from_str(
+            r#"{"version":1,"request":{"type":"logs","target":null,"lines":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            env.request,
+            Request::Logs {
+                target: None,
+                lines: 3,
+                since: None
+            }
         );
     }
 }

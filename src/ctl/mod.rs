@@ -1,0 +1,160 @@
+//! The library half of `clearifyctl`: where the socket is, exit codes, and
+//! how answers are rendered for people. The binary only parses arguments
+//! and drives the requests.
+
+pub mod render;
+
+use std::path::{Path, PathBuf};
+
+use crate::control::DEFAULT_SOCKET;
+use crate::control::client::ClientError;
+use crate::control::protocol::ErrorKind;
+
+/// The config file read for `[daemon].socket` unless `--config` says
+/// otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/clearify/workers.toml";
+
+/// clearifyctl's exit codes (documented in `--help` and the man page).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The daemon refused, or a target is unknown (also: timeouts, broker
+    /// unreachable for `test`, reload with config errors).
+    pub const REFUSED: i32 = 1;
+    /// Usage error (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// The daemon is not running, or the socket is missing.
+    pub const NOT_RUNNING: i32 = 3;
+    /// Permission denied (opening the socket, or a changing request).
+    pub const PERMISSION: i32 = 4;
+}
+
+/// The exit code for an error answer from the daemon.
+pub fn exit_code_for(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::PermissionDenied => exit::PERMISSION,
+        ErrorKind::BadRequest
+        | ErrorKind::Version
+        | ErrorKind::UnknownTarget
+        | ErrorKind::Refused
+        | ErrorKind::Busy => exit::REFUSED,
+    }
+}
+
+/// The exit code for a failure to get an answer at all.
+pub fn exit_code_for_client(err: &ClientError) -> i32 {
+    match err {
+        ClientError::NotRunning { .. } => exit::NOT_RUNNING,
+        ClientError::PermissionDenied { .. } => exit::PERMISSION,
+        ClientError::Protocol { .. } | ClientError::Timeout { .. } => exit::REFUSED,
+    }
+}
+
+/// The control socket to use: `--socket`/`CLEARIFY_SOCKET` (`explicit`),
+/// else `[daemon].socket` from the config file, else [`DEFAULT_SOCKET`].
+pub fn resolve_socket(explicit: Option<&Path>, config: &Path) -> PathBuf {
+    if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+        return p.to_path_buf();
+    }
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| socket_from_config(&text))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// `[daemon].socket` from a config file's text. Lenient: when the file does
+/// not parse as a whole (the daemon reports that), the `[daemon]` table is
+/// scanned line by line for the key.
+pub fn socket_from_config(text: &str) -> Option<PathBuf> {
+    if let Ok(table) = text.parse::<toml::Table>() {
+        return table
+            .get("daemon")
+            .and_then(|d| d.get("socket"))
+            .and_then(|s| s.as_str())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+    }
+    let mut in_daemon = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_daemon = line.trim_start_matches('[').trim_end_matches(']').trim() == "daemon";
+            continue;
+        }
+        if !in_daemon {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "socket" {
+            continue;
+        }
+        // Parse the value alone as TOML, so quoting and comments work.
+        if let Ok(t) = format!("v = {}", value.trim()).parse::<toml::Table>()
+            && let Some(s) = t.get("v").and_then(|v| v.as_str())
+            && !s.is_empty()
+        {
+            return Some(PathBuf::from(s));
+        }
+    }
+    None
+}
+
+/// Targets for a status query: "all" means everything (no filter).
+pub fn status_targets(targets: &[String]) -> Vec<String> {
+    if targets.iter().any(|t| t == "all") {
+        Vec::new()
+    } else {
+        targets.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_comes_from_the_daemon_table() {
+        let text = "[daemon]\nsocket = \"/run/x/ctl.sock\" # here\n[groups.text]\nqueues=[\"a\"]\n";
+        assert_eq!(
+            socket_from_config(text),
+            Some(PathBuf::from("/run/x/ctl.sock"))
+        );
+        assert_eq!(socket_from_config("[daemon]\nlog_level = \"info\"\n"), None);
+        assert_eq!(socket_from_config("[other]\nsocket = \"/a\"\n"), None);
+    }
+
+    #[test]
+    fn a_broken_config_still_yields_its_socket() {
+        let text = "[daemon]\nsocket = '/run/y.sock'\n[groups.text\nbroken = = =\n";
+        assert!(text.parse::<toml::Table>().is_err());
+        assert_eq!(socket_from_config(text), Some(PathBuf::from("/run/y.sock")));
+    }
+
+    #[test]
+    fn explicit_socket_wins_then_config_then_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("workers.toml");
+        std::fs::write(&cfg, "[daemon]\nsocket = \"/from/config.sock\"\n").unwrap();
+        assert_eq!(
+            resolve_socket(Some(Path::new("/flag.sock")), &cfg),
+            PathBuf::from("/flag.sock")
+        );
+        assert_eq!(
+            resolve_socket(None, &cfg),
+            PathBuf::from("/from/config.sock")
+        );
+        assert_eq!(
+            resolve_socket(None, &dir.path().join("missing.toml")),
+            PathBuf::from(DEFAULT_SOCKET)
+        );
+    }
+
+    #[test]
+    fn error_kinds_map_to_documented_exit_codes() {
+        assert_eq!(exit_code_for(ErrorKind::PermissionDenied), 4);
+        assert_eq!(exit_code_for(ErrorKind::UnknownTarget), 1);
+        assert_eq!(exit_code_for(ErrorKind::Refused), 1);
+    }
+}

@@ -1,0 +1,312 @@
+//! Text renderings of the daemon's answers for people. Scripts use
+//! `--json` instead; these formats may change.
+
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::control::protocol::{
+    InstanceStatus, LogLine, QueueStatus, ReloadReport, Status, TestReport,
+};
+
+/// A compact duration: `45s`, `3m12s`, `3h12m`, `2d4h`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn queues_line(queues: &[QueueStatus]) -> String {
+    if queues.is_empty() {
+        return "-".into();
+    }
+    queues
+        .iter()
+        .map(|q| format!("{}={}", q.name, opt(q.backlog)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+const HEADERS: [&str; 9] = [
+    "ID",
+    "STATE",
+    "PID",
+    "UPTIME",
+    "RESTARTS",
+    "LAST EXIT",
+    "MEM(MiB)",
+    "CPU%",
+    "HEARTBEAT",
+];
+
+fn instance_row(i: &InstanceStatus) -> [String; 9] {
+    let state = if i.pinned && i.state == "stopped" {
+        "stopped(pinned)".to_string()
+    } else {
+        i.state.clone()
+    };
+    [
+        i.id.clone(),
+        state,
+        opt(i.pid),
+        i.uptime_secs.map_or_else(|| "-".into(), human_duration),
+        i.restarts.to_string(),
+        i.last_exit.clone().unwrap_or_else(|| "-".into()),
+        i.memory_bytes
+            .map_or_else(|| "-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+        i.cpu_percent
+            .map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+        i.heartbeat_age_secs
+            .map_or_else(|| "-".into(), |a| format!("{}s", a.round() as u64)),
+    ]
+}
+
+/// The `clearifyctl status` table: a header (daemon, broker, limits), then
+/// per group its queues with their backlog and one row per instance.
+pub fn status_table(status: &Status) -> String {
+    let d = &status.daemon;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "clearify-workerd {}  pid {}  up {}  config {}",
+        d.version,
+        d.pid,
+        human_duration(d.uptime_secs),
+        d.config
+    );
+    let mut broker = format!("broker {} {}", d.broker.state, d.broker.url);
+    if let Some(ms) = d.broker.latency_ms {
+        let _ = write!(broker, " ({ms:.1} ms)");
+    }
+    if let Some(err) = &d.broker.error {
+        let _ = write!(broker, " error: {err}");
+    }
+    let _ = writeln!(out, "{broker}  device {}  limits {}", d.device_id, d.limits);
+    if !d.summary.is_empty() {
+        let _ = writeln!(out, "{}", d.summary);
+    }
+
+    let rows: Vec<Vec<[String; 9]>> = status
+        .groups
+        .iter()
+        .map(|g| g.instances.iter().map(instance_row).collect())
+        .collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in rows.iter().flatten() {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::from("  ");
+        for (n, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if n + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                let _ = write!(s, "{cell:<w$}  ");
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let headers = HEADERS.map(String::from);
+    for (g, rows) in status.groups.iter().zip(&rows) {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{}  queues: {}", g.name, queues_line(&g.queues));
+        let _ = writeln!(out, "{}", line(&headers));
+        for row in rows {
+            let _ = writeln!(out, "{}", line(row));
+        }
+    }
+    if status.groups.is_empty() {
+        let _ = writeln!(out, "\n(no groups)");
+    }
+    out
+}
+
+/// What a reload changed, or why it was not applied.
+pub fn reload_report(r: &ReloadReport) -> String {
+    let mut out = String::new();
+    if r.applied {
+        let _ = writeln!(out, "config reloaded");
+        for (label, items) in [
+            ("added", &r.added),
+            ("removed", &r.removed),
+            ("changed", &r.changed),
+            ("unchanged", &r.unchanged),
+        ] {
+            if !items.is_empty() {
+                let _ = writeln!(out, "  {label}: {}", items.join(", "));
+            }
+        }
+        if r.added.is_empty() && r.removed.is_empty() && r.changed.is_empty() {
+            let _ = writeln!(out, "  nothing changed");
+        }
+    } else {
+        let _ = writeln!(out, "config errors:");
+        for e in &r.errors {
+            let _ = writeln!(out, "  {e}");
+        }
+        let _ = writeln!(out, "old config kept");
+    }
+    for w in &r.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+/// The broker check of `clearifyctl test`.
+pub fn test_report(t: &TestReport) -> String {
+    let mut out = String::new();
+    let verdict = if t.reachable {
+        "reachable"
+    } else {
+        "NOT reachable"
+    };
+    let _ = writeln!(out, "broker {}: {verdict}", t.url);
+    let name_w = t.steps.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in &t.steps {
+        let _ = write!(
+            out,
+            "  {:<name_w$}  {}  {:.1} ms",
+            s.name,
+            if s.ok { "ok  " } else { "FAIL" },
+            s.millis
+        );
+        if let Some(d) = &s.detail {
+            let _ = write!(out, "  {d}");
+        }
+        let _ = writeln!(out);
+    }
+    if let Some(e) = &t.error {
+        let _ = writeln!(out, "error: {e}");
+    }
+    if let Some(v) = &t.redis_version {
+        let _ = writeln!(out, "redis version: {v}");
+    }
+    if let Some(m) = t.used_memory_bytes {
+        let _ = writeln!(out, "used memory: {:.1} MiB", m as f64 / 1048576.0);
+    }
+    if !t.queues.is_empty() {
+        let _ = writeln!(out, "queues: {}", queues_line(&t.queues));
+    }
+    if !t.heartbeats.is_empty() {
+        let _ = writeln!(out, "heartbeats:");
+        for h in &t.heartbeats {
+            let _ = writeln!(out, "  {}  {:.1}s ago", h.node, h.age_secs);
+        }
+    }
+    out
+}
+
+/// One worker line: UTC time, instance, and `!` for stderr.
+pub fn log_line(l: &LogLine) -> String {
+    let ts = if l.ts.is_finite() && l.ts >= 0.0 {
+        let t = UNIX_EPOCH + Duration::from_secs_f64(l.ts);
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        "-".into()
+    };
+    let mark = if l.stream == "stderr" { "!" } else { "" };
+    format!("{ts} {}{mark}: {}", l.instance, l.text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::{BrokerStatus, DaemonStatus, GroupStatus};
+
+    #[test]
+    fn durations_are_compact() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(192), "3m12s");
+        assert_eq!(human_duration(3 * 3600 + 12 * 60 + 5), "3h12m");
+        assert_eq!(human_duration(2 * 86400 + 4 * 3600), "2d4h");
+    }
+
+    #[test]
+    fn table_has_header_queues_and_aligned_rows() {
+        let inst = |id: &str, pid| InstanceStatus {
+            id: id.into(),
+            node: format!("{id}@dev"),
+            state: "running".into(),
+            pid,
+            uptime_secs: Some(11_520),
+            restarts: 2,
+            last_exit: Some("exit 1".into()),
+            memory_bytes: Some(100 * 1048576),
+            cpu_percent: Some(1.25),
+            heartbeat_age_secs: Some(2.4),
+            active: None,
+            processed: None,
+            pinned: false,
+        };
+        let status = Status {
+            daemon: DaemonStatus {
+                version: "0.1.0".into(),
+                pid: 7,
+                uptime_secs: 60,
+                device_id: "dev-1".into(),
+                config: "/etc/clearify/workers.toml".into(),
+                broker: BrokerStatus {
+                    state: "ok".into(),
+                    url: "redis://:***@127.0.0.1:6379/0".into(),
+                    error: None,
+                    since: None,
+                    latency_ms: Some(0.42),
+                },
+                limits: "on".into(),
+                summary: "2/2 running".into(),
+                logs_to_journal: false,
+            },
+            groups: vec![GroupStatus {
+                name: "text".into(),
+                queues: vec![QueueStatus {
+                    name: "text".into(),
+                    backlog: Some(12),
+                }],
+                instances: vec![inst("text-1", Some(4242)), inst("text-10", Some(5))],
+            }],
+        };
+        let t = status_table(&status);
+        assert!(t.starts_with(
+            "clearify-workerd 0.1.0  pid 7  up 1m0s  config /etc/clearify/workers.toml\n"
+        ));
+        assert!(
+            t.contains("broker ok redis://:***@127.0.0.1:6379/0 (0.4 ms)  device dev-1  limits on")
+        );
+        assert!(t.contains("text  queues: text=12\n"));
+        let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("  text-")).collect();
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].contains("3h12m") && rows[0].contains("100.0") && rows[0].contains("1.2"));
+        // Columns line up: STATE starts at the same offset in every row.
+        let col = |l: &str| l.find("running").unwrap();
+        assert_eq!(col(rows[0]), col(rows[1]));
+        let header = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("ID"))
+            .unwrap();
+        assert_eq!(header.find("STATE").unwrap(), col(rows[0]));
+    }
+
+    #[test]
+    fn log_lines_show_utc_time_and_stream() {
+        let l = LogLine {
+            ts: 1_700_000_000.5,
+            instance: "text-1".into(),
+            stream: "stderr".into(),
+            text: "boom".into(),
+        };
+        assert_eq!(log_line(&l), "2023-11-14T22:13:20Z text-1!: boom");
+    }
+}
