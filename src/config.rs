@@ -1,1 +1,1976 @@
-//! config (being written).
+//! The `workers.toml` configuration: schema, defaults and validation.
+//!
+//! [`load`] reads the file, [`load_str`] checks a text against an injected
+//! [`Environment`] (hostname, machine-id, process environment), so tests are
+//! deterministic. Validation never stops at the first problem: every error
+//! and warning is collected as a [`Diagnostic`] with file, line, column and
+//! the dotted key, printed as `PATH:LINE:COL: error: KEY: MESSAGE`.
+//!
+//! # Schema (workers.toml(5))
+//!
+//! Keys are snake_case. An unknown key is an error. Relative paths
+//! (`socket`, `command` with a `/`, `workdir`, `env_file`) are resolved
+//! against the directory of the config file.
+//!
+//! ## `[daemon]`
+//! | key | type | default | meaning |
+//! |---|---|---|---|
+//! | `socket` | path | `/run/clearify-workerd/control.sock` | control socket (≤ 107 bytes) |
+//! | `device_id` | string `[A-Za-z0-9._-]+` | hostname + `-` + first 6 hex digits of `/etc/machine-id` | this machine's unique name on the shared broker; part of every node name |
+//! | `admin_group` | string | `clearify` | Unix group allowed to send write commands on the socket |
+//! | `require_limits` | bool | `false` | refuse to start when cgroup v2 limits cannot be applied |
+//!
+//! ## `[broker]` (required when at least one group exists)
+//! | key | type | default | meaning |
+//! |---|---|---|---|
+//! | `url` | string | — | `redis://[user][:password@]host[:port][/db]`, `rediss://…`, `unix:///path.sock[?db=N]`, `redis+unix://…` |
+//! | `url_env` | string | — | name of a variable holding the URL, looked up in `celery.env_file` first, then in the daemon's environment |
+//! | `wait_timeout` | duration or `"infinite"` | `"infinite"` | how long to wait for the broker at start |
+//! | `on_timeout` | `"wait"`, `"start"`, `"fail"` | `"wait"` | what to do once `wait_timeout` is exceeded |
+//! | `check_interval` | duration > 0 | `"10s"` | broker health ping interval |
+//! | `priority_steps` | list of integers 0..=9 | `[0, 3, 6, 9]` | Celery priority sub-queues counted in the backlog |
+//! | `key_prefix` | string | `""` | Celery's `global_keyprefix` |
+//!
+//! Exactly one of `url` and `url_env` must be set.
+//!
+//! ## `[celery]`
+//! | key | type | default | meaning |
+//! |---|---|---|---|
+//! | `app` | string | — (required when groups exist) | `celery -A <app>` |
+//! | `command` | string | `celery` | the celery executable: a bare name is looked up in `PATH`, a path must exist and be executable |
+//! | `workdir` | path | `/` | working directory of the workers; must be a directory |
+//! | `env_file` | path | none | `KEY=VALUE` lines passed to the workers (see below) |
+//! | `user` | string | none | user the workers run as when the daemon runs as root; never `root` |
+//! | `loglevel` | `debug`, `info`, `warning`, `error`, `critical`, `fatal` | `info` | `--loglevel=` |
+//! | `extra_args` | list of strings | `[]` | appended to every worker's command line, before the group's |
+//!
+//! `env_file` syntax: one `KEY=VALUE` per line; blank lines and lines
+//! starting with `#` are ignored; an optional `export ` prefix; the value may
+//! be in single quotes (literal) or double quotes (`\n`, `\t`, `\"`, `\\`
+//! escapes); an unquoted value ends at ` #` (a comment). No variable
+//! expansion is performed.
+//!
+//! ## `[defaults]` and `[group.NAME]`
+//! Every group inherits each key it does not set from `[defaults]`, and from
+//! the built-in default after that. `env` tables are merged key by key (the
+//! group wins); every other key, `extra_args` included, is replaced as a
+//! whole. Group names match `[a-z0-9_-]+`, and a group name may not equal an
+//! instance id of another group (`text-1`).
+//!
+//! | key | type | default | meaning |
+//! |---|---|---|---|
+//! | `queues` | non-empty list of queue names | — (required) | `-Q`; a queue consumed by two groups is a warning |
+//! | `concurrency` | integer ≥ 1 | `1` | `-c` |
+//! | `instances` | integer ≥ 1 | `1` | worker processes of the group, ids `<group>-1` … |
+//! | `stop_timeout` | duration | `"60s"` | SIGTERM (warm shutdown) → SIGQUIT after this long |
+//! | `restart_delay` | duration | `"100ms"` | first restart delay |
+//! | `restart_delay_max` | duration ≥ `restart_delay` | `"60s"` | cap of the doubling restart delay |
+//! | `stable_after` | duration | `"30s"` | a run this long resets the backoff |
+//! | `heartbeat_timeout` | duration, `0` = off | `"60s"` | restart when Celery heartbeats stop this long |
+//! | `stall_timeout` | duration, `0` = off | `"300s"` | restart when backlog waits and nothing progresses this long |
+//! | `extra_args` | list of strings | `[]` | appended after `celery.extra_args` |
+//! | `env` | table of strings | `{}` | extra environment, over `env_file` |
+//! | `memory_max`, `memory_high`, `memory_swap_max` | size or `"max"` | none | cgroup v2 memory limits of the group |
+//! | `cpu_max` | number of CPUs > 0 (e.g. `1.5`) or `"max"` | none | cgroup `cpu.max` |
+//! | `cpu_weight` | 1..=10000 | none | cgroup `cpu.weight` |
+//! | `pids_max` | integer ≥ 1 or `"max"` | none | cgroup `pids.max` |
+//! | `io_weight` | 1..=10000 | none | cgroup `io.weight` |
+//!
+//! Durations are humantime strings: `"100ms"`, `"60s"`, `"1m 30s"`, `"2h"`.
+//! Sizes are integers (bytes) or strings with a binary unit: `"512M"`,
+//! `"1.5G"`, `"200MiB"`; `K`, `M`, `G`, `T` are powers of 1024.
+//!
+//! `extra_args` may never contain `--detach`/`-D` (the worker would leave
+//! supervision), `--pidfile` (stale pidfiles cause crash loops) or
+//! `--logfile`/`-f` (output must reach journald), nor the options the daemon
+//! sets itself (`-A`, `-Q`, `-c`, `-n`, `-l` and their long forms).
+//!
+//! ## The command line of instance `i` of group `g`
+//! ```text
+//! <command> -A <app> worker -Q <queues joined by ,> -c <concurrency> -n <g>-<i>@<device_id>
+//!     --loglevel=<loglevel> <celery.extra_args...> <group.extra_args...>
+//! ```
+//! run in `workdir` with exactly this environment: `PATH` (the daemon's, or
+//! `/usr/local/bin:/usr/bin:/bin`), `LANG=C.UTF-8`, then `env_file`, then
+//! the group's `env`, then `PYTHONUNBUFFERED=1`, `CLEARIFY_INSTANCE`,
+//! `CLEARIFY_GROUP` and `CLEARIFY_NODE`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::plan::{Limits, Timing};
+
+/// Where the daemon looks for its config unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/clearify/workers.toml";
+/// Default `[daemon].socket`.
+pub const DEFAULT_SOCKET: &str = "/run/clearify-workerd/control.sock";
+/// `PATH` given to workers when the daemon has none.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Where the default `device_id` takes its machine part from.
+pub const DEFAULT_MACHINE_ID_PATH: &str = "/etc/machine-id";
+/// Default `[daemon].admin_group`.
+pub const DEFAULT_ADMIN_GROUP: &str = "clearify";
+/// Default `[broker].priority_steps`.
+pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+/// Longest path a Unix socket address can hold (sun_path minus the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+// ---------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------
+
+/// A validated, fully defaulted configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from, as given.
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    /// `None` only when there are no groups and no `[broker]` section.
+    pub broker: Option<BrokerConfig>,
+    pub celery: CeleryConfig,
+    /// In file order.
+    pub groups: Vec<GroupConfig>,
+}
+
+impl Config {
+    pub fn group(&self, name: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub device_id: String,
+    pub admin_group: String,
+    pub require_limits: bool,
+}
+
+/// What to do once `[broker].wait_timeout` has passed without a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnTimeout {
+    /// Keep waiting (as if the timeout were infinite, but say so).
+    #[default]
+    Wait,
+    /// Start the workers anyway.
+    Start,
+    /// Exit non-zero.
+    Fail,
+}
+
+impl OnTimeout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Wait => "wait",
+            OnTimeout::Start => "start",
+            OnTimeout::Fail => "fail",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    /// The resolved URL (from `url`, or the variable named by `url_env`).
+    /// Contains the password: print it only through [`redact_url`].
+    pub url: String,
+    /// The variable the URL came from, when `url_env` was used.
+    pub url_env: Option<String>,
+    /// `None` = infinite.
+    pub wait_timeout: Option<Duration>,
+    pub on_timeout: OnTimeout,
+    pub check_interval: Duration,
+    /// Sorted, without duplicates.
+    pub priority_steps: Vec<u8>,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeleryConfig {
+    /// `-A`; `None` only when there are no groups.
+    pub app: Option<String>,
+    /// The executable, resolved: an absolute path when it was found.
+    pub command: PathBuf,
+    pub workdir: PathBuf,
+    pub env_file: Option<PathBuf>,
+    /// The parsed contents of `env_file` (empty without one).
+    pub env_file_vars: BTreeMap<String, String>,
+    pub user: Option<String>,
+    /// Lower case, one of debug, info, warning, error, critical, fatal.
+    pub loglevel: String,
+    pub extra_args: Vec<String>,
+    /// The `PATH` workers get: the daemon's, or [`DEFAULT_PATH`].
+    pub worker_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    pub instances: u32,
+    pub timing: Timing,
+    pub limits: Limits,
+    pub extra_args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// What the config is checked against: facts about the machine and the
+/// daemon's environment. [`Environment::system`] reads the real ones.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `None` when it cannot be determined.
+    pub hostname: Option<String>,
+    /// Normally [`DEFAULT_MACHINE_ID_PATH`].
+    pub machine_id_path: PathBuf,
+    /// The daemon's environment variables (for `url_env` and `PATH`).
+    pub vars: HashMap<String, String>,
+}
+
+impl Environment {
+    /// The running system: its hostname, `/etc/machine-id` and this
+    /// process's environment (non-UTF-8 variables are left out).
+    pub fn system() -> Environment {
+        Environment {
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty()),
+            machine_id_path: PathBuf::from(DEFAULT_MACHINE_ID_PATH),
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+
+    fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+/// One problem found in the config (or in its `env_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    /// The dotted key, e.g. `group.text.concurrency`; empty for syntax
+    /// errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: ",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.severity
+        )?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A valid config and the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config is invalid. Holds every error, and the warnings too,
+    /// sorted by position; displayed one per line.
+    #[error("{}", display_lines(diagnostics))]
+    Invalid { diagnostics: Vec<Diagnostic> },
+}
+
+impl ConfigError {
+    /// All diagnostics (errors and warnings); empty for an I/O error.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Io { .. } => &[],
+            ConfigError::Invalid { diagnostics } => diagnostics,
+        }
+    }
+
+    /// The number of errors (an I/O error counts as one).
+    pub fn error_count(&self) -> usize {
+        match self {
+            ConfigError::Io { .. } => 1,
+            ConfigError::Invalid { diagnostics } => diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count(),
+        }
+    }
+}
+
+fn display_lines(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------
+
+/// Read and validate the config file at `path` against the running system.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match String::from_utf8(bytes) {
+        Ok(text) => load_str(&text, path, &Environment::system()),
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let text = String::from_utf8_lossy(valid);
+            let src = Source::new(path, &text);
+            let (line, column) = src.position(text.len());
+            Err(ConfigError::Invalid {
+                diagnostics: vec![Diagnostic {
+                    severity: Severity::Error,
+                    file: path.to_path_buf(),
+                    line,
+                    column,
+                    key: String::new(),
+                    message: "the file is not valid UTF-8".into(),
+                }],
+            })
+        }
+    }
+}
+
+/// Validate `text` as if read from `path`, against `env`. Files named by
+/// the config (env_file, command, workdir) are checked on the real file
+/// system.
+pub fn load_str(text: &str, path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
+    let mut checker = Checker::new(path, text, env);
+    let config = checker.run();
+    let mut diags = checker.diags;
+    diags.sort_by(|a, b| {
+        let file_rank = |d: &Diagnostic| (d.file != path) as u8;
+        (file_rank(a), &a.file, a.line, a.column, a.severity).cmp(&(
+            file_rank(b),
+            &b.file,
+            b.line,
+            b.column,
+            b.severity,
+        ))
+    });
+    match config {
+        Some(config) if diags.iter().all(|d| d.severity == Severity::Warning) => Ok(Loaded {
+            config,
+            warnings: diags,
+        }),
+        _ => Err(ConfigError::Invalid { diagnostics: diags }),
+    }
+}
+
+/// `url` with its password (and a `password=` query parameter) replaced by
+/// `***`. Use it wherever a broker URL is shown or logged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..rest_start]);
+    let after_userinfo = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            &rest[at + 1..]
+        }
+        None => rest,
+    };
+    match after_userinfo.split_once('?') {
+        Some((before, query)) => {
+            out.push_str(before);
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(after_userinfo),
+    }
+    out
+}
+
+/// Parse a size: an integer number of bytes, or a number with a binary unit
+/// (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`; powers of 1024),
+/// e.g. `"512M"`, `"1.5G"`, `"200MiB"`. `"max"` gives `None` (no limit).
+pub fn parse_size(s: &str) -> Result<Option<u64>, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("max") || t.eq_ignore_ascii_case("infinity") {
+        return Ok(None);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    if num.is_empty() {
+        return Err(format!(
+            "invalid size `{s}`: expected a number with an optional unit, e.g. \"512M\" or \"1.5G\""
+        ));
+    }
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "invalid size `{s}`: unknown unit `{unit}` (use K, M, G or T, powers of 1024)"
+            ));
+        }
+    };
+    let multiplier = (1u64 << shift) as f64;
+    let bytes = if let Ok(n) = num.parse::<u64>() {
+        n.checked_mul(1u64 << shift)
+    } else {
+        match num.parse::<f64>() {
+            Ok(f) if f.is_finite() && f * multiplier < u64::MAX as f64 => {
+                Some((f * multiplier) as u64)
+            }
+            Ok(_) => None,
+            Err(_) => {
+                return Err(format!("invalid size `{s}`: `{num}` is not a number"));
+            }
+        }
+    };
+    bytes
+        .map(Some)
+        .ok_or_else(|| format!("invalid size `{s}`: too large"))
+}
+
+/// Parse a humantime duration (`"100ms"`, `"60s"`, `"1m 30s"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("invalid duration `{s}`: {e} (write e.g. \"100ms\", \"60s\" or \"1m 30s\")")
+    })
+}
+
+/// Parse the text of an env file: `KEY=VALUE` lines (see the module docs).
+/// Returns the variables in file order (a later duplicate overrides), or
+/// every bad line as `(line, column, message)`.
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, Vec<(usize, usize, String)>> {
+    let mut vars = Vec::new();
+    let mut errors = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line_no = n + 1;
+        match parse_env_line(raw) {
+            Ok(Some(kv)) => vars.push(kv),
+            Ok(None) => {}
+            Err((col, msg)) => errors.push((line_no, col, msg)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(vars)
+    } else {
+        Err(errors)
+    }
+}
+
+/// One env-file line: `Ok(None)` for blanks and comments, `Err((column,
+/// message))` when malformed.
+fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)> {
+    let line = raw.strip_suffix('\r').unwrap_or(raw);
+    let indent = line.len() - line.trim_start().len();
+    let body = line.trim_start();
+    if body.is_empty() || body.starts_with('#') {
+        return Ok(None);
+    }
+    let col_of = |byte: usize| line[..byte].chars().count() + 1;
+    let mut start = indent;
+    if let Some(rest) = body.strip_prefix("export ") {
+        start += body.len() - rest.len() + (rest.len() - rest.trim_start().len());
+    }
+    let Some(eq_rel) = line[start..].find('=') else {
+        return Err((
+            col_of(start),
+            "expected KEY=VALUE (no `=` on this line)".into(),
+        ));
+    };
+    let key = line[start..start + eq_rel].trim_end();
+    if !is_env_name(key) {
+        return Err((
+            col_of(start),
+            format!("invalid variable name `{key}` (use letters, digits and `_`, not starting with a digit)"),
+        ));
+    }
+    let value_start = start + eq_rel + 1;
+    let vs = &line[value_start..];
+    let lead = vs.len() - vs.trim_start().len();
+    let v = vs.trim_start();
+    let v_col = col_of(value_start + lead);
+    let value = if let Some(inner) = v.strip_prefix('\'') {
+        let Some(end) = inner.find('\'') else {
+            return Err((v_col, "unterminated single-quoted value".into()));
+        };
+        check_env_trailer(&inner[end + 1..], v_col)?;
+        inner[..end].to_string()
+    } else if let Some(inner) = v.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = inner.char_indices();
+        let mut closed = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => {
+                    closed = Some(i);
+                    break;
+                }
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => out.push('\n'),
+                    Some((_, 't')) => out.push('\t'),
+                    Some((_, 'r')) => out.push('\r'),
+                    Some((_, '"')) => out.push('"'),
+                    Some((_, '\\')) => out.push('\\'),
+                    Some((_, '$')) => out.push('$'),
+                    Some((_, other)) => {
+                        out.push('\\');
+                        out.push(other);
+                    }
+                    None => break,
+                },
+                c => out.push(c),
+            }
+        }
+        let Some(end) = closed else {
+            return Err((v_col, "unterminated double-quoted value".into()));
+        };
+        check_env_trailer(&inner[end + 1..], v_col)?;
+        out
+    } else {
+        let mut value = v;
+        if v.starts_with('#') {
+            value = "";
+        } else if let Some(hash) = v.find(" #").or_else(|| v.find("\t#")) {
+            value = &v[..hash];
+        }
+        value.trim_end().to_string()
+    };
+    Ok(Some((key.to_string(), value)))
+}
+
+fn check_env_trailer(rest: &str, col: usize) -> Result<(), (usize, String)> {
+    let rest = rest.trim_start();
+    if rest.is_empty() || rest.starts_with('#') {
+        Ok(())
+    } else {
+        Err((
+            col,
+            format!("unexpected text `{rest}` after the closing quote"),
+        ))
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Whether `name` is a valid group name: `[a-z0-9_-]+`.
+pub fn is_valid_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Check a broker URL's shape (scheme, host or socket path, port, db).
+pub fn check_broker_url(url: &str) -> Result<(), String> {
+    const HINT: &str = "expected e.g. redis://:password@host:6379/0 or unix:///run/redis/redis.sock";
+    if url.chars().any(char::is_whitespace) {
+        return Err(format!("the URL contains whitespace; {HINT}"));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("not a URL; {HINT}"));
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let after_userinfo = match rest.rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let db_from_query = || -> Result<(), String> {
+        for p in query.unwrap_or("").split('&') {
+            if let Some(db) = p.strip_prefix("db=")
+                && db.parse::<u32>().is_err()
+            {
+                return Err(format!("db `{db}` is not a number"));
+            }
+        }
+        Ok(())
+    };
+    match scheme {
+        "redis" | "rediss" => {
+            let (hostport, path) = match after_userinfo.find('/') {
+                Some(i) => (&after_userinfo[..i], &after_userinfo[i + 1..]),
+                None => (after_userinfo, ""),
+            };
+            let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+                match v6.split_once(']') {
+                    Some((h, p)) => (h, p.strip_prefix(':')),
+                    None => return Err(format!("unclosed `[` in the host; {HINT}")),
+                }
+            } else {
+                match hostport.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (hostport, None),
+                }
+            };
+            if host.is_empty() {
+                return Err(format!("the URL has no host; {HINT}"));
+            }
+            if let Some(p) = port
+                && p.parse::<u16>().is_err()
+            {
+                return Err(format!("port `{p}` is not a number from 0 to 65535"));
+            }
+            let path = path.trim_end_matches('/');
+            if !path.is_empty() && path.parse::<u32>().is_err() {
+                return Err(format!("database `{path}` is not a number"));
+            }
+            db_from_query()
+        }
+        "unix" | "redis+unix" => {
+            if !after_userinfo.starts_with('/') || after_userinfo.len() < 2 {
+                return Err(format!(
+                    "a {scheme}:// URL needs an absolute socket path, e.g. unix:///run/redis/redis.sock"
+                ));
+            }
+            db_from_query()
+        }
+        other => Err(format!(
+            "unsupported scheme `{other}`; use redis, rediss, unix or redis+unix"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Positions
+// ---------------------------------------------------------------------------
+
+struct Source<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Source<'a> {
+    fn new(_path: &Path, text: &'a str) -> Source<'a> {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Source { text, line_starts }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset) - 1;
+        let start = self.line_starts[line];
+        let mut end = offset;
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        (line + 1, self.text[start..end].chars().count() + 1)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The checker
+// ---------------------------------------------------------------------------
+
+type Val<'i> = Spanned<DeValue<'i>>;
+
+/// A value with where it came from.
+#[derive(Debug, Clone)]
+struct At<T> {
+    v: T,
+    span: Range<usize>,
+    key: String,
+}
+
+const TOP_KEYS: &[&str] = &["daemon", "broker", "celery", "defaults", "group"];
+const DAEMON_KEYS: &[&str] = &["socket", "device_id", "admin_group", "require_limits"];
+const BROKER_KEYS: &[&str] = &[
+    "url",
+    "url_env",
+    "wait_timeout",
+    "on_timeout",
+    "check_interval",
+    "priority_steps",
+    "key_prefix",
+];
+const CELERY_KEYS: &[&str] = &[
+    "app",
+    "command",
+    "workdir",
+    "env_file",
+    "user",
+    "loglevel",
+    "extra_args",
+];
+const GROUP_KEYS: &[&str] = &[
+    "queues",
+    "concurrency",
+    "instances",
+    "stop_timeout",
+    "restart_delay",
+    "restart_delay_max",
+    "stable_after",
+    "heartbeat_timeout",
+    "stall_timeout",
+    "extra_args",
+    "env",
+    "memory_max",
+    "memory_high",
+    "memory_swap_max",
+    "cpu_max",
+    "cpu_weight",
+    "pids_max",
+    "io_weight",
+];
+const LOGLEVELS: &[&str] = &["debug", "info", "warning", "error", "critical", "fatal"];
+/// Variables the daemon sets for every worker.
+const RESERVED_ENV: &[&str] = &[
+    "PYTHONUNBUFFERED",
+    "CLEARIFY_INSTANCE",
+    "CLEARIFY_GROUP",
+    "CLEARIFY_NODE",
+];
+
+/// The per-group keys as written in one table ([defaults] or a group).
+#[derive(Debug, Clone, Default)]
+struct RawGroup {
+    /// `queues` was written (even if invalid).
+    queues_written: bool,
+    queues: Option<At<Vec<At<String>>>>,
+    concurrency: Option<At<u32>>,
+    instances: Option<At<u32>>,
+    stop_timeout: Option<At<Duration>>,
+    restart_delay: Option<At<Duration>>,
+    restart_delay_max: Option<At<Duration>>,
+    stable_after: Option<At<Duration>>,
+    heartbeat_timeout: Option<At<Option<Duration>>>,
+    stall_timeout: Option<At<Option<Duration>>>,
+    extra_args: Option<At<Vec<String>>>,
+    env: Option<At<BTreeMap<String, String>>>,
+    memory_max: Option<At<Option<u64>>>,
+    memory_high: Option<At<Option<u64>>>,
+    memory_swap_max: Option<At<Option<u64>>>,
+    cpu_max: Option<At<Option<f64>>>,
+    cpu_weight: Option<At<u32>>,
+    pids_max: Option<At<Option<u64>>>,
+    io_weight: Option<At<u32>>,
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    base_dir: PathBuf,
+    src: Source<'a>,
+    env: &'a Environment,
+    diags: Vec<Diagnostic>,
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+impl<'a> Checker<'a> {
+    fn new(path: &'a Path, text: &'a str, env: &'a Environment) -> Checker<'a> {
+        let base_dir = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/"));
+        Checker {
+            path,
+            base_dir,
+            src: Source::new(path, text),
+            env,
+            diags: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, severity: Severity, span: &Range<usize>, key: &str, message: String) {
+        let (line, column) = self.src.position(span.start);
+        self.diags.push(Diagnostic {
+            severity,
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    fn error(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
+        self.push(Severity::Error, span, key, message.into());
+    }
+
+    fn warning(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
+        self.push(Severity::Warning, span, key, message.into());
+    }
+
+    fn has_errors(&self) -> bool {
+        self.diags.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    fn resolve_path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn unknown_key(&mut self, span: &Range<usize>, prefix: &str, name: &str, known: &[&str]) {
+        let mut msg = format!("unknown key `{name}`");
+        if let Some(best) = known
+            .iter()
+            .filter(|k| distance(k, name) <= 2.max(name.len() / 4))
+            .min_by_key(|k| distance(k, name))
+        {
+            msg.push_str(&format!("; did you mean `{best}`?"));
+        } else {
+            msg.push_str(&format!("; expected one of: {}", known.join(", ")));
+        }
+        self.error(span, &join(prefix, name), msg);
+    }
+
+    fn wrong_type(&mut self, v: &Val<'_>, key: &str, expected: &str) {
+        let found = type_name(v.get_ref());
+        self.error(&v.span(), key, format!("expected {expected}, found {found}"));
+    }
+
+    // ----- typed getters: each reports its own error and returns None -----
+
+    fn table<'t, 'i>(&mut self, v: &'t Val<'i>, key: &str) -> Option<&'t DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => {
+                self.wrong_type(v, key, "a table");
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                self.wrong_type(v, key, "a string");
+                None
+            }
+        }
+    }
+
+    fn nonempty_string(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
+        let s = self.string(v, key)?;
+        if s.trim().is_empty() {
+            self.error(&v.span(), key, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    fn boolean(&mut self, v: &Val<'_>, key: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong_type(v, key, "a boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max`.
+    fn int_in(&mut self, v: &Val<'_>, key: &str, min: i64, max: i64) -> Option<i64> {
+        let DeValue::Integer(i) = v.get_ref() else {
+            self.wrong_type(v, key, "an integer");
+            return None;
+        };
+        let Ok(n) = i64::from_str_radix(i.as_str(), i.radix()) else {
+            self.error(&v.span(), key, format!("integer {i} is out of range"));
+            return None;
+        };
+        if n < min || n > max {
+            let msg = if max == i64::MAX || max == u32::MAX as i64 {
+                format!("must be at least {min}, found {n}")
+            } else {
+                format!("must be from {min} to {max}, found {n}")
+            };
+            self.error(&v.span(), key, msg);
+            return None;
+        }
+        Some(n)
+    }
+
+    fn u32_in(&mut self, v: &Val<'_>, key: &str, min: u32, max: u32) -> Option<u32> {
+        self.int_in(v, key, min.into(), max.into())
+            .map(|n| n as u32)
+    }
+
+    /// A list of strings, each element with its own span.
+    fn string_list(&mut self, v: &Val<'_>, key: &str) -> Option<Vec<At<String>>> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(v, key, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (idx, item) in items.iter().enumerate() {
+            let ikey = format!("{key}[{idx}]");
+            match self.string(item, &ikey) {
+                Some(s) => out.push(At {
+                    v: s,
+                    span: item.span(),
+                    key: ikey,
+                }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A duration string. With `off_allowed`, zero (`"0s"` or the integer
+    /// 0) gives `Some(None)`.
+    fn duration(&mut self, v: &Val<'_>, key: &str, off_allowed: bool) -> Option<Option<Duration>> {
+        match v.get_ref() {
+            DeValue::String(s) => match parse_duration(s) {
+                Ok(d) if off_allowed && d.is_zero() => Some(None),
+                Ok(d) => Some(Some(d)),
+                Err(e) => {
+                    self.error(&v.span(), key, e);
+                    None
+                }
+            },
+            DeValue::Integer(i) if i.as_str() == "0" => {
+                if off_allowed {
+                    Some(None)
+                } else {
+                    Some(Some(Duration::ZERO))
+                }
+            }
+            DeValue::Integer(i) => {
+                self.error(
+                    &v.span(),
+                    key,
+                    format!("write a duration as a string with a unit, e.g. \"{i}s\""),
+                );
+                None
+            }
+            _ => {
+                self.wrong_type(v, key, "a duration string such as \"60s\"");
+                None
+            }
+        }
+    }
+
+    fn plain_duration(&mut self, v: &Val<'_>, key: &str) -> Option<Duration> {
+        self.duration(v, key, false).map(|d| d.unwrap_or_default())
+    }
+
+    /// A size: integer bytes or a string with a unit; `"max"` → `Some(None)`.
+    fn size(&mut self, v: &Val<'_>, key: &str, zero_ok: bool) -> Option<Option<u64>> {
+        let parsed = match v.get_ref() {
+            DeValue::String(s) => match parse_size(s) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.error(&v.span(), key, e);
+                    return None;
+                }
+            },
+            DeValue::Integer(_) => Some(self.int_in(v, key, 0, i64::MAX)? as u64),
+            _ => {
+                self.wrong_type(v, key, "a size such as \"512M\" or \"1G\"");
+                return None;
+            }
+        };
+        if let Some(n) = parsed {
+            if n == 0 && !zero_ok {
+                self.error(&v.span(), key, "must be greater than 0 (use \"max\" for no limit)");
+                return None;
+            }
+            if n > 0 && n < 1 << 20 {
+                self.warning(
+                    &v.span(),
+                    key,
+                    format!("only {n} bytes; sizes without a unit are bytes (did you mean \"{n}M\"?)"),
+                );
+            }
+        }
+        Some(parsed)
+    }
+
+    fn at<T>(&self, v: T, val: &Val<'_>, key: &str) -> At<T> {
+        At {
+            v,
+            span: val.span(),
+            key: key.to_string(),
+        }
+    }
+
+    // ----- sections -----
+
+    fn run(&mut self) -> Option<Config> {
+        let (doc, errors) = DeTable::parse_recoverable(self.src.text);
+        if !errors.is_empty() {
+            for e in errors {
+                let span = e.span().unwrap_or(0..0);
+                self.error(&span, "", format!("TOML syntax: {}", e.message()));
+            }
+            return None;
+        }
+        let doc = doc.into_inner();
+        let mut sections: HashMap<&str, &Val<'_>> = HashMap::new();
+        for (k, v) in doc.iter() {
+            let name: &str = k.get_ref();
+            if TOP_KEYS.contains(&name) {
+                sections.insert(name, v);
+            } else {
+                self.unknown_key(&k.span(), "", name, TOP_KEYS);
+            }
+        }
+
+        // Groups first: whether any exist decides what else is required.
+        let defaults = match sections.get("defaults") {
+            Some(v) => match self.table(v, "defaults") {
+                Some(t) => self.raw_group(t, "defaults"),
+                None => RawGroup::default(),
+            },
+            None => RawGroup::default(),
+        };
+        let mut raw_groups: Vec<(At<String>, Range<usize>, RawGroup)> = Vec::new();
+        if let Some(gv) = sections.get("group")
+            && let Some(gt) = self.table(gv, "group")
+        {
+            let mut entries: Vec<_> = gt.iter().collect();
+            entries.sort_by_key(|(k, _)| k.span().start);
+            for (k, v) in entries {
+                let name = k.get_ref().to_string();
+                let prefix = format!("group.{name}");
+                if !is_valid_group_name(&name) {
+                    self.error(
+                        &k.span(),
+                        &prefix,
+                        format!("invalid group name `{name}`: use only a-z, 0-9, `_` and `-`"),
+                    );
+                }
+                if let Some(t) = self.table(v, &prefix) {
+                    let raw = self.raw_group(t, &prefix);
+                    raw_groups.push((
+                        At {
+                            v: name,
+                            span: k.span(),
+                            key: prefix,
+                        },
+                        v.span(),
+                        raw,
+                    ));
+                }
+            }
+        }
+        let has_groups = !raw_groups.is_empty();
+        let first_group_span = raw_groups.first().map(|g| g.1.clone()).unwrap_or(0..0);
+        if !has_groups && !sections.contains_key("group") {
+            self.warning(&(0..0), "group", "no [group.NAME] sections: no workers will run");
+        }
+
+        let daemon = self.daemon(sections.get("daemon").copied());
+        let celery = self.celery(sections.get("celery").copied(), has_groups, &first_group_span);
+        let broker = match sections.get("broker") {
+            Some(v) => self.broker(v, &celery),
+            None => {
+                if has_groups {
+                    self.error(
+                        &first_group_span,
+                        "broker",
+                        "a [broker] section with `url` or `url_env` is required when groups are defined",
+                    );
+                }
+                None
+            }
+        };
+
+        let groups = self.groups(&defaults, &raw_groups);
+
+        if self.has_errors() {
+            return None;
+        }
+        Some(Config {
+            path: self.path.to_path_buf(),
+            daemon: daemon?,
+            broker,
+            celery: celery.config?,
+            groups,
+        })
+    }
+
+    fn daemon(&mut self, v: Option<&Val<'_>>) -> Option<DaemonConfig> {
+        let mut socket = PathBuf::from(DEFAULT_SOCKET);
+        let mut device_id = None;
+        let mut admin_group = DEFAULT_ADMIN_GROUP.to_string();
+        let mut require_limits = false;
+        let mut ok = true;
+        if let Some(v) = v
+            && let Some(t) = self.table(v, "daemon")
+        {
+            for (k, v) in t.iter() {
+                let name = k.get_ref().as_ref();
+                let key = join("daemon", name);
+                match name {
+                    "socket" => match self.nonempty_string(v, &key) {
+                        Some(s) => {
+                            let p = self.resolve_path(&s);
+                            let len = p.as_os_str().len();
+                            if len > MAX_SOCKET_PATH {
+                                self.error(
+                                    &v.span(),
+                                    &key,
+                                    format!("the path is {len} bytes long; Unix socket paths are limited to {MAX_SOCKET_PATH}"),
+                                );
+                                ok = false;
+                            }
+                            socket = p;
+                        }
+                        None => ok = false,
+                    },
+                    "device_id" => match self.nonempty_string(v, &key) {
+                        Some(s) => {
+                            if s.chars().all(|c| {
+                                c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-'
+                            }) {
+                                device_id = Some(s);
+                            } else {
+                                self.error(
+                                    &v.span(),
+                                    &key,
+                                    format!("invalid device_id `{s}`: use only letters, digits, `.`, `_` and `-` (it becomes part of the Celery node name)"),
+                                );
+                                ok = false;
+                            }
+                        }
+                        None => ok = false,
+                    },
+                    "admin_group" => match self.nonempty_string(v, &key) {
+                        Some(s) => admin_group = s,
+                        None => ok = false,
+                    },
+                    "require_limits" => match self.boolean(v, &key) {
+                        Some(b) => require_limits = b,
+                        None => ok = false,
+                    },
+                    _ => self.unknown_key(&k.span(), "daemon", name, DAEMON_KEYS),
+                }
+            }
+        }
+        let device_id = match device_id {
+            Some(d) => d,
+            None => self.default_device_id()?,
+        };
+        ok.then_some(DaemonConfig {
+            socket,
+            device_id,
+            admin_group,
+            require_limits,
+        })
+    }
+
+    /// hostname + "-" + the first 6 hex digits of the machine id.
+    fn default_device_id(&mut self) -> Option<String> {
+        let Some(host) = self.env.hostname.clone() else {
+            self.error(
+                &(0..0),
+                "daemon.device_id",
+                "cannot determine the hostname for the default device_id; set [daemon].device_id",
+            );
+            return None;
+        };
+        let host: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let path = &self.env.machine_id_path;
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let id = text.trim();
+                if id.len() >= 6 && id.chars().take(6).all(|c| c.is_ascii_hexdigit()) {
+                    Some(format!("{host}-{}", id[..6].to_ascii_lowercase()))
+                } else {
+                    self.warning(
+                        &(0..0),
+                        "daemon.device_id",
+                        format!("{} does not hold a machine id; device_id defaults to the hostname `{host}` alone, which may not be unique on a shared broker; set [daemon].device_id", path.display()),
+                    );
+                    Some(host)
+                }
+            }
+            Err(e) => {
+                self.warning(
+                    &(0..0),
+                    "daemon.device_id",
+                    format!("cannot read {}: {e}; device_id defaults to the hostname `{host}` alone, which may not be unique on a shared broker; set [daemon].device_id", path.display()),
+                );
+                Some(host)
+            }
+        }
+    }
+
+    fn celery(&mut self, v: Option<&Val<'_>>, has_groups: bool, group_span: &Range<usize>) -> CeleryParts {
+        let mut app = None;
+        let mut command: Option<At<String>> = None;
+        let mut workdir: Option<At<String>> = None;
+        let mut env_file: Option<At<String>> = None;
+        let mut user = None;
+        let mut loglevel = "info".to_string();
+        let mut extra_args = Vec::new();
+        let mut ok = true;
+        let mut header = group_span.clone();
+        if let Some(v) = v
+            && let Some(t) = self.table(v, "celery")
+        {
+            header = v.span();
+            for (k, v) in t.iter() {
+                let name = k.get_ref().as_ref();
+                let key = join("celery", name);
+                match name {
+                    "app" => match self.nonempty_string(v, &key) {
+                        Some(s) => app = Some(s),
+                        None => ok = false,
+                    },
+                    "command" => match self.nonempty_string(v, &key) {
+                        Some(s) => command = Some(self.at(s, v, &key)),
+                        None => ok = false,
+                    },
+                    "workdir" => match self.nonempty_string(v, &key) {
+                        Some(s) => workdir = Some(self.at(s, v, &key)),
+                        None => ok = false,
+                    },
+                    "env_file" => match self.nonempty_string(v, &key) {
+                        Some(s) => env_file = Some(self.at(s, v, &key)),
+                        None => ok = false,
+                    },
+                    "user" => match self.nonempty_string(v, &key) {
+                        Some(s) => {
+                            if self.check_user(&s, v, &key) {
+                                user = Some(s);
+                            } else {
+                                ok = false;
+                            }
+                        }
+                        None => ok = false,
+                    },
+                    "loglevel" => match self.string(v, &key) {
+                        Some(s) if LOGLEVELS.contains(&s.to_ascii_lowercase().as_str()) => {
+                            loglevel = s.to_ascii_lowercase();
+                        }
+                        Some(s) => {
+                            self.error(
+                                &v.span(),
+                                &key,
+                                format!("invalid loglevel `{s}`; expected one of: {}", LOGLEVELS.join(", ")),
+                            );
+                            ok = false;
+                        }
+                        None => ok = false,
+                    },
+                    "extra_args" => match self.string_list(v, &key) {
+                        Some(args) => {
+                            self.check_worker_args(&args);
+                            extra_args = args.into_iter().map(|a| a.v).collect();
+                        }
+                        None => ok = false,
+                    },
+                    _ => self.unknown_key(&k.span(), "celery", name, CELERY_KEYS),
+                }
+            }
+        }
+        if has_groups && app.is_none() && ok {
+            self.error(&header, "celery.app", "missing required key `app` (the Celery app for `celery -A`), required when groups are defined");
+        }
+
+        let worker_path = self
+            .env
+            .var("PATH")
+            .filter(|p| !p.is_empty())
+            .unwrap_or(DEFAULT_PATH)
+            .to_string();
+
+        // command: checked when groups will run it, or when set explicitly.
+        let command_path = match &command {
+            Some(c) => self.resolve_command(&c.v, &worker_path, Some(c)),
+            None if has_groups => self.resolve_command("celery", &worker_path, None),
+            None => Some(PathBuf::from("celery")),
+        };
+
+        let workdir_path = match &workdir {
+            Some(w) => {
+                let p = self.resolve_path(&w.v);
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => Some(p),
+                    Ok(_) => {
+                        self.error(&w.span, &w.key, format!("{} is not a directory", p.display()));
+                        None
+                    }
+                    Err(e) => {
+                        self.error(&w.span, &w.key, format!("{}: {e}", p.display()));
+                        None
+                    }
+                }
+            }
+            None => Some(PathBuf::from("/")),
+        };
+
+        let mut env_file_vars = BTreeMap::new();
+        let mut env_file_path = None;
+        let mut env_file_ok = true;
+        if let Some(f) = &env_file {
+            let p = self.resolve_path(&f.v);
+            match std::fs::read(&p) {
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    match parse_env_file(&text) {
+                        Ok(vars) => {
+                            let lines = env_line_numbers(&text);
+                            for (k, v) in vars {
+                                if RESERVED_ENV.contains(&k.as_str()) {
+                                    let line = lines.get(&k).copied().unwrap_or(1);
+                                    self.diags.push(Diagnostic {
+                                        severity: Severity::Warning,
+                                        file: p.clone(),
+                                        line,
+                                        column: 1,
+                                        key: "celery.env_file".into(),
+                                        message: format!("`{k}` is set by clearify-workerd for each worker; this value is ignored"),
+                                    });
+                                }
+                                if v.contains("${") {
+                                    let line = lines.get(&k).copied().unwrap_or(1);
+                                    self.diags.push(Diagnostic {
+                                        severity: Severity::Warning,
+                                        file: p.clone(),
+                                        line,
+                                        column: 1,
+                                        key: "celery.env_file".into(),
+                                        message: format!("`{k}` contains `${{`, but no variable expansion is performed"),
+                                    });
+                                }
+                                env_file_vars.insert(k, v);
+                            }
+                        }
+                        Err(errors) => {
+                            env_file_ok = false;
+                            for (line, column, message) in errors {
+                                self.diags.push(Diagnostic {
+                                    severity: Severity::Error,
+                                    file: p.clone(),
+                                    line,
+                                    column,
+                                    key: "celery.env_file".into(),
+                                    message,
+                                });
+                            }
+                        }
+                    }
+                    env_file_path = Some(p);
+                }
+                Err(e) => {
+                    env_file_ok = false;
+                    self.error(&f.span, &f.key, format!("cannot read env_file {}: {e}", p.display()));
+                }
+            }
+        }
+
+        let config = (ok && env_file_ok).then_some(()).and_then(|()| {
+            Some(CeleryConfig {
+                app: app.clone(),
+                command: command_path.clone()?,
+                workdir: workdir_path.clone()?,
+                env_file: env_file_path.clone(),
+                env_file_vars: env_file_vars.clone(),
+                user: user.clone(),
+                loglevel: loglevel.clone(),
+                extra_args: extra_args.clone(),
+                worker_path: worker_path.clone(),
+            })
+        });
+        CeleryParts {
+            config,
+            env_file_vars,
+            env_file_path,
+        }
+    }
+
+    fn check_user(&mut self, name: &str, v: &Val<'_>, key: &str) -> bool {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) if u.uid.is_root() => {
+                self.error(&v.span(), key, format!("user `{name}` is root; workers never run as root"));
+                false
+            }
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                self.error(&v.span(), key, format!("no such user `{name}`"));
+                false
+            }
+            Err(e) => {
+                self.error(&v.span(), key, format!("cannot look up user `{name}`: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Find the celery executable: a bare name in `path_var`, anything with
+    /// a `/` as a path (relative to the config's directory).
+    fn resolve_command(&mut self, cmd: &str, path_var: &str, at: Option<&At<String>>) -> Option<PathBuf> {
+        let (span, key) = match at {
+            Some(a) => (a.span.clone(), a.key.clone()),
+            None => (0..0, "celery.command".to_string()),
+        };
+        if cmd.contains('/') {
+            let p = self.resolve_path(cmd);
+            match std::fs::metadata(&p) {
+                Ok(m) if !m.is_file() => {
+                    self.error(&span, &key, format!("{} is not a regular file", p.display()));
+                    None
+                }
+                Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                    self.error(&span, &key, format!("{} is not executable (chmod +x it)", p.display()));
+                    None
+                }
+                Ok(_) => Some(p),
+                Err(e) => {
+                    self.error(&span, &key, format!("{}: {e}", p.display()));
+                    None
+                }
+            }
+        } else {
+            for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+                let p = Path::new(dir).join(cmd);
+                if let Ok(m) = std::fs::metadata(&p)
+                    && m.is_file()
+                    && m.permissions().mode() & 0o111 != 0
+                {
+                    return Some(p);
+                }
+            }
+            let how = if at.is_some() { "" } else { " (the default celery.command)" };
+            self.error(
+                &span,
+                &key,
+                format!("`{cmd}`{how} is not an executable in PATH ({path_var}); set celery.command to its full path, e.g. /opt/clearify/venv/bin/celery"),
+            );
+            None
+        }
+    }
+
+    fn broker(&mut self, v: &Val<'_>, celery: &CeleryParts) -> Option<BrokerConfig> {
+        let t = self.table(v, "broker")?;
+        let mut url: Option<At<String>> = None;
+        let mut url_env: Option<At<String>> = None;
+        let mut wait_timeout = None;
+        let mut on_timeout = OnTimeout::Wait;
+        let mut check_interval = Duration::from_secs(10);
+        let mut priority_steps = DEFAULT_PRIORITY_STEPS.to_vec();
+        let mut key_prefix = String::new();
+        let mut ok = true;
+        for (k, val) in t.iter() {
+            let name = k.get_ref().as_ref();
+            let key = join("broker", name);
+            match name {
+                "url" => match self.nonempty_string(val, &key) {
+                    Some(s) => url = Some(self.at(s, val, &key)),
+                    None => ok = false,
+                },
+                "url_env" => match self.nonempty_string(val, &key) {
+                    Some(s) => url_env = Some(self.at(s, val, &key)),
+                    None => ok = false,
+                },
+                "wait_timeout" => match val.get_ref() {
+                    DeValue::String(s) if s.trim().eq_ignore_ascii_case("infinite") => {}
+                    _ => match self.duration(val, &key, false) {
+                        Some(d) => wait_timeout = d,
+                        None => ok = false,
+                    },
+                },
+                "on_timeout" => match self.string(val, &key).as_deref() {
+                    Some("wait") => on_timeout = OnTimeout::Wait,
+                    Some("start") => on_timeout = OnTimeout::Start,
+                    Some("fail") => on_timeout = OnTimeout::Fail,
+                    Some(other) => {
+                        self.error(&val.span(), &key, format!("invalid value `{other}`; expected \"wait\", \"start\" or \"fail\""));
+                        ok = false;
+                    }
+                    None => ok = false,
+                },
+                "check_interval" => match self.plain_duration(val, &key) {
+                    Some(d) if d.is_zero() => {
+                        self.error(&val.span(), &key, "must be greater than 0");
+                        ok = false;
+                    }
+                    Some(d) => check_interval = d,
+                    None => ok = false,
+                },
+                "priority_steps" => {
+                    let DeValue::Array(items) = val.get_ref() else {
+                        self.wrong_type(val, &key, "an array of integers from 0 to 9");
+                        ok = false;
+                        continue;
+                    };
+                    if items.is_empty() {
+                        self.error(&val.span(), &key, "must not be empty (use [0] for no priorities)");
+                        ok = false;
+                        continue;
+                    }
+                    let mut steps = Vec::new();
+                    for (idx, item) in items.iter().enumerate() {
+                        match self.int_in(item, &format!("{key}[{idx}]"), 0, 9) {
+                            Some(n) => steps.push(n as u8),
+                            None => ok = false,
+                        }
+                    }
+                    steps.sort_unstable();
+                    steps.dedup();
+                    priority_steps = steps;
+                }
+                "key_prefix" => match self.string(val, &key) {
+                    Some(s) => key_prefix = s,
+                    None => ok = false,
+                },
+                _ => self.unknown_key(&k.span(), "broker", name, BROKER_KEYS),
+            }
+        }
+        let resolved = match (&url, &url_env) {
+            (Some(_), Some(e)) => {
+                self.error(&e.span, &e.key, "set either `url` or `url_env`, not both");
+                None
+            }
+            (None, None) => {
+                if ok {
+                    self.error(&v.span(), "broker.url", "missing `url` (or `url_env`)");
+                }
+                None
+            }
+            (Some(u), None) => match check_broker_url(&u.v) {
+                Ok(()) => Some(u.v.clone()),
+                Err(e) => {
+                    self.error(&u.span, &u.key, format!("invalid broker URL `{}`: {e}", redact_url(&u.v)));
+                    None
+                }
+            },
+            (None, Some(e)) => {
+                let from_file = celery.env_file_vars.get(&e.v).cloned();
+                let (value, source) = match from_file {
+                    Some(val) => (
+                        Some(val),
+                        format!("env_file {}", celery.env_file_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+                    ),
+                    None => (self.env.var(&e.v).map(str::to_string), "the daemon's environment".to_string()),
+                };
+                match value {
+                    None => {
+                        let where_ = match &celery.env_file_path {
+                            Some(p) => format!("in env_file {} nor in the daemon's environment", p.display()),
+                            None => "in the daemon's environment (and no celery.env_file is set)".into(),
+                        };
+                        self.error(&e.span, &e.key, format!("variable `{}` is not set {where_}", e.v));
+                        None
+                    }
+                    Some(u) => match check_broker_url(&u) {
+                        Ok(()) => Some(u),
+                        Err(err) => {
+                            self.error(
+                                &e.span,
+                                &e.key,
+                                format!("`{}` from {source} is not a valid broker URL (`{}`): {err}", e.v, redact_url(&u)),
+                            );
+                            None
+                        }
+                    },
+                }
+            }
+        };
+        let url = resolved?;
+        ok.then_some(BrokerConfig {
+            url,
+            url_env: url_env.map(|e| e.v),
+            wait_timeout,
+            on_timeout,
+            check_interval,
+            priority_steps,
+            key_prefix,
+        })
+    }
+
+    /// Reject options that take the worker out of supervision or clash
+    /// with the ones the daemon sets.
+    fn check_worker_args(&mut self, args: &[At<String>]) {
+        for a in args {
+            let s = a.v.as_str();
+            let name = s.split_once('=').map_or(s, |(n, _)| n);
+            let why: Option<&str> = if name == "--detach" || s == "-D" {
+                Some("`--detach`/`-D` would fork the worker into the background, out of clearify-workerd's supervision; workers must stay in the foreground")
+            } else if name == "--pidfile" {
+                Some("`--pidfile` is not allowed: stale pidfiles make restarted workers refuse to start (a crash loop); clearify-workerd tracks the processes itself")
+            } else if name == "--logfile" || s.starts_with("-f") {
+                Some("`--logfile`/`-f` is not allowed: worker output must go to stdout/stderr so clearify-workerd can send it to journald")
+            } else if matches!(name, "-A" | "--app") || (s.starts_with("-A") && s.len() > 2) {
+                Some("the app is set by clearify-workerd; use celery.app")
+            } else if matches!(name, "-Q" | "--queues") || (s.starts_with("-Q") && s.len() > 2) {
+                Some("the queues are set by clearify-workerd; use the group's `queues`")
+            } else if matches!(name, "-c" | "--concurrency") || (s.starts_with("-c") && s.len() > 2) {
+                Some("the concurrency is set by clearify-workerd; use the group's `concurrency`")
+            } else if matches!(name, "-n" | "--hostname") || (s.starts_with("-n") && s.len() > 2) {
+                Some("the node name is set by clearify-workerd (`<group>-<i>@<device_id>`) and must stay unique; set daemon.device_id instead")
+            } else if matches!(name, "-l" | "--loglevel") || (s.starts_with("-l") && s.len() > 2) {
+                Some("the log level is set by clearify-workerd; use celery.loglevel")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.error(&a.span, &a.key, format!("`{s}`: {why}"));
+            }
+        }
+    }
+
+    /// Read the per-group keys of one table ([defaults] or [group.NAME]).
+    fn raw_group(&mut self, t: &DeTable<'_>, prefix: &str) -> RawGroup {
+        let mut g = RawGroup::default();
+        for (k, v) in t.iter() {
+            let name = k.get_ref().as_ref();
+            let key = join(prefix, name);
+            match name {
+                "queues" => {
+                    g.queues_written = true;
+                    if let Some(list) = self.string_list(v, &key) {
+                        if list.is_empty() {
+                            self.error(&v.span(), &key, "must list at least one queue");
+                            continue;
+                        }
+                        let mut good = true;
+                        let mut seen: Vec<&str> = Vec::new();
+                        for q in &list {
+                            if q.v.trim().is_empty() {
+                                self.error(&q.span, &q.key, "a queue name must not be empty");
+                                good = false;
+                            } else if q.v.contains(',') || q.v.chars().any(char::is_whitespace) {
+                                self.error(&q.span, &q.key, format!("queue name `{}` must not contain `,` or whitespace", q.v));
+                                good = false;
+                            } else if seen.contains(&q.v.as_str()) {
+                                self.warning(&q.span, &q.key, format!("queue `{}` is listed twice", q.v));
+                            }
+                            seen.push(&q.v);
+                        }
+                        if good {
+                            let mut uniq: Vec<At<String>> = Vec::new();
+                            for q in list {
+                                if !uniq.iter().any(|u| u.v == q.v) {
+                                    uniq.push(q);
+                                }
+                            }
+                            g.queues = Some(self.at(uniq, v, &key));
+                        }
+                    }
+                }
+                "concurrency" => g.concurrency = self.u32_in(v, &key, 1, u32::MAX).map(|n| self.at(n, v, &key)),
+                "instances" => g.instances = self.u32_in(v, &key, 1, u32::MAX).map(|n| self.at(n, v, &key)),
+                "stop_timeout" => g.stop_timeout = self.plain_duration(v, &key).map(|d| self.at(d, v, &key)),
+                "restart_delay" => g.restart_delay = self.plain_duration(v, &key).map(|d| self.at(d, v, &key)),
+                "restart_delay_max" => g.restart_delay_max = self.plain_duration(v, &key).map(|d| self.at(d, v, &key)),
+                "stable_after" => g.stable_after = self.plain_duration(v, &key).map(|d| self.at(d, v, &key)),
+                "heartbeat_timeout" => g.heartbeat_timeout = self.duration(v, &key, true).map(|d| self.at(d, v, &key)),
+                "stall_timeout" => g.stall_timeout = self.duration(v, &key, true).map(|d| self.at(d, v, &key)),
+                "extra_args" => {
+                    if let Some(args) = self.string_list(v, &key) {
+                        self.check_worker_args(&args);
+                        g.extra_args = Some(self.at(args.into_iter().map(|a| a.v).collect(), v, &key));
+                    }
+                }
+                "env" => {
+                    let Some(et) = self.table(v, &key) else { continue };
+                    let mut env = BTreeMap::new();
+                    for (ek, ev) in et.iter() {
+                        let var = ek.get_ref().to_string();
+                        let vkey = join(&key, &var);
+                        if !is_env_name(&var) {
+                            self.error(&ek.span(), &vkey, format!("invalid variable name `{var}` (use letters, digits and `_`, not starting with a digit)"));
+                            continue;
+                        }
+                        if RESERVED_ENV.contains(&var.as_str()) {
+                            self.error(&ek.span(), &vkey, format!("`{var}` is set by clearify-workerd for each worker"));
+                            continue;
+                        }
+                        if let Some(s) = self.string(ev, &vkey) {
+                            env.insert(var, s);
+                        }
+                    }
+                    g.env = Some(self.at(env, v, &key));
+                }
+                "memory_max" => g.memory_max = self.size(v, &key, false).map(|s| self.at(s, v, &key)),
+                "memory_high" => g.memory_high = self.size(v, &key, false).map(|s| self.at(s, v, &key)),
+                "memory_swap_max" => g.memory_swap_max = self.size(v, &key, true).map(|s| self.at(s, v, &key)),
+                "cpu_max" => {
+                    let parsed = match v.get_ref() {
+                        DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => Some(None),
+                        DeValue::Float(f) => match f.as_str().parse::<f64>() {
+                            Ok(x) if x.is_finite() => Some(Some(x)),
+                            _ => {
+                                self.error(&v.span(), &key, format!("invalid number {f}"));
+                                None
+                            }
+                        },
+                        DeValue::Integer(_) => self.int_in(v, &key, i64::MIN, i64::MAX).map(|n| Some(n as f64)),
+                        _ => {
+                            self.wrong_type(v, &key, "a number of CPUs, e.g. 1.5 (or \"max\")");
+                            None
+                        }
+                    };
+                    match parsed {
+                        Some(Some(x)) if x < 0.01 => {
+                            self.error(&v.span(), &key, format!("must be at least 0.01 CPUs, found {x}"));
+                        }
+                        Some(p) => g.cpu_max = Some(self.at(p, v, &key)),
+                        None => {}
+                    }
+                }
+                "cpu_weight" => g.cpu_weight = self.u32_in(v, &key, 1, 10_000).map(|n| self.at(n, v, &key)),
+                "io_weight" => g.io_weight = self.u32_in(v, &key, 1, 10_000).map(|n| self.at(n, v, &key)),
+                "pids_max" => {
+                    g.pids_max = match v.get_ref() {
+                        DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => Some(self.at(None, v, &key)),
+                        DeValue::Integer(_) => self.int_in(v, &key, 1, i64::MAX).map(|n| self.at(Some(n as u64), v, &key)),
+                        _ => {
+                            self.wrong_type(v, &key, "an integer (or \"max\")");
+                            None
+                        }
+                    }
+                }
+                _ => self.unknown_key(&k.span(), prefix, name, GROUP_KEYS),
+            }
+        }
+        g
+    }
+
+    /// Merge each group over [defaults] and the built-in defaults, and check
+    /// what spans groups (missing queues, shared queues, id clashes).
+    fn groups(&mut self, defaults: &RawGroup, raws: &[(At<String>, Range<usize>, RawGroup)]) -> Vec<GroupConfig> {
+        fn pick<T: Clone>(g: &Option<At<T>>, d: &Option<At<T>>) -> Option<At<T>> {
+            g.clone().or_else(|| d.clone())
+        }
+        let builtin = Timing::default();
+        let mut out = Vec::new();
+        let mut queue_owner: HashMap<String, (String, usize)> = HashMap::new();
+        for (name, table_span, g) in raws {
+            let Some(queues) = pick(&g.queues, &defaults.queues) else {
+                // Only report a missing key when it was absent, not invalid.
+                if !g.queues_written && !defaults.queues_written {
+                    self.error(table_span, &name.key, "missing required key `queues` (a non-empty list of queue names)");
+                }
+                continue;
+            };
+            for q in &queues.v {
+                if let Some((other, line)) = queue_owner.get(&q.v) {
+                    if other != &name.v {
+                        self.warning(&q.span, &q.key, format!("queue `{}` is also consumed by group `{other}` (line {line})", q.v));
+                    }
+                } else {
+                    let (line, _) = self.src.position(q.span.start);
+                    queue_owner.insert(q.v.clone(), (name.v.clone(), line));
+                }
+            }
+            let val = |o: Option<At<Duration>>, dflt: Duration| o.map_or(dflt, |a| a.v);
+            let restart_delay = pick(&g.restart_delay, &defaults.restart_delay);
+            let restart_delay_max = pick(&g.restart_delay_max, &defaults.restart_delay_max);
+            let rd = val(restart_delay.clone(), builtin.restart_delay);
+            let rdm = val(restart_delay_max.clone(), builtin.restart_delay_max);
+            if rdm < rd {
+                let at = restart_delay_max.or(restart_delay).unwrap_or(At {
+                    v: Duration::ZERO,
+                    span: table_span.clone(),
+                    key: name.key.clone(),
+                });
+                self.error(
+                    &at.span,
+                    &at.key,
+                    format!("group `{}`: restart_delay_max ({}) is shorter than restart_delay ({})", name.v, humantime::format_duration(rdm), humantime::format_duration(rd)),
+                );
+            }
+            let memory_max = pick(&g.memory_max, &defaults.memory_max).and_then(|a| a.v);
+            let memory_high = pick(&g.memory_high, &defaults.memory_high);
+            if let (Some(max), Some(At { v: Some(high), span, key })) = (memory_max, &memory_high)
+                && *high > max
+            {
+                self.warning(span, key, format!("group `{}`: memory_high is above memory_max, so it has no effect", name.v));
+            }
+            let mut env = defaults.env.as_ref().map(|a| a.v.clone()).unwrap_or_default();
+            if let Some(ge) = &g.env {
+                env.extend(ge.v.clone());
+            }
+            out.push(GroupConfig {
+                name: name.v.clone(),
+                queues: queues.v.into_iter().map(|q| q.v).collect(),
+                concurrency: pick(&g.concurrency, &defaults.concurrency).map_or(1, |a| a.v),
+                instances: pick(&g.instances, &defaults.instances).map_or(1, |a| a.v),
+                timing: Timing {
+                    stop_timeout: val(pick(&g.stop_timeout, &defaults.stop_timeout), builtin.stop_timeout),
+                    restart_delay: rd,
+                    restart_delay_max: rdm,
+                    stable_after: val(pick(&g.stable_after, &defaults.stable_after), builtin.stable_after),
+                    heartbeat_timeout: pick(&g.heartbeat_timeout, &defaults.heartbeat_timeout).map_or(builtin.heartbeat_timeout, |a| a.v),
+                    stall_timeout: pick(&g.stall_timeout, &defaults.stall_timeout).map_or(builtin.stall_timeout, |a| a.v),
+                },
+                limits: Limits {
+                    memory_max,
+                    memory_high: memory_high.and_then(|a| a.v),
+                    memory_swap_max: pick(&g.memory_swap_max, &defaults.memory_swap_max).and_then(|a| a.v),
+                    cpu_max: pick(&g.cpu_max, &defaults.cpu_max).and_then(|a| a.v),
+                    cpu_weight: pick(&g.cpu_weight, &defaults.cpu_weight).map(|a| a.v),
+                    pids_max: pick(&g.pids_max, &defaults.pids_max).and_then(|a| a.v),
+                    io_weight: pick(&g.io_weight, &defaults.io_weight).map(|a| a.v),
+                },
+                extra_args: pick(&g.extra_args, &defaults.extra_args).map(|a| a.v).unwrap_or_default(),
+                env,
+            });
+        }
+        // A group name that is also another group's instance id would make
+        // control targets ambiguous ("text-1": group or instance?).
+        for (name, _, _) in raws {
+            for other in &out {
+                if other.name != name.v
+                    && let Some(i) = name.v.strip_prefix(&format!("{}-", other.name))
+                    && let Ok(i) = i.parse::<u32>()
+                    && i >= 1
+                    && i <= other.instances
+                    && i.to_string() == name.v[other.name.len() + 1..]
+                {
+                    self.error(
+                        &name.span,
+                        &name.key,
+                        format!("group name `{}` is also the id of instance {i} of group `{}`; rename one of them", name.v, other.name),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What [`Checker::celery`] hands to the broker check (url_env lookup).
+struct CeleryParts {
+    config: Option<CeleryConfig>,
+    env_file_vars: BTreeMap<String, String>,
+    env_file_path: Option<PathBuf>,
+}
+
+/// The line each variable of an env file was (last) set on.
+fn env_line_numbers(text: &str) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if let Ok(Some((k, _))) = parse_env_line(line) {
+            out.insert(k, n + 1);
+        }
+    }
+    out
+}
