@@ -1,1 +1,0 @@
-//! cgroup (being written).
