@@ -11,6 +11,7 @@ pub mod broker;
 pub mod cgroup;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod ctl;
 pub mod journal;
 pub mod notify;

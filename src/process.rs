@@ -146,10 +146,7 @@ pub fn spawn(
                 return Err(io::Error::last_os_error());
             }
             if let Some(fd) = cgroup_procs {
-                let zero = b"0";
-                if libc::write(fd, zero.as_ptr().cast(), zero.len()) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                crate::cgroup::join_cgroup_fd(fd)?;
             }
             if let Some((uid, gid, groups)) = &ids {
                 if libc::setgroups(groups.len(), groups.as_ptr()) < 0

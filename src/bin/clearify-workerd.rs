@@ -1,3 +1,106 @@
-fn main() {
-    println!("clearify-workerd {}", clearify_workerd::VERSION);
+//! clearify-workerd: supervise Celery workers per queue group.
+//!
+//! Thin: parse the arguments, set up logging, and call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use clearify_workerd::{config, daemon, journal, plan};
+
+/// Supervise Celery workers: one or more `celery worker` processes per queue
+/// group, gated on the Redis broker, restarted with backoff, limited with
+/// cgroup v2 and logged to journald.
+#[derive(Debug, Parser)]
+#[command(
+    name = "clearify-workerd",
+    version,
+    after_help = "\
+Examples:
+  clearify-workerd --check                      validate /etc/clearify/workers.toml and print the plan
+  clearify-workerd --config ./workers.toml      run in the foreground with another config
+
+Under systemd: systemctl enable --now clearify-workerd; journalctl -u clearify-workerd.
+Control it with clearifyctl (status, start, stop, restart, reload, logs, test).
+
+Signals: SIGTERM/SIGINT stop all workers (warm shutdown: running tasks finish)
+and exit 0; SIGHUP reloads the config (a broken config is rejected and the old
+one keeps running).
+
+Exit status: 0 stopped cleanly or config valid; 1 invalid config or start-up
+failure (the message says which file, line and key, or what to fix).
+
+See clearify-workerd(8) and workers.toml(5)."
+)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, short = 'c', value_name = "PATH", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+
+    /// Validate the config, print each worker's exact command line, cwd,
+    /// user and limits, and exit: 0 when valid, 1 with every error otherwise.
+    #[arg(long, short = 't')]
+    check: bool,
+
+    /// Where the daemon's own logs go: journald (native, with fields),
+    /// stderr (human-readable), or auto (journald when stderr is the journal,
+    /// i.e. under systemd).
+    #[arg(long, value_enum, default_value_t = Target::Auto, value_name = "TARGET")]
+    log_target: Target,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Target {
+    Auto,
+    Journal,
+    Stderr,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.check {
+        return check(&args.config);
+    }
+    let log_target = match args.log_target {
+        Target::Auto => journal::LogTarget::Auto,
+        Target::Journal => journal::LogTarget::Journal,
+        Target::Stderr => journal::LogTarget::Stderr,
+    };
+    if let Err(e) = journal::init_tracing(log_target) {
+        eprintln!("clearify-workerd: cannot set up logging: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clearify-workerd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(daemon::run(daemon::Options {
+        config: args.config,
+        log_target,
+    }));
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            let p = plan::build(&loaded.config);
+            print!("{}", plan::render_check(&p, &loaded.config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -15,8 +15,7 @@
 pub mod backoff;
 pub mod machine;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +34,7 @@ use crate::control::protocol::{
 use crate::control::server::ControlMsg;
 use crate::journal::{self, LogStore, Sink, Stream, WorkerMeta};
 use crate::notify::Notifier;
-use crate::plan::{self, Plan};
+use crate::plan;
 use crate::process::{self, RunAs};
 pub use machine::{Action, ExitReason, Machine, StopSignal};
 
@@ -102,7 +101,7 @@ pub struct Supervisor {
     last_status_line: String,
     usage: HashMap<String, Usage>,
     usage_at: Option<std::time::Instant>,
-    sys: sysinfo::System,
+    sys: Option<sysinfo::System>,
     exit_code: Option<i32>,
 }
 
@@ -140,7 +139,7 @@ impl Supervisor {
             last_status_line: String::new(),
             usage: HashMap::new(),
             usage_at: None,
-            sys: sysinfo::System::new(),
+            sys: sysinfo::System::new().ok(),
             exit_code: None,
             config: setup.config,
         }
@@ -757,15 +756,15 @@ impl Supervisor {
                     fresh.insert(v.id.clone(), (s.cpu_usage_usec.unwrap_or(0), s.memory_current));
                 }
             }
-        } else {
+        } else if let Some(sys) = &mut self.sys {
             use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
-            self.sys.refresh_processes_specifics(
+            sys.refresh_processes_specifics(
                 ProcessesToUpdate::All,
                 true,
                 ProcessRefreshKind::nothing().with_memory().with_cpu(),
             );
             let mut children: HashMap<sysinfo::Pid, Vec<sysinfo::Pid>> = HashMap::new();
-            for (pid, p) in self.sys.processes() {
+            for (pid, p) in sys.processes() {
                 if let Some(parent) = p.parent() {
                     children.entry(parent).or_default().push(*pid);
                 }
@@ -775,7 +774,7 @@ impl Supervisor {
                 let mut stack = vec![sysinfo::Pid::from_u32(pid)];
                 let (mut cpu, mut mem) = (0u64, 0u64);
                 while let Some(p) = stack.pop() {
-                    if let Some(proc_) = self.sys.process(p) {
+                    if let Some(proc_) = sys.process(p) {
                         cpu += proc_.accumulated_cpu_time() * 1000;
                         mem += proc_.memory();
                     }

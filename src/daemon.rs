@@ -1,0 +1,187 @@
+//! The daemon's start-up order and wiring.
+//!
+//! 1. Signal handlers first, so a SIGHUP or SIGTERM at an odd moment never
+//!    kills the daemon with the default action.
+//! 2. The config, validated as a whole; errors name file, line and key.
+//! 3. The worker user (never root).
+//! 4. The cgroup subtree: the daemon moves itself into `supervisor/` before
+//!    anything is started and before READY=1.
+//! 5. Child subreaper, then the reaper task.
+//! 6. The control socket; then READY=1, so boot is never stalled by a
+//!    broker that is not up yet (the broker wait shows in STATUS=).
+//! 7. The supervisor actor, until shutdown.
+
+use std::path::{Path, PathBuf};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::cgroup;
+use crate::config;
+use crate::control::server::{self, Authorizer};
+use crate::journal::{self, Sink};
+use crate::notify::Notifier;
+use crate::process;
+use crate::supervisor::{Msg, Setup, Supervisor};
+
+/// Where the delegated cgroup v2 tree is looked for.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// What the daemon is started with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub log_target: journal::LogTarget,
+}
+
+/// Run the daemon until it is told to stop. Returns the process exit code.
+pub async fn run(opts: Options) -> i32 {
+    // 1. Signals.
+    let (tx, rx) = mpsc::channel::<Msg>(1024);
+    if let Err(e) = spawn_signal_handlers(tx.clone()) {
+        error!(error = %e, "cannot install signal handlers");
+        return 1;
+    }
+
+    // 2. Config.
+    let loaded = match config::load(&opts.config) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("invalid configuration; not starting:\n{e}");
+            return 1;
+        }
+    };
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    let config = loaded.config;
+    let has_groups = !config.groups.is_empty();
+
+    // 3. User.
+    let run_as = match process::resolve_user(config.celery.user.as_deref()) {
+        Ok(u) => u,
+        Err(e) if has_groups => {
+            error!("{e}");
+            return 1;
+        }
+        Err(e) => {
+            warn!("{e} (no groups are configured, so nothing runs yet)");
+            None
+        }
+    };
+
+    // 4. cgroups.
+    let availability = cgroup::setup(Path::new(CGROUP_ROOT));
+    let limits_line = availability.status_line();
+    if let Some(line) = availability.log_line() {
+        warn!("{line}");
+    }
+    let cgroups = match availability.require(config.daemon.require_limits) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("{e} ([daemon].require_limits = true)");
+            return 1;
+        }
+    };
+    if let Some(t) = &cgroups {
+        for w in t.setup_warnings() {
+            warn!("{w}");
+        }
+        info!(cgroup = %t.dir().display(), "resource limits are on");
+    }
+
+    // 5. Reaping.
+    if let Err(e) = process::become_subreaper() {
+        warn!(error = %e, "cannot become a child subreaper; orphaned worker processes go to PID 1");
+    }
+    let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+    if let Err(e) = process::spawn_reaper(exit_tx) {
+        error!(error = %e, "cannot watch for worker exits");
+        return 1;
+    }
+
+    // 6. Control socket.
+    let socket = config.daemon.socket.clone();
+    let listener = match server::bind(&socket, None) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    let auth = match Authorizer::for_current_process(Some(&config.daemon.admin_group)) {
+        Ok(a) => a,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let server_task = tokio::spawn(server::serve(listener, auth, ctl_tx, async {
+        let _ = server_stopped.await;
+    }));
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = ctl_rx.recv().await {
+                if tx.send(Msg::Control(m)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let notifier = Notifier::from_env();
+    let sink = match opts.log_target {
+        journal::LogTarget::Journal => Sink::Journal(journal::JournalSender::new()),
+        journal::LogTarget::Stderr => Sink::Stderr,
+        journal::LogTarget::Auto => Sink::auto(),
+    };
+    info!(
+        version = crate::VERSION,
+        config = %config.path.display(),
+        socket = %socket.display(),
+        device_id = %config.daemon.device_id,
+        groups = config.groups.len(),
+        "clearify-workerd started"
+    );
+    notifier.ready();
+
+    // 7. The actor.
+    let sup = Supervisor::new(
+        Setup {
+            config,
+            run_as,
+            cgroups,
+            limits_line,
+            sink,
+            notifier,
+        },
+        tx,
+    );
+    let code = sup.run(rx, exit_rx).await;
+    let _ = stop_server.send(());
+    let _ = server_task.await;
+    code
+}
+
+fn spawn_signal_handlers(tx: mpsc::Sender<Msg>) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: stopping"); Msg::Shutdown }
+                _ = int.recv() => { info!("SIGINT: stopping"); Msg::Shutdown }
+                _ = hup.recv() => { info!("SIGHUP: reloading the config"); Msg::Reload }
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
