@@ -37,7 +37,7 @@
 //! | key | type | default | meaning |
 //! |---|---|---|---|
 //! | `app` | string | — (required when groups exist) | `celery -A <app>` |
-//! | `command` | string | `celery` | the celery executable: a bare name is looked up in `PATH`, a path must exist and be executable |
+//! | `command` | string or list of strings | `celery` | the celery executable: a bare name is looked up in `PATH`, a path must exist and be executable. A list such as `["python3", "-m", "celery"]` gives the executable and the arguments that precede `-A` |
 //! | `workdir` | path | `/` | working directory of the workers; must be a directory |
 //! | `env_file` | path | none | `KEY=VALUE` lines passed to the workers (see below) |
 //! | `user` | string | none | user the workers run as when the daemon runs as root; never `root` |
@@ -87,7 +87,7 @@
 //!
 //! ## The command line of instance `i` of group `g`
 //! ```text
-//! <command> -A <app> worker -Q <queues joined by ,> -c <concurrency> -n <g>-<i>@<device_id>
+//! <command> [<command list args>] -A <app> worker -Q <queues joined by ,> -c <concurrency> -n <g>-<i>@<device_id>
 //!     --loglevel=<loglevel> <celery.extra_args...> <group.extra_args...>
 //! ```
 //! run in `workdir` with exactly this environment: `PATH` (the daemon's, or
@@ -197,6 +197,10 @@ pub struct CeleryConfig {
     pub app: Option<String>,
     /// The executable, resolved: an absolute path when it was found.
     pub command: PathBuf,
+    /// Arguments that come with the command when `command` is a list, e.g.
+    /// `["python3", "-m", "celery"]` gives `python3` (resolved) and
+    /// `["-m", "celery"]`; they precede `-A`. Empty for the string form.
+    pub command_args: Vec<String>,
     pub workdir: PathBuf,
     pub env_file: Option<PathBuf>,
     /// The parsed contents of `env_file` (empty without one).
@@ -1362,6 +1366,8 @@ impl<'a> Checker<'a> {
         group_span: &Range<usize>,
     ) -> CeleryParts {
         let mut app = None;
+        let mut app_written = false;
+        let mut command_args = Vec::new();
         let mut command: Option<At<String>> = None;
         let mut workdir: Option<At<String>> = None;
         let mut env_file: Option<At<String>> = None;
@@ -1378,13 +1384,30 @@ impl<'a> Checker<'a> {
                 let name = k.get_ref().as_ref();
                 let key = join("celery", name);
                 match name {
-                    "app" => match self.nonempty_string(v, &key) {
-                        Some(s) => app = Some(s),
-                        None => ok = false,
-                    },
-                    "command" => match self.nonempty_string(v, &key) {
-                        Some(s) => command = Some(self.at(s, v, &key)),
-                        None => ok = false,
+                    "app" => {
+                        app_written = true;
+                        match self.nonempty_string(v, &key) {
+                            Some(s) => app = Some(s),
+                            None => ok = false,
+                        }
+                    }
+                    "command" => match v.get_ref() {
+                        DeValue::Array(_) => match self.string_list(v, &key) {
+                            Some(list) if list.is_empty() => {
+                                self.error(&v.span(), &key, "must not be an empty list");
+                                ok = false;
+                            }
+                            Some(list) => {
+                                let mut list = list.into_iter();
+                                command = list.next();
+                                command_args = list.map(|a| a.v).collect();
+                            }
+                            None => ok = false,
+                        },
+                        _ => match self.nonempty_string(v, &key) {
+                            Some(s) => command = Some(self.at(s, v, &key)),
+                            None => ok = false,
+                        },
                     },
                     "workdir" => match self.nonempty_string(v, &key) {
                         Some(s) => workdir = Some(self.at(s, v, &key)),
@@ -1432,7 +1455,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        if has_groups && app.is_none() && ok {
+        if has_groups && !app_written {
             self.error(&header, "celery.app", "missing required key `app` (the Celery app for `celery -A`), required when groups are defined");
         }
 
@@ -1545,6 +1568,7 @@ impl<'a> Checker<'a> {
             Some(CeleryConfig {
                 app: app.clone(),
                 command: command_path.clone()?,
+                command_args: command_args.clone(),
                 workdir: workdir_path.clone()?,
                 env_file: env_file_path.clone(),
                 env_file_vars: env_file_vars.clone(),
@@ -1648,6 +1672,7 @@ impl<'a> Checker<'a> {
         let t = self.table(v, "broker")?;
         let mut url: Option<At<String>> = None;
         let mut url_env: Option<At<String>> = None;
+        let mut url_written = false;
         let mut wait_timeout = None;
         let mut on_timeout = OnTimeout::Wait;
         let mut check_interval = Duration::from_secs(10);
@@ -1658,14 +1683,20 @@ impl<'a> Checker<'a> {
             let name = k.get_ref().as_ref();
             let key = join("broker", name);
             match name {
-                "url" => match self.nonempty_string(val, &key) {
-                    Some(s) => url = Some(self.at(s, val, &key)),
-                    None => ok = false,
-                },
-                "url_env" => match self.nonempty_string(val, &key) {
-                    Some(s) => url_env = Some(self.at(s, val, &key)),
-                    None => ok = false,
-                },
+                "url" => {
+                    url_written = true;
+                    match self.nonempty_string(val, &key) {
+                        Some(s) => url = Some(self.at(s, val, &key)),
+                        None => ok = false,
+                    }
+                }
+                "url_env" => {
+                    url_written = true;
+                    match self.nonempty_string(val, &key) {
+                        Some(s) => url_env = Some(self.at(s, val, &key)),
+                        None => ok = false,
+                    }
+                }
                 "wait_timeout" => match val.get_ref() {
                     DeValue::String(s) if s.trim().eq_ignore_ascii_case("infinite") => {}
                     _ => match self.duration(val, &key, false) {
@@ -1732,7 +1763,7 @@ impl<'a> Checker<'a> {
                 None
             }
             (None, None) => {
-                if ok {
+                if !url_written {
                     self.error(&v.span(), "broker.url", "missing `url` (or `url_env`)");
                 }
                 None
@@ -2695,6 +2726,7 @@ stall_timeout = "soon"
                 "daemon.device_id",
                 "broker.url",
                 "broker.on_timeout",
+                "celery.app",
                 "celery.loglevel",
                 "group.A",
                 "group.A.queues",
@@ -2702,9 +2734,9 @@ stall_timeout = "soon"
                 "group.A.stall_timeout",
             ]
         );
-        assert_eq!(err.error_count(), 8);
+        assert_eq!(err.error_count(), 9);
         let shown = err.to_string();
-        assert_eq!(shown.lines().count(), 8);
+        assert_eq!(shown.lines().count(), 9);
         let first = format!(
             "{}:2:13: error: daemon.device_id: invalid device_id `pi kitchen`",
             fx.path().display()
@@ -2947,6 +2979,47 @@ extra_args = ["--pidfile=/run/x.pid", "--logfile", "/var/log/x", "-f/tmp/x", "-n
         assert!(l.config.groups.is_empty() && l.config.broker.is_none());
         assert_eq!(l.warnings.len(), 1);
         assert!(l.warnings[0].message.contains("no workers will run"));
+    }
+
+    #[test]
+    fn missing_required_keys_are_reported_next_to_other_errors() {
+        let fx = Fx::new();
+        let diags = fx.errors(
+            "[broker]\nwait_timeout = \"x\"\n[celery]\nloglevel = \"loud\"\n[group.g]\nqueues = [\"q\"]\n",
+        );
+        assert_error(&diags, "broker.url", 1, 1, "missing `url`");
+        assert_error(&diags, "broker.wait_timeout", 2, 16, "invalid duration");
+        assert_error(&diags, "celery.app", 3, 1, "missing required key `app`");
+        assert_error(&diags, "celery.loglevel", 4, 12, "invalid loglevel");
+        assert_eq!(diags.len(), 4, "{diags:#?}");
+    }
+
+    #[test]
+    fn command_may_be_a_list() {
+        let fx = Fx::new();
+        let text = |cmd: &str| {
+            with_base("[group.g]\nqueues = [\"q\"]\n")
+                .replace("[celery]\n", &format!("[celery]\ncommand = {cmd}\n"))
+        };
+        let c = fx.ok(&text(r#"["celery", "-m", "celery"]"#)).config;
+        assert_eq!(c.celery.command, fx.dir.path().join("bin/celery"));
+        assert_eq!(c.celery.command_args, ["-m", "celery"]);
+        let c = fx.ok(&text(r#""celery""#)).config;
+        assert!(c.celery.command_args.is_empty());
+        assert_error(
+            &fx.errors(&text("[]")),
+            "celery.command",
+            4,
+            11,
+            "empty list",
+        );
+        assert_error(
+            &fx.errors(&text(r#"["nope-4711", "-m"]"#)),
+            "celery.command[0]",
+            4,
+            12,
+            "not an executable in PATH",
+        );
     }
 
     #[test]

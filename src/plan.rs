@@ -150,7 +150,7 @@ pub fn diff(old: &Plan, new: &Plan) -> PlanDiff {
 /// Build the plan from a validated config: for each group (in config
 /// order) and each instance `i` in `1..=instances`, the exact process to run.
 ///
-/// argv: `-A <app> worker -Q <queues joined by ,> -c <concurrency>
+/// argv: `[<celery.command list args>] -A <app> worker -Q <queues joined by ,> -c <concurrency>
 /// -n <group>-<i>@<device_id> --loglevel=<loglevel> <celery.extra_args...>
 /// <group.extra_args...>`. env: `PATH` and `LANG=C.UTF-8`, then the
 /// env_file, then the group's `env`, then `PYTHONUNBUFFERED=1`,
@@ -166,7 +166,8 @@ pub fn build(config: &Config) -> Plan {
                 .map(|i| {
                     let id = format!("{}-{i}", g.name);
                     let node = format!("{id}@{device_id}");
-                    let mut args: Vec<String> = vec![
+                    let mut args: Vec<String> = celery.command_args.clone();
+                    args.extend([
                         "-A".into(),
                         celery.app.clone().unwrap_or_default(),
                         "worker".into(),
@@ -177,7 +178,7 @@ pub fn build(config: &Config) -> Plan {
                         "-n".into(),
                         node.clone(),
                         format!("--loglevel={}", celery.loglevel),
-                    ];
+                    ]);
                     args.extend(celery.extra_args.iter().cloned());
                     args.extend(g.extra_args.iter().cloned());
                     let mut env = BTreeMap::new();
@@ -543,6 +544,19 @@ queues = ["payments", "webhooks"]
         assert_eq!(plan.groups[0].limits.cpu_max, Some(1.5));
         assert!(plan.groups[1].limits.is_empty());
         assert_eq!(plan.groups[1].queues, ["payments", "webhooks"]);
+    }
+
+    #[test]
+    fn list_command_args_precede_the_app() {
+        let fx = Fx::new();
+        let mut config = fx.config(GROUPS);
+        config.celery.command_args = vec!["-m".into(), "celery".into()];
+        let plan = build(&config);
+        let spec = &plan.groups[1].instances[0];
+        assert_eq!(
+            &spec.args[..5],
+            ["-m", "celery", "-A", "demo.celery_app", "worker"]
+        );
     }
 
     #[test]

@@ -64,7 +64,10 @@ impl Request {
     pub fn is_mutating(&self) -> bool {
         matches!(
             self,
-            Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } | Request::Reload
+            Request::Start { .. }
+                | Request::Stop { .. }
+                | Request::Restart { .. }
+                | Request::Reload
         )
     }
 }
@@ -75,12 +78,22 @@ impl Request {
 pub enum Response {
     Status(Status),
     /// The outcome of start/stop/restart: one line per affected instance.
-    Done { messages: Vec<String> },
+    Done {
+        messages: Vec<String>,
+    },
     Reloaded(ReloadReport),
-    Logs { lines: Vec<LogLine> },
+    Logs {
+        lines: Vec<LogLine>,
+    },
     Test(TestReport),
-    Version { version: String, protocol: u32 },
-    Error { kind: ErrorKind, message: String },
+    Version {
+        version: String,
+        protocol: u32,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 /// Why a request failed. Maps onto clearifyctl's exit codes.
