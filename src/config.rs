@@ -37,7 +37,7 @@
 //! | key | type | default | meaning |
 //! |---|---|---|---|
 //! | `app` | string | — (required when groups exist) | `celery -A <app>` |
-//! | `command` | string | `celery` | the celery executable: a bare name is looked up in `PATH`, a path must exist and be executable |
+//! | `command` | string or list of strings | `celery` | the celery executable: a bare name is looked up in `PATH`, a path must exist and be executable. A list such as `["python3", "-m", "celery"]` gives the executable and the arguments that precede `-A` |
 //! | `workdir` | path | `/` | working directory of the workers; must be a directory |
 //! | `env_file` | path | none | `KEY=VALUE` lines passed to the workers (see below) |
 //! | `user` | string | none | user the workers run as when the daemon runs as root; never `root` |
@@ -87,7 +87,7 @@
 //!
 //! ## The command line of instance `i` of group `g`
 //! ```text
-//! <command> -A <app> worker -Q <queues joined by ,> -c <concurrency> -n <g>-<i>@<device_id>
+//! <command> [<command list args>] -A <app> worker -Q <queues joined by ,> -c <concurrency> -n <g>-<i>@<device_id>
 //!     --loglevel=<loglevel> <celery.extra_args...> <group.extra_args...>
 //! ```
 //! run in `workdir` with exactly this environment: `PATH` (the daemon's, or
@@ -197,6 +197,10 @@ pub struct CeleryConfig {
     pub app: Option<String>,
     /// The executable, resolved: an absolute path when it was found.
     pub command: PathBuf,
+    /// Arguments that come with the command when `command` is a list, e.g.
+    /// `["python3", "-m", "celery"]` gives `python3` (resolved) and
+    /// `["-m", "celery"]`; they precede `-A`. Empty for the string form.
+    pub command_args: Vec<String>,
     pub workdir: PathBuf,
     pub env_file: Option<PathBuf>,
     /// The parsed contents of `env_file` (empty without one).
@@ -512,10 +516,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// A malformed line of an env file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvFileError {
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub message: String,
+}
+
 /// Parse the text of an env file: `KEY=VALUE` lines (see the module docs).
 /// Returns the variables in file order (a later duplicate overrides), or
-/// every bad line as `(line, column, message)`.
-pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, Vec<(usize, usize, String)>> {
+/// every bad line.
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileError>> {
     let mut vars = Vec::new();
     let mut errors = Vec::new();
     for (n, raw) in text.lines().enumerate() {
@@ -523,7 +537,11 @@ pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, Vec<(usize, u
         match parse_env_line(raw) {
             Ok(Some(kv)) => vars.push(kv),
             Ok(None) => {}
-            Err((col, msg)) => errors.push((line_no, col, msg)),
+            Err((column, message)) => errors.push(EnvFileError {
+                line: line_no,
+                column,
+                message,
+            }),
         }
     }
     if errors.is_empty() {
@@ -557,7 +575,9 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
     if !is_env_name(key) {
         return Err((
             col_of(start),
-            format!("invalid variable name `{key}` (use letters, digits and `_`, not starting with a digit)"),
+            format!(
+                "invalid variable name `{key}` (use letters, digits and `_`, not starting with a digit)"
+            ),
         ));
     }
     let value_start = start + eq_rel + 1;
@@ -642,7 +662,8 @@ pub fn is_valid_group_name(name: &str) -> bool {
 
 /// Check a broker URL's shape (scheme, host or socket path, port, db).
 pub fn check_broker_url(url: &str) -> Result<(), String> {
-    const HINT: &str = "expected e.g. redis://:password@host:6379/0 or unix:///run/redis/redis.sock";
+    const HINT: &str =
+        "expected e.g. redis://:password@host:6379/0 or unix:///run/redis/redis.sock";
     if url.chars().any(char::is_whitespace) {
         return Err(format!("the URL contains whitespace; {HINT}"));
     }
@@ -916,7 +937,8 @@ impl<'a> Checker<'a> {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.base_dir.join(p)
+            // Lexically drop `.` components: "./x" → "<dir>/x".
+            self.base_dir.join(p).components().collect()
         }
     }
 
@@ -936,7 +958,11 @@ impl<'a> Checker<'a> {
 
     fn wrong_type(&mut self, v: &Val<'_>, key: &str, expected: &str) {
         let found = type_name(v.get_ref());
-        self.error(&v.span(), key, format!("expected {expected}, found {found}"));
+        self.error(
+            &v.span(),
+            key,
+            format!("expected {expected}, found {found}"),
+        );
     }
 
     // ----- typed getters: each reports its own error and returns None -----
@@ -1085,14 +1111,20 @@ impl<'a> Checker<'a> {
         };
         if let Some(n) = parsed {
             if n == 0 && !zero_ok {
-                self.error(&v.span(), key, "must be greater than 0 (use \"max\" for no limit)");
+                self.error(
+                    &v.span(),
+                    key,
+                    "must be greater than 0 (use \"max\" for no limit)",
+                );
                 return None;
             }
             if n > 0 && n < 1 << 20 {
                 self.warning(
                     &v.span(),
                     key,
-                    format!("only {n} bytes; sizes without a unit are bytes (did you mean \"{n}M\"?)"),
+                    format!(
+                        "only {n} bytes; sizes without a unit are bytes (did you mean \"{n}M\"?)"
+                    ),
                 );
             }
         }
@@ -1170,11 +1202,19 @@ impl<'a> Checker<'a> {
         let has_groups = !raw_groups.is_empty();
         let first_group_span = raw_groups.first().map(|g| g.1.clone()).unwrap_or(0..0);
         if !has_groups && !sections.contains_key("group") {
-            self.warning(&(0..0), "group", "no [group.NAME] sections: no workers will run");
+            self.warning(
+                &(0..0),
+                "group",
+                "no [group.NAME] sections: no workers will run",
+            );
         }
 
         let daemon = self.daemon(sections.get("daemon").copied());
-        let celery = self.celery(sections.get("celery").copied(), has_groups, &first_group_span);
+        let celery = self.celery(
+            sections.get("celery").copied(),
+            has_groups,
+            &first_group_span,
+        );
         let broker = match sections.get("broker") {
             Some(v) => self.broker(v, &celery),
             None => {
@@ -1319,8 +1359,15 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn celery(&mut self, v: Option<&Val<'_>>, has_groups: bool, group_span: &Range<usize>) -> CeleryParts {
+    fn celery(
+        &mut self,
+        v: Option<&Val<'_>>,
+        has_groups: bool,
+        group_span: &Range<usize>,
+    ) -> CeleryParts {
         let mut app = None;
+        let mut app_written = false;
+        let mut command_args = Vec::new();
         let mut command: Option<At<String>> = None;
         let mut workdir: Option<At<String>> = None;
         let mut env_file: Option<At<String>> = None;
@@ -1337,13 +1384,30 @@ impl<'a> Checker<'a> {
                 let name = k.get_ref().as_ref();
                 let key = join("celery", name);
                 match name {
-                    "app" => match self.nonempty_string(v, &key) {
-                        Some(s) => app = Some(s),
-                        None => ok = false,
-                    },
-                    "command" => match self.nonempty_string(v, &key) {
-                        Some(s) => command = Some(self.at(s, v, &key)),
-                        None => ok = false,
+                    "app" => {
+                        app_written = true;
+                        match self.nonempty_string(v, &key) {
+                            Some(s) => app = Some(s),
+                            None => ok = false,
+                        }
+                    }
+                    "command" => match v.get_ref() {
+                        DeValue::Array(_) => match self.string_list(v, &key) {
+                            Some(list) if list.is_empty() => {
+                                self.error(&v.span(), &key, "must not be an empty list");
+                                ok = false;
+                            }
+                            Some(list) => {
+                                let mut list = list.into_iter();
+                                command = list.next();
+                                command_args = list.map(|a| a.v).collect();
+                            }
+                            None => ok = false,
+                        },
+                        _ => match self.nonempty_string(v, &key) {
+                            Some(s) => command = Some(self.at(s, v, &key)),
+                            None => ok = false,
+                        },
                     },
                     "workdir" => match self.nonempty_string(v, &key) {
                         Some(s) => workdir = Some(self.at(s, v, &key)),
@@ -1371,7 +1435,10 @@ impl<'a> Checker<'a> {
                             self.error(
                                 &v.span(),
                                 &key,
-                                format!("invalid loglevel `{s}`; expected one of: {}", LOGLEVELS.join(", ")),
+                                format!(
+                                    "invalid loglevel `{s}`; expected one of: {}",
+                                    LOGLEVELS.join(", ")
+                                ),
                             );
                             ok = false;
                         }
@@ -1388,7 +1455,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        if has_groups && app.is_none() && ok {
+        if has_groups && !app_written {
             self.error(&header, "celery.app", "missing required key `app` (the Celery app for `celery -A`), required when groups are defined");
         }
 
@@ -1412,7 +1479,11 @@ impl<'a> Checker<'a> {
                 match std::fs::metadata(&p) {
                     Ok(m) if m.is_dir() => Some(p),
                     Ok(_) => {
-                        self.error(&w.span, &w.key, format!("{} is not a directory", p.display()));
+                        self.error(
+                            &w.span,
+                            &w.key,
+                            format!("{} is not a directory", p.display()),
+                        );
                         None
                     }
                     Err(e) => {
@@ -1463,7 +1534,12 @@ impl<'a> Checker<'a> {
                         }
                         Err(errors) => {
                             env_file_ok = false;
-                            for (line, column, message) in errors {
+                            for EnvFileError {
+                                line,
+                                column,
+                                message,
+                            } in errors
+                            {
                                 self.diags.push(Diagnostic {
                                     severity: Severity::Error,
                                     file: p.clone(),
@@ -1479,7 +1555,11 @@ impl<'a> Checker<'a> {
                 }
                 Err(e) => {
                     env_file_ok = false;
-                    self.error(&f.span, &f.key, format!("cannot read env_file {}: {e}", p.display()));
+                    self.error(
+                        &f.span,
+                        &f.key,
+                        format!("cannot read env_file {}: {e}", p.display()),
+                    );
                 }
             }
         }
@@ -1488,6 +1568,7 @@ impl<'a> Checker<'a> {
             Some(CeleryConfig {
                 app: app.clone(),
                 command: command_path.clone()?,
+                command_args: command_args.clone(),
                 workdir: workdir_path.clone()?,
                 env_file: env_file_path.clone(),
                 env_file_vars: env_file_vars.clone(),
@@ -1507,7 +1588,11 @@ impl<'a> Checker<'a> {
     fn check_user(&mut self, name: &str, v: &Val<'_>, key: &str) -> bool {
         match nix::unistd::User::from_name(name) {
             Ok(Some(u)) if u.uid.is_root() => {
-                self.error(&v.span(), key, format!("user `{name}` is root; workers never run as root"));
+                self.error(
+                    &v.span(),
+                    key,
+                    format!("user `{name}` is root; workers never run as root"),
+                );
                 false
             }
             Ok(Some(_)) => true,
@@ -1524,7 +1609,12 @@ impl<'a> Checker<'a> {
 
     /// Find the celery executable: a bare name in `path_var`, anything with
     /// a `/` as a path (relative to the config's directory).
-    fn resolve_command(&mut self, cmd: &str, path_var: &str, at: Option<&At<String>>) -> Option<PathBuf> {
+    fn resolve_command(
+        &mut self,
+        cmd: &str,
+        path_var: &str,
+        at: Option<&At<String>>,
+    ) -> Option<PathBuf> {
         let (span, key) = match at {
             Some(a) => (a.span.clone(), a.key.clone()),
             None => (0..0, "celery.command".to_string()),
@@ -1533,11 +1623,19 @@ impl<'a> Checker<'a> {
             let p = self.resolve_path(cmd);
             match std::fs::metadata(&p) {
                 Ok(m) if !m.is_file() => {
-                    self.error(&span, &key, format!("{} is not a regular file", p.display()));
+                    self.error(
+                        &span,
+                        &key,
+                        format!("{} is not a regular file", p.display()),
+                    );
                     None
                 }
                 Ok(m) if m.permissions().mode() & 0o111 == 0 => {
-                    self.error(&span, &key, format!("{} is not executable (chmod +x it)", p.display()));
+                    self.error(
+                        &span,
+                        &key,
+                        format!("{} is not executable (chmod +x it)", p.display()),
+                    );
                     None
                 }
                 Ok(_) => Some(p),
@@ -1556,7 +1654,11 @@ impl<'a> Checker<'a> {
                     return Some(p);
                 }
             }
-            let how = if at.is_some() { "" } else { " (the default celery.command)" };
+            let how = if at.is_some() {
+                ""
+            } else {
+                " (the default celery.command)"
+            };
             self.error(
                 &span,
                 &key,
@@ -1570,6 +1672,7 @@ impl<'a> Checker<'a> {
         let t = self.table(v, "broker")?;
         let mut url: Option<At<String>> = None;
         let mut url_env: Option<At<String>> = None;
+        let mut url_written = false;
         let mut wait_timeout = None;
         let mut on_timeout = OnTimeout::Wait;
         let mut check_interval = Duration::from_secs(10);
@@ -1580,14 +1683,20 @@ impl<'a> Checker<'a> {
             let name = k.get_ref().as_ref();
             let key = join("broker", name);
             match name {
-                "url" => match self.nonempty_string(val, &key) {
-                    Some(s) => url = Some(self.at(s, val, &key)),
-                    None => ok = false,
-                },
-                "url_env" => match self.nonempty_string(val, &key) {
-                    Some(s) => url_env = Some(self.at(s, val, &key)),
-                    None => ok = false,
-                },
+                "url" => {
+                    url_written = true;
+                    match self.nonempty_string(val, &key) {
+                        Some(s) => url = Some(self.at(s, val, &key)),
+                        None => ok = false,
+                    }
+                }
+                "url_env" => {
+                    url_written = true;
+                    match self.nonempty_string(val, &key) {
+                        Some(s) => url_env = Some(self.at(s, val, &key)),
+                        None => ok = false,
+                    }
+                }
                 "wait_timeout" => match val.get_ref() {
                     DeValue::String(s) if s.trim().eq_ignore_ascii_case("infinite") => {}
                     _ => match self.duration(val, &key, false) {
@@ -1595,16 +1704,18 @@ impl<'a> Checker<'a> {
                         None => ok = false,
                     },
                 },
-                "on_timeout" => match self.string(val, &key).as_deref() {
-                    Some("wait") => on_timeout = OnTimeout::Wait,
-                    Some("start") => on_timeout = OnTimeout::Start,
-                    Some("fail") => on_timeout = OnTimeout::Fail,
-                    Some(other) => {
-                        self.error(&val.span(), &key, format!("invalid value `{other}`; expected \"wait\", \"start\" or \"fail\""));
-                        ok = false;
+                "on_timeout" => {
+                    match self.string(val, &key).as_deref() {
+                        Some("wait") => on_timeout = OnTimeout::Wait,
+                        Some("start") => on_timeout = OnTimeout::Start,
+                        Some("fail") => on_timeout = OnTimeout::Fail,
+                        Some(other) => {
+                            self.error(&val.span(), &key, format!("invalid value `{other}`; expected \"wait\", \"start\" or \"fail\""));
+                            ok = false;
+                        }
+                        None => ok = false,
                     }
-                    None => ok = false,
-                },
+                }
                 "check_interval" => match self.plain_duration(val, &key) {
                     Some(d) if d.is_zero() => {
                         self.error(&val.span(), &key, "must be greater than 0");
@@ -1620,7 +1731,11 @@ impl<'a> Checker<'a> {
                         continue;
                     };
                     if items.is_empty() {
-                        self.error(&val.span(), &key, "must not be empty (use [0] for no priorities)");
+                        self.error(
+                            &val.span(),
+                            &key,
+                            "must not be empty (use [0] for no priorities)",
+                        );
                         ok = false;
                         continue;
                     }
@@ -1648,7 +1763,7 @@ impl<'a> Checker<'a> {
                 None
             }
             (None, None) => {
-                if ok {
+                if !url_written {
                     self.error(&v.span(), "broker.url", "missing `url` (or `url_env`)");
                 }
                 None
@@ -1656,7 +1771,11 @@ impl<'a> Checker<'a> {
             (Some(u), None) => match check_broker_url(&u.v) {
                 Ok(()) => Some(u.v.clone()),
                 Err(e) => {
-                    self.error(&u.span, &u.key, format!("invalid broker URL `{}`: {e}", redact_url(&u.v)));
+                    self.error(
+                        &u.span,
+                        &u.key,
+                        format!("invalid broker URL `{}`: {e}", redact_url(&u.v)),
+                    );
                     None
                 }
             },
@@ -1665,30 +1784,51 @@ impl<'a> Checker<'a> {
                 let (value, source) = match from_file {
                     Some(val) => (
                         Some(val),
-                        format!("env_file {}", celery.env_file_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+                        format!(
+                            "env_file {}",
+                            celery
+                                .env_file_path
+                                .as_ref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        ),
                     ),
-                    None => (self.env.var(&e.v).map(str::to_string), "the daemon's environment".to_string()),
+                    None => (
+                        self.env.var(&e.v).map(str::to_string),
+                        "the daemon's environment".to_string(),
+                    ),
                 };
                 match value {
                     None => {
                         let where_ = match &celery.env_file_path {
-                            Some(p) => format!("in env_file {} nor in the daemon's environment", p.display()),
-                            None => "in the daemon's environment (and no celery.env_file is set)".into(),
+                            Some(p) => format!(
+                                "in env_file {} nor in the daemon's environment",
+                                p.display()
+                            ),
+                            None => {
+                                "in the daemon's environment (and no celery.env_file is set)".into()
+                            }
                         };
-                        self.error(&e.span, &e.key, format!("variable `{}` is not set {where_}", e.v));
+                        self.error(
+                            &e.span,
+                            &e.key,
+                            format!("variable `{}` is not set {where_}", e.v),
+                        );
                         None
                     }
-                    Some(u) => match check_broker_url(&u) {
-                        Ok(()) => Some(u),
-                        Err(err) => {
-                            self.error(
+                    Some(u) => {
+                        match check_broker_url(&u) {
+                            Ok(()) => Some(u),
+                            Err(err) => {
+                                self.error(
                                 &e.span,
                                 &e.key,
                                 format!("`{}` from {source} is not a valid broker URL (`{}`): {err}", e.v, redact_url(&u)),
                             );
-                            None
+                                None
+                            }
                         }
-                    },
+                    }
                 }
             }
         };
@@ -1711,19 +1851,28 @@ impl<'a> Checker<'a> {
             let s = a.v.as_str();
             let name = s.split_once('=').map_or(s, |(n, _)| n);
             let why: Option<&str> = if name == "--detach" || s == "-D" {
-                Some("`--detach`/`-D` would fork the worker into the background, out of clearify-workerd's supervision; workers must stay in the foreground")
+                Some(
+                    "`--detach`/`-D` would fork the worker into the background, out of clearify-workerd's supervision; workers must stay in the foreground",
+                )
             } else if name == "--pidfile" {
-                Some("`--pidfile` is not allowed: stale pidfiles make restarted workers refuse to start (a crash loop); clearify-workerd tracks the processes itself")
+                Some(
+                    "`--pidfile` is not allowed: stale pidfiles make restarted workers refuse to start (a crash loop); clearify-workerd tracks the processes itself",
+                )
             } else if name == "--logfile" || s.starts_with("-f") {
-                Some("`--logfile`/`-f` is not allowed: worker output must go to stdout/stderr so clearify-workerd can send it to journald")
+                Some(
+                    "`--logfile`/`-f` is not allowed: worker output must go to stdout/stderr so clearify-workerd can send it to journald",
+                )
             } else if matches!(name, "-A" | "--app") || (s.starts_with("-A") && s.len() > 2) {
                 Some("the app is set by clearify-workerd; use celery.app")
             } else if matches!(name, "-Q" | "--queues") || (s.starts_with("-Q") && s.len() > 2) {
                 Some("the queues are set by clearify-workerd; use the group's `queues`")
-            } else if matches!(name, "-c" | "--concurrency") || (s.starts_with("-c") && s.len() > 2) {
+            } else if matches!(name, "-c" | "--concurrency") || (s.starts_with("-c") && s.len() > 2)
+            {
                 Some("the concurrency is set by clearify-workerd; use the group's `concurrency`")
             } else if matches!(name, "-n" | "--hostname") || (s.starts_with("-n") && s.len() > 2) {
-                Some("the node name is set by clearify-workerd (`<group>-<i>@<device_id>`) and must stay unique; set daemon.device_id instead")
+                Some(
+                    "the node name is set by clearify-workerd (`<group>-<i>@<device_id>`) and must stay unique; set daemon.device_id instead",
+                )
             } else if matches!(name, "-l" | "--loglevel") || (s.starts_with("-l") && s.len() > 2) {
                 Some("the log level is set by clearify-workerd; use celery.loglevel")
             } else {
@@ -1756,10 +1905,21 @@ impl<'a> Checker<'a> {
                                 self.error(&q.span, &q.key, "a queue name must not be empty");
                                 good = false;
                             } else if q.v.contains(',') || q.v.chars().any(char::is_whitespace) {
-                                self.error(&q.span, &q.key, format!("queue name `{}` must not contain `,` or whitespace", q.v));
+                                self.error(
+                                    &q.span,
+                                    &q.key,
+                                    format!(
+                                        "queue name `{}` must not contain `,` or whitespace",
+                                        q.v
+                                    ),
+                                );
                                 good = false;
                             } else if seen.contains(&q.v.as_str()) {
-                                self.warning(&q.span, &q.key, format!("queue `{}` is listed twice", q.v));
+                                self.warning(
+                                    &q.span,
+                                    &q.key,
+                                    format!("queue `{}` is listed twice", q.v),
+                                );
                             }
                             seen.push(&q.v);
                         }
@@ -1774,22 +1934,45 @@ impl<'a> Checker<'a> {
                         }
                     }
                 }
-                "concurrency" => g.concurrency = self.u32_in(v, &key, 1, u32::MAX).map(|n| self.at(n, v, &key)),
-                "instances" => g.instances = self.u32_in(v, &key, 1, u32::MAX).map(|n| self.at(n, v, &key)),
-                "stop_timeout" => g.stop_timeout = self.plain_duration(v, &key).map(|d| self.at(d, v, &key)),
-                "restart_delay" => g.restart_delay = self.plain_duration(v, &key).map(|d| self.at(d, v, &key)),
-                "restart_delay_max" => g.restart_delay_max = self.plain_duration(v, &key).map(|d| self.at(d, v, &key)),
-                "stable_after" => g.stable_after = self.plain_duration(v, &key).map(|d| self.at(d, v, &key)),
-                "heartbeat_timeout" => g.heartbeat_timeout = self.duration(v, &key, true).map(|d| self.at(d, v, &key)),
-                "stall_timeout" => g.stall_timeout = self.duration(v, &key, true).map(|d| self.at(d, v, &key)),
+                "concurrency" => {
+                    g.concurrency = self
+                        .u32_in(v, &key, 1, u32::MAX)
+                        .map(|n| self.at(n, v, &key))
+                }
+                "instances" => {
+                    g.instances = self
+                        .u32_in(v, &key, 1, u32::MAX)
+                        .map(|n| self.at(n, v, &key))
+                }
+                "stop_timeout" => {
+                    g.stop_timeout = self.plain_duration(v, &key).map(|d| self.at(d, v, &key))
+                }
+                "restart_delay" => {
+                    g.restart_delay = self.plain_duration(v, &key).map(|d| self.at(d, v, &key))
+                }
+                "restart_delay_max" => {
+                    g.restart_delay_max = self.plain_duration(v, &key).map(|d| self.at(d, v, &key))
+                }
+                "stable_after" => {
+                    g.stable_after = self.plain_duration(v, &key).map(|d| self.at(d, v, &key))
+                }
+                "heartbeat_timeout" => {
+                    g.heartbeat_timeout = self.duration(v, &key, true).map(|d| self.at(d, v, &key))
+                }
+                "stall_timeout" => {
+                    g.stall_timeout = self.duration(v, &key, true).map(|d| self.at(d, v, &key))
+                }
                 "extra_args" => {
                     if let Some(args) = self.string_list(v, &key) {
                         self.check_worker_args(&args);
-                        g.extra_args = Some(self.at(args.into_iter().map(|a| a.v).collect(), v, &key));
+                        g.extra_args =
+                            Some(self.at(args.into_iter().map(|a| a.v).collect(), v, &key));
                     }
                 }
                 "env" => {
-                    let Some(et) = self.table(v, &key) else { continue };
+                    let Some(et) = self.table(v, &key) else {
+                        continue;
+                    };
                     let mut env = BTreeMap::new();
                     for (ek, ev) in et.iter() {
                         let var = ek.get_ref().to_string();
@@ -1799,7 +1982,11 @@ impl<'a> Checker<'a> {
                             continue;
                         }
                         if RESERVED_ENV.contains(&var.as_str()) {
-                            self.error(&ek.span(), &vkey, format!("`{var}` is set by clearify-workerd for each worker"));
+                            self.error(
+                                &ek.span(),
+                                &vkey,
+                                format!("`{var}` is set by clearify-workerd for each worker"),
+                            );
                             continue;
                         }
                         if let Some(s) = self.string(ev, &vkey) {
@@ -1808,9 +1995,15 @@ impl<'a> Checker<'a> {
                     }
                     g.env = Some(self.at(env, v, &key));
                 }
-                "memory_max" => g.memory_max = self.size(v, &key, false).map(|s| self.at(s, v, &key)),
-                "memory_high" => g.memory_high = self.size(v, &key, false).map(|s| self.at(s, v, &key)),
-                "memory_swap_max" => g.memory_swap_max = self.size(v, &key, true).map(|s| self.at(s, v, &key)),
+                "memory_max" => {
+                    g.memory_max = self.size(v, &key, false).map(|s| self.at(s, v, &key))
+                }
+                "memory_high" => {
+                    g.memory_high = self.size(v, &key, false).map(|s| self.at(s, v, &key))
+                }
+                "memory_swap_max" => {
+                    g.memory_swap_max = self.size(v, &key, true).map(|s| self.at(s, v, &key))
+                }
                 "cpu_max" => {
                     let parsed = match v.get_ref() {
                         DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => Some(None),
@@ -1821,7 +2014,9 @@ impl<'a> Checker<'a> {
                                 None
                             }
                         },
-                        DeValue::Integer(_) => self.int_in(v, &key, i64::MIN, i64::MAX).map(|n| Some(n as f64)),
+                        DeValue::Integer(_) => self
+                            .int_in(v, &key, i64::MIN, i64::MAX)
+                            .map(|n| Some(n as f64)),
                         _ => {
                             self.wrong_type(v, &key, "a number of CPUs, e.g. 1.5 (or \"max\")");
                             None
@@ -1829,18 +2024,30 @@ impl<'a> Checker<'a> {
                     };
                     match parsed {
                         Some(Some(x)) if x < 0.01 => {
-                            self.error(&v.span(), &key, format!("must be at least 0.01 CPUs, found {x}"));
+                            self.error(
+                                &v.span(),
+                                &key,
+                                format!("must be at least 0.01 CPUs, found {x}"),
+                            );
                         }
                         Some(p) => g.cpu_max = Some(self.at(p, v, &key)),
                         None => {}
                     }
                 }
-                "cpu_weight" => g.cpu_weight = self.u32_in(v, &key, 1, 10_000).map(|n| self.at(n, v, &key)),
-                "io_weight" => g.io_weight = self.u32_in(v, &key, 1, 10_000).map(|n| self.at(n, v, &key)),
+                "cpu_weight" => {
+                    g.cpu_weight = self.u32_in(v, &key, 1, 10_000).map(|n| self.at(n, v, &key))
+                }
+                "io_weight" => {
+                    g.io_weight = self.u32_in(v, &key, 1, 10_000).map(|n| self.at(n, v, &key))
+                }
                 "pids_max" => {
                     g.pids_max = match v.get_ref() {
-                        DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => Some(self.at(None, v, &key)),
-                        DeValue::Integer(_) => self.int_in(v, &key, 1, i64::MAX).map(|n| self.at(Some(n as u64), v, &key)),
+                        DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => {
+                            Some(self.at(None, v, &key))
+                        }
+                        DeValue::Integer(_) => self
+                            .int_in(v, &key, 1, i64::MAX)
+                            .map(|n| self.at(Some(n as u64), v, &key)),
                         _ => {
                             self.wrong_type(v, &key, "an integer (or \"max\")");
                             None
@@ -1855,7 +2062,11 @@ impl<'a> Checker<'a> {
 
     /// Merge each group over [defaults] and the built-in defaults, and check
     /// what spans groups (missing queues, shared queues, id clashes).
-    fn groups(&mut self, defaults: &RawGroup, raws: &[(At<String>, Range<usize>, RawGroup)]) -> Vec<GroupConfig> {
+    fn groups(
+        &mut self,
+        defaults: &RawGroup,
+        raws: &[(At<String>, Range<usize>, RawGroup)],
+    ) -> Vec<GroupConfig> {
         fn pick<T: Clone>(g: &Option<At<T>>, d: &Option<At<T>>) -> Option<At<T>> {
             g.clone().or_else(|| d.clone())
         }
@@ -1866,14 +2077,25 @@ impl<'a> Checker<'a> {
             let Some(queues) = pick(&g.queues, &defaults.queues) else {
                 // Only report a missing key when it was absent, not invalid.
                 if !g.queues_written && !defaults.queues_written {
-                    self.error(table_span, &name.key, "missing required key `queues` (a non-empty list of queue names)");
+                    self.error(
+                        table_span,
+                        &name.key,
+                        "missing required key `queues` (a non-empty list of queue names)",
+                    );
                 }
                 continue;
             };
             for q in &queues.v {
                 if let Some((other, line)) = queue_owner.get(&q.v) {
                     if other != &name.v {
-                        self.warning(&q.span, &q.key, format!("queue `{}` is also consumed by group `{other}` (line {line})", q.v));
+                        self.warning(
+                            &q.span,
+                            &q.key,
+                            format!(
+                                "queue `{}` is also consumed by group `{other}` (line {line})",
+                                q.v
+                            ),
+                        );
                     }
                 } else {
                     let (line, _) = self.src.position(q.span.start);
@@ -1894,17 +2116,40 @@ impl<'a> Checker<'a> {
                 self.error(
                     &at.span,
                     &at.key,
-                    format!("group `{}`: restart_delay_max ({}) is shorter than restart_delay ({})", name.v, humantime::format_duration(rdm), humantime::format_duration(rd)),
+                    format!(
+                        "group `{}`: restart_delay_max ({}) is shorter than restart_delay ({})",
+                        name.v,
+                        humantime::format_duration(rdm),
+                        humantime::format_duration(rd)
+                    ),
                 );
             }
             let memory_max = pick(&g.memory_max, &defaults.memory_max).and_then(|a| a.v);
             let memory_high = pick(&g.memory_high, &defaults.memory_high);
-            if let (Some(max), Some(At { v: Some(high), span, key })) = (memory_max, &memory_high)
+            if let (
+                Some(max),
+                Some(At {
+                    v: Some(high),
+                    span,
+                    key,
+                }),
+            ) = (memory_max, &memory_high)
                 && *high > max
             {
-                self.warning(span, key, format!("group `{}`: memory_high is above memory_max, so it has no effect", name.v));
+                self.warning(
+                    span,
+                    key,
+                    format!(
+                        "group `{}`: memory_high is above memory_max, so it has no effect",
+                        name.v
+                    ),
+                );
             }
-            let mut env = defaults.env.as_ref().map(|a| a.v.clone()).unwrap_or_default();
+            let mut env = defaults
+                .env
+                .as_ref()
+                .map(|a| a.v.clone())
+                .unwrap_or_default();
             if let Some(ge) = &g.env {
                 env.extend(ge.v.clone());
             }
@@ -1914,23 +2159,34 @@ impl<'a> Checker<'a> {
                 concurrency: pick(&g.concurrency, &defaults.concurrency).map_or(1, |a| a.v),
                 instances: pick(&g.instances, &defaults.instances).map_or(1, |a| a.v),
                 timing: Timing {
-                    stop_timeout: val(pick(&g.stop_timeout, &defaults.stop_timeout), builtin.stop_timeout),
+                    stop_timeout: val(
+                        pick(&g.stop_timeout, &defaults.stop_timeout),
+                        builtin.stop_timeout,
+                    ),
                     restart_delay: rd,
                     restart_delay_max: rdm,
-                    stable_after: val(pick(&g.stable_after, &defaults.stable_after), builtin.stable_after),
-                    heartbeat_timeout: pick(&g.heartbeat_timeout, &defaults.heartbeat_timeout).map_or(builtin.heartbeat_timeout, |a| a.v),
-                    stall_timeout: pick(&g.stall_timeout, &defaults.stall_timeout).map_or(builtin.stall_timeout, |a| a.v),
+                    stable_after: val(
+                        pick(&g.stable_after, &defaults.stable_after),
+                        builtin.stable_after,
+                    ),
+                    heartbeat_timeout: pick(&g.heartbeat_timeout, &defaults.heartbeat_timeout)
+                        .map_or(builtin.heartbeat_timeout, |a| a.v),
+                    stall_timeout: pick(&g.stall_timeout, &defaults.stall_timeout)
+                        .map_or(builtin.stall_timeout, |a| a.v),
                 },
                 limits: Limits {
                     memory_max,
                     memory_high: memory_high.and_then(|a| a.v),
-                    memory_swap_max: pick(&g.memory_swap_max, &defaults.memory_swap_max).and_then(|a| a.v),
+                    memory_swap_max: pick(&g.memory_swap_max, &defaults.memory_swap_max)
+                        .and_then(|a| a.v),
                     cpu_max: pick(&g.cpu_max, &defaults.cpu_max).and_then(|a| a.v),
                     cpu_weight: pick(&g.cpu_weight, &defaults.cpu_weight).map(|a| a.v),
                     pids_max: pick(&g.pids_max, &defaults.pids_max).and_then(|a| a.v),
                     io_weight: pick(&g.io_weight, &defaults.io_weight).map(|a| a.v),
                 },
-                extra_args: pick(&g.extra_args, &defaults.extra_args).map(|a| a.v).unwrap_or_default(),
+                extra_args: pick(&g.extra_args, &defaults.extra_args)
+                    .map(|a| a.v)
+                    .unwrap_or_default(),
                 env,
             });
         }
@@ -1973,4 +2229,965 @@ fn env_line_numbers(text: &str) -> HashMap<String, usize> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use tempfile::TempDir;
+
+    /// A sandbox: a fake `celery` on PATH, a machine-id file, hostname "pi".
+    struct Fx {
+        dir: TempDir,
+        env: Environment,
+    }
+
+    impl Fx {
+        fn new() -> Fx {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join("bin");
+            fs::create_dir(&bin).unwrap();
+            write_exe(&bin.join("celery"));
+            let mid = dir.path().join("machine-id");
+            fs::write(&mid, "0123ABcdef0123456789abcdef012345\n").unwrap();
+            let mut vars = HashMap::new();
+            vars.insert("PATH".to_string(), bin.display().to_string());
+            let env = Environment {
+                hostname: Some("pi".into()),
+                machine_id_path: mid,
+                vars,
+            };
+            Fx { dir, env }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("workers.toml")
+        }
+
+        fn file(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.dir.path().join(name);
+            fs::write(&p, text).unwrap();
+            p
+        }
+
+        fn load(&self, text: &str) -> Result<Loaded, ConfigError> {
+            load_str(text, &self.path(), &self.env)
+        }
+
+        fn ok(&self, text: &str) -> Loaded {
+            match self.load(text) {
+                Ok(l) => l,
+                Err(e) => panic!("expected a valid config, got:\n{e}"),
+            }
+        }
+
+        fn errors(&self, text: &str) -> Vec<Diagnostic> {
+            match self.load(text) {
+                Ok(_) => panic!("expected errors for:\n{text}"),
+                Err(e) => e
+                    .diagnostics()
+                    .iter()
+                    .filter(|d| d.severity == Severity::Error)
+                    .cloned()
+                    .collect(),
+            }
+        }
+    }
+
+    fn write_exe(p: &Path) {
+        fs::write(p, "#!/bin/sh\nexit 0\n").unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    const BASE: &str = "[broker]\nurl = \"redis://:secret@127.0.0.1:6379/0\"\n[celery]\napp = \"demo.celery_app\"\n";
+
+    fn with_base(rest: &str) -> String {
+        format!("{BASE}{rest}")
+    }
+
+    /// The only error whose key is `key`, asserting its position.
+    fn assert_error(diags: &[Diagnostic], key: &str, line: usize, column: usize, needle: &str) {
+        let found: Vec<_> = diags.iter().filter(|d| d.key == key).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one diagnostic for {key}, got {diags:#?}"
+        );
+        let d = found[0];
+        assert_eq!((d.line, d.column), (line, column), "position of {d}");
+        assert!(d.message.contains(needle), "`{needle}` not in: {d}");
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let fx = Fx::new();
+        let l = fx.ok(&with_base("[group.text]\nqueues = [\"text\"]\n"));
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let c = l.config;
+        assert_eq!(c.path, fx.path());
+        assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.daemon.device_id, "pi-0123ab");
+        assert_eq!(c.daemon.admin_group, "clearify");
+        assert!(!c.daemon.require_limits);
+        let b = c.broker.unwrap();
+        assert_eq!(b.url, "redis://:secret@127.0.0.1:6379/0");
+        assert_eq!(b.url_env, None);
+        assert_eq!(b.wait_timeout, None);
+        assert_eq!(b.on_timeout, OnTimeout::Wait);
+        assert_eq!(b.check_interval, Duration::from_secs(10));
+        assert_eq!(b.priority_steps, vec![0, 3, 6, 9]);
+        assert_eq!(b.key_prefix, "");
+        assert_eq!(c.celery.app.as_deref(), Some("demo.celery_app"));
+        assert_eq!(c.celery.command, fx.dir.path().join("bin/celery"));
+        assert_eq!(c.celery.workdir, PathBuf::from("/"));
+        assert_eq!(c.celery.env_file, None);
+        assert_eq!(c.celery.user, None);
+        assert_eq!(c.celery.loglevel, "info");
+        assert!(c.celery.extra_args.is_empty());
+        assert_eq!(c.celery.worker_path, fx.env.vars["PATH"]);
+        let g = &c.groups[0];
+        assert_eq!(g.name, "text");
+        assert_eq!(g.queues, vec!["text"]);
+        assert_eq!((g.concurrency, g.instances), (1, 1));
+        assert_eq!(g.timing, Timing::default());
+        assert_eq!(g.timing.stop_timeout, Duration::from_secs(60));
+        assert_eq!(g.timing.restart_delay, Duration::from_millis(100));
+        assert_eq!(g.timing.restart_delay_max, Duration::from_secs(60));
+        assert_eq!(g.timing.stable_after, Duration::from_secs(30));
+        assert_eq!(g.timing.heartbeat_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(g.timing.stall_timeout, Some(Duration::from_secs(300)));
+        assert!(g.limits.is_empty());
+        assert!(g.extra_args.is_empty() && g.env.is_empty());
+    }
+
+    #[test]
+    fn groups_inherit_defaults_and_keep_file_order() {
+        let fx = Fx::new();
+        let c = fx
+            .ok(&with_base(
+                r#"[defaults]
+concurrency = 3
+instances = 2
+stop_timeout = "2m"
+restart_delay = "1s"
+heartbeat_timeout = 0
+stall_timeout = "0s"
+extra_args = ["--without-gossip"]
+env = { A = "1", B = "1" }
+memory_max = "512M"
+cpu_max = 1.5
+
+[group.zeta]
+queues = ["z"]
+concurrency = 5
+stall_timeout = "10m"
+extra_args = ["--max-tasks-per-child=100"]
+env = { B = "2", C = "3" }
+memory_max = "max"
+
+[group.alpha]
+queues = ["a", "b"]
+"#,
+            ))
+            .config;
+        let names: Vec<_> = c.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"], "file order, not alphabetical");
+        let (z, a) = (&c.groups[0], &c.groups[1]);
+        assert_eq!((z.concurrency, z.instances), (5, 2));
+        assert_eq!((a.concurrency, a.instances), (3, 2));
+        for g in [z, a] {
+            assert_eq!(g.timing.stop_timeout, Duration::from_secs(120));
+            assert_eq!(g.timing.restart_delay, Duration::from_secs(1));
+            assert_eq!(g.timing.heartbeat_timeout, None, "0 turns it off");
+            assert_eq!(g.limits.cpu_max, Some(1.5));
+        }
+        assert_eq!(z.timing.stall_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(a.timing.stall_timeout, None);
+        assert_eq!(
+            z.extra_args,
+            ["--max-tasks-per-child=100"],
+            "replaced, not appended"
+        );
+        assert_eq!(a.extra_args, ["--without-gossip"]);
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            z.env,
+            env(&[("A", "1"), ("B", "2"), ("C", "3")]),
+            "merged key by key"
+        );
+        assert_eq!(a.env, env(&[("A", "1"), ("B", "1")]));
+        assert_eq!(z.limits.memory_max, None, "\"max\" lifts the default");
+        assert_eq!(a.limits.memory_max, Some(512 << 20));
+        assert_eq!(c.group("alpha").unwrap().queues, ["a", "b"]);
+    }
+
+    #[test]
+    fn all_sections_and_limits_parse() {
+        let fx = Fx::new();
+        let c = fx
+            .ok(r#"[daemon]
+socket = "ctl.sock"
+device_id = "pi-kitchen"
+admin_group = "ops"
+require_limits = true
+
+[broker]
+url = "rediss://user:pw@[::1]:6380/2"
+wait_timeout = "5m"
+on_timeout = "fail"
+check_interval = "2s"
+priority_steps = [9, 0, 5, 5]
+key_prefix = "clearify:"
+
+[celery]
+app = "app.core.celery_app"
+command = "bin/celery"
+workdir = "."
+loglevel = "WARNING"
+extra_args = ["-O", "fair"]
+
+[group.big]
+queues = ["q"]
+memory_max = "1.5G"
+memory_high = "1G"
+memory_swap_max = 0
+cpu_max = 2
+cpu_weight = 200
+pids_max = 64
+io_weight = 10000
+"#)
+            .config;
+        assert_eq!(
+            c.daemon.socket,
+            fx.dir.path().join("ctl.sock"),
+            "relative to the config's dir"
+        );
+        assert_eq!(c.daemon.device_id, "pi-kitchen");
+        assert_eq!(c.daemon.admin_group, "ops");
+        assert!(c.daemon.require_limits);
+        let b = c.broker.unwrap();
+        assert_eq!(b.wait_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(b.on_timeout, OnTimeout::Fail);
+        assert_eq!(b.check_interval, Duration::from_secs(2));
+        assert_eq!(b.priority_steps, vec![0, 5, 9]);
+        assert_eq!(b.key_prefix, "clearify:");
+        assert_eq!(c.celery.command, fx.dir.path().join("bin/celery"));
+        assert_eq!(c.celery.workdir, fx.dir.path());
+        assert_eq!(c.celery.loglevel, "warning");
+        assert_eq!(c.celery.extra_args, ["-O", "fair"]);
+        let l = &c.groups[0].limits;
+        assert_eq!(l.memory_max, Some(1536 << 20));
+        assert_eq!(l.memory_high, Some(1 << 30));
+        assert_eq!(l.memory_swap_max, Some(0));
+        assert_eq!(l.cpu_max, Some(2.0));
+        assert_eq!(
+            (l.cpu_weight, l.pids_max, l.io_weight),
+            (Some(200), Some(64), Some(10000))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_position_and_hint() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(
+            "[group.text]\nqueues = [\"t\"]\nconcurency = 2\n[daemon]\n  bogus = 1\n[extra]\n",
+        ));
+        // BASE is 4 lines, so [group.text] is line 5.
+        assert_error(
+            &diags,
+            "group.text.concurency",
+            7,
+            1,
+            "did you mean `concurrency`?",
+        );
+        assert_error(&diags, "daemon.bogus", 9, 3, "unknown key `bogus`");
+        assert_error(&diags, "extra", 10, 2, "unknown key `extra`");
+        assert_eq!(diags.len(), 3, "{diags:#?}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(
+            "[group.text]\nqueues = \"t\"\nconcurrency = \"2\"\nenv = { A = 1 }\n",
+        ));
+        assert_error(
+            &diags,
+            "group.text.queues",
+            6,
+            10,
+            "expected an array of strings, found a string",
+        );
+        assert_error(
+            &diags,
+            "group.text.concurrency",
+            7,
+            15,
+            "expected an integer, found a string",
+        );
+        assert_error(
+            &diags,
+            "group.text.env.A",
+            8,
+            13,
+            "expected a string, found an integer",
+        );
+        assert_eq!(
+            diags.len(),
+            3,
+            "no extra 'missing queues' error: {diags:#?}"
+        );
+    }
+
+    #[test]
+    fn queues_must_be_a_nonempty_list_of_names() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(
+            "[group.a]\nqueues = []\n[group.b]\nqueues = [\"ok\", \"\"]\n[group.c]\ninstances = 1\n[group.d]\nqueues = [\"x,y\"]\n",
+        ));
+        assert_error(&diags, "group.a.queues", 6, 10, "at least one queue");
+        assert_error(&diags, "group.b.queues[1]", 8, 17, "must not be empty");
+        assert_error(&diags, "group.c", 9, 1, "missing required key `queues`");
+        assert_error(&diags, "group.d.queues[0]", 12, 11, "must not contain `,`");
+    }
+
+    #[test]
+    fn bad_group_names_and_zero_counts() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(
+            "[group.Text]\nqueues = [\"t\"]\ninstances = 0\n[group.\"a b\"]\nqueues = [\"u\"]\nconcurrency = 0\ncpu_weight = 0\nio_weight = 10001\n",
+        ));
+        assert_error(&diags, "group.Text", 5, 8, "invalid group name `Text`");
+        assert_error(
+            &diags,
+            "group.Text.instances",
+            7,
+            13,
+            "must be at least 1, found 0",
+        );
+        assert_error(&diags, "group.a b", 8, 8, "invalid group name");
+        assert_error(&diags, "group.a b.concurrency", 10, 15, "at least 1");
+        assert_error(&diags, "group.a b.cpu_weight", 11, 14, "from 1 to 10000");
+        assert_error(
+            &diags,
+            "group.a b.io_weight",
+            12,
+            13,
+            "from 1 to 10000, found 10001",
+        );
+    }
+
+    #[test]
+    fn group_name_may_not_be_another_groups_instance_id() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(
+            "[group.text]\nqueues = [\"t\"]\ninstances = 2\n[group.text-2]\nqueues = [\"u\"]\n",
+        ));
+        assert_error(&diags, "group.text-2", 8, 8, "instance 2 of group `text`");
+        // text-3 does not exist, so a group of that name is fine.
+        fx.ok(&with_base(
+            "[group.text]\nqueues = [\"t\"]\ninstances = 2\n[group.text-3]\nqueues = [\"u\"]\n",
+        ));
+    }
+
+    #[test]
+    fn files_named_by_the_config_are_checked() {
+        let fx = Fx::new();
+        let not_exec = fx.file("not-exec", "#!/bin/sh\n");
+        fs::set_permissions(&not_exec, fs::Permissions::from_mode(0o644)).unwrap();
+        let plain = fx.file("plain", "x");
+        let text = format!(
+            "[broker]\nurl = \"redis://127.0.0.1\"\n[celery]\napp = \"x\"\ncommand = \"{}\"\nenv_file = \"/nonexistent/worker.env\"\nworkdir = \"{}\"\n[group.g]\nqueues = [\"q\"]\n",
+            not_exec.display(),
+            plain.display()
+        );
+        let diags = fx.errors(&text);
+        assert_error(&diags, "celery.command", 5, 11, "is not executable");
+        assert_error(
+            &diags,
+            "celery.env_file",
+            6,
+            12,
+            "cannot read env_file /nonexistent/worker.env",
+        );
+        assert_error(&diags, "celery.workdir", 7, 11, "is not a directory");
+
+        let diags = fx.errors(
+            "[broker]\nurl = \"redis://127.0.0.1\"\n[celery]\napp = \"x\"\ncommand = \"/nonexistent/celery\"\nworkdir = \"/nonexistent\"\n[group.g]\nqueues = [\"q\"]\n",
+        );
+        assert_error(
+            &diags,
+            "celery.command",
+            5,
+            11,
+            "/nonexistent/celery: No such file",
+        );
+        assert_error(&diags, "celery.workdir", 6, 11, "No such file");
+
+        let diags = fx.errors("[broker]\nurl = \"redis://127.0.0.1\"\n[celery]\napp = \"x\"\ncommand = \"no-such-celery\"\n[group.g]\nqueues = [\"q\"]\n");
+        assert_error(
+            &diags,
+            "celery.command",
+            5,
+            11,
+            "`no-such-celery` is not an executable in PATH",
+        );
+
+        // The default command "celery" must be found in PATH when groups exist.
+        let mut env = fx.env.clone();
+        env.vars.insert("PATH".into(), "/nonexistent".into());
+        let err = load_str(
+            &with_base("[group.g]\nqueues = [\"q\"]\n"),
+            &fx.path(),
+            &env,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("celery.command: `celery` (the default celery.command) is not an executable in PATH (/nonexistent)"), "{err}");
+    }
+
+    #[test]
+    fn malformed_durations_and_sizes() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(
+            "[group.g]\nqueues = [\"q\"]\nstop_timeout = \"ten seconds\"\nrestart_delay = 5\nmemory_max = \"12X\"\nmemory_high = \"lots\"\ncpu_max = 0.0\n",
+        ));
+        assert_error(
+            &diags,
+            "group.g.stop_timeout",
+            7,
+            16,
+            "invalid duration `ten seconds`",
+        );
+        assert_error(&diags, "group.g.restart_delay", 8, 17, "e.g. \"5s\"");
+        assert_error(&diags, "group.g.memory_max", 9, 14, "unknown unit `X`");
+        assert_error(&diags, "group.g.memory_high", 10, 15, "invalid size `lots`");
+        assert_error(&diags, "group.g.cpu_max", 11, 11, "at least 0.01");
+    }
+
+    #[test]
+    fn restart_delay_max_below_restart_delay_is_an_error() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(
+            "[defaults]\nrestart_delay_max = \"1s\"\n[group.g]\nqueues = [\"q\"]\nrestart_delay = \"5s\"\n",
+        ));
+        assert_error(
+            &diags,
+            "defaults.restart_delay_max",
+            6,
+            21,
+            "shorter than restart_delay (5s)",
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_have_positions() {
+        let fx = Fx::new();
+        let diags = fx.errors(
+            "[daemon]\nsocket = \"/x\"\n\n[group.a]\nqueues = [\"a\",\nconcurrency = = 2\n",
+        );
+        assert!(!diags.is_empty());
+        for d in &diags {
+            assert_eq!(d.key, "");
+            assert!(d.message.starts_with("TOML syntax: "), "{d}");
+            assert!(d.line >= 5, "{d}");
+        }
+        let diags = fx.errors("a = 1\na = 2\n");
+        assert_eq!(diags.len(), 1);
+        assert_eq!((diags[0].line, diags[0].column), (2, 1));
+        assert!(diags[0].message.contains("duplicate key"), "{}", diags[0]);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_in_file_order() {
+        let fx = Fx::new();
+        let text = r#"[daemon]
+device_id = "pi kitchen"
+[broker]
+url = "http://127.0.0.1"
+on_timeout = "panic"
+[celery]
+loglevel = "loud"
+[group.A]
+queues = []
+instances = 0
+stall_timeout = "soon"
+"#;
+        let err = fx.load(text).unwrap_err();
+        let keys: Vec<_> = err.diagnostics().iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "daemon.device_id",
+                "broker.url",
+                "broker.on_timeout",
+                "celery.app",
+                "celery.loglevel",
+                "group.A",
+                "group.A.queues",
+                "group.A.instances",
+                "group.A.stall_timeout",
+            ]
+        );
+        assert_eq!(err.error_count(), 9);
+        let shown = err.to_string();
+        assert_eq!(shown.lines().count(), 9);
+        let first = format!(
+            "{}:2:13: error: daemon.device_id: invalid device_id `pi kitchen`",
+            fx.path().display()
+        );
+        assert!(shown.starts_with(&first), "{shown}");
+        assert!(shown.contains(":4:7: error: broker.url: invalid broker URL `http://127.0.0.1`: unsupported scheme `http`"), "{shown}");
+    }
+
+    #[test]
+    fn queue_in_two_groups_is_a_warning() {
+        let fx = Fx::new();
+        let l = fx.ok(&with_base(
+            "[group.a]\nqueues = [\"shared\", \"a\"]\n[group.b]\nqueues = [\"b\", \"shared\"]\n",
+        ));
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        let w = &l.warnings[0];
+        assert_eq!(w.severity, Severity::Warning);
+        assert_eq!(
+            (w.line, w.column, w.key.as_str()),
+            (8, 16, "group.b.queues[1]")
+        );
+        assert!(
+            w.message.contains("also consumed by group `a` (line 6)"),
+            "{w}"
+        );
+        assert!(
+            w.to_string()
+                .contains(":8:16: warning: group.b.queues[1]: queue `shared`"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn forbidden_worker_options_are_errors_explaining_why() {
+        let fx = Fx::new();
+        let diags = fx.errors(
+            r#"[broker]
+url = "redis://127.0.0.1"
+[celery]
+app = "x"
+extra_args = ["--detach", "-D", "-O", "fair"]
+[group.g]
+queues = ["q"]
+extra_args = ["--pidfile=/run/x.pid", "--logfile", "/var/log/x", "-f/tmp/x", "-n", "me@host", "--concurrency=4"]
+"#,
+        );
+        assert_error(
+            &diags,
+            "celery.extra_args[0]",
+            5,
+            15,
+            "out of clearify-workerd's supervision",
+        );
+        assert_error(&diags, "celery.extra_args[1]", 5, 27, "`-D`");
+        assert_error(&diags, "group.g.extra_args[0]", 8, 15, "stale pidfiles");
+        assert_error(&diags, "group.g.extra_args[1]", 8, 39, "journald");
+        assert_error(&diags, "group.g.extra_args[3]", 8, 66, "journald");
+        assert_error(&diags, "group.g.extra_args[4]", 8, 78, "node name");
+        assert_error(&diags, "group.g.extra_args[6]", 8, 95, "concurrency");
+        assert_eq!(diags.len(), 7, "{diags:#?}");
+    }
+
+    #[test]
+    fn size_parsing() {
+        assert_eq!(parse_size("512M"), Ok(Some(512 << 20)));
+        assert_eq!(parse_size("1G"), Ok(Some(1 << 30)));
+        assert_eq!(parse_size("200M"), Ok(Some(200 << 20)));
+        assert_eq!(parse_size("1.5G"), Ok(Some(3 << 29)));
+        assert_eq!(parse_size("64K"), Ok(Some(64 << 10)));
+        assert_eq!(parse_size("2T"), Ok(Some(2 << 40)));
+        assert_eq!(parse_size("100MiB"), Ok(Some(100 << 20)));
+        assert_eq!(parse_size("3 GiB"), Ok(Some(3 << 30)));
+        assert_eq!(parse_size("4096"), Ok(Some(4096)));
+        assert_eq!(parse_size("512m"), Ok(Some(512 << 20)));
+        assert_eq!(parse_size("max"), Ok(None));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("1.2.3G").is_err());
+        assert!(parse_size("12X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("-1G").is_err());
+        assert!(
+            parse_size("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
+        // Integers in TOML are bytes; tiny values warn.
+        let fx = Fx::new();
+        let l = fx.ok(&with_base(
+            "[group.g]\nqueues = [\"q\"]\nmemory_max = 1073741824\nmemory_high = 512\n",
+        ));
+        assert_eq!(l.config.groups[0].limits.memory_max, Some(1 << 30));
+        assert_eq!(l.warnings.len(), 1);
+        assert!(
+            l.warnings[0].message.contains("did you mean \"512M\""),
+            "{}",
+            l.warnings[0]
+        );
+    }
+
+    #[test]
+    fn duration_parsing() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("soon").is_err());
+        let fx = Fx::new();
+        let c = fx
+            .ok(&with_base("[group.g]\nqueues = [\"q\"]\nrestart_delay = \"0s\"\nheartbeat_timeout = \"0s\"\nstall_timeout = 0\n"))
+            .config;
+        let t = &c.groups[0].timing;
+        assert_eq!(
+            t.restart_delay,
+            Duration::ZERO,
+            "0s is a real delay, not off"
+        );
+        assert_eq!((t.heartbeat_timeout, t.stall_timeout), (None, None));
+    }
+
+    #[test]
+    fn env_file_parsing() {
+        let text = "# comment\n\nA=1\nexport B = two words  \nC='single # kept'\nD=\"dq \\\"x\\\" \\n y\"  # comment\nE=val # comment\nF=\nG=a=b\nA=override\n  H=indented\n";
+        let vars = parse_env_file(text).unwrap();
+        let m: BTreeMap<_, _> = vars.into_iter().collect();
+        assert_eq!(m["A"], "override");
+        assert_eq!(m["B"], "two words");
+        assert_eq!(m["C"], "single # kept");
+        assert_eq!(m["D"], "dq \"x\" \n y");
+        assert_eq!(m["E"], "val");
+        assert_eq!(m["F"], "");
+        assert_eq!(m["G"], "a=b");
+        assert_eq!(m["H"], "indented");
+        assert_eq!(m.len(), 8);
+
+        let errors =
+            parse_env_file("OK=1\nnot a line\n1BAD=x\nQ='open\nR=\"x\" trailing\n").unwrap_err();
+        let pos: Vec<_> = errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(pos, [(2, 1), (3, 1), (4, 3), (5, 3)]);
+        assert!(errors[0].message.contains("no `=`"));
+        assert!(errors[1].message.contains("invalid variable name `1BAD`"));
+        assert!(errors[2].message.contains("unterminated single-quoted"));
+        assert!(errors[3].message.contains("unexpected text `trailing`"));
+    }
+
+    #[test]
+    fn env_file_errors_name_the_env_file_and_line() {
+        let fx = Fx::new();
+        let env_file = fx.file("worker.env", "GOOD=1\nBAD LINE\n");
+        let err = fx
+            .load(
+                &with_base("[group.g]\nqueues = [\"q\"]\n")
+                    .replace("[celery]\n", "[celery]\nenv_file = \"worker.env\"\n"),
+            )
+            .unwrap_err();
+        let d = &err.diagnostics()[0];
+        assert_eq!(d.file, env_file);
+        assert_eq!(
+            (d.line, d.column, d.key.as_str()),
+            (2, 1, "celery.env_file")
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{}:2:1: error: celery.env_file: expected KEY=VALUE",
+                env_file.display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn broker_url_from_env_file_then_environment() {
+        let fx = Fx::new();
+        fx.file(
+            "worker.env",
+            "CELERY_BROKER_URL=\"redis://:fromfile@127.0.0.1:6379/1\"\n",
+        );
+        let text = |var: &str| {
+            format!(
+                "[broker]\nurl_env = \"{var}\"\n[celery]\napp = \"x\"\nenv_file = \"worker.env\"\n[group.g]\nqueues = [\"q\"]\n"
+            )
+        };
+        let mut env = fx.env.clone();
+        env.vars.insert(
+            "CELERY_BROKER_URL".into(),
+            "redis://:fromenv@127.0.0.1/0".into(),
+        );
+        env.vars
+            .insert("OTHER_URL".into(), "redis://:other@127.0.0.1/0".into());
+        env.vars
+            .insert("BAD_URL".into(), "redis://:pw@127.0.0.1:notaport/0".into());
+        let load = |t: &str| load_str(t, &fx.path(), &env);
+        let b = load(&text("CELERY_BROKER_URL"))
+            .unwrap()
+            .config
+            .broker
+            .unwrap();
+        assert_eq!(b.url, "redis://:fromfile@127.0.0.1:6379/1", "env_file wins");
+        assert_eq!(b.url_env.as_deref(), Some("CELERY_BROKER_URL"));
+        let b = load(&text("OTHER_URL")).unwrap().config.broker.unwrap();
+        assert_eq!(b.url, "redis://:other@127.0.0.1/0");
+
+        let err = load(&text("MISSING_URL")).unwrap_err();
+        assert_error(
+            err.diagnostics(),
+            "broker.url_env",
+            2,
+            11,
+            "`MISSING_URL` is not set in env_file",
+        );
+        let err = load(&text("BAD_URL")).unwrap_err();
+        assert_error(
+            err.diagnostics(),
+            "broker.url_env",
+            2,
+            11,
+            "port `notaport`",
+        );
+        assert!(
+            !err.to_string().contains(":pw@"),
+            "the password leaked: {err}"
+        );
+
+        let diags = fx.errors("[broker]\nurl = \"redis://127.0.0.1\"\nurl_env = \"X\"\n[celery]\napp = \"x\"\n[group.g]\nqueues = [\"q\"]\n");
+        assert_error(&diags, "broker.url_env", 3, 11, "not both");
+        let diags = fx.errors(
+            "[broker]\nkey_prefix = \"p\"\n[celery]\napp = \"x\"\n[group.g]\nqueues = [\"q\"]\n",
+        );
+        assert_error(&diags, "broker.url", 1, 1, "missing `url`");
+    }
+
+    #[test]
+    fn broker_and_app_are_required_only_with_groups() {
+        let fx = Fx::new();
+        let diags = fx.errors("[group.g]\nqueues = [\"q\"]\n");
+        assert_error(&diags, "broker", 1, 1, "[broker] section");
+        assert_error(&diags, "celery.app", 1, 1, "missing required key `app`");
+        let l = fx.ok("[daemon]\ndevice_id = \"x\"\n");
+        assert!(l.config.groups.is_empty() && l.config.broker.is_none());
+        assert_eq!(l.warnings.len(), 1);
+        assert!(l.warnings[0].message.contains("no workers will run"));
+    }
+
+    #[test]
+    fn missing_required_keys_are_reported_next_to_other_errors() {
+        let fx = Fx::new();
+        let diags = fx.errors(
+            "[broker]\nwait_timeout = \"x\"\n[celery]\nloglevel = \"loud\"\n[group.g]\nqueues = [\"q\"]\n",
+        );
+        assert_error(&diags, "broker.url", 1, 1, "missing `url`");
+        assert_error(&diags, "broker.wait_timeout", 2, 16, "invalid duration");
+        assert_error(&diags, "celery.app", 3, 1, "missing required key `app`");
+        assert_error(&diags, "celery.loglevel", 4, 12, "invalid loglevel");
+        assert_eq!(diags.len(), 4, "{diags:#?}");
+    }
+
+    #[test]
+    fn command_may_be_a_list() {
+        let fx = Fx::new();
+        let text = |cmd: &str| {
+            with_base("[group.g]\nqueues = [\"q\"]\n")
+                .replace("[celery]\n", &format!("[celery]\ncommand = {cmd}\n"))
+        };
+        let c = fx.ok(&text(r#"["celery", "-m", "celery"]"#)).config;
+        assert_eq!(c.celery.command, fx.dir.path().join("bin/celery"));
+        assert_eq!(c.celery.command_args, ["-m", "celery"]);
+        let c = fx.ok(&text(r#""celery""#)).config;
+        assert!(c.celery.command_args.is_empty());
+        assert_error(
+            &fx.errors(&text("[]")),
+            "celery.command",
+            4,
+            11,
+            "empty list",
+        );
+        assert_error(
+            &fx.errors(&text(r#"["nope-4711", "-m"]"#)),
+            "celery.command[0]",
+            4,
+            12,
+            "not an executable in PATH",
+        );
+    }
+
+    #[test]
+    fn broker_key_validation() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base("[group.g]\nqueues = [\"q\"]\n").replace(
+            "[celery]",
+            "wait_timeout = \"never\"\ncheck_interval = \"0s\"\npriority_steps = [0, 10]\n[celery]",
+        ));
+        assert_error(
+            &diags,
+            "broker.wait_timeout",
+            3,
+            16,
+            "invalid duration `never`",
+        );
+        assert_error(&diags, "broker.check_interval", 4, 18, "greater than 0");
+        assert_error(
+            &diags,
+            "broker.priority_steps[1]",
+            5,
+            22,
+            "from 0 to 9, found 10",
+        );
+        for (url, ok) in [
+            ("redis://127.0.0.1", true),
+            ("redis://:p@127.0.0.1:6379/0", true),
+            ("rediss://u:p@host:6380/15?ssl_cert_reqs=required", true),
+            ("redis://[::1]:6379", true),
+            ("unix:///run/redis/redis.sock?db=2", true),
+            ("redis+unix://:pw@/run/redis.sock", true),
+            ("redis://", false),
+            ("redis://host:99999", false),
+            ("redis://host/zero", false),
+            ("unix://relative.sock", false),
+            ("amqp://host", false),
+            ("127.0.0.1:6379", false),
+        ] {
+            assert_eq!(
+                check_broker_url(url).is_ok(),
+                ok,
+                "{url}: {:?}",
+                check_broker_url(url)
+            );
+        }
+    }
+
+    #[test]
+    fn device_id_default_and_fallback() {
+        let fx = Fx::new();
+        let text = with_base("[group.g]\nqueues = [\"q\"]\n");
+        assert_eq!(fx.ok(&text).config.daemon.device_id, "pi-0123ab");
+        let mut env = fx.env.clone();
+        env.machine_id_path = fx.dir.path().join("missing-machine-id");
+        let l = load_str(&text, &fx.path(), &env).unwrap();
+        assert_eq!(l.config.daemon.device_id, "pi");
+        assert_eq!(l.warnings.len(), 1);
+        assert!(
+            l.warnings[0].message.contains("missing-machine-id"),
+            "{}",
+            l.warnings[0]
+        );
+        env.hostname = None;
+        let err = load_str(&text, &fx.path(), &env).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("daemon.device_id: cannot determine the hostname"),
+            "{err}"
+        );
+        // An explicit device_id needs neither.
+        let l = load_str(
+            &format!("[daemon]\ndevice_id = \"pi-kitchen\"\n{text}"),
+            &fx.path(),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(l.config.daemon.device_id, "pi-kitchen");
+        assert!(l.warnings.is_empty());
+    }
+
+    #[test]
+    fn user_must_exist_and_not_be_root() {
+        let fx = Fx::new();
+        let text = |u: &str| {
+            with_base("[group.g]\nqueues = [\"q\"]\n")
+                .replace("[celery]\n", &format!("[celery]\nuser = \"{u}\"\n"))
+        };
+        assert_error(
+            &fx.errors(&text("root")),
+            "celery.user",
+            4,
+            8,
+            "never run as root",
+        );
+        assert_error(
+            &fx.errors(&text("no-such-user-4711")),
+            "celery.user",
+            4,
+            8,
+            "no such user",
+        );
+        let nobody = fx.ok(&text("nobody"));
+        assert_eq!(nobody.config.celery.user.as_deref(), Some("nobody"));
+    }
+
+    #[test]
+    fn reserved_env_names_and_long_socket_paths() {
+        let fx = Fx::new();
+        let long = format!("/run/{}", "x".repeat(120));
+        let diags = fx.errors(&format!(
+            "[daemon]\nsocket = \"{long}\"\n{}",
+            with_base("[group.g]\nqueues = [\"q\"]\nenv = { CLEARIFY_NODE = \"x\", \"bad-name\" = \"y\" }\n")
+        ));
+        assert_error(&diags, "daemon.socket", 2, 10, "limited to 107");
+        assert_error(
+            &diags,
+            "group.g.env.CLEARIFY_NODE",
+            9,
+            9,
+            "set by clearify-workerd",
+        );
+        assert_error(
+            &diags,
+            "group.g.env.bad-name",
+            9,
+            30,
+            "invalid variable name",
+        );
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_url("redis://:secret@192.168.1.109:6379/0"),
+            "redis://:***@192.168.1.109:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://user:p@ss@host/0"),
+            "rediss://user:***@host/0"
+        );
+        assert_eq!(redact_url("redis://host:6379/0"), "redis://host:6379/0");
+        assert_eq!(redact_url("redis://user@host"), "redis://user@host");
+        assert_eq!(
+            redact_url("unix://:pw@/run/redis.sock?db=1"),
+            "unix://:***@/run/redis.sock?db=1"
+        );
+        assert_eq!(
+            redact_url("redis://host/0?password=abc&x=1"),
+            "redis://host/0?password=***&x=1"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_on_io_errors() {
+        let fx = Fx::new();
+        let missing = fx.dir.path().join("nope.toml");
+        let err = load(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(err.error_count(), 1);
+        let bad = fx.dir.path().join("bad.toml");
+        fs::write(&bad, b"[daemon]\nadmin_group = \"\xff\"\n").unwrap();
+        let err = load(&bad).unwrap_err();
+        assert_eq!(err.diagnostics()[0].line, 2);
+        assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+    }
 }
