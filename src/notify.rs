@@ -295,7 +295,11 @@ mod tests {
     #[test]
     fn abstract_socket_names_work() {
         use std::os::linux::net::SocketAddrExt;
-        let name = format!("clearify-notify-test-{}-{}", std::process::id(), rand::random::<u32>());
+        let name = format!(
+            "clearify-notify-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let rx = UnixDatagram::bind_addr(&addr).unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -327,8 +331,14 @@ mod tests {
             watchdog_interval_from(Some("3000001"), Some("4242"), me),
             Some(Duration::from_nanos(1_500_000_500))
         );
-        assert_eq!(watchdog_interval_from(Some("10000000"), Some("1"), me), None);
-        assert_eq!(watchdog_interval_from(Some("10000000"), Some("x"), me), None);
+        assert_eq!(
+            watchdog_interval_from(Some("10000000"), Some("1"), me),
+            None
+        );
+        assert_eq!(
+            watchdog_interval_from(Some("10000000"), Some("x"), me),
+            None
+        );
         assert_eq!(watchdog_interval_from(Some("0"), None, me), None);
         assert_eq!(watchdog_interval_from(Some("soon"), None, me), None);
         assert_eq!(watchdog_interval_from(None, Some("4242"), me), None);
@@ -340,7 +350,10 @@ mod tests {
     fn socket_address_parsing() {
         assert!(parse_socket_addr(OsStr::new("")).is_err());
         let a = parse_socket_addr(OsStr::new("/run/systemd/notify")).unwrap();
-        assert_eq!(a.as_pathname(), Some(std::path::Path::new("/run/systemd/notify")));
+        assert_eq!(
+            a.as_pathname(),
+            Some(std::path::Path::new("/run/systemd/notify"))
+        );
         use std::os::linux::net::SocketAddrExt;
         let b = parse_socket_addr(OsStr::new("@abc")).unwrap();
         assert_eq!(b.as_abstract_name(), Some(&b"abc"[..]));
