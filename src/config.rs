@@ -371,7 +371,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         Err(e) => {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let text = String::from_utf8_lossy(valid);
-            let src = Source::new(path, &text);
+            let src = Source::new(&text);
             let (line, column) = src.position(text.len());
             Err(ConfigError::Invalid {
                 diagnostics: vec![Diagnostic {
@@ -743,7 +743,7 @@ struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn new(_path: &Path, text: &'a str) -> Source<'a> {
+    fn new(text: &'a str) -> Source<'a> {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Source { text, line_starts }
@@ -902,7 +902,7 @@ impl<'a> Checker<'a> {
         Checker {
             path,
             base_dir,
-            src: Source::new(path, text),
+            src: Source::new(text),
             env,
             diags: Vec::new(),
         }
