@@ -371,7 +371,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         Err(e) => {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let text = String::from_utf8_lossy(valid);
-            let src = Source::new(path, &text);
+            let src = Source::new(&text);
             let (line, column) = src.position(text.len());
             Err(ConfigError::Invalid {
                 diagnostics: vec![Diagnostic {
@@ -743,7 +743,7 @@ struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn new(_path: &Path, text: &'a str) -> Source<'a> {
+    fn new(text: &'a str) -> Source<'a> {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Source { text, line_starts }
@@ -902,7 +902,7 @@ impl<'a> Checker<'a> {
         Checker {
             path,
             base_dir,
-            src: Source::new(path, text),
+            src: Source::new(text),
             env,
             diags: Vec::new(),
         }
@@ -1852,34 +1852,34 @@ impl<'a> Checker<'a> {
             let name = s.split_once('=').map_or(s, |(n, _)| n);
             let why: Option<&str> = if name == "--detach" || s == "-D" {
                 Some(
-                    "`--detach`/`-D` would fork the worker into the background, out of clearify-workerd's supervision; workers must stay in the foreground",
+                    "it would fork the worker into the background, out of clearify-workerd's supervision; workers must run in the foreground",
                 )
             } else if name == "--pidfile" {
                 Some(
-                    "`--pidfile` is not allowed: stale pidfiles make restarted workers refuse to start (a crash loop); clearify-workerd tracks the processes itself",
+                    "stale pidfiles make restarted workers refuse to start (a crash loop); clearify-workerd tracks the processes itself",
                 )
             } else if name == "--logfile" || s.starts_with("-f") {
                 Some(
-                    "`--logfile`/`-f` is not allowed: worker output must go to stdout/stderr so clearify-workerd can send it to journald",
+                    "worker output must go to stdout/stderr so that clearify-workerd can send it to journald",
                 )
             } else if matches!(name, "-A" | "--app") || (s.starts_with("-A") && s.len() > 2) {
-                Some("the app is set by clearify-workerd; use celery.app")
+                Some("clearify-workerd sets the app; use celery.app")
             } else if matches!(name, "-Q" | "--queues") || (s.starts_with("-Q") && s.len() > 2) {
-                Some("the queues are set by clearify-workerd; use the group's `queues`")
+                Some("clearify-workerd sets the queues; use the group's `queues`")
             } else if matches!(name, "-c" | "--concurrency") || (s.starts_with("-c") && s.len() > 2)
             {
-                Some("the concurrency is set by clearify-workerd; use the group's `concurrency`")
+                Some("clearify-workerd sets the concurrency; use the group's `concurrency`")
             } else if matches!(name, "-n" | "--hostname") || (s.starts_with("-n") && s.len() > 2) {
                 Some(
-                    "the node name is set by clearify-workerd (`<group>-<i>@<device_id>`) and must stay unique; set daemon.device_id instead",
+                    "clearify-workerd sets the node name (`<group>-<i>@<device_id>`), which must stay unique; set daemon.device_id instead",
                 )
             } else if matches!(name, "-l" | "--loglevel") || (s.starts_with("-l") && s.len() > 2) {
-                Some("the log level is set by clearify-workerd; use celery.loglevel")
+                Some("clearify-workerd sets the log level; use celery.loglevel")
             } else {
                 None
             };
             if let Some(why) = why {
-                self.error(&a.span, &a.key, format!("`{s}`: {why}"));
+                self.error(&a.span, &a.key, format!("`{s}` is not allowed: {why}"));
             }
         }
     }
