@@ -952,18 +952,19 @@ async fn main_task(
             }
         }
         let mut delay = backoff.next_delay();
-        if gated && !timeout_sent {
-            if let Some(limit) = settings.wait_timeout {
-                let elapsed = gate_start.elapsed();
-                if elapsed >= limit {
-                    tracing::warn!(broker = %url, "broker not ready after {:?} (wait_timeout)", limit);
-                    timeout_sent = true;
-                    if tx.send(BrokerEvent::GateTimeout).await.is_err() {
-                        return;
-                    }
-                } else {
-                    delay = delay.min(limit - elapsed);
+        if gated
+            && !timeout_sent
+            && let Some(limit) = settings.wait_timeout
+        {
+            let elapsed = gate_start.elapsed();
+            if elapsed >= limit {
+                tracing::warn!(broker = %url, "broker not ready after {:?} (wait_timeout)", limit);
+                timeout_sent = true;
+                if tx.send(BrokerEvent::GateTimeout).await.is_err() {
+                    return;
                 }
+            } else {
+                delay = delay.min(limit - elapsed);
             }
         }
         tokio::select! {

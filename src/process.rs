@@ -148,23 +148,19 @@ pub fn spawn(
             if let Some(fd) = cgroup_procs {
                 crate::cgroup::join_cgroup_fd(fd)?;
             }
-            if let Some((uid, gid, groups)) = &ids {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+            if let Some((uid, gid, groups)) = &ids
+                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
                     || libc::setgid(*gid) < 0
-                    || libc::setuid(*uid) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
+                    || libc::setuid(*uid) < 0)
+            {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("{}: {e}", spec.program.display()),
-        )
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", spec.program.display())))?;
     let pid = child.id();
     let stdout: OwnedFd = child.stdout.take().expect("piped").into();
     let stderr: OwnedFd = child.stderr.take().expect("piped").into();

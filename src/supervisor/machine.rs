@@ -1033,17 +1033,16 @@ impl Machine {
         let inst = self.instances.get_mut(id).expect("present");
         let timing = inst.spec.timing.clone();
         if let (Some(timeout), Some(last)) = (timing.heartbeat_timeout, inst.health.last_heartbeat)
+            && now.saturating_duration_since(last) >= timeout
         {
-            if now.saturating_duration_since(last) >= timeout {
-                let why = format!(
-                    "no heartbeat for {}",
-                    humantime::format_duration(now.saturating_duration_since(last))
-                );
-                warn!(instance = id, reason = %why, "worker is alive but silent; restarting it");
-                inst.health.last_heartbeat = None;
-                self.restart_one(id, &why, now);
-                return;
-            }
+            let why = format!(
+                "no heartbeat for {}",
+                humantime::format_duration(now.saturating_duration_since(last))
+            );
+            warn!(instance = id, reason = %why, "worker is alive but silent; restarting it");
+            inst.health.last_heartbeat = None;
+            self.restart_one(id, &why, now);
+            return;
         }
         if let Some(timeout) = timing.stall_timeout {
             let idle = inst.health.active == Some(0) && inst.health.processed.is_some();
@@ -1087,10 +1086,11 @@ impl Machine {
                 r.current = Some(next.clone());
                 self.restart_one(&next, "rolling restart", now);
             }
-            if let Some(r) = self.rolling.get(&g) {
-                if r.current.is_none() && r.queue.is_empty() {
-                    self.rolling.remove(&g);
-                }
+            if let Some(r) = self.rolling.get(&g)
+                && r.current.is_none()
+                && r.queue.is_empty()
+            {
+                self.rolling.remove(&g);
             }
         }
     }

@@ -28,8 +28,8 @@ use crate::broker::{self, BrokerEvent, BrokerSettings, Monitor};
 use crate::cgroup::{CgroupTree, Leaf};
 use crate::config::{self, Config, OnTimeout};
 use crate::control::protocol::{
-    BrokerStatus, DaemonStatus, ErrorKind, GroupStatus, HeartbeatSeen, InstanceStatus,
-    QueueStatus, ReloadReport, Request, Response, Status,
+    BrokerStatus, DaemonStatus, ErrorKind, GroupStatus, HeartbeatSeen, InstanceStatus, QueueStatus,
+    ReloadReport, Request, Response, Status,
 };
 use crate::control::server::ControlMsg;
 use crate::journal::{self, LogStore, Sink, Stream, WorkerMeta};
@@ -160,7 +160,8 @@ impl Supervisor {
         self.machine.boot(Instant::now());
         self.apply();
         let watchdog = self.notifier.watchdog_interval();
-        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(code) = self.exit_code {
@@ -314,9 +315,13 @@ impl Supervisor {
                     .map(|b| b.on_timeout)
                     .unwrap_or_default();
                 match on {
-                    OnTimeout::Wait => warn!("broker wait_timeout passed; still waiting (on_timeout = \"wait\")"),
+                    OnTimeout::Wait => {
+                        warn!("broker wait_timeout passed; still waiting (on_timeout = \"wait\")")
+                    }
                     OnTimeout::Start => {
-                        warn!("broker wait_timeout passed; starting workers anyway (on_timeout = \"start\")");
+                        warn!(
+                            "broker wait_timeout passed; starting workers anyway (on_timeout = \"start\")"
+                        );
                         self.machine.open_gate(now);
                     }
                     OnTimeout::Fail => {
@@ -531,7 +536,10 @@ impl Supervisor {
                 }
                 let mut new_plan = plan::build(&new);
                 if new.daemon.device_id != self.config.daemon.device_id {
-                    warnings.push("[daemon].device_id changed: node names change, so every instance restarts".into());
+                    warnings.push(
+                        "[daemon].device_id changed: node names change, so every instance restarts"
+                            .into(),
+                    );
                 }
                 if new.broker != self.config.broker {
                     // Keep the running broker settings until restart.
@@ -753,7 +761,10 @@ impl Supervisor {
         if let Some(t) = &self.cgroups {
             for v in views.iter().filter(|v| v.pid.is_some()) {
                 if let Some(s) = t.stats(&v.group, &v.id) {
-                    fresh.insert(v.id.clone(), (s.cpu_usage_usec.unwrap_or(0), s.memory_current));
+                    fresh.insert(
+                        v.id.clone(),
+                        (s.cpu_usage_usec.unwrap_or(0), s.memory_current),
+                    );
                 }
             }
         } else if let Some(sys) = &mut self.sys {
@@ -849,7 +860,10 @@ impl Supervisor {
         } else if troubled.is_empty() {
             format!("{running}/{total} running, {broker}")
         } else {
-            format!("{running}/{total} running, {}, {broker}", troubled.join(", "))
+            format!(
+                "{running}/{total} running, {}, {broker}",
+                troubled.join(", ")
+            )
         }
     }
 
@@ -919,13 +933,18 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// HH:MM:SS in local time (as systemd shows it), or UTC when the local zone
 /// is unknown.
 fn clock_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as libc::time_t;
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as libc::time_t;
     // SAFETY: localtime_r writes into the tm we own.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
