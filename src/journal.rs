@@ -42,7 +42,9 @@
 //! record starts, when appending would exceed [`MAX_RECORD`] bytes, when no
 //! line has arrived for [`QUIET`] (so a lone line is not held back, and
 //! unrelated output written later does not join an old record), when it has
-//! been open for [`MAX_HOLD`], or at EOF. After a flush forced by the size
+//! been open for [`MAX_HOLD`], or at EOF. Time the pump spends waiting for
+//! the sink does not count as quiet time, and the pump reads what the pipe
+//! holds before it lets the quiet time end a record. After a flush forced by the size
 //! cap or the hold time, continuation lines that follow within [`QUIET`]
 //! start a new record that keeps the old one's priority and rules. Trailing
 //! blank lines of a multi-line record are dropped.
@@ -54,7 +56,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -474,6 +476,18 @@ impl Grouper {
         self.take()
     }
 
+    /// Moves the open record's clocks forward by `by`: time the caller spent
+    /// waiting for a sink is not time in which the worker was quiet.
+    pub fn shift(&mut self, by: Duration) {
+        if let Some(open) = self.open.as_mut() {
+            open.last += by;
+            open.opened += by;
+        }
+        if let Some((_, t)) = self.carry.as_mut() {
+            *t += by;
+        }
+    }
+
     /// Flushes the open record unconditionally (EOF).
     pub fn flush(&mut self) -> Option<Record> {
         self.carry = None;
@@ -660,6 +674,8 @@ async fn send_memfd(sock: &UnixDatagram, entry: &[u8]) -> io::Result<()> {
     )?;
     let mut file = std::fs::File::from(fd);
     file.write_all(entry)?;
+    // journald maps the file; rewinding also lets a plain reader read it.
+    io::Seek::rewind(&mut file)?;
     fcntl(
         &file,
         FcntlArg::F_ADD_SEALS(
@@ -958,7 +974,10 @@ pub async fn pump<R: AsyncRead + Unpin>(
     let mut grouper = Grouper::default();
     loop {
         let deadline = grouper.deadline();
+        // Reading comes first: the quiet time only ends a record when the
+        // pipe has nothing more for it.
         let read = tokio::select! {
+            biased;
             r = reader.read(&mut buf) => Some(r),
             _ = sleep_until_opt(deadline) => None,
         };
@@ -973,7 +992,9 @@ pub async fn pump<R: AsyncRead + Unpin>(
                 for line in framer.feed(&buf[..n]) {
                     store.push(&meta, stream, &line.bytes);
                     if let Some(rec) = grouper.push(line, Instant::now()) {
+                        let started = Instant::now();
                         sink.write(&meta, stream, &rec).await;
+                        grouper.shift(started.elapsed());
                     }
                 }
             }
@@ -1035,10 +1056,16 @@ pub fn stderr_is_journal() -> bool {
     let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };
-    let Ok(st) = nix::sys::stat::fstat(io::stderr()) else {
-        return false;
-    };
-    journal_stream_matches(&value.to_string_lossy(), st.st_dev, st.st_ino)
+    fd_is_journal_stream(io::stderr().as_fd(), &value.to_string_lossy())
+}
+
+/// Whether the file `fd` refers to is the one a `JOURNAL_STREAM` value
+/// names.
+pub fn fd_is_journal_stream(fd: std::os::fd::BorrowedFd<'_>, journal_stream: &str) -> bool {
+    match nix::sys::stat::fstat(fd) {
+        Ok(st) => journal_stream_matches(journal_stream, st.st_dev, st.st_ino),
+        Err(_) => false,
+    }
 }
 
 /// `JOURNAL_STREAM` parsing: `"<dev>:<inode>"` in decimal.
@@ -1050,7 +1077,9 @@ pub fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
 }
 
 /// Sets up the daemon's tracing subscriber: journald (tracing-journald,
-/// SYSLOG_IDENTIFIER=clearify-workerd) or human-readable text on stderr.
+/// SYSLOG_IDENTIFIER=clearify-workerd, event fields as `CLEARIFY_<NAME>`, so
+/// an `instance = …` field lines up with the worker lines'
+/// `CLEARIFY_INSTANCE`) or human-readable text on stderr.
 /// The filter comes from `RUST_LOG`, default `info`. `Auto` falls back to
 /// stderr when the journal socket cannot be opened; `Journal` fails then.
 pub fn init_tracing(target: LogTarget) -> anyhow::Result<()> {
@@ -1070,7 +1099,11 @@ pub fn init_tracing(target: LogTarget) -> anyhow::Result<()> {
     match journal {
         Some(layer) => tracing_subscriber::registry()
             .with(filter())
-            .with(layer.with_syslog_identifier("clearify-workerd".to_owned()))
+            .with(
+                layer
+                    .with_syslog_identifier("clearify-workerd".to_owned())
+                    .with_field_prefix(Some("CLEARIFY".to_owned())),
+            )
             .try_init()?,
         None => tracing_subscriber::registry()
             .with(filter())
@@ -1400,6 +1433,32 @@ line warning
     }
 
     #[test]
+    fn time_spent_waiting_for_the_sink_is_not_quiet_time() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut g = Grouper::default();
+        g.push(
+            line("[2024-05-01 12:00:00,123: ERROR/MainProcess] oops"),
+            t0,
+        );
+        g.shift(Duration::from_millis(5000));
+        assert_eq!(g.poll(ms(4000)), None);
+        assert_eq!(
+            g.push(line("Traceback (most recent call last):"), ms(4000)),
+            None
+        );
+        assert_eq!(
+            g.flush()
+                .unwrap()
+                .message
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn max_hold_and_cap_flush_with_the_priority_carried_on() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
@@ -1603,5 +1662,11 @@ line warning
         assert!(!journal_stream_matches("8:12345", 8, 1));
         assert!(!journal_stream_matches("garbage", 8, 12345));
         assert!(!journal_stream_matches("", 0, 0));
+        let file = tempfile::tempfile().unwrap();
+        let st = nix::sys::stat::fstat(&file).unwrap();
+        let value = format!("{}:{}", st.st_dev, st.st_ino);
+        assert!(fd_is_journal_stream(file.as_fd(), &value));
+        let other = tempfile::tempfile().unwrap();
+        assert!(!fd_is_journal_stream(other.as_fd(), &value));
     }
 }
