@@ -80,9 +80,13 @@ pub const QUIET: Duration = Duration::from_millis(100);
 pub const MAX_HOLD: Duration = Duration::from_secs(1);
 /// Lines kept per instance in the ring buffer.
 pub const RING_LINES: usize = 1000;
+/// Text bytes kept per instance in the ring buffer: fewer than
+/// [`RING_LINES`] lines are kept when they are long (a Raspberry Pi has
+/// little memory; the journal has everything).
+pub const RING_BYTES: usize = 512 * 1024;
 /// Longest text of one line kept in the ring buffer (display only; the
 /// journal gets everything).
-pub const MAX_STORED_LINE: usize = 8 * 1024;
+pub const MAX_STORED_LINE: usize = 4 * 1024;
 /// SYSLOG_IDENTIFIER of worker lines.
 pub const SYSLOG_IDENTIFIER: &str = "clearify-worker";
 /// Bytes read from a worker pipe at a time.
@@ -783,6 +787,16 @@ impl Sink {
         }
     }
 
+    /// The sink for a `--log-target`: worker lines go where the daemon's
+    /// own logs go.
+    pub fn for_target(target: LogTarget) -> Sink {
+        match target {
+            LogTarget::Auto => Sink::auto(),
+            LogTarget::Journal => Sink::Journal(JournalSender::new()),
+            LogTarget::Stderr => Sink::Stderr,
+        }
+    }
+
     /// Writes one record. Waits while journald is busy. When journald
     /// cannot be reached, the record goes to stderr instead (and the
     /// problem is logged once, until journald works again).
@@ -820,16 +834,21 @@ impl Sink {
 struct Ring {
     group: String,
     lines: VecDeque<LogLine>,
+    /// Sum of the lines' text lengths.
+    bytes: usize,
 }
 
 #[derive(Debug)]
 struct StoreInner {
     rings: BTreeMap<String, Ring>,
     cap: usize,
+    cap_bytes: usize,
     last_ts: f64,
 }
 
-/// The last lines of each instance, for `clearifyctl logs`. Cheap to clone.
+/// The last lines of each instance, for `clearifyctl logs`: up to
+/// [`RING_LINES`] lines and [`RING_BYTES`] of text per instance. Cheap to
+/// clone.
 ///
 /// Timestamps are unique and increasing across the whole store (a line
 /// stamped in the same microsecond as the previous one gets 1 µs more), so
@@ -865,17 +884,24 @@ fn display_text(bytes: &[u8]) -> String {
 }
 
 impl LogStore {
-    /// A store keeping [`RING_LINES`] lines per instance.
+    /// A store keeping [`RING_LINES`] lines ([`RING_BYTES`]) per instance.
     pub fn new() -> Self {
-        LogStore::with_capacity(RING_LINES)
+        LogStore::with_limits(RING_LINES, RING_BYTES)
     }
 
-    /// A store keeping `cap` lines per instance.
+    /// A store keeping `cap` lines per instance (and [`RING_BYTES`]).
     pub fn with_capacity(cap: usize) -> Self {
+        LogStore::with_limits(cap, RING_BYTES)
+    }
+
+    /// A store keeping at most `lines` lines and `bytes` bytes of text per
+    /// instance (always at least the newest line).
+    pub fn with_limits(lines: usize, bytes: usize) -> Self {
         LogStore {
             inner: Arc::new(Mutex::new(StoreInner {
                 rings: BTreeMap::new(),
-                cap: cap.max(1),
+                cap: lines.max(1),
+                cap_bytes: bytes,
                 last_ts: 0.0,
             })),
         }
@@ -895,13 +921,16 @@ impl LogStore {
             ts = inner.last_ts + 1e-6;
         }
         inner.last_ts = ts;
-        let cap = inner.cap;
+        let (cap, cap_bytes) = (inner.cap, inner.cap_bytes);
         let ring = inner.rings.entry(meta.instance.clone()).or_default();
         if ring.group != meta.group {
             ring.group = meta.group.clone();
         }
-        if ring.lines.len() >= cap {
-            ring.lines.pop_front();
+        ring.bytes += text.len();
+        while !ring.lines.is_empty() && (ring.lines.len() >= cap || ring.bytes > cap_bytes) {
+            if let Some(old) = ring.lines.pop_front() {
+                ring.bytes -= old.text.len();
+            }
         }
         ring.lines.push_back(LogLine {
             ts,
@@ -1650,6 +1679,32 @@ line warning
         let last = store.tail(None, 1, None).pop().unwrap();
         assert!(last.text.starts_with(&"q".repeat(MAX_STORED_LINE)));
         assert!(last.text.ends_with("[10 more bytes in the journal]"));
+    }
+
+    #[test]
+    fn ring_buffer_byte_budget_drops_the_oldest_lines() {
+        let store = LogStore::with_limits(1000, 100);
+        let a = meta("g", "g-1");
+        for i in 0..10 {
+            store.push(
+                &a,
+                Stream::Stdout,
+                format!("{i}{}", "x".repeat(29)).as_bytes(),
+            );
+        }
+        // 30 bytes each: three fit in 100 bytes
+        let texts: Vec<String> = store
+            .tail(None, 100, None)
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert_eq!(texts.len(), 3);
+        assert!(texts[0].starts_with('7') && texts[2].starts_with('9'));
+        // a line larger than the budget is still kept, alone
+        store.push(&a, Stream::Stdout, &[b'L'; 500]);
+        assert_eq!(store.len("g-1"), 1);
+        store.push(&a, Stream::Stdout, b"small");
+        assert_eq!(store.len("g-1"), 1);
     }
 
     #[test]

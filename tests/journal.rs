@@ -522,3 +522,28 @@ fn tracing_setup_explicit_targets() {
     // a second setup reports the error instead of panicking
     assert!(init_tracing(LogTarget::Stderr).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_reconnects_after_journald_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, rx) = bind(dir.path());
+    let sender = JournalSender::with_path(&path);
+    sender.send_fields(&[("MESSAGE", b"before")]).await.unwrap();
+    assert_eq!(
+        recv_entry(&rx, Duration::from_secs(5)).unwrap().message(),
+        b"before"
+    );
+    // journald goes away and comes back on the same path
+    drop(rx);
+    std::fs::remove_file(&path).unwrap();
+    let (_, rx) = bind(dir.path());
+    sender.send_fields(&[("MESSAGE", b"after")]).await.unwrap();
+    assert_eq!(
+        recv_entry(&rx, Duration::from_secs(5)).unwrap().message(),
+        b"after"
+    );
+    // and with nobody there at all, sending fails (the sink falls back to stderr)
+    drop(rx);
+    std::fs::remove_file(&path).unwrap();
+    assert!(sender.send_fields(&[("MESSAGE", b"lost?")]).await.is_err());
+}
