@@ -42,7 +42,9 @@
 //! record starts, when appending would exceed [`MAX_RECORD`] bytes, when no
 //! line has arrived for [`QUIET`] (so a lone line is not held back, and
 //! unrelated output written later does not join an old record), when it has
-//! been open for [`MAX_HOLD`], or at EOF. After a flush forced by the size
+//! been open for [`MAX_HOLD`], or at EOF. Time the pump spends waiting for
+//! the sink does not count as quiet time, and the pump reads what the pipe
+//! holds before it lets the quiet time end a record. After a flush forced by the size
 //! cap or the hold time, continuation lines that follow within [`QUIET`]
 //! start a new record that keeps the old one's priority and rules. Trailing
 //! blank lines of a multi-line record are dropped.
@@ -54,7 +56,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,9 +80,13 @@ pub const QUIET: Duration = Duration::from_millis(100);
 pub const MAX_HOLD: Duration = Duration::from_secs(1);
 /// Lines kept per instance in the ring buffer.
 pub const RING_LINES: usize = 1000;
+/// Text bytes kept per instance in the ring buffer: fewer than
+/// [`RING_LINES`] lines are kept when they are long (a Raspberry Pi has
+/// little memory; the journal has everything).
+pub const RING_BYTES: usize = 512 * 1024;
 /// Longest text of one line kept in the ring buffer (display only; the
 /// journal gets everything).
-pub const MAX_STORED_LINE: usize = 8 * 1024;
+pub const MAX_STORED_LINE: usize = 4 * 1024;
 /// SYSLOG_IDENTIFIER of worker lines.
 pub const SYSLOG_IDENTIFIER: &str = "clearify-worker";
 /// Bytes read from a worker pipe at a time.
@@ -474,6 +480,18 @@ impl Grouper {
         self.take()
     }
 
+    /// Moves the open record's clocks forward by `by`: time the caller spent
+    /// waiting for a sink is not time in which the worker was quiet.
+    pub fn shift(&mut self, by: Duration) {
+        if let Some(open) = self.open.as_mut() {
+            open.last += by;
+            open.opened += by;
+        }
+        if let Some((_, t)) = self.carry.as_mut() {
+            *t += by;
+        }
+    }
+
     /// Flushes the open record unconditionally (EOF).
     pub fn flush(&mut self) -> Option<Record> {
         self.carry = None;
@@ -660,6 +678,8 @@ async fn send_memfd(sock: &UnixDatagram, entry: &[u8]) -> io::Result<()> {
     )?;
     let mut file = std::fs::File::from(fd);
     file.write_all(entry)?;
+    // journald maps the file; rewinding also lets a plain reader read it.
+    io::Seek::rewind(&mut file)?;
     fcntl(
         &file,
         FcntlArg::F_ADD_SEALS(
@@ -767,6 +787,16 @@ impl Sink {
         }
     }
 
+    /// The sink for a `--log-target`: worker lines go where the daemon's
+    /// own logs go.
+    pub fn for_target(target: LogTarget) -> Sink {
+        match target {
+            LogTarget::Auto => Sink::auto(),
+            LogTarget::Journal => Sink::Journal(JournalSender::new()),
+            LogTarget::Stderr => Sink::Stderr,
+        }
+    }
+
     /// Writes one record. Waits while journald is busy. When journald
     /// cannot be reached, the record goes to stderr instead (and the
     /// problem is logged once, until journald works again).
@@ -804,16 +834,21 @@ impl Sink {
 struct Ring {
     group: String,
     lines: VecDeque<LogLine>,
+    /// Sum of the lines' text lengths.
+    bytes: usize,
 }
 
 #[derive(Debug)]
 struct StoreInner {
     rings: BTreeMap<String, Ring>,
     cap: usize,
+    cap_bytes: usize,
     last_ts: f64,
 }
 
-/// The last lines of each instance, for `clearifyctl logs`. Cheap to clone.
+/// The last lines of each instance, for `clearifyctl logs`: up to
+/// [`RING_LINES`] lines and [`RING_BYTES`] of text per instance. Cheap to
+/// clone.
 ///
 /// Timestamps are unique and increasing across the whole store (a line
 /// stamped in the same microsecond as the previous one gets 1 µs more), so
@@ -849,17 +884,24 @@ fn display_text(bytes: &[u8]) -> String {
 }
 
 impl LogStore {
-    /// A store keeping [`RING_LINES`] lines per instance.
+    /// A store keeping [`RING_LINES`] lines ([`RING_BYTES`]) per instance.
     pub fn new() -> Self {
-        LogStore::with_capacity(RING_LINES)
+        LogStore::with_limits(RING_LINES, RING_BYTES)
     }
 
-    /// A store keeping `cap` lines per instance.
+    /// A store keeping `cap` lines per instance (and [`RING_BYTES`]).
     pub fn with_capacity(cap: usize) -> Self {
+        LogStore::with_limits(cap, RING_BYTES)
+    }
+
+    /// A store keeping at most `lines` lines and `bytes` bytes of text per
+    /// instance (always at least the newest line).
+    pub fn with_limits(lines: usize, bytes: usize) -> Self {
         LogStore {
             inner: Arc::new(Mutex::new(StoreInner {
                 rings: BTreeMap::new(),
-                cap: cap.max(1),
+                cap: lines.max(1),
+                cap_bytes: bytes,
                 last_ts: 0.0,
             })),
         }
@@ -879,13 +921,16 @@ impl LogStore {
             ts = inner.last_ts + 1e-6;
         }
         inner.last_ts = ts;
-        let cap = inner.cap;
+        let (cap, cap_bytes) = (inner.cap, inner.cap_bytes);
         let ring = inner.rings.entry(meta.instance.clone()).or_default();
         if ring.group != meta.group {
             ring.group = meta.group.clone();
         }
-        if ring.lines.len() >= cap {
-            ring.lines.pop_front();
+        ring.bytes += text.len();
+        while !ring.lines.is_empty() && (ring.lines.len() >= cap || ring.bytes > cap_bytes) {
+            if let Some(old) = ring.lines.pop_front() {
+                ring.bytes -= old.text.len();
+            }
         }
         ring.lines.push_back(LogLine {
             ts,
@@ -958,7 +1003,10 @@ pub async fn pump<R: AsyncRead + Unpin>(
     let mut grouper = Grouper::default();
     loop {
         let deadline = grouper.deadline();
+        // Reading comes first: the quiet time only ends a record when the
+        // pipe has nothing more for it.
         let read = tokio::select! {
+            biased;
             r = reader.read(&mut buf) => Some(r),
             _ = sleep_until_opt(deadline) => None,
         };
@@ -973,7 +1021,9 @@ pub async fn pump<R: AsyncRead + Unpin>(
                 for line in framer.feed(&buf[..n]) {
                     store.push(&meta, stream, &line.bytes);
                     if let Some(rec) = grouper.push(line, Instant::now()) {
+                        let started = Instant::now();
                         sink.write(&meta, stream, &rec).await;
+                        grouper.shift(started.elapsed());
                     }
                 }
             }
@@ -1035,10 +1085,16 @@ pub fn stderr_is_journal() -> bool {
     let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };
-    let Ok(st) = nix::sys::stat::fstat(io::stderr()) else {
-        return false;
-    };
-    journal_stream_matches(&value.to_string_lossy(), st.st_dev, st.st_ino)
+    fd_is_journal_stream(io::stderr().as_fd(), &value.to_string_lossy())
+}
+
+/// Whether the file `fd` refers to is the one a `JOURNAL_STREAM` value
+/// names.
+pub fn fd_is_journal_stream(fd: std::os::fd::BorrowedFd<'_>, journal_stream: &str) -> bool {
+    match nix::sys::stat::fstat(fd) {
+        Ok(st) => journal_stream_matches(journal_stream, st.st_dev, st.st_ino),
+        Err(_) => false,
+    }
 }
 
 /// `JOURNAL_STREAM` parsing: `"<dev>:<inode>"` in decimal.
@@ -1050,7 +1106,9 @@ pub fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
 }
 
 /// Sets up the daemon's tracing subscriber: journald (tracing-journald,
-/// SYSLOG_IDENTIFIER=clearify-workerd) or human-readable text on stderr.
+/// SYSLOG_IDENTIFIER=clearify-workerd, event fields as `CLEARIFY_<NAME>`, so
+/// an `instance = …` field lines up with the worker lines'
+/// `CLEARIFY_INSTANCE`) or human-readable text on stderr.
 /// The filter comes from `RUST_LOG`, default `info`. `Auto` falls back to
 /// stderr when the journal socket cannot be opened; `Journal` fails then.
 pub fn init_tracing(target: LogTarget) -> anyhow::Result<()> {
@@ -1070,7 +1128,11 @@ pub fn init_tracing(target: LogTarget) -> anyhow::Result<()> {
     match journal {
         Some(layer) => tracing_subscriber::registry()
             .with(filter())
-            .with(layer.with_syslog_identifier("clearify-workerd".to_owned()))
+            .with(
+                layer
+                    .with_syslog_identifier("clearify-workerd".to_owned())
+                    .with_field_prefix(Some("CLEARIFY".to_owned())),
+            )
             .try_init()?,
         None => tracing_subscriber::registry()
             .with(filter())
@@ -1400,6 +1462,32 @@ line warning
     }
 
     #[test]
+    fn time_spent_waiting_for_the_sink_is_not_quiet_time() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut g = Grouper::default();
+        g.push(
+            line("[2024-05-01 12:00:00,123: ERROR/MainProcess] oops"),
+            t0,
+        );
+        g.shift(Duration::from_millis(5000));
+        assert_eq!(g.poll(ms(4000)), None);
+        assert_eq!(
+            g.push(line("Traceback (most recent call last):"), ms(4000)),
+            None
+        );
+        assert_eq!(
+            g.flush()
+                .unwrap()
+                .message
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn max_hold_and_cap_flush_with_the_priority_carried_on() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
@@ -1594,6 +1682,32 @@ line warning
     }
 
     #[test]
+    fn ring_buffer_byte_budget_drops_the_oldest_lines() {
+        let store = LogStore::with_limits(1000, 100);
+        let a = meta("g", "g-1");
+        for i in 0..10 {
+            store.push(
+                &a,
+                Stream::Stdout,
+                format!("{i}{}", "x".repeat(29)).as_bytes(),
+            );
+        }
+        // 30 bytes each: three fit in 100 bytes
+        let texts: Vec<String> = store
+            .tail(None, 100, None)
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert_eq!(texts.len(), 3);
+        assert!(texts[0].starts_with('7') && texts[2].starts_with('9'));
+        // a line larger than the budget is still kept, alone
+        store.push(&a, Stream::Stdout, &[b'L'; 500]);
+        assert_eq!(store.len("g-1"), 1);
+        store.push(&a, Stream::Stdout, b"small");
+        assert_eq!(store.len("g-1"), 1);
+    }
+
+    #[test]
     fn log_target_and_journal_stream_parsing() {
         assert_eq!("auto".parse::<LogTarget>(), Ok(LogTarget::Auto));
         assert_eq!("journal".parse::<LogTarget>(), Ok(LogTarget::Journal));
@@ -1603,5 +1717,11 @@ line warning
         assert!(!journal_stream_matches("8:12345", 8, 1));
         assert!(!journal_stream_matches("garbage", 8, 12345));
         assert!(!journal_stream_matches("", 0, 0));
+        let file = tempfile::tempfile().unwrap();
+        let st = nix::sys::stat::fstat(&file).unwrap();
+        let value = format!("{}:{}", st.st_dev, st.st_ino);
+        assert!(fd_is_journal_stream(file.as_fd(), &value));
+        let other = tempfile::tempfile().unwrap();
+        assert!(!fd_is_journal_stream(other.as_fd(), &value));
     }
 }
