@@ -1,0 +1,492 @@
+//! The real daemon supervising the fake `celery` (tests/bin/fake-celery),
+//! with a real redis-server as its broker, driven by real signals and the
+//! real clearifyctl.
+
+#[path = "support/daemon.rs"]
+mod daemon_support;
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use daemon_support::*;
+use nix::sys::signal::Signal;
+use redis_support::RedisServer;
+
+const T: Duration = Duration::from_secs(20);
+
+fn kill(pid: u32, sig: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let i = s.rfind(')').unwrap();
+            !matches!(&s[i + 2..i + 3], "Z" | "X")
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn workers_get_the_exact_command_line_env_cwd_and_user() {
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        r#"
+[group.text]
+queues = ["text_processing"]
+concurrency = 2
+extra_args = ["--max-tasks-per-child=100"]
+env = { OMP_NUM_THREADS = "1" }
+
+[group.billing]
+queues = ["payments", "webhooks"]
+"#,
+    ));
+    fs::write(d.path("worker.env"), "CELERY_BROKER_URL=redis://x/0\nSECRET_KEY=abc\n").unwrap();
+    let cfg = fs::read_to_string(d.config_path()).unwrap().replace(
+        "user = \"nobody\"",
+        "user = \"nobody\"\nenv_file = \"{dir}/worker.env\"\nextra_args = [\"--without-mingle\"]",
+    );
+    d.write_config(&cfg);
+    d.start();
+    let pid = d.running_pid("text-1");
+    let argv = wait_for(T, "argv record", || {
+        let a = d.record("text-1", pid, "argv");
+        (!a.is_empty()).then_some(a)
+    });
+    assert_eq!(
+        argv.lines().collect::<Vec<_>>(),
+        vec![
+            "-A",
+            "demo.celery_app",
+            "worker",
+            "-Q",
+            "text_processing",
+            "-c",
+            "2",
+            "-n",
+            "text-1@testdev",
+            "--loglevel=info",
+            "--without-mingle",
+            "--max-tasks-per-child=100",
+        ]
+    );
+    let env = d.record("text-1", pid, "env");
+    for kv in [
+        "PYTHONUNBUFFERED=1",
+        "OMP_NUM_THREADS=1",
+        "CELERY_BROKER_URL=redis://x/0",
+        "SECRET_KEY=abc",
+        "CLEARIFY_INSTANCE=text-1",
+        "CLEARIFY_GROUP=text",
+        "CLEARIFY_NODE=text-1@testdev",
+    ] {
+        assert!(env.lines().any(|l| l == kv), "{kv} missing from env:\n{env}");
+    }
+    assert!(
+        !env.lines().any(|l| l.starts_with("NOTIFY_SOCKET=")),
+        "daemon env leaks into workers"
+    );
+    assert_eq!(d.record("text-1", pid, "cwd").trim(), d.dir.path().to_str().unwrap());
+    let billing = d.running_pid("billing-1");
+    let bargv = wait_for(T, "billing argv", || {
+        let a = d.record("billing-1", billing, "argv");
+        (!a.is_empty()).then_some(a)
+    });
+    assert!(bargv.contains("payments,webhooks\n"), "{bargv}");
+    assert!(bargv.contains("billing-1@testdev\n"));
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::User::from_name(WORKER_USER).unwrap().unwrap();
+        assert_eq!(
+            d.record("text-1", pid, "uid").trim(),
+            nobody.uid.to_string(),
+            "workers never run as root"
+        );
+    }
+    // Own session: the worker is its session and process group leader.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    assert_eq!(f[2], pid.to_string(), "pgrp");
+    assert_eq!(f[3], pid.to_string(), "session");
+}
+
+#[test]
+fn a_crashing_worker_is_restarted_with_backoff_and_reports_crash_loop() {
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        r#"
+[group.bad]
+queues = ["q"]
+env = { FAKE_MODE = "exit", FAKE_EXIT_CODE = "7" }
+"#,
+    ));
+    d.start();
+    let i = d.wait_state("bad-1", "crash-loop", T);
+    assert!(i["restarts"].as_u64().unwrap() >= 3, "{i}");
+    let last = i["last_exit"].as_str().unwrap();
+    assert!(last.starts_with("exit 7"), "{last}");
+    assert!(last.contains("quick failures in a row"), "{last}");
+    // The delay doubles: over a few seconds only a handful of starts
+    // happened (50 ms, 100, 200, 400, 800, 1600, 2000 …), not hundreds.
+    std::thread::sleep(Duration::from_secs(3));
+    let starts = d.recorded_pids("bad-1").len();
+    assert!((4..=12).contains(&starts), "{starts} starts in ~3 s");
+    let log = d.log();
+    assert!(log.contains("crash-looping"), "{log}");
+    let summary = d.status()["daemon"]["summary"].as_str().unwrap().to_string();
+    assert!(summary.contains("bad-1 crash-loop (exit 7"), "{summary}");
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_its_children_are_gone() {
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        r#"
+[group.text]
+queues = ["q"]
+env = { FAKE_MODE = "children" }
+"#,
+    ));
+    d.start();
+    let pid = d.running_pid("text-1");
+    // Its children (two of them in their own sessions) are running.
+    let members = wait_for(T, "children", || {
+        let p = processes_of_daemon(d.pid());
+        (p.len() >= 4).then_some(p)
+    });
+    kill(pid, Signal::SIGKILL);
+    let i = wait_for(T, "replacement", || {
+        let i = d.instance("text-1");
+        (i["state"] == "running" && i["pid"] != pid).then_some(i)
+    });
+    assert_eq!(i["restarts"], 1);
+    assert_eq!(i["last_exit"], "killed by SIGKILL");
+    for m in members {
+        if m as u32 != pid {
+            wait_for(T, "old child gone", || (!alive(m as u32)).then_some(()));
+        }
+    }
+    assert!(d.log().contains("killed by SIGKILL"));
+}
+
+#[test]
+fn stop_escalates_term_quit_kill_and_leaves_nothing() {
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        r#"
+[group.stubborn]
+queues = ["q"]
+stop_timeout = "1s"
+env = { FAKE_MODE = "ignore-term" }
+
+[group.kids]
+queues = ["k"]
+env = { FAKE_MODE = "children" }
+"#,
+    ));
+    d.start();
+    let stubborn = d.running_pid("stubborn-1");
+    d.running_pid("kids-1");
+    wait_for(T, "children", || {
+        (processes_of_daemon(d.pid()).len() >= 5).then_some(())
+    });
+    let t0 = Instant::now();
+    let out = d.ctl(&["stop", "all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_state("stubborn-1", "stopped", T);
+    d.wait_state("kids-1", "stopped", T);
+    // The stubborn one ignored SIGTERM for stop_timeout and died on SIGQUIT.
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+    assert!(!alive(stubborn));
+    let i = d.instance("stubborn-1");
+    assert_eq!(i["last_exit"], "killed by SIGQUIT");
+    assert_eq!(i["pinned"], true);
+    let log = d.log();
+    assert!(log.contains("SIGQUIT (cold shutdown)"), "{log}");
+    assert_eq!(processes_of_daemon(d.pid()), Vec::<i32>::new(), "nothing left");
+    // Pinned: still stopped a while later.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.instance("kids-1")["state"], "stopped");
+    // And started again on request.
+    assert!(d.ctl(&["start", "kids"]).status.success());
+    d.wait_state("kids-1", "running", T);
+}
+
+#[test]
+fn daemon_shutdown_stops_all_workers_in_parallel_and_leaves_no_process() {
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        r#"
+[group.a]
+queues = ["a"]
+instances = 3
+env = { FAKE_MODE = "children" }
+
+[group.b]
+queues = ["b"]
+instances = 2
+"#,
+    ));
+    d.start();
+    for id in ["a-1", "a-2", "a-3", "b-1", "b-2"] {
+        d.running_pid(id);
+    }
+    let daemon_pid = d.pid();
+    wait_for(T, "all processes", || {
+        (processes_of_daemon(daemon_pid).len() >= 5 + 3 * 3).then_some(())
+    });
+    d.signal(Signal::SIGTERM);
+    let code = d.wait_exit(T);
+    assert_eq!(code, 0, "{}", d.log());
+    assert_eq!(processes_of_daemon(daemon_pid), Vec::<i32>::new());
+    assert!(!d.socket().exists(), "socket removed on exit");
+    let log = d.log();
+    assert!(log.contains("warm shutdown a-1"), "workers got SIGTERM:\n{log}");
+}
+
+#[test]
+fn binary_garbage_and_huge_lines_are_handled_without_loss() {
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        r#"
+[group.garbage]
+queues = ["g"]
+env = { FAKE_MODE = "garbage" }
+
+[group.long]
+queues = ["l"]
+env = { FAKE_MODE = "long-line" }
+"#,
+    ));
+    d.start();
+    d.running_pid("garbage-1");
+    d.running_pid("long-1");
+    wait_for(T, "end of long line", || {
+        d.log().contains("long-1 | end-of-long-line").then_some(())
+    });
+    let log = fs::read(d.path("daemon.log")).unwrap();
+    // The whole 1 MiB line reached stderr (in 48 KiB pieces), nothing lost.
+    let xs = log.iter().filter(|b| **b == b'x').count();
+    assert!(xs >= 1024 * 1024, "only {xs} of 1048576 bytes arrived");
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("garbage-1 | before"));
+    assert!(text.contains("garbage-1 | after"), "lines after garbage survive");
+    let out = d.ctl(&["logs", "garbage", "-n", "10"]);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(logs.contains("after"), "{logs}");
+    // The daemon is fine.
+    assert_eq!(d.instance("long-1")["state"], "running");
+}
+
+#[test]
+fn sighup_reload_touches_only_changed_groups_and_keeps_old_config_on_error() {
+    let redis = RedisServer::start();
+    let groups = r#"
+[group.text]
+queues = ["text_processing"]
+concurrency = 2
+instances = 2
+
+[group.billing]
+queues = ["payments", "webhooks"]
+"#;
+    let mut d = Daemon::new(&fake_config(&redis.url(), groups));
+    d.start();
+    let t1 = d.running_pid("text-1");
+    let t2 = d.running_pid("text-2");
+    let b1 = d.running_pid("billing-1");
+
+    // Change text's concurrency, add a group.
+    let new = groups.replace("concurrency = 2", "concurrency = 3")
+        + "\n[group.emails]\nqueues = [\"emails\"]\n";
+    d.write_config(&fake_config(&redis.url(), &new));
+    d.signal(Signal::SIGHUP);
+    let n1 = wait_for(T, "text-1 restarted", || {
+        let i = d.instance("text-1");
+        (i["state"] == "running" && i["pid"] != t1).then_some(i["pid"].as_u64().unwrap() as u32)
+    });
+    let n2 = wait_for(T, "text-2 restarted", || {
+        let i = d.instance("text-2");
+        (i["state"] == "running" && i["pid"] != t2).then_some(i["pid"].as_u64().unwrap() as u32)
+    });
+    d.running_pid("emails-1");
+    assert_eq!(d.instance("billing-1")["pid"], b1, "unchanged group untouched");
+    let argv = wait_for(T, "new argv", || {
+        let a = d.record("text-2", n2, "argv");
+        (!a.is_empty()).then_some(a)
+    });
+    assert!(argv.contains("-c\n3\n"), "{argv}");
+    // Instance by instance: text-2 was started after text-1 was up again.
+    let started = |pid: u32| {
+        fs::metadata(d.records().join(format!("text-{}.{pid}.argv", if pid == n1 { 1 } else { 2 })))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    assert!(started(n2) > started(n1));
+
+    // A broken config is rejected; the old one keeps running.
+    d.write_config(&fake_config(
+        &redis.url(),
+        "[group.text]\nqueues = []\nconcurrency = 0\n",
+    ));
+    d.signal(Signal::SIGHUP);
+    wait_for(T, "rejection logged", || {
+        d.log().contains("old config keeps running").then_some(())
+    });
+    let log = d.log();
+    assert!(log.contains("workers.toml:"), "errors name the file: {log}");
+    assert_eq!(d.instance("billing-1")["pid"], b1);
+    assert_eq!(d.instance("text-1")["pid"], n1);
+    assert_eq!(d.instance("emails-1")["state"], "running");
+
+    // clearifyctl reload says the same and exits 1.
+    let out = d.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("old config kept"), "{text}");
+    assert!(text.contains("queues"), "{text}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_to_start() {
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(&redis.url(), ""));
+    d.start();
+    let out = std::process::Command::new(DAEMON)
+        .arg("--config")
+        .arg(d.config_path())
+        .arg("--log-target")
+        .arg("stderr")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another clearify-workerd is already running"), "{err}");
+    // The first one is untouched.
+    assert!(d.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn an_invalid_config_is_refused_at_start_with_every_error() {
+    let d = Daemon::new("[daemon]\nsocket = 5\nbogus = 1\n[group.Bad]\ninstances = 0\n");
+    let out = std::process::Command::new(DAEMON)
+        .arg("--config")
+        .arg(d.config_path())
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let path = d.config_path().display().to_string();
+    assert!(err.contains(&format!("{path}:2:10: error: daemon.socket")), "{err}");
+    assert!(err.contains(&format!("{path}:3:1: error: daemon.bogus")), "{err}");
+    assert!(err.contains("group.Bad"), "{err}");
+}
+
+#[test]
+fn check_prints_the_plan() {
+    let redis = RedisServer::start();
+    let d = Daemon::new(&fake_config(
+        &redis.url(),
+        "[group.text]\nqueues = [\"text_processing\"]\nconcurrency = 2\nmemory_max = \"200M\"\n",
+    ));
+    let out = std::process::Command::new(DAEMON)
+        .arg("--config")
+        .arg(d.config_path())
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("-A demo.celery_app worker -Q text_processing -c 2 -n text-1@testdev --loglevel=info"),
+        "{text}"
+    );
+    assert!(text.contains("200"), "limits shown: {text}");
+}
+
+#[test]
+fn many_clients_while_workers_crash() {
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        r#"
+[group.bad]
+queues = ["q"]
+instances = 3
+restart_delay = "10ms"
+restart_delay_max = "50ms"
+env = { FAKE_MODE = "exit" }
+
+[group.good]
+queues = ["g"]
+"#,
+    ));
+    d.start();
+    let good = d.running_pid("good-1");
+    let socket = d.socket();
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                for _ in 0..20 {
+                    let out = std::process::Command::new(CTL)
+                        .arg("--socket")
+                        .arg(&socket)
+                        .args(["status", "--json"])
+                        .output()
+                        .unwrap();
+                    if out.status.success()
+                        && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok()
+                    {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let total: i32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(total, 16 * 20, "every status call answered");
+    assert_eq!(d.instance("good-1")["pid"], good);
+    assert!(d.instance("bad-1")["restarts"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn workers_wait_for_the_broker_and_start_when_it_comes_up() {
+    let port = redis_support::free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut d = Daemon::new(&fake_config(
+        &url,
+        "[group.text]\nqueues = [\"q\"]\ninstances = 2\n",
+    ));
+    d.start();
+    std::thread::sleep(Duration::from_millis(700));
+    let s = d.status();
+    assert_eq!(s["daemon"]["broker"]["state"], "waiting");
+    assert!(
+        s["daemon"]["broker"]["error"].as_str().unwrap_or("").contains("refused"),
+        "{s}"
+    );
+    assert_eq!(d.instance("text-1")["state"], "waiting-for-broker");
+    assert!(d.recorded_pids("text-1").is_empty(), "no worker started into a void");
+    let summary = s["daemon"]["summary"].as_str().unwrap();
+    assert!(summary.starts_with("waiting for broker redis://127.0.0.1:"), "{summary}");
+    let redis = RedisServer::start_on_port(port);
+    d.wait_state("text-1", "running", T);
+    d.wait_state("text-2", "running", T);
+    assert_eq!(d.status()["daemon"]["broker"]["state"], "ok");
+    drop(redis);
+}
