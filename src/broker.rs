@@ -353,8 +353,10 @@ pub(crate) fn redact_url(url: &str) -> String {
 // Error classification
 
 fn redis_error_text(e: &redis::RedisError) -> String {
-    let s = e.to_string();
-    s.trim().to_string()
+    if let (Some(code), Some(detail)) = (e.code(), e.detail()) {
+        return format!("{code} {}", detail.trim());
+    }
+    e.to_string().trim().to_string()
 }
 
 /// Classifies a failure of connect/AUTH/SELECT/PING.
@@ -382,7 +384,12 @@ fn classify(e: &redis::RedisError, during: &str) -> ProbeError {
         return ProbeError::fatal(format!("invalid broker configuration: {text}"));
     }
     if e.is_connection_refusal() {
-        return ProbeError::transient(format!("connection refused ({during})"));
+        return if lower.contains("refused") {
+            ProbeError::transient(format!("connection refused ({during})"))
+        } else {
+            // e.g. a unix socket that does not exist (yet)
+            ProbeError::transient(format!("cannot connect ({during}): {text}"))
+        };
     }
     if e.is_timeout() {
         return ProbeError::transient(format!("timed out ({during})"));
@@ -616,9 +623,20 @@ async fn connect_and_ping(
     target: &Target,
 ) -> Result<(MultiplexedConnection, Duration), ProbeError> {
     let mut steps = Vec::new();
-    let mut conn = connect_steps(target, &mut steps).await?;
-    let latency = ping(&mut conn).await?;
+    let mut conn = connect_steps(target, &mut steps)
+        .await
+        .map_err(|e| with_hint(target, e))?;
+    let latency = ping(&mut conn).await.map_err(|e| with_hint(target, e))?;
     Ok((conn, latency))
+}
+
+/// Adds "the URL has no password" to a NOAUTH error when it has none.
+fn with_hint(target: &Target, mut e: ProbeError) -> ProbeError {
+    if e.is_fatal() && target.password.is_none() && e.message.contains("NOAUTH") {
+        e.message
+            .push_str(" (the broker requires a password and the URL has none)");
+    }
+    e
 }
 
 /// One readiness check: connect (TCP, TLS or unix socket), AUTH, SELECT,
@@ -952,18 +970,19 @@ async fn main_task(
             }
         }
         let mut delay = backoff.next_delay();
-        if gated && !timeout_sent {
-            if let Some(limit) = settings.wait_timeout {
-                let elapsed = gate_start.elapsed();
-                if elapsed >= limit {
-                    tracing::warn!(broker = %url, "broker not ready after {:?} (wait_timeout)", limit);
-                    timeout_sent = true;
-                    if tx.send(BrokerEvent::GateTimeout).await.is_err() {
-                        return;
-                    }
-                } else {
-                    delay = delay.min(limit - elapsed);
+        if gated
+            && !timeout_sent
+            && let Some(limit) = settings.wait_timeout
+        {
+            let elapsed = gate_start.elapsed();
+            if elapsed >= limit {
+                tracing::warn!(broker = %url, "broker not ready after {:?} (wait_timeout)", limit);
+                timeout_sent = true;
+                if tx.send(BrokerEvent::GateTimeout).await.is_err() {
+                    return;
                 }
+            } else {
+                delay = delay.min(limit - elapsed);
             }
         }
         tokio::select! {
@@ -1151,7 +1170,7 @@ pub async fn test_report(
     let mut conn = match connect_steps(&target, &mut report.steps).await {
         Ok(c) => c,
         Err(e) => {
-            report.error = Some(e.message);
+            report.error = Some(with_hint(&target, e).message);
             return report;
         }
     };
@@ -1163,6 +1182,7 @@ pub async fn test_report(
             report.reachable = true;
         }
         Err(e) => {
+            let e = with_hint(&target, e);
             report
                 .steps
                 .push(step("ping", false, Duration::ZERO, Some(e.message.clone())));

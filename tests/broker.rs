@@ -851,3 +851,27 @@ async fn tls_with_ca_file_and_without_verification() {
     let (_, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some());
 }
+
+// ---------------------------------------------------------------------------
+// Unix sockets, in redis-rs' and kombu's spellings.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_urls() {
+    let server = blocking(RedisServer::start).await;
+    let sock = server.socket_path();
+    server.command(&["SELECT", "2"]).unwrap();
+    // Put something in db 2 via the socket URL's db and read it back as backlog.
+    let mut s = settings(&format!("unix://{}?db=2", sock.display()));
+    probe(&s.url).await.expect("unix://");
+    s.url = format!("redis+socket://{}?virtual_host=2", sock.display());
+    probe(&s.url).await.expect("redis+socket://");
+    let r = test_report(&s, &["uq".into()], vec![]).await;
+    assert!(r.reachable, "{r:?}");
+    assert_eq!(r.steps[0].name, "resolve");
+    assert_eq!(r.queues[0].backlog, Some(0));
+
+    let e = probe("unix:///nonexistent/redis.sock")
+        .await
+        .expect_err("no socket");
+    assert_eq!(e.kind, ProbeErrorKind::Transient, "{e}");
+}

@@ -143,6 +143,11 @@ impl RedisServer {
         self.url_db(0)
     }
 
+    /// The server's unix socket (`<dir>/redis.sock`).
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -219,6 +224,10 @@ impl RedisServer {
             self.dir.path().join("redis.log").display().to_string(),
             "--daemonize".to_string(),
             "no".to_string(),
+            "--unixsocket".to_string(),
+            self.socket_path().display().to_string(),
+            "--unixsocketperm".to_string(),
+            "700".to_string(),
         ];
         if let Some(p) = &self.password {
             args.push("--requirepass".to_string());
