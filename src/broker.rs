@@ -857,8 +857,9 @@ pub fn spawn_monitor(
 ) -> Monitor {
     let (queues_tx, queues_rx) = watch::channel(queues);
     let refresh = Arc::new(Notify::new());
-    // Bumped on every transition to up: the heartbeat task resubscribes.
-    let (up_tx, up_rx) = watch::channel(0u64);
+    // Counts transitions to up and down: the heartbeat task starts after the
+    // first up and resubscribes after every outage.
+    let (up_tx, up_rx) = watch::channel(LinkCounts::default());
     let target = parse_target(&settings.url);
     let heartbeats = match &target {
         Ok(t) => tokio::spawn(heartbeat_task(
@@ -889,7 +890,7 @@ async fn main_task(
     target: Result<Target, ProbeError>,
     mut queues: watch::Receiver<Vec<String>>,
     refresh: Arc<Notify>,
-    up_tx: watch::Sender<u64>,
+    up_tx: watch::Sender<LinkCounts>,
     tx: mpsc::Sender<BrokerEvent>,
 ) {
     let url = redact_url(&settings.url);
@@ -922,9 +923,10 @@ async fn main_task(
                 if tx.send(BrokerEvent::Up { latency }).await.is_err() {
                     return;
                 }
-                up_tx.send_modify(|n| *n += 1);
+                up_tx.send_modify(|c| c.ups += 1);
                 let err = run_connected(&settings, conn, &mut queues, &refresh, &tx).await;
                 let Some(err) = err else { return };
+                up_tx.send_modify(|c| c.downs += 1);
                 down_since = SystemTime::now();
                 tracing::warn!(broker = %url, "broker unreachable: {}", err.message);
                 last_reason = Some(err.message.clone());
@@ -1064,12 +1066,21 @@ async fn run_connected(
     }
 }
 
+/// How often the monitor saw the broker come up and go down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LinkCounts {
+    ups: u64,
+    downs: u64,
+}
+
 /// Subscribes to the heartbeat channel once the broker is up, and again
-/// after every reconnect.
+/// whenever the subscription ends or the monitor sees an outage (the old
+/// subscription may be half-dead). A transition to up cuts a pending retry
+/// delay short.
 async fn heartbeat_task(
     target: Target,
     key_prefix: String,
-    mut up: watch::Receiver<u64>,
+    mut up: watch::Receiver<LinkCounts>,
     tx: mpsc::Sender<BrokerEvent>,
 ) {
     let channels = vec![
@@ -1079,11 +1090,11 @@ async fn heartbeat_task(
     ];
     let mut backoff = Backoff::new();
     // Wait for the gate.
-    if up.wait_for(|n| *n > 0).await.is_err() {
+    if up.wait_for(|c| c.ups > 0).await.is_err() {
         return;
     }
     loop {
-        up.borrow_and_update();
+        let downs_before = up.borrow_and_update().downs;
         let subscribed = async {
             let mut pubsub =
                 with_timeout(CONNECT_TIMEOUT, "subscribe", target.full.get_async_pubsub()).await?;
@@ -1115,9 +1126,11 @@ async fn heartbeat_task(
                             if changed.is_err() {
                                 return;
                             }
-                            // The broker came back: the old subscription may
-                            // be half-dead; subscribe afresh.
-                            break;
+                            // An outage since we subscribed: the subscription
+                            // may be half-dead; subscribe afresh.
+                            if up.borrow_and_update().downs != downs_before {
+                                break;
+                            }
                         }
                         _ = tx.closed() => return,
                     }
