@@ -353,8 +353,10 @@ pub(crate) fn redact_url(url: &str) -> String {
 // Error classification
 
 fn redis_error_text(e: &redis::RedisError) -> String {
-    let s = e.to_string();
-    s.trim().to_string()
+    if let (Some(code), Some(detail)) = (e.code(), e.detail()) {
+        return format!("{code} {}", detail.trim());
+    }
+    e.to_string().trim().to_string()
 }
 
 /// Classifies a failure of connect/AUTH/SELECT/PING.
@@ -382,7 +384,12 @@ fn classify(e: &redis::RedisError, during: &str) -> ProbeError {
         return ProbeError::fatal(format!("invalid broker configuration: {text}"));
     }
     if e.is_connection_refusal() {
-        return ProbeError::transient(format!("connection refused ({during})"));
+        return if lower.contains("refused") {
+            ProbeError::transient(format!("connection refused ({during})"))
+        } else {
+            // e.g. a unix socket that does not exist (yet)
+            ProbeError::transient(format!("cannot connect ({during}): {text}"))
+        };
     }
     if e.is_timeout() {
         return ProbeError::transient(format!("timed out ({during})"));
@@ -616,9 +623,20 @@ async fn connect_and_ping(
     target: &Target,
 ) -> Result<(MultiplexedConnection, Duration), ProbeError> {
     let mut steps = Vec::new();
-    let mut conn = connect_steps(target, &mut steps).await?;
-    let latency = ping(&mut conn).await?;
+    let mut conn = connect_steps(target, &mut steps)
+        .await
+        .map_err(|e| with_hint(target, e))?;
+    let latency = ping(&mut conn).await.map_err(|e| with_hint(target, e))?;
     Ok((conn, latency))
+}
+
+/// Adds "the URL has no password" to a NOAUTH error when it has none.
+fn with_hint(target: &Target, mut e: ProbeError) -> ProbeError {
+    if e.is_fatal() && target.password.is_none() && e.message.contains("NOAUTH") {
+        e.message
+            .push_str(" (the broker requires a password and the URL has none)");
+    }
+    e
 }
 
 /// One readiness check: connect (TCP, TLS or unix socket), AUTH, SELECT,
@@ -839,8 +857,9 @@ pub fn spawn_monitor(
 ) -> Monitor {
     let (queues_tx, queues_rx) = watch::channel(queues);
     let refresh = Arc::new(Notify::new());
-    // Bumped on every transition to up: the heartbeat task resubscribes.
-    let (up_tx, up_rx) = watch::channel(0u64);
+    // Counts transitions to up and down: the heartbeat task starts after the
+    // first up and resubscribes after every outage.
+    let (up_tx, up_rx) = watch::channel(LinkCounts::default());
     let target = parse_target(&settings.url);
     let heartbeats = match &target {
         Ok(t) => tokio::spawn(heartbeat_task(
@@ -871,7 +890,7 @@ async fn main_task(
     target: Result<Target, ProbeError>,
     mut queues: watch::Receiver<Vec<String>>,
     refresh: Arc<Notify>,
-    up_tx: watch::Sender<u64>,
+    up_tx: watch::Sender<LinkCounts>,
     tx: mpsc::Sender<BrokerEvent>,
 ) {
     let url = redact_url(&settings.url);
@@ -904,9 +923,10 @@ async fn main_task(
                 if tx.send(BrokerEvent::Up { latency }).await.is_err() {
                     return;
                 }
-                up_tx.send_modify(|n| *n += 1);
+                up_tx.send_modify(|c| c.ups += 1);
                 let err = run_connected(&settings, conn, &mut queues, &refresh, &tx).await;
                 let Some(err) = err else { return };
+                up_tx.send_modify(|c| c.downs += 1);
                 down_since = SystemTime::now();
                 tracing::warn!(broker = %url, "broker unreachable: {}", err.message);
                 last_reason = Some(err.message.clone());
@@ -1046,12 +1066,21 @@ async fn run_connected(
     }
 }
 
+/// How often the monitor saw the broker come up and go down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LinkCounts {
+    ups: u64,
+    downs: u64,
+}
+
 /// Subscribes to the heartbeat channel once the broker is up, and again
-/// after every reconnect.
+/// whenever the subscription ends or the monitor sees an outage (the old
+/// subscription may be half-dead). A transition to up cuts a pending retry
+/// delay short.
 async fn heartbeat_task(
     target: Target,
     key_prefix: String,
-    mut up: watch::Receiver<u64>,
+    mut up: watch::Receiver<LinkCounts>,
     tx: mpsc::Sender<BrokerEvent>,
 ) {
     let channels = vec![
@@ -1061,11 +1090,11 @@ async fn heartbeat_task(
     ];
     let mut backoff = Backoff::new();
     // Wait for the gate.
-    if up.wait_for(|n| *n > 0).await.is_err() {
+    if up.wait_for(|c| c.ups > 0).await.is_err() {
         return;
     }
     loop {
-        up.borrow_and_update();
+        let downs_before = up.borrow_and_update().downs;
         let subscribed = async {
             let mut pubsub =
                 with_timeout(CONNECT_TIMEOUT, "subscribe", target.full.get_async_pubsub()).await?;
@@ -1097,9 +1126,11 @@ async fn heartbeat_task(
                             if changed.is_err() {
                                 return;
                             }
-                            // The broker came back: the old subscription may
-                            // be half-dead; subscribe afresh.
-                            break;
+                            // An outage since we subscribed: the subscription
+                            // may be half-dead; subscribe afresh.
+                            if up.borrow_and_update().downs != downs_before {
+                                break;
+                            }
                         }
                         _ = tx.closed() => return,
                     }
@@ -1152,7 +1183,7 @@ pub async fn test_report(
     let mut conn = match connect_steps(&target, &mut report.steps).await {
         Ok(c) => c,
         Err(e) => {
-            report.error = Some(e.message);
+            report.error = Some(with_hint(&target, e).message);
             return report;
         }
     };
@@ -1164,6 +1195,7 @@ pub async fn test_report(
             report.reachable = true;
         }
         Err(e) => {
+            let e = with_hint(&target, e);
             report
                 .steps
                 .push(step("ping", false, Duration::ZERO, Some(e.message.clone())));
@@ -1474,9 +1506,10 @@ mod tests {
 
     #[tokio::test]
     async fn dns_failure_is_transient() {
-        let e = probe("redis://no-such-host.invalid:6379/0")
-            .await
-            .unwrap_err();
+        // A 64-byte label cannot be encoded in a DNS query, so the lookup
+        // fails locally without sending anything anywhere.
+        let host = format!("{}.invalid", "a".repeat(64));
+        let e = probe(&format!("redis://{host}:6379/0")).await.unwrap_err();
         assert_eq!(e.kind, ProbeErrorKind::Transient, "{e}");
         assert!(e.message.contains("DNS"), "{e}");
     }

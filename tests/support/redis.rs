@@ -71,6 +71,22 @@ impl RedisServer {
         panic!("could not start redis-server on a free port: {last_err}");
     }
 
+    /// A server that is not running yet, with a port reserved for it (free a
+    /// moment ago): use `url()` now, `restart()` to start it later.
+    pub fn new_stopped(password: Option<&str>) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("clearify-redis-")
+            .tempdir()
+            .expect("create tempdir for redis-server");
+        RedisServer {
+            child: None,
+            port: free_port(),
+            password: password.map(str::to_string),
+            dir,
+            extra_args: Vec::new(),
+        }
+    }
+
     /// A server that spends a few seconds (at least ~`approx_secs`) loading a
     /// dataset at start-up, so PING answers `-LOADING` meanwhile. The dataset
     /// is generated with `DEBUG POPULATE` + `SAVE`, and the load is slowed
@@ -125,6 +141,11 @@ impl RedisServer {
     /// `redis://[:password@]127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
         self.url_db(0)
+    }
+
+    /// The server's unix socket (`<dir>/redis.sock`).
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -203,6 +224,10 @@ impl RedisServer {
             self.dir.path().join("redis.log").display().to_string(),
             "--daemonize".to_string(),
             "no".to_string(),
+            "--unixsocket".to_string(),
+            self.socket_path().display().to_string(),
+            "--unixsocketperm".to_string(),
+            "700".to_string(),
         ];
         if let Some(p) = &self.password {
             args.push("--requirepass".to_string());
@@ -253,8 +278,8 @@ impl RedisServer {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
-                let log = std::fs::read_to_string(self.dir.path().join("redis.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 self.child = None;
                 return Err(format!(
@@ -315,7 +340,9 @@ fn read_reply(reader: &mut impl BufRead) -> Result<String, String> {
         "+" | ":" => Ok(rest.to_string()),
         "-" => Err(rest.to_string()),
         "$" => {
-            let len: i64 = rest.parse().map_err(|_| format!("bad bulk length {rest}"))?;
+            let len: i64 = rest
+                .parse()
+                .map_err(|_| format!("bad bulk length {rest}"))?;
             if len < 0 {
                 return Ok(String::new());
             }
@@ -325,7 +352,9 @@ fn read_reply(reader: &mut impl BufRead) -> Result<String, String> {
             Ok(String::from_utf8_lossy(&buf).into_owned())
         }
         "*" => {
-            let len: i64 = rest.parse().map_err(|_| format!("bad array length {rest}"))?;
+            let len: i64 = rest
+                .parse()
+                .map_err(|_| format!("bad array length {rest}"))?;
             let mut items = Vec::new();
             for _ in 0..len.max(0) {
                 items.push(read_reply(reader)?);
