@@ -433,9 +433,15 @@ fn logs_follow_under_journald_execs_journalctl_with_the_matching_field() {
     // A stand-in journalctl first in PATH that shows how it was called.
     let bin = env.dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
-    let fake_journalctl = bin.join("journalctl");
-    std::fs::write(&fake_journalctl, "#!/bin/sh\necho \"journalctl $*\"\n").unwrap();
-    std::fs::set_permissions(&fake_journalctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Written by a child process (see the ETXTBSY note in the permission test).
+    let src = env.dir.path().join("journalctl.src");
+    std::fs::write(&src, "#!/bin/sh\necho \"journalctl $*\"\n").unwrap();
+    let dst = bin.join("journalctl");
+    let st = sh(
+        "install",
+        &["-m", "0755", src.to_str().unwrap(), dst.to_str().unwrap()],
+    );
+    assert!(st.success(), "install journalctl stand-in: {st}");
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -760,9 +766,12 @@ fn changing_requests_need_root_the_daemon_user_or_the_admin_group() {
         Some(u.sock_gid),
     );
     // A copy of the binary any user can run, whatever the target dir's mode.
+    // Copied by a child process: a file written through an fd of this
+    // process could be inherited by a concurrent test's fork and make the
+    // exec fail with ETXTBSY.
     let bin: PathBuf = env.dir.path().join("clearifyctl");
-    std::fs::copy(BIN, &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let st = sh("install", &["-m", "0755", BIN, bin.to_str().unwrap()]);
+    assert!(st.success(), "install {BIN}: {st}");
 
     // A plain member of the socket group may read ...
     let r = run_as(&env, &bin, u.user, &["status"]);
