@@ -62,8 +62,13 @@ struct Cli {
     #[arg(long, global = true, env = "CLEARIFY_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// Config file to read [daemon].socket from.
-    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = DEFAULT_CONFIG,
+        help = "Config file to read [daemon].socket from"
+    )]
     config: PathBuf,
 
     /// Seconds to wait for each answer from the daemon.
@@ -91,7 +96,8 @@ enum Command {
         /// Print the status document as JSON (a stable contract for scripts).
         #[arg(long)]
         json: bool,
-        /// Redraw every SECS seconds (default 2) until interrupted.
+        /// Redraw every SECS seconds (default 2) until interrupted; with --json,
+        /// print one compact document per line instead.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<String>,
         /// Groups or instances to show (default: all).
@@ -231,6 +237,12 @@ fn unexpected(resp: &Response) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`clearifyctl logs | head`), like other
+    // Unix tools, instead of panicking on the failed write.
+    // SAFETY: setting a signal disposition to SIG_DFL before any threads.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let ctx = Ctx {
         socket: ctl::resolve_socket(cli.socket.as_deref(), &cli.config),

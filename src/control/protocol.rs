@@ -5,6 +5,14 @@
 //! carries [`PROTOCOL_VERSION`]; the daemon answers a request with another
 //! version with [`Response::Error`] and [`ErrorKind::Version`].
 //!
+//! A connection may carry several requests, one at a time: the client
+//! writes an [`Envelope`] frame, the daemon answers with one [`Response`]
+//! frame. The daemon closes the connection after a malformed or oversized
+//! frame (answered [`ErrorKind::BadRequest`]), a version mismatch, or 5 s
+//! without a complete request; when it already serves 64 clients it answers
+//! [`ErrorKind::Busy`] and closes. Use [`encode_frame`], [`read_frame`] /
+//! [`write_frame`] (tokio) or their `_blocking` twins; never hand-roll it.
+//!
 //! The status document ([`Status`]) is a contract that scripts rely on
 //! (`clearifyctl status --json`): fields may be added, never renamed or
 //! removed.

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use clearify_workerd::control::server::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-/// How long the fake takes to stop or restart an instance.
+/// How long the fake takes, by default, to stop or restart an instance.
 pub const TRANSITION: Duration = Duration::from_millis(300);
 
 pub struct FakeState {
@@ -31,6 +31,10 @@ pub struct FakeState {
     pub daemon_version: Mutex<String>,
     pub next_pid: AtomicU32,
     pub logs: Mutex<Vec<LogLine>>,
+    /// How long start/stop/restart take, in milliseconds.
+    pub transition_ms: AtomicU64,
+    /// When set, the state start/restart end in (e.g. "crash-loop").
+    pub end_override: Mutex<Option<String>>,
 }
 
 pub fn instance(id: &str, pid: u32) -> InstanceStatus {
@@ -116,6 +120,8 @@ impl FakeState {
             daemon_version: Mutex::new(clearify_workerd::VERSION.into()),
             next_pid: AtomicU32::new(1000),
             logs: Mutex::new(logs),
+            transition_ms: AtomicU64::new(TRANSITION.as_millis() as u64),
+            end_override: Mutex::new(None),
         }
     }
 
@@ -201,6 +207,11 @@ impl FakeState {
                     Request::Stop { .. } => ("stopping", "stopping", "stopped"),
                     _ => ("restarting", "stopping", "running"),
                 };
+                let delay = Duration::from_millis(self.transition_ms.load(Ordering::SeqCst));
+                let end: String = match self.end_override.lock().unwrap().clone() {
+                    Some(state) if end == "running" => state,
+                    _ => end.to_string(),
+                };
                 for id in &ids {
                     self.set(id, |i| {
                         i.state = mid.into();
@@ -208,12 +219,16 @@ impl FakeState {
                     });
                     let me = Arc::clone(self);
                     let id = id.clone();
+                    let end = end.clone();
                     tokio::spawn(async move {
-                        tokio::time::sleep(TRANSITION).await;
+                        tokio::time::sleep(delay).await;
                         let pid = me.next_pid.fetch_add(1, Ordering::SeqCst);
                         me.set(&id, |i| {
-                            i.state = end.into();
                             i.pid = (end == "running").then_some(pid);
+                            if end == "crash-loop" {
+                                i.last_exit = Some("exit status 1".into());
+                            }
+                            i.state = end;
                         });
                     });
                 }

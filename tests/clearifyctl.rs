@@ -1,0 +1,827 @@
+//! The real clearifyctl binary against the real control server, in-process,
+//! with a fake supervisor behind it (tests/control_support).
+
+mod control_support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use clearify_workerd::control::protocol::{Request, Status};
+use clearify_workerd::control::server::{Authorizer, ServeOptions};
+use control_support::{Fake, canned_status, root_only};
+use nix::unistd::{Gid, Uid};
+
+const BIN: &str = env!("CARGO_BIN_EXE_clearifyctl");
+
+struct Env {
+    fake: Fake,
+    dir: tempfile::TempDir,
+    // Last, so the server's tasks outlive nothing they need.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Env {
+    fn start() -> Env {
+        Env::start_with(root_only(), None)
+    }
+
+    fn start_with(auth: Authorizer, group: Option<Gid>) -> Env {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // World-accessible, so that other users can reach the socket.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.path().join("ctl.sock");
+        let fake = {
+            let _guard = rt.enter();
+            Fake::start(&sock, auth, group, ServeOptions::default())
+        };
+        Env { fake, dir, _rt: rt }
+    }
+
+    fn sock(&self) -> &Path {
+        &self.fake.socket
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_remove("CLEARIFY_SOCKET")
+            .arg("--socket")
+            .arg(self.sock())
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd(args).output().expect("run clearifyctl"))
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().expect("exited, not killed"),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn state_of(env: &Env, id: &str) -> (String, Option<u32>) {
+    let st = env.fake.state.status.lock().unwrap();
+    let i = st
+        .groups
+        .iter()
+        .flat_map(|g| &g.instances)
+        .find(|i| i.id == id)
+        .unwrap();
+    (i.state.clone(), i.pid)
+}
+
+#[test]
+fn status_prints_a_table_with_header_queues_and_instances() {
+    let env = Env::start();
+    let r = env.run(&["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let first = r.stdout.lines().next().unwrap();
+    assert!(
+        first.contains("pid 4321")
+            && first.contains("up 1h2m")
+            && first.contains("config /etc/clearify/workers.toml"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("broker ok redis://:***@127.0.0.1:6379/0")
+            && r.stdout.contains("device dev-test")
+            && r.stdout.contains("limits on"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("text  queues: text=12 text.priority=-"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("webhook  queues: webhook=0"), "{r:?}");
+    let row = r
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("text-1 "))
+        .unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "text-1", "running", "101", "3h12m", "1", "-", "85.0", "1.5", "2s"
+        ],
+        "{r:?}"
+    );
+    for h in [
+        "ID",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "LAST EXIT",
+        "MEM(MiB)",
+        "CPU%",
+        "HEARTBEAT",
+    ] {
+        assert!(r.stdout.contains(h), "missing column {h}: {r:?}");
+    }
+
+    // Targets narrow the view; an unknown one exits 1.
+    let r = env.run(&["status", "webhook"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("webhook-1") && !r.stdout.contains("text-1"),
+        "{r:?}"
+    );
+    let r = env.run(&["status", "nope-3"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("unknown target"), "{r:?}");
+}
+
+#[test]
+fn status_json_is_the_contract_document() {
+    let env = Env::start();
+    let r = env.run(&["status", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    let d = &v["daemon"];
+    assert!(d["version"].is_string() && d["pid"].is_u64() && d["uptime_secs"].is_u64());
+    assert!(d["device_id"].is_string() && d["config"].is_string());
+    assert!(d["broker"]["state"].is_string() && d["broker"]["url"].is_string());
+    assert!(d["broker"]["error"].is_null());
+    let groups = v["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    let g = &groups[0];
+    assert_eq!(g["name"], "text");
+    assert_eq!(g["queues"][0]["name"], "text");
+    assert_eq!(g["queues"][0]["backlog"], 12);
+    let i = &g["instances"][0];
+    let keys = [
+        "id",
+        "node",
+        "state",
+        "pid",
+        "uptime_secs",
+        "restarts",
+        "last_exit",
+        "memory_bytes",
+        "cpu_percent",
+    ];
+    for k in keys {
+        assert!(i.get(k).is_some(), "instance lacks {k}: {i}");
+    }
+    assert_eq!(i["id"], "text-1");
+    assert_eq!(i["node"], "text-1@dev");
+    assert_eq!(i["state"], "running");
+    assert_eq!(i["pid"], 101);
+    assert!(i["last_exit"].is_null());
+    assert!(i["cpu_percent"].is_f64() && i["memory_bytes"].is_u64() && i["restarts"].is_u64());
+    // Exactly the daemon's document, nothing lost.
+    let back: Status = serde_json::from_value(v).unwrap();
+    assert_eq!(back, canned_status());
+}
+
+fn run_for(mut cmd: Command, for_how_long: Duration) -> Run {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(for_how_long);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    Run {
+        code: -1,
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn status_watch_redraws_in_place() {
+    let env = Env::start();
+    let r = run_for(
+        env.cmd(&["status", "--watch", "0.2", "text"]),
+        Duration::from_millis(1500),
+    );
+    let frames = r.stdout.matches("\x1b[H\x1b[2J").count();
+    assert!(frames >= 3, "{frames} redraws: {r:?}");
+    assert!(
+        r.stdout.contains("text-1") && !r.stdout.contains("webhook-1"),
+        "{r:?}"
+    );
+
+    // `--watch TARGET`: a target, not an interval; the default is 2 s.
+    let r = run_for(
+        env.cmd(&["status", "--watch", "webhook"]),
+        Duration::from_millis(700),
+    );
+    assert_eq!(r.stdout.matches("\x1b[H\x1b[2J").count(), 1, "{r:?}");
+    assert!(
+        r.stdout.contains("Every 2s") && r.stdout.contains("webhook-1"),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("text-1"), "{r:?}");
+}
+
+#[test]
+fn start_stop_restart_act_and_wait() {
+    let env = Env::start();
+    let t = Instant::now();
+    let r = env.run(&["stop", "text-1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        t.elapsed() >= control_support::TRANSITION,
+        "stop did not wait"
+    );
+    assert!(
+        r.stdout.contains("text-1: stopping") && r.stdout.contains("stopped: text-1"),
+        "{r:?}"
+    );
+    assert_eq!(state_of(&env, "text-1").0, "stopped");
+    let r = env.run(&["status", "text-1"]);
+    assert!(r.stdout.contains("stopped(pinned)"), "{r:?}");
+
+    let r = env.run(&["start", "text-1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("text-1: starting"), "{r:?}");
+
+    // restart waits for a new pid on each instance of the group.
+    std::thread::sleep(control_support::TRANSITION * 2);
+    let before = (state_of(&env, "text-1").1, state_of(&env, "text-2").1);
+    let r = env.run(&["restart", "text"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("running: text"), "{r:?}");
+    let after = (state_of(&env, "text-1"), state_of(&env, "text-2"));
+    assert_eq!(
+        (after.0.0.as_str(), after.1.0.as_str()),
+        ("running", "running")
+    );
+    assert!(
+        after.0.1 != before.0 && after.1.1 != before.1,
+        "pids unchanged"
+    );
+
+    let r = env.run(&["restart", "--rolling", "webhook"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(env.fake.seen().contains(&Request::Restart {
+        targets: vec!["webhook".into()],
+        rolling: true
+    }));
+
+    // Unknown targets exit 1 and change nothing.
+    let n = env.fake.seen().len();
+    let r = env.run(&["stop", "nope-1"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("unknown target") && r.stderr.contains("nope-1"),
+        "{r:?}"
+    );
+    assert_eq!(env.fake.seen().len(), n + 1);
+}
+
+#[test]
+fn no_wait_returns_at_once_and_a_stuck_stop_times_out() {
+    let env = Env::start();
+    env.fake.state.transition_ms.store(3000, Ordering::SeqCst);
+    let r = env.run(&["stop", "--no-wait", "webhook-1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(state_of(&env, "webhook-1").0, "stopping");
+
+    let r = env.run(&["stop", "--timeout", "0.5", "text"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("timed out") && r.stderr.contains("text-1 (stopping)"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn restart_into_a_crash_loop_fails_fast() {
+    let env = Env::start();
+    *env.fake.state.end_override.lock().unwrap() = Some("crash-loop".into());
+    let t = Instant::now();
+    let r = env.run(&["restart", "text-2"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("text-2 is in crash-loop (last exit: exit status 1)"),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn reload_prints_changes_or_errors_and_old_config_kept() {
+    let env = Env::start();
+    let r = env.run(&["reload"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("config reloaded")
+            && r.stdout.contains("added: images-1")
+            && r.stdout.contains("changed: text-2"),
+        "{r:?}"
+    );
+    env.fake.state.reload_ok.store(false, Ordering::SeqCst);
+    let r = env.run(&["reload"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("workers.toml:7:11: unknown key"), "{r:?}");
+    assert!(r.stderr.contains("old config kept"), "{r:?}");
+}
+
+#[test]
+fn logs_prints_recent_lines() {
+    let env = Env::start();
+    let r = env.run(&["logs", "-n", "3"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{r:?}");
+    assert!(lines[2].ends_with("webhook-1: line 29"), "{r:?}");
+    assert!(lines[0].ends_with("webhook-1: line 27"), "{r:?}");
+    // Line 25 went to stderr: marked with "!".
+    let r = env.run(&["logs", "-n", "5"]);
+    assert!(
+        r.stdout
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("webhook-1!: line 25"),
+        "{r:?}"
+    );
+    let r = env.run(&["logs", "text-1", "-n", "2"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout, "2023-11-14T22:13:46Z text-1: line 26\n2023-11-14T22:13:48Z text-1: line 28\n",
+        "{r:?}"
+    );
+    assert!(env.fake.seen().contains(&Request::Logs {
+        target: Some("text-1".into()),
+        lines: 2,
+        since: None
+    }));
+}
+
+#[test]
+fn logs_follow_polls_the_ring_buffer_for_new_lines() {
+    let env = Env::start();
+    let mut child = env
+        .cmd(&["logs", "text-1", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(first.ends_with("text-1: line 28"), "{first}");
+    env.fake.state.push_log("text-1", "fresh line one");
+    env.fake.state.push_log("webhook-1", "not for us");
+    env.fake.state.push_log("text-1", "fresh line two");
+    let a = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let b = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(a.ends_with("text-1: fresh line one"), "{a}");
+    assert!(b.ends_with("text-1: fresh line two"), "{b}");
+    // Later polls asked only for lines after what was printed.
+    assert!(env.fake.seen().iter().any(|r| matches!(
+        r,
+        Request::Logs { since: Some(s), .. } if *s >= 1_700_000_028.0
+    )));
+}
+
+#[test]
+fn logs_follow_under_journald_execs_journalctl_with_the_matching_field() {
+    let env = Env::start();
+    env.fake.state.logs_to_journal.store(true, Ordering::SeqCst);
+    // A stand-in journalctl first in PATH that shows how it was called.
+    let bin = env.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // Written by a child process (see the ETXTBSY note in the permission test).
+    let src = env.dir.path().join("journalctl.src");
+    std::fs::write(&src, "#!/bin/sh\necho \"journalctl $*\"\n").unwrap();
+    let dst = bin.join("journalctl");
+    let st = sh(
+        "install",
+        &["-m", "0755", src.to_str().unwrap(), dst.to_str().unwrap()],
+    );
+    assert!(st.success(), "install journalctl stand-in: {st}");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| Run::from(env.cmd(args).env("PATH", &path).output().unwrap());
+
+    let r = run(&["logs", "-f", "text-1", "-n", "20"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout,
+        "journalctl -f -u clearify-workerd -n 20 CLEARIFY_INSTANCE=text-1\n"
+    );
+    let r = run(&["logs", "-f", "text"]);
+    assert_eq!(
+        r.stdout, "journalctl -f -u clearify-workerd -n 50 CLEARIFY_GROUP=text\n",
+        "{r:?}"
+    );
+    let r = run(&["logs", "-f"]);
+    assert_eq!(
+        r.stdout, "journalctl -f -u clearify-workerd -n 50\n",
+        "{r:?}"
+    );
+    let r = run(&["logs", "-f", "nope"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("unknown target"), "{r:?}");
+}
+
+#[test]
+fn test_command_exits_0_only_when_the_broker_is_reachable() {
+    let env = Env::start();
+    let r = env.run(&["test"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("broker redis://:***@127.0.0.1:6379/0: reachable")
+            && r.stdout.contains("connect")
+            && r.stdout.contains("redis version: 7.0.15")
+            && r.stdout.contains("text-1@dev"),
+        "{r:?}"
+    );
+    env.fake.state.broker_ok.store(false, Ordering::SeqCst);
+    let r = env.run(&["test"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("NOT reachable") && r.stdout.contains("connection refused"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn version_shows_both_and_warns_on_mismatch() {
+    let env = Env::start();
+    let v = clearify_workerd::VERSION;
+    let r = env.run(&["version"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout,
+        format!("clearifyctl {v} (protocol 1)\nclearify-workerd {v} (protocol 1)\n")
+    );
+    assert!(r.stderr.is_empty(), "{r:?}");
+    *env.fake.state.daemon_version.lock().unwrap() = "0.0.9".into();
+    let r = env.run(&["version"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("clearify-workerd 0.0.9"), "{r:?}");
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("differ"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn no_daemon_exits_3_naming_the_socket_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("absent.sock");
+    for cmd in [&["status"][..], &["stop", "text-1"], &["version"]] {
+        let r = Run::from(
+            Command::new(BIN)
+                .env("CLEARIFY_SOCKET", &sock)
+                .args(cmd)
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(r.code, 3, "{cmd:?}: {r:?}");
+        assert!(r.stderr.contains(&sock.display().to_string()), "{r:?}");
+        assert!(
+            r.stderr
+                .contains("is clearify-workerd running? try: systemctl status clearify-workerd"),
+            "{r:?}"
+        );
+    }
+    // A stale socket file (nobody listening) is "not running" too.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let r = Run::from(
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("status")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 3, "{r:?}");
+}
+
+#[test]
+fn the_socket_comes_from_env_then_config_file() {
+    let env = Env::start();
+    // CLEARIFY_SOCKET
+    let r = Run::from(
+        Command::new(BIN)
+            .env("CLEARIFY_SOCKET", env.sock())
+            .arg("version")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // [daemon].socket in the config file named by --config.
+    let cfg = env.dir.path().join("workers.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\nsocket = \"{}\"\n\n[groups.text]\n",
+            env.sock().display()
+        ),
+    )
+    .unwrap();
+    let r = Run::from(
+        Command::new(BIN)
+            .env_remove("CLEARIFY_SOCKET")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("version")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // --socket beats the config file.
+    let r = Run::from(
+        Command::new(BIN)
+            .env_remove("CLEARIFY_SOCKET")
+            .args(["--config"])
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(env.dir.path().join("other.sock"))
+            .arg("version")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 3, "{r:?}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_teaches() {
+    let env = Env::start();
+    for args in [
+        &[][..],
+        &["bogus"],
+        &["stop"],
+        &["start"],
+        &["restart", "--rolling", "text", "webhook"],
+        &["restart", "--rolling", "all"],
+        &["status", "--watch", "0"],
+        &["logs", "-n", "many"],
+        &["stop", "--timeout", "-1", "text"],
+    ] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(!r.stderr.is_empty(), "{args:?}");
+    }
+    // Nothing reached the daemon.
+    assert!(env.fake.seen().is_empty(), "{:?}", env.fake.seen());
+
+    let r = env.run(&["--help"]);
+    assert_eq!(r.code, 0);
+    for needle in [
+        "Exit codes:",
+        "3  daemon not running, or socket missing",
+        "4  permission denied",
+        "clearifyctl status --json",
+        "clearifyctl restart --rolling text",
+        "CLEARIFY_SOCKET",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "--help lacks {needle:?}:\n{}",
+            r.stdout
+        );
+    }
+    let r = env.run(&["restart", "--help"]);
+    assert!(
+        r.stdout.contains("--rolling") && r.stdout.contains("--no-wait"),
+        "{r:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Permissions, as real non-root users.
+
+const SOCK_GROUP: &str = "clearify-test-sock";
+const ADMIN_GROUP: &str = "clearify-test-adm";
+const USER: &str = "clearify-test-user";
+const ADMIN: &str = "clearify-test-admin";
+const OUTSIDER: &str = "clearify-test-outsider";
+
+fn sh(cmd: &str, args: &[&str]) -> std::process::ExitStatus {
+    Command::new(cmd)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("this test needs {cmd} (passwd/util-linux): {e}"))
+}
+
+fn ensure_group(name: &str) -> Gid {
+    // -f: succeed if it exists (another test run may have made it).
+    assert!(
+        sh("groupadd", &["-f", "--system", name]).success(),
+        "groupadd {name}"
+    );
+    nix::unistd::Group::from_name(name).unwrap().unwrap().gid
+}
+
+fn ensure_user(name: &str, groups: &[&str]) -> (Uid, Gid) {
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        let st = sh(
+            "useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ],
+        );
+        // 9: created meanwhile by a concurrent run.
+        assert!(st.success() || st.code() == Some(9), "useradd {name}: {st}");
+    }
+    if !groups.is_empty() {
+        assert!(sh("usermod", &["-a", "-G", &groups.join(","), name]).success());
+    }
+    let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+    (u.uid, u.gid)
+}
+
+struct Users {
+    sock_gid: Gid,
+    admin_gid: Gid,
+    user: (Uid, Gid),
+    admin: (Uid, Gid),
+    outsider: (Uid, Gid),
+}
+
+fn users() -> &'static Users {
+    static USERS: OnceLock<Users> = OnceLock::new();
+    USERS.get_or_init(|| {
+        assert!(
+            Uid::effective().is_root(),
+            "the permission tests must run as root to create users"
+        );
+        let sock_gid = ensure_group(SOCK_GROUP);
+        let admin_gid = ensure_group(ADMIN_GROUP);
+        Users {
+            sock_gid,
+            admin_gid,
+            user: ensure_user(USER, &[SOCK_GROUP]),
+            admin: ensure_user(ADMIN, &[SOCK_GROUP, ADMIN_GROUP]),
+            outsider: ensure_user(OUTSIDER, &[]),
+        }
+    })
+}
+
+/// Captures the server's tracing output (the permission warning).
+fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        buf
+    })
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// clearifyctl run as `who` with that user's groups from the group database.
+fn run_as(env: &Env, bin: &Path, who: (Uid, Gid), args: &[&str]) -> Run {
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={}", who.0))
+        .arg(format!("--regid={}", who.1))
+        .arg("--init-groups")
+        .arg("--")
+        .arg(bin)
+        .arg("--socket")
+        .arg(env.sock())
+        .args(args)
+        .env_remove("CLEARIFY_SOCKET")
+        .output()
+        .expect("this test needs setpriv (util-linux)");
+    Run::from(out)
+}
+
+#[test]
+fn changing_requests_need_root_the_daemon_user_or_the_admin_group() {
+    let u = users();
+    let logs = captured_logs();
+    // The daemon runs as root here; readers are in the socket's group,
+    // admins in the admin group.
+    let env = Env::start_with(
+        Authorizer::new(Uid::effective(), Some(u.admin_gid)),
+        Some(u.sock_gid),
+    );
+    // A copy of the binary any user can run, whatever the target dir's mode.
+    // Copied by a child process: a file written through an fd of this
+    // process could be inherited by a concurrent test's fork and make the
+    // exec fail with ETXTBSY.
+    let bin: PathBuf = env.dir.path().join("clearifyctl");
+    let st = sh("install", &["-m", "0755", BIN, bin.to_str().unwrap()]);
+    assert!(st.success(), "install {BIN}: {st}");
+
+    // A plain member of the socket group may read ...
+    let r = run_as(&env, &bin, u.user, &["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("text-1"), "{r:?}");
+    assert_eq!(run_as(&env, &bin, u.user, &["logs", "-n", "1"]).code, 0);
+    assert_eq!(run_as(&env, &bin, u.user, &["version"]).code, 0);
+    // ... but not change anything: exit 4, never forwarded.
+    for args in [
+        &["stop", "text-1"][..],
+        &["start", "text-1"],
+        &["restart", "all"],
+        &["reload"],
+    ] {
+        let r = run_as(&env, &bin, u.user, args);
+        assert_eq!(r.code, 4, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("permission denied"), "{r:?}");
+        assert!(r.stderr.contains(&format!("uid {}", u.user.0)), "{r:?}");
+    }
+    assert!(
+        env.fake.seen().iter().all(|r| !r.is_mutating()),
+        "a refused request reached the supervisor: {:?}",
+        env.fake.seen()
+    );
+    assert_eq!(state_of(&env, "text-1").0, "running");
+    // The refusal is logged with the peer's uid and pid.
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("permission denied") && l.contains(&format!("uid={}", u.user.0)))
+        .unwrap_or_else(|| panic!("no warning for uid {}: {text}", u.user.0));
+    assert!(line.contains("WARN") && line.contains("pid="), "{line}");
+
+    // A member of the admin group may.
+    let r = run_as(&env, &bin, u.admin, &["stop", "text-1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(state_of(&env, "text-1").0, "stopped");
+    let seen = env.fake.state.seen.lock().unwrap().clone();
+    let (_, peer) = seen
+        .iter()
+        .find(|(r, _)| matches!(r, Request::Stop { .. }))
+        .unwrap();
+    assert_eq!(peer.uid, u.admin.0.as_raw());
+
+    // Someone outside the socket's group cannot even open it: exit 4.
+    let r = run_as(&env, &bin, u.outsider, &["status"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("permission denied")
+            && r.stderr.contains(&env.sock().display().to_string()),
+        "{r:?}"
+    );
+}
