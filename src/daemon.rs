@@ -113,8 +113,9 @@ pub async fn run(opts: Options) -> i32 {
     let auth = match Authorizer::for_current_process(Some(&config.daemon.admin_group)) {
         Ok(a) => a,
         Err(e) => {
-            error!("{e}");
-            return 1;
+            // Not fatal: root and the daemon's own user can still act.
+            warn!("{e}; only root and the daemon's user may start, stop, restart or reload");
+            Authorizer::new(nix::unistd::geteuid(), None)
         }
     };
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);

@@ -46,7 +46,11 @@ env = { OMP_NUM_THREADS = "1" }
 queues = ["payments", "webhooks"]
 "#,
     ));
-    fs::write(d.path("worker.env"), "CELERY_BROKER_URL=redis://x/0\nSECRET_KEY=abc\n").unwrap();
+    fs::write(
+        d.path("worker.env"),
+        "CELERY_BROKER_URL=redis://x/0\nSECRET_KEY=abc\n",
+    )
+    .unwrap();
     let cfg = fs::read_to_string(d.config_path()).unwrap().replace(
         "user = \"nobody\"",
         "user = \"nobody\"\nenv_file = \"{dir}/worker.env\"\nextra_args = [\"--without-mingle\"]",
@@ -85,13 +89,19 @@ queues = ["payments", "webhooks"]
         "CLEARIFY_GROUP=text",
         "CLEARIFY_NODE=text-1@testdev",
     ] {
-        assert!(env.lines().any(|l| l == kv), "{kv} missing from env:\n{env}");
+        assert!(
+            env.lines().any(|l| l == kv),
+            "{kv} missing from env:\n{env}"
+        );
     }
     assert!(
         !env.lines().any(|l| l.starts_with("NOTIFY_SOCKET=")),
         "daemon env leaks into workers"
     );
-    assert_eq!(d.record("text-1", pid, "cwd").trim(), d.dir.path().to_str().unwrap());
+    assert_eq!(
+        d.record("text-1", pid, "cwd").trim(),
+        d.dir.path().to_str().unwrap()
+    );
     let billing = d.running_pid("billing-1");
     let bargv = wait_for(T, "billing argv", || {
         let a = d.record("billing-1", billing, "argv");
@@ -138,7 +148,10 @@ env = { FAKE_MODE = "exit", FAKE_EXIT_CODE = "7" }
     assert!((4..=12).contains(&starts), "{starts} starts in ~3 s");
     let log = d.log();
     assert!(log.contains("crash-looping"), "{log}");
-    let summary = d.status()["daemon"]["summary"].as_str().unwrap().to_string();
+    let summary = d.status()["daemon"]["summary"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(summary.contains("bad-1 crash-loop (exit 7"), "{summary}");
 }
 
@@ -199,7 +212,11 @@ env = { FAKE_MODE = "children" }
     });
     let t0 = Instant::now();
     let out = d.ctl(&["stop", "all"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.wait_state("stubborn-1", "stopped", T);
     d.wait_state("kids-1", "stopped", T);
     // The stubborn one ignored SIGTERM for stop_timeout and died on SIGQUIT.
@@ -210,7 +227,11 @@ env = { FAKE_MODE = "children" }
     assert_eq!(i["pinned"], true);
     let log = d.log();
     assert!(log.contains("SIGQUIT (cold shutdown)"), "{log}");
-    assert_eq!(processes_of_daemon(d.pid()), Vec::<i32>::new(), "nothing left");
+    assert_eq!(
+        processes_of_daemon(d.pid()),
+        Vec::<i32>::new(),
+        "nothing left"
+    );
     // Pinned: still stopped a while later.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(d.instance("kids-1")["state"], "stopped");
@@ -249,7 +270,10 @@ instances = 2
     assert_eq!(processes_of_daemon(daemon_pid), Vec::<i32>::new());
     assert!(!d.socket().exists(), "socket removed on exit");
     let log = d.log();
-    assert!(log.contains("warm shutdown a-1"), "workers got SIGTERM:\n{log}");
+    assert!(
+        log.contains("warm shutdown a-1"),
+        "workers got SIGTERM:\n{log}"
+    );
 }
 
 #[test]
@@ -279,7 +303,10 @@ env = { FAKE_MODE = "long-line" }
     assert!(xs >= 1024 * 1024, "only {xs} of 1048576 bytes arrived");
     let text = String::from_utf8_lossy(&log);
     assert!(text.contains("garbage-1 | before"));
-    assert!(text.contains("garbage-1 | after"), "lines after garbage survive");
+    assert!(
+        text.contains("garbage-1 | after"),
+        "lines after garbage survive"
+    );
     let out = d.ctl(&["logs", "garbage", "-n", "10"]);
     let logs = String::from_utf8_lossy(&out.stdout);
     assert!(logs.contains("after"), "{logs}");
@@ -312,14 +339,18 @@ queues = ["payments", "webhooks"]
     d.signal(Signal::SIGHUP);
     let n1 = wait_for(T, "text-1 restarted", || {
         let i = d.instance("text-1");
-        (i["state"] == "running" && i["pid"] != t1).then_some(i["pid"].as_u64().unwrap() as u32)
+        (i["state"] == "running" && i["pid"] != t1).then(|| i["pid"].as_u64().unwrap() as u32)
     });
     let n2 = wait_for(T, "text-2 restarted", || {
         let i = d.instance("text-2");
-        (i["state"] == "running" && i["pid"] != t2).then_some(i["pid"].as_u64().unwrap() as u32)
+        (i["state"] == "running" && i["pid"] != t2).then(|| i["pid"].as_u64().unwrap() as u32)
     });
     d.running_pid("emails-1");
-    assert_eq!(d.instance("billing-1")["pid"], b1, "unchanged group untouched");
+    assert_eq!(
+        d.instance("billing-1")["pid"],
+        b1,
+        "unchanged group untouched"
+    );
     let argv = wait_for(T, "new argv", || {
         let a = d.record("text-2", n2, "argv");
         (!a.is_empty()).then_some(a)
@@ -327,10 +358,13 @@ queues = ["payments", "webhooks"]
     assert!(argv.contains("-c\n3\n"), "{argv}");
     // Instance by instance: text-2 was started after text-1 was up again.
     let started = |pid: u32| {
-        fs::metadata(d.records().join(format!("text-{}.{pid}.argv", if pid == n1 { 1 } else { 2 })))
-            .unwrap()
-            .modified()
-            .unwrap()
+        fs::metadata(
+            d.records()
+                .join(format!("text-{}.{pid}.argv", if pid == n1 { 1 } else { 2 })),
+        )
+        .unwrap()
+        .modified()
+        .unwrap()
     };
     assert!(started(n2) > started(n1));
 
@@ -352,8 +386,8 @@ queues = ["payments", "webhooks"]
     // clearifyctl reload says the same and exits 1.
     let out = d.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("old config kept"), "{text}");
     assert!(text.contains("queues"), "{text}");
 }
@@ -372,7 +406,10 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another clearify-workerd is already running"), "{err}");
+    assert!(
+        err.contains("another clearify-workerd is already running"),
+        "{err}"
+    );
     // The first one is untouched.
     assert!(d.ctl(&["status"]).status.success());
 }
@@ -389,8 +426,14 @@ fn an_invalid_config_is_refused_at_start_with_every_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let path = d.config_path().display().to_string();
-    assert!(err.contains(&format!("{path}:2:10: error: daemon.socket")), "{err}");
-    assert!(err.contains(&format!("{path}:3:1: error: daemon.bogus")), "{err}");
+    assert!(
+        err.contains(&format!("{path}:2:10: error: daemon.socket")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{path}:3:1: error: daemon.bogus")),
+        "{err}"
+    );
     assert!(err.contains("group.Bad"), "{err}");
 }
 
@@ -407,10 +450,16 @@ fn check_prints_the_plan() {
         .arg("--check")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("-A demo.celery_app worker -Q text_processing -c 2 -n text-1@testdev --loglevel=info"),
+        text.contains(
+            "-A demo.celery_app worker -Q text_processing -c 2 -n text-1@testdev --loglevel=info"
+        ),
         "{text}"
     );
     assert!(text.contains("200"), "limits shown: {text}");
@@ -466,8 +515,8 @@ queues = ["g"]
 
 #[test]
 fn workers_wait_for_the_broker_and_start_when_it_comes_up() {
-    let port = redis_support::free_port();
-    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut redis = RedisServer::new_stopped(None);
+    let url = redis.url();
     let mut d = Daemon::new(&fake_config(
         &url,
         "[group.text]\nqueues = [\"q\"]\ninstances = 2\n",
@@ -477,14 +526,23 @@ fn workers_wait_for_the_broker_and_start_when_it_comes_up() {
     let s = d.status();
     assert_eq!(s["daemon"]["broker"]["state"], "waiting");
     assert!(
-        s["daemon"]["broker"]["error"].as_str().unwrap_or("").contains("refused"),
+        s["daemon"]["broker"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused"),
         "{s}"
     );
     assert_eq!(d.instance("text-1")["state"], "waiting-for-broker");
-    assert!(d.recorded_pids("text-1").is_empty(), "no worker started into a void");
+    assert!(
+        d.recorded_pids("text-1").is_empty(),
+        "no worker started into a void"
+    );
     let summary = s["daemon"]["summary"].as_str().unwrap();
-    assert!(summary.starts_with("waiting for broker redis://127.0.0.1:"), "{summary}");
-    let redis = RedisServer::start_on_port(port);
+    assert!(
+        summary.starts_with("waiting for broker redis://127.0.0.1:"),
+        "{summary}"
+    );
+    redis.restart();
     d.wait_state("text-1", "running", T);
     d.wait_state("text-2", "running", T);
     assert_eq!(d.status()["daemon"]["broker"]["state"], "ok");

@@ -574,7 +574,15 @@ impl Supervisor {
         let now = Instant::now();
         let ControlMsg { request, reply, .. } = c;
         let resp = match request {
-            Request::Status { targets } => Response::Status(self.status(&targets)),
+            Request::Status { targets } => match targets.iter().find(|t| !self.is_target(t)) {
+                Some(t) => Response::Error {
+                    kind: ErrorKind::UnknownTarget,
+                    message: format!(
+                        "unknown target {t:?}: name a group, an instance id such as text-1, or \"all\""
+                    ),
+                },
+                None => Response::Status(self.status(&targets)),
+            },
             Request::Start { targets } => done(self.machine.start(&targets, now)),
             Request::Stop { targets } => done(self.machine.stop(&targets, now)),
             Request::Restart { targets, rolling } => {

@@ -184,14 +184,12 @@ impl Daemon {
 
     /// Wait until `id` is in `state` and return its status entry.
     pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
-        let mut last = Value::Null;
         let start = Instant::now();
         loop {
-            let i = self.instance(id);
-            if i["state"] == state {
-                return i;
+            let last = self.instance(id);
+            if last["state"] == state {
+                return last;
             }
-            last = i;
             if start.elapsed() > timeout {
                 panic!(
                     "{id} not {state} after {timeout:?}; last: {last}\n{}",
@@ -290,9 +288,10 @@ pub fn processes_of_daemon(daemon_pid: u32) -> Vec<i32> {
         let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if env.split(|b| *b == 0).any(|kv| {
-            kv.starts_with(b"CLEARIFY_RUN=") && kv.ends_with(suffix.as_bytes())
-        }) {
+        if env
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(b"CLEARIFY_RUN=") && kv.ends_with(suffix.as_bytes()))
+        {
             out.push(pid);
         }
     }
