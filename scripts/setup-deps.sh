@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what building, the demo and the tests need on Debian 12:
+#   - Debian packages: redis-server (the tests and the demo start their own
+#     instances on free loopback ports; the system service is not used),
+#     python3-venv, build tools, and a Rust toolchain when none is on PATH;
+#   - .venv/ at the repository root with the pinned Celery of
+#     examples/requirements.txt.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need_pkgs=()
+for p in redis-server python3-venv python3-pip build-essential pkg-config util-linux procps; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
+done
+if ! command -v cargo >/dev/null 2>&1; then
+    # Debian's own toolchain (1.9x from bookworm-security); rust-version is 1.95.
+    need_pkgs+=(rustc-web cargo-web)
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "setup-deps: installing ${need_pkgs[*]}"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${need_pkgs[@]}"
+fi
+# The packaged redis-server service is not needed: the tests and the demo
+# start their own. Leave it as the machine had it.
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import celery, redis' 2>/dev/null \
+    || [ "$(readlink -f .venv/bin/python)" != "$(readlink -f /usr/bin/python3 2>/dev/null || true)" ] \
+    || ! cmp -s examples/requirements.txt .venv/.requirements 2>/dev/null; then
+    echo "setup-deps: creating .venv with Celery"
+    rm -rf .venv
+    # Debian's python3, not one under a private home (pyenv in /root):
+    # workers run as an unprivileged user and must be able to run it.
+    py=/usr/bin/python3
+    [ -x "$py" ] || py=$(command -v python3)
+    "$py" -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r examples/requirements.txt
+    cp examples/requirements.txt .venv/.requirements
+fi
+# Workers run as an unprivileged user when the tests run as root: the venv
+# and the example app must be readable by anyone.
+chmod -R a+rX .venv examples
+echo "setup-deps: ok ($(.venv/bin/python -c 'import celery; print("celery", celery.__version__)'), $(redis-server --version | cut -d' ' -f3))"

@@ -1,0 +1,252 @@
+//! The real daemon supervising real Celery workers (the example app in
+//! examples/demo_app, from the .venv that scripts/setup-deps.sh creates)
+//! against a real redis-server.
+
+#[path = "support/daemon.rs"]
+mod daemon_support;
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use daemon_support::*;
+use nix::sys::signal::Signal;
+use redis_support::RedisServer;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python; fails loudly when the venv is missing.
+fn python() -> PathBuf {
+    let p = std::env::var_os("CLEARIFY_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup-deps.sh (creates .venv with Celery)",
+        p.display()
+    );
+    p
+}
+
+fn celery() -> PathBuf {
+    let c = python().parent().unwrap().join("celery");
+    assert!(
+        c.exists(),
+        "{} is missing: run scripts/setup-deps.sh",
+        c.display()
+    );
+    c
+}
+
+/// Run examples/send_tasks.py with `args`; returns its stdout lines as JSON.
+fn client(url: &str, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(python())
+        .arg(repo().join("examples/send_tasks.py"))
+        .args(args)
+        .env("CELERY_BROKER_URL", url)
+        .output()
+        .expect("run send_tasks.py");
+    assert!(
+        out.status.success(),
+        "send_tasks.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn send(url: &str, task: &str, args: &str, queue: &str) -> String {
+    let out = Command::new(python())
+        .arg(repo().join("examples/send_tasks.py"))
+        .args(["send", task, args, queue])
+        .env("CELERY_BROKER_URL", url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn celery_config(url: &str, groups: &str) -> String {
+    format!(
+        r#"[daemon]
+socket = "{{dir}}/control.sock"
+device_id = "ci"
+
+[broker]
+url = "{url}"
+check_interval = "1s"
+
+[celery]
+app = "demo.celery_app"
+command = "{celery}"
+workdir = "{workdir}"
+user = "{{user}}"
+extra_args = ["--without-mingle", "--without-gossip"]
+
+[defaults]
+stop_timeout = "60s"
+stable_after = "5s"
+env = {{ CELERY_BROKER_URL = "{url}" }}
+
+{groups}
+"#,
+        celery = celery().display(),
+        workdir = repo().join("examples/demo_app").display(),
+    )
+}
+
+/// Wait until the worker's heartbeat shows in status: it consumes.
+fn wait_consuming(d: &Daemon, id: &str) -> Value {
+    wait_for(T, &format!("{id} heartbeat"), || {
+        let i = d.instance(id);
+        (i["state"] == "running" && !i["heartbeat_age_secs"].is_null()).then_some(i)
+    })
+}
+
+#[test]
+fn tasks_are_executed_by_supervised_workers_in_both_groups() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut d = Daemon::new(&celery_config(
+        &url,
+        r#"
+[group.text]
+queues = ["text_processing"]
+concurrency = 2
+
+[group.billing]
+queues = ["payments", "webhooks"]
+"#,
+    ));
+    d.start();
+    let text = wait_consuming(&d, "text-1");
+    assert_eq!(text["node"], "text-1@ci");
+    wait_consuming(&d, "billing-1");
+
+    let r = client(
+        &url,
+        &[
+            "many",
+            "demo.process_text",
+            r#"["hello distributed workers"]"#,
+            "text_processing",
+            "10",
+        ],
+    );
+    assert_eq!(r.len(), 10);
+    for v in &r {
+        assert_eq!(v["result"]["words"], 3);
+        assert_eq!(v["result"]["upper"], "HELLO DISTRIBUTED WORKERS");
+    }
+    let r = client(&url, &["call", "demo.charge", "[1250]", "payments"]);
+    assert_eq!(r[0]["result"]["charged"], 1250);
+    let r = client(
+        &url,
+        &["call", "demo.webhook", r#"["order.paid"]"#, "webhooks"],
+    );
+    assert_eq!(r[0]["result"]["delivered"], "order.paid");
+
+    // The worker's output reached the daemon: the task's print is in the
+    // ring buffer of text-1.
+    let logs = d.ctl(&["logs", "text", "-n", "200"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("process_text: 3 words"), "{logs}");
+    // Heartbeats counted the processed tasks.
+    let processed = wait_for(T, "processed count", || {
+        let p = d.instance("text-1")["processed"].as_u64()?;
+        (p >= 10).then_some(p)
+    });
+    assert!(processed >= 10);
+}
+
+#[test]
+fn a_worker_killed_mid_run_is_replaced_and_the_shutdown_is_warm() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut d = Daemon::new(&celery_config(
+        &url,
+        "[group.text]\nqueues = [\"text_processing\"]\nconcurrency = 2\n",
+    ));
+    d.start();
+    let before = wait_consuming(&d, "text-1");
+    let pid = before["pid"].as_u64().unwrap() as u32;
+    let daemon_pid = d.pid();
+    // Pool children exist (concurrency 2).
+    wait_for(T, "pool children", || {
+        (processes_of_daemon(daemon_pid).len() >= 3).then_some(())
+    });
+
+    // SIGKILL the main process while a task runs.
+    let id = send(&url, "demo.sleep", "[30, \"victim\"]", "text_processing");
+    wait_for(T, "task started", || {
+        d.ctl(&["logs", "text-1", "-n", "100"])
+            .stdout
+            .windows(12)
+            .any(|w| w == b"sleep victim")
+            .then_some(())
+    });
+    let pool_before: Vec<i32> = processes_of_daemon(daemon_pid)
+        .into_iter()
+        .filter(|p| *p as u32 != pid)
+        .collect();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let after = wait_for(T, "replacement", || {
+        let i = d.instance("text-1");
+        (i["pid"] != pid && !i["pid"].is_null()).then_some(i)
+    });
+    assert_eq!(after["restarts"], 1);
+    assert_eq!(after["last_exit"], "killed by SIGKILL");
+    // The old pool children are gone, none orphaned.
+    for p in pool_before {
+        wait_for(Duration::from_secs(10), "old pool child gone", || {
+            (!Path::new(&format!("/proc/{p}")).exists()
+                || std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .map(|s| s.contains(") Z "))
+                    .unwrap_or(true))
+            .then_some(())
+        });
+    }
+    let _ = id;
+    wait_consuming(&d, "text-1");
+
+    // Warm shutdown: a running 6 s task finishes and its result is stored.
+    let id = send(&url, "demo.sleep", "[6, \"warm\"]", "text_processing");
+    wait_for(T, "warm task started", || {
+        d.ctl(&["logs", "text-1", "-n", "200"])
+            .stdout
+            .windows(10)
+            .any(|w| w == b"sleep warm")
+            .then_some(())
+    });
+    let t0 = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let code = d.wait_exit(Duration::from_secs(90));
+    assert_eq!(code, 0, "{}", d.log());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "shutdown waited for the task ({:?})",
+        t0.elapsed()
+    );
+    let r = client(&url, &["get", &id, "10"]);
+    assert_eq!(r[0]["result"]["tag"], "warm", "result stored: {r:?}");
+    assert_eq!(
+        processes_of_daemon(daemon_pid),
+        Vec::<i32>::new(),
+        "nothing survives"
+    );
+    let log = d.log();
+    assert!(log.contains("sleep warm: done"), "{log}");
+}
