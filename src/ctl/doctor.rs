@@ -116,7 +116,29 @@ pub fn run(opts: &Options) -> Vec<Check> {
     checks.extend(cgroup_checks(crate::cgroup::doctor(), require_limits));
     checks.push(journald_check(&opts.journal_socket));
     let socket = super::resolve_socket(opts.socket.as_deref(), &opts.config);
-    checks.extend(socket_checks(&socket, opts.request_timeout));
+    let mut sock_checks = socket_checks(&socket, opts.request_timeout);
+    let explicit = opts
+        .socket
+        .as_deref()
+        .is_some_and(|p| !p.as_os_str().is_empty());
+    if !explicit
+        && std::fs::read_to_string(&opts.config).is_err()
+        && let Some(first) = sock_checks.first_mut()
+    {
+        let (head, rest) = first
+            .detail
+            .split_once('\n')
+            .map_or((first.detail.as_str(), None), |(h, r)| (h, Some(r)));
+        let mut detail = format!(
+            "{head} (the default: [daemon].socket could not be read from {})",
+            opts.config.display()
+        );
+        if let Some(r) = rest {
+            detail = format!("{detail}\n{r}");
+        }
+        first.detail = detail;
+    }
+    checks.extend(sock_checks);
     match &loaded {
         Ok(config) => {
             checks.push(broker_check(config));
@@ -799,4 +821,133 @@ fn tail(text: &str) -> String {
         let _ = write!(s, "\n  {}", l.trim_end());
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cg(name: &str, level: Level, detail: &str) -> crate::cgroup::Check {
+        crate::cgroup::Check {
+            name: name.into(),
+            level,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn journald_accepts_a_connection_to_a_real_datagram_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let c = journald_check(&path);
+        assert_eq!(c.level, Level::Ok, "{c:?}");
+        assert!(c.detail.ends_with("accepts datagrams"), "{c:?}");
+        // Connecting sends nothing.
+        server.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+
+        // Nobody listening any more: a stale socket file.
+        drop(server);
+        let c = journald_check(&path);
+        assert_eq!(c.level, Level::Fail, "{c:?}");
+        assert!(c.detail.contains("does not accept datagrams"), "{c:?}");
+        assert!(
+            c.hint
+                .unwrap()
+                .contains("systemctl status systemd-journald")
+        );
+
+        let c = journald_check(&dir.path().join("missing"));
+        assert_eq!(c.level, Level::Warn, "{c:?}");
+        assert!(c.detail.contains("does not exist: no systemd journal"));
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let c = journald_check(&file);
+        assert_eq!(c.level, Level::Fail, "{c:?}");
+        assert!(c.detail.ends_with("is not a socket"), "{c:?}");
+    }
+
+    #[test]
+    fn cgroup_failures_are_warnings_unless_limits_are_required() {
+        let input = vec![
+            cg("cgroup v2", Level::Ok, "cgroup2 mounted at /sys/fs/cgroup"),
+            cg(
+                "memory controller",
+                Level::Fail,
+                "not in /sys/fs/cgroup/cgroup.controllers: memory limits are off. Fix: add cgroup_enable=memory",
+            ),
+            cg("controllers", Level::Warn, "io not available"),
+        ];
+        let optional = cgroup_checks(input.clone(), false);
+        assert_eq!(
+            optional.iter().map(|c| c.level).collect::<Vec<_>>(),
+            vec![Level::Ok, Level::Warn, Level::Warn]
+        );
+        assert_eq!(
+            optional[1].detail,
+            "not in /sys/fs/cgroup/cgroup.controllers: memory limits are off"
+        );
+        let hint = optional[1].hint.as_deref().unwrap();
+        assert!(hint.starts_with("add cgroup_enable=memory; "), "{hint}");
+        assert!(hint.contains("runs without limits"), "{hint}");
+        assert_eq!(optional[0].hint, None);
+
+        let required = cgroup_checks(input, true);
+        assert_eq!(required[1].level, Level::Fail);
+        assert!(
+            required[1]
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("require_limits = true, so the daemon will not start")
+        );
+        assert_eq!(required[2].level, Level::Warn);
+    }
+
+    #[test]
+    fn render_aligns_names_indents_details_and_shows_hints_for_warn_and_fail() {
+        let checks = vec![
+            Check::ok("config", "valid"),
+            Check::fail("control socket", "missing\nsecond line", "start it"),
+            Check::warn("journald", "absent", "use systemd"),
+        ];
+        let out = render(&checks);
+        assert_eq!(
+            out,
+            "ok    config          valid\n\
+             fail  control socket  missing\n\
+             \x20                     second line\n\
+             \x20     hint: start it\n\
+             warn  journald        absent\n\
+             \x20     hint: use systemd\n\
+             \n1 ok, 1 warn, 1 fail\n"
+        );
+        assert_eq!(exit_code(&checks), 1);
+        assert_eq!(exit_code(&checks[..1]), 0);
+        assert_eq!(exit_code(&[checks[0].clone(), checks[2].clone()]), 0);
+    }
+
+    #[test]
+    fn socket_modes_read_like_ls() {
+        assert_eq!(mode_string(0o660), "srw-rw----");
+        assert_eq!(mode_string(0o755), "srwxr-xr-x");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let text: String = (1..=20).map(|i| format!("line {i}\n\n")).collect();
+        let t = tail(&text);
+        assert!(
+            t.starts_with("; last 12 line(s) of its output:\n  line 9\n"),
+            "{t}"
+        );
+        assert!(t.ends_with("\n  line 20"), "{t}");
+        assert_eq!(tail(" \n"), "; no output");
+    }
 }
