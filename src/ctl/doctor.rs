@@ -330,22 +330,21 @@ pub fn cgroup_checks(checks: Vec<crate::cgroup::Check>, require_limits: bool) ->
                 Some((d, f)) => (d.trim_end_matches('.').to_string(), Some(f.to_string())),
                 None => (c.detail.clone(), None),
             };
+            let fix = fix.unwrap_or_else(|| cgroup_fallback_hint(&c.name).to_string());
             let (level, hint) = match c.level {
                 Level::Ok => (Level::Ok, None),
-                Level::Warn => (Level::Warn, fix),
+                Level::Warn => (Level::Warn, Some(fix)),
                 Level::Fail if require_limits => (
                     Level::Fail,
                     Some(format!(
-                        "{}; [daemon].require_limits = true, so the daemon will not start without limits",
-                        fix.as_deref().unwrap_or("see clearify-workerd(8)")
+                        "{fix}; [daemon].require_limits = true, so the daemon will not start without limits"
                     )),
                 ),
                 Level::Fail => (
                     Level::Warn,
                     Some(format!(
-                        "{}; until then the daemon runs without limits \
-                         (allowed unless [daemon].require_limits = true)",
-                        fix.as_deref().unwrap_or("see clearify-workerd(8)")
+                        "{fix}; until then the daemon runs without limits \
+                         (allowed unless [daemon].require_limits = true)"
                     )),
                 ),
             };
@@ -357,6 +356,22 @@ pub fn cgroup_checks(checks: Vec<crate::cgroup::Check>, require_limits: bool) ->
             }
         })
         .collect()
+}
+
+/// A hint for a cgroup check whose detail carries no "Fix:".
+fn cgroup_fallback_hint(name: &str) -> &'static str {
+    match name {
+        "delegation" | "delegated controllers" => {
+            "start the service (systemctl start clearify-workerd) and run clearifyctl doctor again; \
+             `journalctl -u clearify-workerd` says why limits are off"
+        }
+        "controllers" => {
+            "a kernel without these controllers cannot enforce those limits; \
+             io_weight alone needs io, the other limits work without it"
+        }
+        "own cgroup" => "mount cgroup v2 (the unified hierarchy, the Debian 12 default) and reboot",
+        _ => "`journalctl -u clearify-workerd` says why limits are off",
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -908,6 +923,25 @@ mod tests {
                 .contains("require_limits = true, so the daemon will not start")
         );
         assert_eq!(required[2].level, Level::Warn);
+        assert!(
+            required[2].hint.as_deref().unwrap().contains("io_weight"),
+            "every warn has a hint: {:?}",
+            required[2]
+        );
+        let d = cgroup_checks(
+            vec![cg(
+                "delegation",
+                Level::Warn,
+                "clearify-workerd is not running",
+            )],
+            false,
+        );
+        assert!(
+            d[0].hint
+                .as_deref()
+                .unwrap()
+                .contains("systemctl start clearify-workerd")
+        );
     }
 
     #[test]
