@@ -665,3 +665,78 @@ fn an_unreadable_config_is_a_warning_and_skips_broker_and_celery() {
     );
     assert_eq!(run.code, 1, "{run:?}");
 }
+
+/// The Python with Celery: `$CLEARIFY_TEST_PYTHON` or `<repo>/.venv/bin/python`
+/// (as in tests/broker.rs).
+fn python() -> PathBuf {
+    let p = std::env::var_os("CLEARIFY_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "Python with Celery not found at {} (set CLEARIFY_TEST_PYTHON, or create it: \
+         python3 -m venv .venv && .venv/bin/pip install 'celery[redis]==5.*')",
+        p.display()
+    );
+    p
+}
+
+/// A config running the real Celery on the example app, as `python -m celery`.
+fn real_celery_case(redis: &RedisServer, app: &str) -> Case {
+    let case = Case::new(&redis.url(), false, CELERY_OK);
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo_app");
+    fs::write(
+        case.path("worker.env"),
+        format!("CELERY_BROKER_URL={}\n", redis.url()),
+    )
+    .unwrap();
+    let text = fs::read_to_string(case.config_path())
+        .unwrap()
+        .replace(
+            &format!("command = \"{}/celery\"", case.dir.path().display()),
+            &format!("command = [\"{}\", \"-m\", \"celery\"]", python().display()),
+        )
+        .replace("app = \"app\"", &format!("app = \"{app}\""))
+        .replace(
+            &format!("workdir = \"{}/work\"", case.dir.path().display()),
+            &format!("workdir = \"{}\"", demo.display()),
+        );
+    case.write_config(&text);
+    case
+}
+
+#[test]
+fn the_real_celery_reports_on_the_example_app() {
+    let redis = RedisServer::start();
+    let case = real_celery_case(&redis, "demo.celery_app");
+    let run = case.doctor();
+    run.expect("config", Level::Ok);
+    let celery = run.expect("celery", Level::Ok);
+    assert!(
+        celery.contains(&format!(
+            "`{} -m celery -A demo.celery_app report`",
+            python().display()
+        )),
+        "{celery}"
+    );
+    assert!(celery.contains("(app demo.celery_app imports)"), "{celery}");
+}
+
+#[test]
+fn the_real_celery_fails_on_an_app_that_does_not_import() {
+    let redis = RedisServer::start();
+    let case = real_celery_case(&redis, "demo.no_such_module");
+    let run = case.doctor();
+    run.expect("config", Level::Ok);
+    let celery = run.expect("celery", Level::Fail);
+    assert!(celery.contains("exit status 2"), "{celery}");
+    for line in [
+        "Unable to load celery application.",
+        "The module demo.no_such_module was not found.",
+    ] {
+        assert!(
+            celery.lines().any(|l| l.trim() == line),
+            "Celery's own error is shown: {celery}"
+        );
+    }
+}
