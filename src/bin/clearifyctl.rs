@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,7 @@ Examples:
   clearifyctl logs text-1 -n 100       recent output of one instance
   clearifyctl logs -f                  follow all worker output
   clearifyctl test                     check the broker from the daemon
+  sudo clearifyctl doctor              check host, config, socket, broker and celery
 
 Exit codes:
   0  ok
@@ -48,6 +49,23 @@ Exit codes:
   2  usage error
   3  daemon not running, or socket missing
   4  permission denied";
+
+const DOCTOR_ABOUT: &str = "\
+Check this host, the config, the control socket, the broker and the Celery app.
+
+Prints one line per check with ok, warn or fail; under each warn or fail, a hint says how to fix it.
+  config          the --config file is valid (every error with file:line:col)
+  cgroup ...      cgroup v2, the cpu/memory/pids controllers (memory: the Raspberry Pi
+                  cmdline.txt hint) and delegation; warn unless [daemon].require_limits = true
+  journald        /run/systemd/journal/socket accepts datagrams (warn when absent)
+  control socket  exists, is a socket, its mode and group, this user can connect
+  daemon          answers `version`, with the same version as clearifyctl
+  broker          the [broker] URL answers PING
+  celery          `<command> -A <app> report` exits 0 in the workdir with the worker's
+                  environment, as the worker user when run as root (30 s timeout)
+
+Reading the config and its env_file normally needs root or the clearify group; without
+them the broker and celery checks are skipped (warn).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -161,6 +179,14 @@ enum Command {
     Test,
     /// Show the versions of clearifyctl and the daemon; warns when they differ.
     Version,
+    /// Check this host, the config, the control socket, the broker and the Celery app.
+    #[command(
+        long_about = DOCTOR_ABOUT,
+        after_help = "Examples:\n  sudo clearifyctl doctor\n  \
+        clearifyctl doctor --config ./workers.toml --socket ./control.sock\n\n\
+        Exit status: 0 when no check failed (warnings allowed), 1 otherwise."
+    )]
+    Doctor,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -274,6 +300,7 @@ fn main() -> ExitCode {
         } => logs(&ctx, target, lines, follow),
         Command::Test => test(&ctx),
         Command::Version => version(&ctx),
+        Command::Doctor => doctor(&cli.config, cli.socket.as_deref(), ctx.timeout),
     };
     let code = match outcome {
         Ok(code) => code,
@@ -555,6 +582,14 @@ fn test(ctx: &Ctx) -> Outcome {
         }
         other => Err(unexpected(&other)),
     }
+}
+
+fn doctor(config: &Path, socket: Option<&Path>, timeout: Duration) -> Outcome {
+    let mut opts = ctl::doctor::Options::new(config, socket);
+    opts.request_timeout = timeout;
+    let checks = ctl::doctor::run(&opts);
+    print!("{}", ctl::doctor::render(&checks));
+    Ok(ctl::doctor::exit_code(&checks))
 }
 
 fn version(ctx: &Ctx) -> Outcome {

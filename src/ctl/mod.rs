@@ -2,6 +2,7 @@
 //! how answers are rendered for people. The binary only parses arguments
 //! and drives the requests.
 
+pub mod doctor;
 pub mod render;
 
 use std::path::{Path, PathBuf};
