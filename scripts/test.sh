@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite (what CI runs):
+#   1. installs what the tests need (scripts/setup-deps.sh),
+#   2. checks formatting and lints,
+#   3. runs the unit and integration tests (real processes, real
+#      redis-server instances on free loopback ports, real Celery),
+#   4. builds the .deb packages and checks them (packaging/build-deb.sh),
+#   5. runs the system tests in a Debian 12 VM (tests/system/run.sh).
+# Stages can be picked: scripts/test.sh [unit] [deb] [system]  (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(unit deb system)
+want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+step() { printf '\n==== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "dependencies"
+scripts/setup-deps.sh
+
+if want unit; then
+    step "cargo fmt --check"
+    cargo fmt --all -- --check
+    step "cargo clippy"
+    cargo clippy --locked --all-targets -- -D warnings
+    step "cargo test"
+    cargo test --locked --no-fail-fast
+fi
+if want deb && [ -x packaging/build-deb.sh ]; then
+    step "Debian packages (amd64 + arm64) and lintian"
+    packaging/build-deb.sh all
+fi
+if want system && [ -x tests/system/run.sh ]; then
+    step "system tests in a Debian 12 VM"
+    tests/system/run.sh --deb "$(ls -t dist/clearify-workerd_*_amd64.deb | head -n1)" ${SYSTEM_SCENARIOS:-}
+fi
+step "all tests passed"
