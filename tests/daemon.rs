@@ -548,3 +548,132 @@ fn workers_wait_for_the_broker_and_start_when_it_comes_up() {
     assert_eq!(d.status()["daemon"]["broker"]["state"], "ok");
     drop(redis);
 }
+
+#[test]
+fn silent_and_stalled_workers_are_restarted_gracefully() {
+    let redis = RedisServer::start();
+    let port = redis.port().to_string();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        &format!(
+            r#"
+[group.silent]
+queues = ["silentq"]
+heartbeat_timeout = "2s"
+stall_timeout = "0s"
+env = {{ FAKE_MODE = "heartbeat-stop", FAKE_REDIS_PORT = "{port}" }}
+
+[group.stalled]
+queues = ["stallq"]
+heartbeat_timeout = "0s"
+stall_timeout = "2s"
+env = {{ FAKE_MODE = "stalled", FAKE_REDIS_PORT = "{port}" }}
+
+[group.healthy]
+queues = ["healthyq"]
+heartbeat_timeout = "2s"
+stall_timeout = "2s"
+env = {{ FAKE_MODE = "stalled", FAKE_REDIS_PORT = "{port}" }}
+"#
+        ),
+    ));
+    d.start();
+    let healthy = d.running_pid("healthy-1");
+    // Work waits in the stalled group's queue; nothing in the healthy one's.
+    redis.command(&["LPUSH", "stallq", "a", "b", "c"]).unwrap();
+    let silent = d.running_pid("silent-1");
+    let stalled = d.running_pid("stalled-1");
+    // Heartbeats arrive (status shows their age) …
+    wait_for(T, "heartbeats seen", || {
+        (!d.instance("stalled-1")["heartbeat_age_secs"].is_null()).then_some(())
+    });
+    // … then the silent one stops sending: restarted after 2 s.
+    wait_for(T, "silent worker restarted", || {
+        let i = d.instance("silent-1");
+        (i["pid"] != silent && i["state"] == "running").then_some(())
+    });
+    assert!(d.log().contains("no heartbeat for"), "{}", d.log());
+    // The stalled one has backlog 3 but no progress: restarted.
+    wait_for(T, "stalled worker restarted", || {
+        let i = d.instance("stalled-1");
+        (i["pid"] != stalled && i["state"] == "running").then_some(())
+    });
+    let log = d.log();
+    assert!(log.contains("stalled: backlog 3"), "{log}");
+    // Gracefully: SIGTERM, so the fake said "warm shutdown".
+    assert!(log.contains("warm shutdown silent-1"), "{log}");
+    assert!(log.contains("warm shutdown stalled-1"), "{log}");
+    // Backlog shows in status.
+    let s = d.status();
+    let g = s["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "stalled")
+        .unwrap()
+        .clone();
+    assert_eq!(g["queues"][0]["name"], "stallq");
+    assert_eq!(g["queues"][0]["backlog"], 3);
+    // An idle worker with heartbeats and no backlog is left alone.
+    assert_eq!(d.instance("healthy-1")["pid"], healthy);
+}
+
+#[test]
+fn sd_notify_ready_status_and_stopping_reach_notify_socket() {
+    use std::os::unix::net::UnixDatagram;
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(
+        &redis.url(),
+        "[group.text]\nqueues = [\"q\"]\n",
+    ));
+    let sock_path = d.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let log = fs::File::create(d.path("daemon.log")).unwrap();
+    d.child = Some(
+        std::process::Command::new(DAEMON)
+            .arg("--config")
+            .arg(d.config_path())
+            .arg("--log-target")
+            .arg("stderr")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut recv = |seen: &mut Vec<String>| {
+        let n = sock.recv(&mut buf).expect("a notification");
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        seen.push(msg.clone());
+        msg
+    };
+    // READY=1 first, once the socket listens.
+    assert!(recv(&mut seen).contains("READY=1"), "{seen:?}");
+    // Then STATUS lines until all workers run, and watchdog pings.
+    let mut watchdog = 0;
+    loop {
+        let m = recv(&mut seen);
+        if m.contains("WATCHDOG=1") {
+            watchdog += 1;
+        }
+        if m.contains("STATUS=1/1 workers running, broker ok") && watchdog > 0 {
+            break;
+        }
+        assert!(seen.len() < 200, "{seen:?}");
+    }
+    d.signal(Signal::SIGTERM);
+    loop {
+        let m = recv(&mut seen);
+        if m.contains("STOPPING=1") {
+            break;
+        }
+    }
+    // Right after STOPPING=1 it asks for time to drain the workers.
+    assert!(recv(&mut seen).contains("EXTEND_TIMEOUT_USEC="), "{seen:?}");
+    assert_eq!(d.wait_exit(T), 0);
+}
