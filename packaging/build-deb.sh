@@ -169,7 +169,7 @@ check() {
     # --check on the shipped config and the examples. They name
     # /opt/clearify/venv/bin/celery and /etc/clearify/worker.env, which --check
     # requires to exist: point them at a sandbox with a stand-in celery.
-    local sb=$DIST/.extract/sandbox-$arch cfg
+    local sb=$DIST/.extract/sandbox-$arch cfg out
     rm -rf "$sb"
     mkdir -p "$sb/opt/clearify/venv/bin"
     printf '#!/bin/sh\nexit 0\n' >"$sb/opt/clearify/venv/bin/celery"
@@ -178,14 +178,11 @@ check() {
     for cfg in "$x/etc/clearify/workers.toml" "$x"/usr/share/doc/clearify-workerd/examples/*.toml; do
         sed -e "s#/opt/clearify#$sb/opt/clearify#g" \
             -e "s#/etc/clearify/worker.env#$sb/worker.env#g" "$cfg" >"$sb/$(basename "$cfg")"
-        if [ "$(basename "$cfg")" = workers.toml ]; then
-            # The shipped file leaves env_file at its default.
-            printf '\n# added by build-deb.sh\n' >>"$sb/workers.toml"
-            sed -i "s#^\[celery\]#[celery]\nenv_file = \"$sb/worker.env\"#" "$sb/workers.toml"
-        fi
         echo "--check $(basename "$cfg")"
-        "${run[@]}" "$x/usr/sbin/clearify-workerd" --check --config "$sb/$(basename "$cfg")" >/dev/null ||
+        if ! out=$("${run[@]}" "$x/usr/sbin/clearify-workerd" --check --config "$sb/$(basename "$cfg")" 2>&1); then
+            printf '%s\n' "$out" >&2
             die "clearify-workerd --check rejects $(basename "$cfg")"
+        fi
     done
 
     step "dependencies"
