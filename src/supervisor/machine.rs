@@ -82,6 +82,11 @@ pub enum Action {
         pgid: Option<u32>,
         generation: u64,
         seq: u64,
+        /// Whether the instance's cgroup leaf may be emptied too. False when
+        /// the next run may start before this kill is done (a restart after
+        /// a crash): the leaf is then emptied synchronously right before the
+        /// next spawn instead, so the kill can never hit the new run.
+        whole_cgroup: bool,
     },
     /// The group is gone from the config and has no instance left.
     RemoveGroup { group: String },
@@ -867,7 +872,7 @@ impl Machine {
         if had_pid {
             // Pool children and anything else of that run must not outlive
             // it. The new run does not wait for this.
-            self.kill_tree(id);
+            self.kill_tree_with(id, false);
             if let Some(inst) = self.instances.get_mut(id) {
                 inst.kill_pending = None;
             }
@@ -875,6 +880,10 @@ impl Machine {
     }
 
     fn kill_tree(&mut self, id: &str) {
+        self.kill_tree_with(id, true);
+    }
+
+    fn kill_tree_with(&mut self, id: &str, whole_cgroup: bool) {
         self.kill_seq += 1;
         let seq = self.kill_seq;
         let inst = self.instances.get_mut(id).expect("present");
@@ -885,6 +894,7 @@ impl Machine {
             pgid: inst.pgid,
             generation: inst.generation,
             seq,
+            whole_cgroup,
         });
     }
 

@@ -177,6 +177,16 @@ async fn quick_failures_back_off_exponentially_and_report_crash_loop() {
         let acts = m.take_actions();
         assert_eq!(kills(&acts).len(), 1, "leftovers of the run are killed");
         assert_eq!(kills(&acts)[0].1, Some(pid), "by the old process group");
+        assert!(
+            acts.iter().any(|a| matches!(
+                a,
+                Action::KillTree {
+                    whole_cgroup: false,
+                    ..
+                }
+            )),
+            "the next run may share the leaf: leave the cgroup to the next spawn"
+        );
         let deadline = m.next_deadline().expect("a restart is scheduled");
         delays.push((deadline - t0).as_millis());
         // Nothing happens before the deadline …

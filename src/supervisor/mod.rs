@@ -438,8 +438,9 @@ impl Supervisor {
                 pgid,
                 generation,
                 seq,
+                whole_cgroup,
             } => {
-                let tree = self.cgroups.clone();
+                let tree = self.cgroups.clone().filter(|_| whole_cgroup);
                 let tx = self.tx.clone();
                 let marker = process::run_marker(&id, generation);
                 tokio::task::spawn_blocking(move || {
