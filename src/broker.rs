@@ -28,6 +28,7 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, V
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::redact_url;
 use crate::control::protocol::{HeartbeatSeen, QueueStatus, TestReport, TestStep};
 
 /// Timeout for establishing a connection (TCP/TLS/unix) and for DNS.
@@ -326,28 +327,6 @@ fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The URL with any password replaced by `***`.
-///
-/// A private stand-in until `config::redact_url` exists.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    let redacted = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        // `redis://password@host` is how some clients spell a bare password.
-        None if !userinfo.is_empty() => "***".to_string(),
-        None => String::new(),
-    };
-    format!("{}{}@{}", &url[..scheme_end + 3], redacted, &rest[at + 1..])
-}
 
 // ---------------------------------------------------------------------------
 // Error classification
@@ -1394,24 +1373,6 @@ mod tests {
         assert_eq!(
             heartbeat_channel("pfx:", 3),
             "pfx:/3.celeryev/worker.heartbeat"
-        );
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("redis://:secret@h:6379/0"),
-            "redis://:***@h:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://user:pw@h/1?x=y"),
-            "rediss://user:***@h/1?x=y"
-        );
-        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
-        assert_eq!(redact_url("redis://pw@h"), "redis://***@h");
-        assert_eq!(
-            redact_url("unix:///run/redis.sock"),
-            "unix:///run/redis.sock"
         );
     }
 
