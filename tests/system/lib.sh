@@ -113,8 +113,17 @@ install_deb() {
     deb=$(deb_path)
     cp "$deb" /root/
     step "apt install $(basename "$deb")"
-    DEBIAN_FRONTEND=noninteractive apt-get -o Debug::NoLocking=0 install -y --no-download "/root/$(basename "$deb")" \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download "/root/$(basename "$deb")" \
         || fail "apt install of $(basename "$deb") failed"
+}
+
+# write_env: the worker environment file, pointing the example app at the
+# local Redis (the packaged file holds placeholders).
+write_env() {
+    getent group clearify >/dev/null || fail "no clearify group: the package did not create it"
+    printf 'CELERY_BROKER_URL=%s\nCELERY_RESULT_BACKEND=%s\n' "$BROKER_URL" "$BROKER_URL" >/etc/clearify/worker.env
+    chown root:clearify /etc/clearify/worker.env
+    chmod 0640 /etc/clearify/worker.env
 }
 
 # write_config FILE-CONTENT: replace workers.toml (stdin).
@@ -131,6 +140,7 @@ two_group_config() {
     write_config <<TOML
 [daemon]
 device_id = "systest"
+$DAEMON_EXTRA
 
 [broker]
 url = "$BROKER_URL"
@@ -139,6 +149,7 @@ url = "$BROKER_URL"
 app = "demo.celery_app"
 command = "/usr/local/bin/celery"
 workdir = "$APP_DIR"
+env_file = "/etc/clearify/worker.env"
 user = "clearify"
 loglevel = "info"
 
@@ -157,6 +168,26 @@ concurrency = 1
 $billing_extra
 TOML
     clearify-workerd --check --config "$CONFIG" || fail "clearify-workerd --check rejects the scenario's config"
+}
+
+# Extra [daemon] keys for two_group_config (e.g. admin_group = "...").
+DAEMON_EXTRA=${DAEMON_EXTRA:-}
+
+# setup_service [TEXT_EXTRA] [BILLING_EXTRA]: the common start of a scenario:
+# the example app, Redis, the package, the two-group config; the service
+# restarted on it, every worker running and answering Celery pings.
+setup_service() {
+    install_demo_app
+    start_redis
+    install_deb
+    write_env
+    two_group_config "$@"
+    step "restart $UNIT on the two-group config"
+    systemctl restart "$UNIT" || fail "systemctl restart $UNIT failed"
+    wait_for 60 "$UNIT active" unit_is_active
+    wait_for 180 "all workers running" all_running
+    wait_for 240 "text-1@systest answers a Celery ping" celery_ready text-1@systest
+    wait_for 240 "billing-1@systest answers a Celery ping" celery_ready billing-1@systest
 }
 
 # ---- the service ---------------------------------------------------------------
@@ -231,3 +262,10 @@ request_next_boot() {
     touch "$SYSTEST_RESULTS/next-phase"
     echo "requested boot $((SYSTEST_PHASE + 1)) on the same disk"
 }
+
+# pool_children PID: the direct children of a worker's main process.
+pool_children() { pgrep -P "$1" | sort -n || true; }
+# proc_user PID: the user name a process runs as.
+proc_user() { ps -o user= -p "$1" | tr -d ' '; }
+# now_ms: wall clock in milliseconds.
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

@@ -1,8 +1,18 @@
 #!/bin/bash
 # Smoke: the VM is a real systemd + journald + cgroup v2 Debian 12 with Redis
-# and Celery, and the example app imports. Needs no .deb.
-# systest-timeout: 240
+# and Celery, and the example app imports. Needs no .deb. It also proves the
+# harness's second boot on a kept disk (what the gating scenario relies on).
+# systest-timeout: 300
 . "$SYSTEST_LIB"
+
+if [ "$SYSTEST_PHASE" = 2 ]; then
+    step "boot 2 on the same disk"
+    assert_eq "$(cat /var/lib/systest-smoke-marker 2>/dev/null)" "$(cat "$SYSTEST_RESULTS/smoke-marker")" "marker written on the disk in boot 1"
+    assert_ge "$(journalctl --list-boots --no-pager | wc -l)" 2 "boots in the persistent journal"
+    assert_eq "$(systemctl is-active redis-server || true)" inactive "redis-server after reboot (disabled)"
+    assert_eq "$(cat /proc/1/comm)" systemd "/proc/1/comm"
+    exit 0
+fi
 
 step "PID 1 is systemd"
 assert_eq "$(cat /proc/1/comm)" systemd "/proc/1/comm"
@@ -47,3 +57,8 @@ wait_for 60 "the worker exits on SIGTERM" sh -c "! kill -0 $worker"
 
 step "nothing failed during boot"
 assert_eq "$(systemctl --failed --no-legend --plain | wc -l)" 0 "failed units"
+
+step "ask for a second boot on this disk"
+echo "smoke-$RANDOM$RANDOM" | tee /var/lib/systest-smoke-marker >"$SYSTEST_RESULTS/smoke-marker"
+sync
+request_next_boot
