@@ -114,13 +114,17 @@ in_root systemctl enable systest-runner.service >>"$log" 2>&1
 in_root systemctl disable redis-server.service >>"$log" 2>&1 || true
 [ -e "$root/etc/systemd/system/multi-user.target.wants/redis-server.service" ] && die "redis-server still enabled"
 
-# No interactive use: no gettys; slow or irrelevant units masked.
+# No interactive use: no gettys, no logind (nobody logs in; runuser needs no
+# session); slow or irrelevant units masked (each costs seconds under TCG).
 for unit in serial-getty@ttyS0.service getty@tty1.service getty.target console-getty.service \
         e2scrub_reap.service e2scrub_all.timer e2scrub_all.service \
         apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service \
         dpkg-db-backup.timer man-db.timer fstrim.timer logrotate.timer \
         systemd-timesyncd.service systemd-networkd-wait-online.service \
-        systemd-pstore.service modprobe@drm.service; do
+        systemd-pstore.service modprobe@drm.service modprobe@dm_mod.service modprobe@fuse.service \
+        modprobe@loop.service modprobe@configfs.service sys-kernel-config.mount sys-fs-fuse-connections.mount \
+        systemd-logind.service sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount \
+        systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount; do
     in_root systemctl mask "$unit" >>"$log" 2>&1
 done
 # Root has no password; nobody logs in.
