@@ -27,10 +27,11 @@ up=$(cut -d' ' -f1 /proc/uptime)
 say "runner up at ${up}s, waiting for the boot to finish"
 state=$(timeout 180 systemctl is-system-running --wait 2>&1)
 up2=$(cut -d' ' -f1 /proc/uptime)
-printf 'runner_uptime=%s\nboot_done_uptime=%s\nsystem_state=%s\n' "$up" "$up2" "$state" >"$RESULTS/phase$phase.started"
+printf 'runner_uptime=%s\nboot_done_uptime=%s\nsystem_state=%s\n' "$up" "$up2" "$state" >"$RESULTS/phase$phase.started.tmp"
 if [ "$state" != running ]; then
-    systemctl --failed --no-legend --plain >>"$RESULTS/phase$phase.started" 2>&1
+    systemctl --failed --no-legend --plain >>"$RESULTS/phase$phase.started.tmp" 2>&1
 fi
+mv "$RESULTS/phase$phase.started.tmp" "$RESULTS/phase$phase.started"
 say "boot finished at ${up2}s (state: $state); running $scenario phase $phase (timeout ${limit}s)"
 
 export SYSTEST_SHARE=$SHARE SYSTEST_RESULTS=$RESULTS SYSTEST_PHASE=$phase SYSTEST_SCENARIO=$scenario

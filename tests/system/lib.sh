@@ -17,7 +17,7 @@ BROKER_URL=redis://127.0.0.1:6379/0
 export CELERY_BROKER_URL=$BROKER_URL
 
 _t0=$(date +%s)
-trap '_rc=$?; if [ $_rc != 0 ]; then echo "FAIL: scenario ${SYSTEST_SCENARIO:-?} phase $SYSTEST_PHASE exited $_rc at line $LINENO after $(( $(date +%s) - _t0 )) s" >&2; fi' EXIT
+trap '_rc=$?; if [ $_rc != 0 ]; then echo "FAIL: scenario ${SYSTEST_SCENARIO:-?} phase $SYSTEST_PHASE exited $_rc after $(( $(date +%s) - _t0 )) s" >&2; fi' EXIT
 
 step() { echo "== [$(( $(date +%s) - _t0 ))s] $*"; }
 note() { echo "   $*"; }
@@ -100,8 +100,8 @@ install_demo_app() {
 
 deb_path() {
     local debs
-    debs=$(ls -1 "$SYSTEST_SHARE"/deb/clearify-workerd_*_amd64.deb 2>/dev/null || true)
-    [ -n "$debs" ] || fail "no clearify-workerd_*_amd64.deb in the share: pass run.sh --deb PATH (or build dist/ first)"
+    debs=$(ls -1 "$SYSTEST_SHARE"/deb/*.deb 2>/dev/null || true)
+    [ -n "$debs" ] || fail "no .deb in the share: pass run.sh --deb PATH (or build dist/clearify-workerd_*_amd64.deb first)"
     [ "$(echo "$debs" | wc -l)" = 1 ] || fail "more than one .deb in the share: $debs"
     echo "$debs"
 }
@@ -113,7 +113,7 @@ install_deb() {
     deb=$(deb_path)
     cp "$deb" /root/
     step "apt install $(basename "$deb")"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download "/root/$(basename "$deb")" \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "/root/$(basename "$deb")" \
         || fail "apt install of $(basename "$deb") failed"
 }
 

@@ -50,10 +50,29 @@ step "a Celery worker of the example app executes a task via Redis"
     env HOME=/tmp python3 -m celery -A demo.celery_app worker -Q smoke -c 1 -n smoke@systest --loglevel=info) \
     >/root/worker.log 2>&1 &
 worker=$!
+wait_for 240 "the worker answers a Celery ping (lib.sh celery_ready)" celery_ready smoke@systest
 out=$(tasks call demo.add smoke '[2, 40]' --timeout 120 --expect 42) || { cat /root/worker.log; fail "demo.add via a real worker"; }
 assert_eq "$out" 42 "demo.add(2, 40)"
+tasks batch smoke 20 --timeout 240 || { tail -20 /root/worker.log; fail "20 tasks via tasks.py batch"; }
+id=$(tasks send demo.sleep smoke '[1, "s"]')
+assert_eq "$(tasks result "$id" --timeout 120)" '{"slept": 1, "tag": "s"}' "tasks.py send + result"
+assert_fails "tasks.py reports a failing task" tasks call demo.fail smoke '["x"]' --timeout 60
+assert_eq "$(proc_user "$worker")" nobody "user of the worker (the subshell execs setpriv, env, python3)"
+assert_ge "$(pgrep -u nobody -f 'celery -A demo.celery_app worker' | wc -l)" 2 "worker processes as nobody (main + pool)"
 kill -TERM "$worker"
 wait_for 60 "the worker exits on SIGTERM" sh -c "! kill -0 $worker"
+
+step "lib.sh status helpers on a synthetic status document"
+cat >"$STATUS_FILE" <<'JSON'
+{"daemon": {"version": "0", "pid": 1, "uptime_secs": 0, "device_id": "systest", "config": "/x",
+            "broker": {"state": "ok", "url": "redis://127.0.0.1:6379/0", "error": null}, "summary": "2/2 workers running"},
+ "groups": [{"name": "text", "queues": [{"name": "text_processing", "backlog": 0}],
+             "instances": [{"id": "text-1", "node": "text-1@systest", "state": "running", "pid": 42, "restarts": 0, "last_exit": null}]}]}
+JSON
+assert_eq "$(jq_py 'inst("text-1")["node"]')" text-1@systest "jq_py inst()"
+assert_eq "$(jq_py 'inst("text-1")["last_exit"]')" null "jq_py null"
+assert_eq "$(jq_py '[q["name"] for q in group("text")["queues"]]')" '["text_processing"]' "jq_py group()"
+assert_fails "jq_py on a missing instance" jq_py 'inst("nope-1")'
 
 step "nothing failed during boot"
 assert_eq "$(systemctl --failed --no-legend --plain | wc -l)" 0 "failed units"
