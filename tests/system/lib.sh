@@ -233,6 +233,7 @@ all_running() {
     [ "$(jq_py 'all(i["state"] == "running" and i["pid"] for g in d["groups"] for i in g["instances"]) and len(d["groups"]) > 0')" = true ]
 }
 instance_running() { [ "$(instance_field "$1" state)" = running ]; }
+instance_state_is() { [ "$(instance_field "$1" state)" = "$2" ]; }
 
 # start_service_and_wait: enable --now and wait for every instance running.
 start_service_and_wait() {

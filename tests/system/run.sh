@@ -51,8 +51,15 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+for tool in qemu-system-x86_64 qemu-img mmdebstrap mke2fs; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "run.sh: $tool missing: running install-deps.sh"
+        "$here/install-deps.sh" || die "could not install the tools (see install-deps.sh)"
+        break
+    fi
+done
 for tool in qemu-system-x86_64 qemu-img timeout; do
-    command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install qemu-system-x86 qemu-utils)"
+    command -v "$tool" >/dev/null || die "missing tool: $tool (tests/system/install-deps.sh installs it)"
 done
 
 # Resolve the scenario names.

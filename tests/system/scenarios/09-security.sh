@@ -41,7 +41,8 @@ assert_eq "$(instance_field text-1 pid)" "$text_pid" "text-1 pid after nobody's 
 
 step "a member of the admin group may stop and start"
 assert_exit 0 "opsuser: clearifyctl stop text-1" runuser -u opsuser -- clearifyctl stop text-1
-wait_for 90 "text-1 stopped" sh -c "[ \"\$(clearifyctl status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print([i[\"state\"] for g in d[\"groups\"] for i in g[\"instances\"] if i[\"id\"]==\"text-1\"][0])')\" = stopped ]"
+wait_for 90 "text-1 stopped" instance_state_is text-1 stopped
+assert_eq "$(instance_field text-1 pinned)" true "text-1 pinned by the operator stop"
 assert_exit 0 "opsuser: clearifyctl start text-1" runuser -u opsuser -- clearifyctl start text-1
 wait_for 90 "text-1 running again" instance_running text-1
 
