@@ -37,7 +37,8 @@ names=()
 usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
-all_scenarios() { (cd "$here/scenarios" && ls -1 -- *.sh | sed 's/\.sh$//' | sort -V); }
+# smoke first: when the VM itself is broken, it says so fastest.
+all_scenarios() { (cd "$here/scenarios" && ls -1 -- *.sh | sed 's/\.sh$//' | sort -V | awk '$0 == "smoke" {print; next} {rest[++n] = $0} END {for (i = 1; i <= n; i++) print rest[i]}'); }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -172,7 +173,15 @@ show_failure() {
 
 passed=0
 failed=0
+boot_broken=""
 for name in "${scenarios[@]}"; do
+    if [ -n "$boot_broken" ]; then
+        # Don't spend a boot timeout per scenario on a VM that cannot boot.
+        failed=$((failed + 1))
+        echo "run.sh: FAIL $name: not run: $boot_broken"
+        echo "FAIL $name 0s not run: $boot_broken" >>"$summary"
+        continue
+    fi
     dir=$run_dir/$name
     share=$dir/share
     mkdir -p "$share/systest" "$share/results" "$share/deb" "$share/examples"
@@ -194,6 +203,7 @@ for name in "${scenarios[@]}"; do
                 why="no result from phase $phase (scenario or VM hung; QEMU killed)"
             else
                 why="VM did not boot to the runner (phase $phase)"
+                boot_broken="the VM of $name did not boot"
             fi
             show_failure "$name" "$dir" "$phase"
             break
