@@ -107,6 +107,12 @@ ln -sfn "$run_id" "$out_root/latest"
 summary=$run_dir/summary.txt
 : >"$summary"
 
+# Never leave a QEMU behind when run.sh itself is stopped.
+qemu_pid=""
+on_exit() { [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null; }
+trap on_exit EXIT
+trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
+
 ms() { echo $(($(date +%s%N) / 1000000)); }
 secs() { printf '%d.%01d' $(($1 / 1000)) $((($1 % 1000) / 100)); }
 
@@ -137,6 +143,7 @@ boot() {
         -device virtio-rng-pci \
         </dev/null >"$dir/qemu-phase$phase.out" 2>&1 &
     pid=$!
+    qemu_pid=$pid
     # Watch for the runner to start, and for the boot budget.
     while kill -0 "$pid" 2>/dev/null; do
         if [ -z "$started" ] && [ -f "$share/results/phase$phase.started" ]; then
@@ -155,6 +162,7 @@ boot() {
     done
     wait "$pid"
     local qrc=$?
+    qemu_pid=""
     t1=$(ms)
     echo "run.sh:   $name phase $phase: QEMU exited ($qrc) after $(secs $((t1 - t0))) s"
     echo "$name phase$phase boot_to_runner=${started:-none} vm_total=$(secs $((t1 - t0)))" >>"$run_dir/timings.txt"
