@@ -1,0 +1,162 @@
+#!/bin/bash
+# Build (or reuse) the Debian 12 VM image for the clearify-workerd system tests.
+#
+#   tests/system/build-image.sh [--print-dir] [--force]
+#
+# The image is cached outside the repository, under $SYSTEST_CACHE
+# (default /var/cache/clearify-systest), in a directory named by a hash of
+# everything that goes into it: this script, image/packages.txt and the files
+# under image/. A cached image is reused as is; --force rebuilds it.
+# Output in the cache directory:
+#   rootfs.raw   ext4 file system image (no partition table), root=/dev/vda
+#   vmlinuz      the image's kernel, for a direct -kernel boot
+#   initrd.img   a trimmed initrd (virtio_pci, virtio_blk, ext4, 9p)
+#   build.log, timings, ok
+# The last line printed on stdout is the cache directory.
+#
+# Needs root, mmdebstrap, mke2fs (e2fsprogs) and access to Debian's package
+# archive. The archive is taken from the host's own apt sources
+# (/etc/apt/sources.list.d/debian.sources, or $SYSTEST_APT_SOURCES).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache_root=${SYSTEST_CACHE:-/var/cache/clearify-systest}
+sources=${SYSTEST_APT_SOURCES:-/etc/apt/sources.list.d/debian.sources}
+image_size=${SYSTEST_IMAGE_SIZE:-4G}
+force=0
+for arg in "$@"; do
+    case "$arg" in
+        --force) force=1 ;;
+        --print-dir) ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "build-image.sh: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "build-image.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap and chroot)"
+for tool in mmdebstrap mke2fs chroot sha256sum flock; do
+    command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install mmdebstrap e2fsprogs)"
+done
+[ -r "$sources" ] || die "no apt sources file at $sources (set SYSTEST_APT_SOURCES)"
+
+# The cache key: every input of the image, by content.
+key=$(
+    cd "$here"
+    { cat build-image.sh; for f in image/*; do echo "== $f"; cat "$f"; done; } | sha256sum | cut -c1-16
+)
+dir=$cache_root/$key
+mkdir -p "$cache_root"
+
+exec 9>"$cache_root/.lock-$key"
+flock -w 3600 9 || die "timed out waiting for another build of $dir"
+
+if [ "$force" = 0 ] && [ -f "$dir/ok" ]; then
+    echo "build-image.sh: using cached image $dir" >&2
+    echo "$dir"
+    exit 0
+fi
+
+work=$(mktemp -d "$cache_root/build-$key.XXXXXX")
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+root=$work/root
+log=$work/build.log
+t0=$(date +%s)
+echo "build-image.sh: building $dir (log: $log)" >&2
+
+mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$here/image/packages.txt")
+include=$(IFS=,; echo "${pkgs[*]}")
+
+# mmdebstrap: essential + apt, plus our packages, without Recommends.
+if ! timeout 1800 mmdebstrap \
+        --variant=apt \
+        --aptopt='APT::Install-Recommends "false"' \
+        --aptopt='Acquire::Retries "3"' \
+        --include="$include" \
+        --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+        --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        bookworm "$root" "$sources" >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    die "mmdebstrap failed (log above)"
+fi
+t1=$(date +%s)
+
+in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+
+# --- configuration ----------------------------------------------------------
+echo systest >"$root/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tsystest\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+printf '/dev/vda\t/\text4\trw,relatime,errors=remount-ro\t0\t1\n' >"$root/etc/fstab"
+# Machine id: generated on first boot (the file exists but is empty).
+: >"$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+# Persistent journal, so a second boot can read the first one.
+mkdir -p "$root/var/log/journal"
+
+# Trimmed initrd: only the modules a virtio guest with an ext4 root needs.
+sed -i -e 's/^MODULES=.*/MODULES=list/' -e 's/^COMPRESS=.*/COMPRESS=gzip/' \
+    "$root/etc/initramfs-tools/initramfs.conf"
+printf '%s\n' virtio_pci virtio_blk virtio_console ext4 9p 9pnet_virtio >"$root/etc/initramfs-tools/modules"
+in_root update-initramfs -u -k all >>"$log" 2>&1 || die "update-initramfs failed (see $log)"
+
+# The celery wrapper (Debian's python3-celery has no /usr/bin/celery).
+install -m 0755 "$here/image/celery" "$root/usr/local/bin/celery"
+
+# The in-guest runner bootstrap and its unit.
+install -m 0755 "$here/image/systest-boot" "$root/usr/local/sbin/systest-boot"
+install -m 0644 "$here/image/systest-runner.service" "$root/etc/systemd/system/systest-runner.service"
+in_root systemctl enable systest-runner.service >>"$log" 2>&1
+
+# Redis stays disabled: scenarios decide when the broker runs.
+in_root systemctl disable redis-server.service >>"$log" 2>&1 || true
+[ -e "$root/etc/systemd/system/multi-user.target.wants/redis-server.service" ] && die "redis-server still enabled"
+
+# No interactive use: no gettys, no logind (nobody logs in; runuser needs no
+# session); slow or irrelevant units masked (each costs seconds under TCG).
+for unit in serial-getty@ttyS0.service getty@tty1.service getty.target console-getty.service \
+        e2scrub_reap.service e2scrub_all.timer e2scrub_all.service \
+        apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service \
+        dpkg-db-backup.timer man-db.timer fstrim.timer logrotate.timer \
+        systemd-timesyncd.service systemd-networkd-wait-online.service \
+        systemd-pstore.service modprobe@drm.service modprobe@dm_mod.service modprobe@fuse.service \
+        modprobe@loop.service modprobe@configfs.service sys-kernel-config.mount sys-fs-fuse-connections.mount \
+        systemd-logind.service sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount \
+        systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount; do
+    in_root systemctl mask "$unit" >>"$log" 2>&1
+done
+# Root has no password; nobody logs in.
+in_root passwd -l root >>"$log" 2>&1
+
+# Keep the image small.
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*_Packages
+
+# Kernel and initrd for a direct boot.
+mkdir -p "$work/out"
+cp "$(ls -1 "$root"/boot/vmlinuz-* | sort -V | tail -1)" "$work/out/vmlinuz"
+cp "$(ls -1 "$root"/boot/initrd.img-* | sort -V | tail -1)" "$work/out/initrd.img"
+[ -s "$work/out/vmlinuz" ] && [ -s "$work/out/initrd.img" ] || die "no kernel or initrd in the image"
+
+# ext4 file system straight from the directory (no loop mount needed).
+mke2fs -q -t ext4 -L systest-root -E root_owner=0:0 -d "$root" "$work/out/rootfs.raw" "$image_size" >>"$log" 2>&1 \
+    || die "mke2fs failed (see $log)"
+t2=$(date +%s)
+
+{
+    echo "mmdebstrap_secs=$((t1 - t0))"
+    echo "configure_and_mkfs_secs=$((t2 - t1))"
+    echo "total_secs=$((t2 - t0))"
+    echo "built_at=$(date -u +%FT%TZ)"
+    echo "kernel=$(basename "$(ls -1 "$root"/boot/vmlinuz-* | sort -V | tail -1)")"
+} >"$work/out/timings"
+cp "$log" "$work/out/build.log"
+printf '%s\n' "${pkgs[@]}" >"$work/out/packages"
+in_root dpkg-query -W -f '${Package} ${Version}\n' >"$work/out/manifest"
+touch "$work/out/ok"
+
+rm -rf "$dir"
+mv "$work/out" "$dir"
+echo "build-image.sh: built $dir in $((t2 - t0)) s" >&2
+echo "$dir"
