@@ -14,6 +14,9 @@ stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(unit deb system)
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+
 step() { printf '\n==== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 
 step "dependencies"
@@ -27,12 +30,17 @@ if want unit; then
     step "cargo test"
     cargo test --locked --no-fail-fast
 fi
-if want deb && [ -x packaging/build-deb.sh ]; then
+if want deb; then
     step "Debian packages (amd64 + arm64) and lintian"
+    $SUDO packaging/setup-cross.sh
     packaging/build-deb.sh all
 fi
-if want system && [ -x tests/system/run.sh ]; then
+if want system; then
     step "system tests in a Debian 12 VM"
-    tests/system/run.sh --deb "$(ls -t dist/clearify-workerd_*_amd64.deb | head -n1)" ${SYSTEM_SCENARIOS:-}
+    deb=$(ls -t dist/clearify-workerd_*_amd64.deb 2>/dev/null | head -n1)
+    [ -n "$deb" ] || { echo "no dist/clearify-workerd_*_amd64.deb: run the deb stage first" >&2; exit 1; }
+    # SYSTEM_SCENARIOS names the scenarios to run (default: all of them).
+    # shellcheck disable=SC2086
+    tests/system/run.sh --deb "$deb" ${SYSTEM_SCENARIOS:-}
 fi
 step "all tests passed"

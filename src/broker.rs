@@ -327,7 +327,6 @@ fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-
 // ---------------------------------------------------------------------------
 // Error classification
 
@@ -966,9 +965,47 @@ async fn main_task(
                 delay = delay.min(limit - elapsed);
             }
         }
+        // After "connection refused" the port itself is watched once a
+        // second during the delay (a bare connect, which costs a closed port
+        // nothing): the gate reacts within about a second of Redis starting,
+        // while the full attempts keep their 200 ms → 10 s backoff.
+        let watch_port = last_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("refused") || r.contains("No such file"));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            _ = wait_for_port(&target), if watch_port => {}
             _ = tx.closed() => return,
+        }
+    }
+}
+
+/// How often [`wait_for_port`] tries the broker's port.
+const PORT_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Returns once the broker's address accepts a connection (TCP or unix
+/// socket; no Redis protocol is spoken).
+async fn wait_for_port(target: &Target) {
+    loop {
+        tokio::time::sleep(PORT_WATCH_INTERVAL).await;
+        let attempt = async {
+            match target.bare_info.addr() {
+                redis::ConnectionAddr::Unix(path) => {
+                    tokio::net::UnixStream::connect(path).await.is_ok()
+                }
+                _ => match &target.host_port {
+                    Some((host, port)) => tokio::net::TcpStream::connect((host.as_str(), *port))
+                        .await
+                        .is_ok(),
+                    None => false,
+                },
+            }
+        };
+        if tokio::time::timeout(PORT_WATCH_INTERVAL, attempt)
+            .await
+            .unwrap_or(false)
+        {
+            return;
         }
     }
 }

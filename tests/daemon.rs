@@ -542,9 +542,19 @@ fn workers_wait_for_the_broker_and_start_when_it_comes_up() {
         summary.starts_with("waiting for broker redis://127.0.0.1:"),
         "{summary}"
     );
+    // By now the gate's retry delay has grown to ~6 s; the port watch
+    // still starts the workers within about a second of Redis coming up.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(d.instance("text-1")["state"], "waiting-for-broker");
     redis.restart();
-    d.wait_state("text-1", "running", T);
+    let t0 = Instant::now();
+    d.wait_state("text-1", "starting", T);
     d.wait_state("text-2", "running", T);
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "workers started {:?} after Redis came up",
+        t0.elapsed()
+    );
     assert_eq!(d.status()["daemon"]["broker"]["state"], "ok");
     drop(redis);
 }
