@@ -367,7 +367,7 @@ impl Machine {
         match inst.phase {
             Phase::Starting => {
                 inst.phase = Phase::Running { since: now };
-                info!(instance = id, pid, "started");
+                info!(instance = id, pid, "{id} started (pid {pid})");
             }
             Phase::Stopping { .. } => {
                 // A stop arrived while it was being spawned.
@@ -390,7 +390,7 @@ impl Machine {
         if inst.generation != generation {
             return;
         }
-        warn!(instance = id, %error, "could not start worker");
+        warn!(instance = id, %error, "{id}: could not start worker: {error}");
         match inst.phase {
             Phase::Starting => self.schedule_restart(id, ExitReason::SpawnFailed(error), true, now),
             Phase::Stopping { .. } => {
@@ -419,7 +419,7 @@ impl Machine {
             }
             Phase::Starting => self.schedule_restart(&id, reason, true, now),
             Phase::Stopping { .. } => {
-                info!(instance = %id, pid, %reason, "worker stopped");
+                info!(instance = %id, pid, %reason, "{id} stopped ({reason})");
                 inst.last_exit = Some(reason);
                 self.kill_tree(&id);
             }
@@ -861,10 +861,11 @@ impl Machine {
                 %reason,
                 failures = inst.quick_failures,
                 delay = ?delay,
-                "worker is crash-looping; restarting after backoff"
+                "{id} exited ({reason}) and is crash-looping ({} quick failures in a row); restarting in {delay:?}",
+                inst.quick_failures
             );
         } else {
-            warn!(instance = id, %reason, delay = ?delay, "worker exited; restarting");
+            warn!(instance = id, %reason, delay = ?delay, "{id} exited ({reason}); restarting in {delay:?}");
         }
         let had_pid = !matches!(reason, ExitReason::SpawnFailed(_));
         inst.last_exit = Some(reason);
@@ -910,7 +911,7 @@ impl Machine {
                 info!(
                     instance = id,
                     reason = why,
-                    "stopping worker (SIGTERM: warm shutdown)"
+                    "stopping {id} ({why}): SIGTERM, warm shutdown"
                 );
                 inst.phase = Phase::Stopping {
                     stage: Stage::Term,
@@ -938,7 +939,8 @@ impl Machine {
                 warn!(
                     instance = id,
                     timeout = ?inst.spec.timing.stop_timeout,
-                    "worker did not stop in time; SIGQUIT (cold shutdown)"
+                    "{id} did not stop within {:?}; SIGQUIT (cold shutdown)",
+                    inst.spec.timing.stop_timeout
                 );
                 inst.phase = Phase::Stopping {
                     stage: Stage::Quit,
@@ -956,12 +958,12 @@ impl Machine {
                 if stage == Stage::Kill {
                     warn!(
                         instance = id,
-                        "processes still alive after SIGKILL; killing again"
+                        "{id}: processes still alive after SIGKILL; killing again"
                     );
                 } else {
                     warn!(
                         instance = id,
-                        "worker ignored SIGQUIT; killing its process tree"
+                        "{id} ignored SIGQUIT; killing its process tree"
                     );
                 }
                 inst.phase = Phase::Stopping {
@@ -988,7 +990,7 @@ impl Machine {
             After::Remove => {
                 let group = inst.spec.group.clone();
                 self.instances.remove(id);
-                info!(instance = id, "instance removed");
+                info!(instance = id, "{id} removed (no longer in the config)");
                 let group_gone = self.plan.group(&group).is_none()
                     && !self.instances.values().any(|i| i.spec.group == group);
                 if group_gone {
@@ -1049,7 +1051,7 @@ impl Machine {
                 "no heartbeat for {}",
                 humantime::format_duration(now.saturating_duration_since(last))
             );
-            warn!(instance = id, reason = %why, "worker is alive but silent; restarting it");
+            warn!(instance = id, reason = %why, "{id} is alive but silent ({why}); restarting it");
             inst.health.last_heartbeat = None;
             self.restart_one(id, &why, now);
             return;
@@ -1063,7 +1065,7 @@ impl Machine {
                         "stalled: backlog {backlog} but no progress for {}",
                         humantime::format_duration(now.saturating_duration_since(since))
                     );
-                    warn!(instance = id, reason = %why, "restarting stalled worker");
+                    warn!(instance = id, reason = %why, "{id} {why}; restarting it");
                     inst.health.stall_since = None;
                     self.restart_one(id, &why, now);
                 }

@@ -196,7 +196,7 @@ impl Supervisor {
         if let Some(t) = &self.cgroups {
             for g in self.machine.plan().groups.iter() {
                 if let Err(e) = t.remove_group(&g.name) {
-                    warn!(group = %g.name, error = %e, "could not remove the group's cgroup");
+                    warn!(group = %g.name, error = %e, "could not remove the cgroup of group {}: {e}", g.name);
                 }
             }
         }
@@ -274,7 +274,7 @@ impl Supervisor {
             }
             BrokerEvent::Up { latency } => {
                 if self.broker.state != "ok" {
-                    info!(latency = ?latency, "broker is reachable");
+                    info!(latency = ?latency, "broker is reachable ({latency:?})");
                     self.broker.since = Some(SystemTime::now());
                 }
                 self.broker.state = "ok";
@@ -288,7 +288,7 @@ impl Supervisor {
             }
             BrokerEvent::Down { error, since } => {
                 if self.broker.state != "unreachable" {
-                    warn!(%error, "broker unreachable; workers keep running and will reconnect");
+                    warn!(%error, "broker unreachable ({error}); workers keep running and will reconnect");
                 }
                 self.broker = BrokerView {
                     state: "unreachable",
@@ -299,7 +299,7 @@ impl Supervisor {
                 self.machine.broker_health(false, now);
             }
             BrokerEvent::Fatal { error } => {
-                error!(%error, "broker configuration error");
+                error!(%error, "broker configuration error: {error}");
                 self.broker.state = "unreachable";
                 self.broker.error = Some(error);
                 if !self.machine.gate_open() {
@@ -373,7 +373,9 @@ impl Supervisor {
                                 warn!(%group, "{w}");
                             }
                         }
-                        Err(e) => error!(%group, error = %e, "could not set up the group's cgroup"),
+                        Err(e) => {
+                            error!(%group, error = %e, "could not set up the cgroup of group {group}: {e}")
+                        }
                     }
                 }
             }
@@ -429,7 +431,7 @@ impl Supervisor {
                     StopSignal::Quit => Signal::SIGQUIT,
                 };
                 if let Err(e) = process::signal(pid, sig) {
-                    warn!(instance = %id, pid, error = %e, "could not signal worker");
+                    warn!(instance = %id, pid, error = %e, "{id}: could not signal pid {pid}: {e}");
                 }
             }
             Action::KillTree {
@@ -448,11 +450,11 @@ impl Supervisor {
                         && let Err(e) = t.kill_instance(&group, &id)
                         && !e.is_not_found()
                     {
-                        warn!(instance = %id, error = %e, "cgroup kill failed; killing by pid");
+                        warn!(instance = %id, error = %e, "{id}: cgroup kill failed ({e}); killing by pid");
                     }
                     let left = process::kill_run(pgid, &marker, Duration::from_secs(2));
                     if left > 0 {
-                        error!(instance = %id, left, "processes of the worker survived SIGKILL");
+                        error!(instance = %id, left, "{id}: {left} processes survived SIGKILL");
                     } else {
                         let _ = tx.blocking_send(Msg::TreeCleared { id, seq });
                     }
@@ -462,7 +464,7 @@ impl Supervisor {
                 if let Some(t) = &self.cgroups
                     && let Err(e) = t.remove_group(&group)
                 {
-                    warn!(%group, error = %e, "could not remove the group's cgroup");
+                    warn!(%group, error = %e, "could not remove the cgroup of group {group}: {e}");
                 }
             }
             Action::Exit => self.exit_code = Some(0),
@@ -910,7 +912,11 @@ fn log_reload(r: &ReloadReport) {
             removed = ?r.removed,
             changed = ?r.changed,
             unchanged = ?r.unchanged,
-            "config reloaded"
+            "config reloaded: added {:?}, removed {:?}, changed {:?}, unchanged {:?}",
+            r.added,
+            r.removed,
+            r.changed,
+            r.unchanged
         );
         for w in &r.warnings {
             warn!("{w}");
