@@ -37,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 TARGETS = {
@@ -142,6 +143,29 @@ def vm_status(pid):
             if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
                 out[k] = int(v.split()[0])
     return out
+
+
+def smaps_rollup(pid):
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if v.strip().endswith("kB"):
+                    out[k] = int(v.split()[0])
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def exec_floor(worker, runs):
+    """fork+exec of the trivial worker from a tiny static parent -> its main(), ms."""
+    out = subprocess.run([worker, "--exec-floor", str(runs)], capture_output=True, text=True,
+                         check=True)
+    xs = [int(x) / 1e6 for x in out.stdout.split()]
+    return {"exec_floor_median_ms": statistics.median(xs),
+            "exec_floor_p10_ms": percentile(xs, 10),
+            "exec_floor_p90_ms": percentile(xs, 90)}
 
 
 def spawn(argv, env, stdout_path):
@@ -346,6 +370,23 @@ class Daemon:
         }
         self.pid = None
         self.records = Records(self.records_path)
+        self.notify_msgs = []
+        if args.notify:
+            # As under systemd (Type=notify): a datagram socket that takes the
+            # daemon's READY=1 / STATUS= / STOPPING=1, drained by a thread.
+            path = os.path.join(self.dir, "notify.sock")
+            self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.notify.bind(path)
+            self.env["NOTIFY_SOCKET"] = path
+            threading.Thread(target=self._drain_notify, daemon=True).start()
+
+    def _drain_notify(self):
+        while True:
+            try:
+                msg = self.notify.recv(4096)
+            except OSError:
+                return
+            self.notify_msgs.append((mono(), msg.decode(errors="replace")))
 
     def spawn(self):
         self.t_spawn_real = time.time_ns()
@@ -417,6 +458,7 @@ def bench_n(args, n, redis_port):
 
 def run_n(args, d, r):
     n = d.n
+    r.update(exec_floor(args.worker, 50))
     log(f"N={n}: start")
     d.spawn()
     deadline = time.monotonic() + 30
@@ -425,7 +467,7 @@ def run_n(args, d, r):
         if time.monotonic() > deadline:
             sys.exit(f"bench: only {len(d.records.starts())}/{n} workers started in 30 s")
         d.check_alive()
-        time.sleep(0.001)
+        time.sleep(0.005)  # the figure comes from the workers' own clocks
     starts = d.records.starts()
     last_mono = max(x[2] for x in starts)
     last_real = max(x[3] for x in starts)
@@ -449,6 +491,7 @@ def run_n(args, d, r):
     r["rss_anon_kib"] = vm.get("RssAnon")
     r["rss_file_kib"] = vm.get("RssFile")
     r["threads"] = vm.get("Threads")
+    r["pss_kib"] = smaps_rollup(d.pid).get("Pss")
 
     log(f"N={n}: idle {args.idle} s")
     m = CpuMeter(d.pid).start()
@@ -484,6 +527,20 @@ def run_n(args, d, r):
             jwalls.append(ns / 1e6)
     finally:
         os.close(devnull)
+    # The daemon samples worker CPU/memory at most once a second, so calls
+    # back to back share one sample; a person running status now and then
+    # pays for a fresh one every time. Measure that case too.
+    cold = []
+    devnull = os.open("/dev/null", os.O_RDWR)
+    try:
+        for _ in range(args.cold_status_runs):
+            time.sleep(1.1)
+            m1 = CpuMeter(d.pid).start()
+            timed_run(d.ctl("status"), d.env, devnull)
+            cold.append(m1.stop().ms)
+    finally:
+        os.close(devnull)
+    r["status_cpu_cold_ms"] = statistics.median(cold) if cold else None
     r["status_median_ms"] = statistics.median(walls)
     r["status_p90_ms"] = percentile(walls, 90)
     r["status_min_ms"] = min(walls)
@@ -494,6 +551,7 @@ def run_n(args, d, r):
     ids = sorted(pids, key=lambda i: int(i.rsplit("-", 1)[1]))
     lat = []
     d.records.poll()
+    m = CpuMeter(d.pid).start()
     for k in range(args.kills):
         iid = ids[k % len(ids)]
         pid = pids[iid]
@@ -506,13 +564,17 @@ def run_n(args, d, r):
             if not new:
                 if time.monotonic() > deadline:
                     sys.exit(f"bench: no replacement for {iid} (pid {pid}) after 10 s")
-                time.sleep(0.0005)
+                time.sleep(0.001)  # the figure comes from the worker's own clock
         if len(new) != 1:
             sys.exit(f"bench: expected one replacement, got {new}")
         pids[iid] = new[0][1]
         lat.append((new[0][2] - t_kill) / 1e6)
         time.sleep(args.gap)
+    m.stop()
+    # Includes the blocking thread that clears each run's process tree.
+    r["restart_cpu_ms"] = m.ms / args.kills
     r["restart_median_ms"] = statistics.median(lat)
+    r["restart_p10_ms"] = percentile(lat, 10)
     r["restart_p90_ms"] = percentile(lat, 90)
     r["restart_min_ms"] = min(lat)
     r["restart_max_ms"] = max(lat)
@@ -530,6 +592,8 @@ def run_n(args, d, r):
 
     log(f"N={n}: stop")
     d.records.poll()
+    # Clock ticks include threads that already ended (10 ms grain).
+    cpu_before_stop = cpu_ticks_ms(d.pid)
     t_term = mono()
     os.kill(d.pid, signal.SIGTERM)
     _, st, ru = os.wait4(d.pid, 0)
@@ -548,10 +612,13 @@ def run_n(args, d, r):
     r["stop_workers_ms"] = (max(exits[p][2] for p in pids.values()) - t_term) / 1e6
     r["stop_first_worker_ms"] = (min(exits[p][2] for p in pids.values()) - t_term) / 1e6
     r["daemon_cpu_total_ms"] = (ru.ru_utime + ru.ru_stime) * 1000
-    r["daemon_maxrss_kib"] = ru.ru_maxrss
+    r["stop_cpu_ms"] = r["daemon_cpu_total_ms"] - cpu_before_stop
     with open(d.log, errors="replace") as f:
         text = ANSI.sub("", f.read())
     r["limits_on"] = "resource limits are on" in text
+    r["notify_socket"] = bool(args.notify)
+    r["notify_messages"] = len(d.notify_msgs)
+    r["notify_ready"] = any("READY=1" in m for _, m in d.notify_msgs)
     r["warnings_in_log"] = [l for l in text.splitlines() if " WARN " in l][:5]
     return r
 
@@ -575,6 +642,7 @@ def machine():
         "kernel": platform.release(),
         "mem_total_kib": int(mem),
         "loadavg_at_end": " ".join(load),
+        "nice": os.nice(0),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -589,7 +657,7 @@ def fmt(v, unit):
 
 def table(results):
     ns = [r["n"] for r in results]
-    head = "| measure | target | " + " | ".join(f"N={n}" for n in ns) + " | verdict |"
+    head = "| measure | target | " + " | ".join(f"N={n}" for n in ns) + " | verdict (largest N) |"
     rows = [head, "|" + "---|" * (len(ns) + 3)]
     for key, (label, target, unit) in TARGETS.items():
         vals = [r.get(key) for r in results]
@@ -602,20 +670,32 @@ def table(results):
         ("start: broker gate opened -> all exec'd", "start_gate_ms", "ms"),
         ("start: daemon spawn -> gate opened", "gate_after_spawn_ms", "ms"),
         ("start: daemon spawn -> socket ready", "socket_ready_after_spawn_ms", "ms"),
-        ("restart latency p90", "restart_p90_ms", "ms"),
-        ("restart latency min / max", None, None),
+        ("restart latency p10 / p90", "restart_p10_p90", None),
+        ("restart latency min / max", "restart_min_max", None),
+        ("floor: fork+exec -> main() of the worker from a tiny C parent, median (p10)", "exec_floor", None),
+        ("daemon CPU per restart (incl. the process-tree sweep thread)", "restart_cpu_ms", "ms"),
         ("stop: SIGTERM -> last worker got SIGTERM", "stop_workers_ms", "ms"),
         ("daemon VmHWM at the end", "hwm_kib_end", "KiB"),
+        ("daemon PSS after start", "pss_kib", "KiB"),
+        ("daemon RssAnon / RssFile after start", "rss_split", None),
+        ("daemon CPU during stop (10 ms grain)", "stop_cpu_ms", "ms"),
         ("idle CPU in clock ticks (10 ms grain), per 30 s", "idle_cpu_ticks_ms", "ms"),
         ("idle wake-ups (context switches) per s", "idle_wakeups_per_s", "n"),
         ("`clearifyctl status` p90", "status_p90_ms", "ms"),
         ("`clearifyctl status --json` median", "status_json_median_ms", "ms"),
+        ("daemon CPU per status call, calls > 1 s apart (median)", "status_cpu_cold_ms", "ms"),
         ("daemon CPU through start", "daemon_cpu_through_start_ms", "ms"),
         ("daemon CPU, whole run", "daemon_cpu_total_ms", "ms"),
     ]
     for label, key, unit in extra:
-        if key is None:
+        if key == "restart_p10_p90":
+            cells = [f"{r['restart_p10_ms']:.2f} / {r['restart_p90_ms']:.2f} ms" for r in results]
+        elif key == "restart_min_max":
             cells = [f"{r['restart_min_ms']:.2f} / {r['restart_max_ms']:.2f} ms" for r in results]
+        elif key == "exec_floor":
+            cells = [f"{r['exec_floor_median_ms']:.2f} ({r['exec_floor_p10_ms']:.2f}) ms" for r in results]
+        elif key == "rss_split":
+            cells = [f"{fmt(r['rss_anon_kib'], 'KiB')} / {fmt(r['rss_file_kib'], 'KiB')}" for r in results]
         elif unit == "n":
             cells = [f"{r.get(key, 0):.1f}" for r in results]
         else:
@@ -635,6 +715,9 @@ def main():
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--status-runs", type=int, default=200)
     p.add_argument("--kills", type=int, default=50)
+    p.add_argument("--cold-status-runs", type=int, default=5)
+    p.add_argument("--notify", type=int, default=1,
+                   help="1: give the daemon a NOTIFY_SOCKET, as systemd does")
     p.add_argument("--gap", type=float, default=0.1)
     p.add_argument("ns", type=int, nargs="+")
     args = p.parse_args()

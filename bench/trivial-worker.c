@@ -11,13 +11,21 @@
  * fs.protected_regular says). Each line is one small O_APPEND write(),
  * which is atomic, so 200 workers can share one file.
  *
+ * `trivial-worker --exec-floor N` measures the floor under every start
+ * figure instead: N times, it forks and execs itself from this tiny process
+ * and prints the time from just before fork() to the child's main() in ns,
+ * one line per run (fork + exec + the static libc's start-up, which in a VM
+ * includes slow CPUID exits).
+ *
  * Built by bench/run.sh with: gcc -O2 -static -o trivial-worker trivial-worker.c
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -70,10 +78,39 @@ static void on_term(int sig) {
     _exit(0);
 }
 
-int main(void) {
+static int exec_floor(const char *self, int n) {
+    for (int i = 0; i < n; i++) {
+        char t0[24];
+        snprintf(t0, sizeof t0, "%llu", ns(CLOCK_MONOTONIC));
+        pid_t pid = fork();
+        if (pid < 0)
+            return 1;
+        if (pid == 0) {
+            char *argv[] = {(char *)self, "--floor-child", t0, NULL};
+            char *envp[] = {NULL};
+            execve(self, argv, envp);
+            _exit(127);
+        }
+        int st;
+        if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
     unsigned long long mono = ns(CLOCK_MONOTONIC);
     unsigned long long real = ns(CLOCK_REALTIME);
     my_pid = (long)getpid();
+
+    if (argc == 3 && strcmp(argv[1], "--floor-child") == 0) {
+        printf("%llu\n", mono - strtoull(argv[2], NULL, 10));
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "--exec-floor") == 0) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        return exec_floor(argv[0], atoi(argv[2]));
+    }
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
