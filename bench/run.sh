@@ -18,12 +18,15 @@
 #   BENCH_NICE=0           niceness of the whole run (e.g. -10 on a busy machine)
 #   BENCH_NOTIFY=1         give the daemon a NOTIFY_SOCKET as systemd does (0: none)
 #   BENCH_NO_BUILD=1       skip cargo build (use target/release as it is)
+#   BENCH_DAEMON=PATH      another clearify-workerd binary (e.g. a patched build)
+#   BENCH_CTL=PATH         another clearifyctl binary
+#   BENCH_OUT=DIR          where results go (default bench/out)
 #   BENCH_KEEP=1           keep the scratch directory (daemon logs, configs)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-out="$here/out"
+out="${BENCH_OUT:-$here/out}"
 [ "$#" -gt 0 ] || set -- 10 200
 
 for tool in cargo gcc redis-server python3; do
@@ -58,8 +61,8 @@ trap 'exit 130' INT TERM
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     (cd "$root" && cargo build --release --locked --bins)
 fi
-daemon="$root/target/release/clearify-workerd"
-ctl="$root/target/release/clearifyctl"
+daemon="${BENCH_DAEMON:-$root/target/release/clearify-workerd}"
+ctl="${BENCH_CTL:-$root/target/release/clearifyctl}"
 [ -x "$daemon" ] && [ -x "$ctl" ] || { echo "bench: $daemon or $ctl missing" >&2; exit 1; }
 
 worker="$work/trivial-worker"
