@@ -592,11 +592,10 @@ def run_n(args, d, r):
 
     log(f"N={n}: stop")
     d.records.poll()
-    # Clock ticks include threads that already ended (10 ms grain).
-    cpu_before_stop = cpu_ticks_ms(d.pid)
     t_term = mono()
     os.kill(d.pid, signal.SIGTERM)
-    _, st, ru = os.wait4(d.pid, 0)
+    # (wait4's rusage would include the workers the daemon reaped: not used.)
+    _, st, _ = os.wait4(d.pid, 0)
     t_exit = mono()
     d.pid = None
     r["daemon_exit_code"] = os.waitstatus_to_exitcode(st)
@@ -611,8 +610,6 @@ def run_n(args, d, r):
         sys.exit(f"bench: workers alive after the daemon exited: {still}")
     r["stop_workers_ms"] = (max(exits[p][2] for p in pids.values()) - t_term) / 1e6
     r["stop_first_worker_ms"] = (min(exits[p][2] for p in pids.values()) - t_term) / 1e6
-    r["daemon_cpu_total_ms"] = (ru.ru_utime + ru.ru_stime) * 1000
-    r["stop_cpu_ms"] = r["daemon_cpu_total_ms"] - cpu_before_stop
     with open(d.log, errors="replace") as f:
         text = ANSI.sub("", f.read())
     r["limits_on"] = "resource limits are on" in text
@@ -678,14 +675,12 @@ def table(results):
         ("daemon VmHWM at the end", "hwm_kib_end", "KiB"),
         ("daemon PSS after start", "pss_kib", "KiB"),
         ("daemon RssAnon / RssFile after start", "rss_split", None),
-        ("daemon CPU during stop (10 ms grain)", "stop_cpu_ms", "ms"),
         ("idle CPU in clock ticks (10 ms grain), per 30 s", "idle_cpu_ticks_ms", "ms"),
         ("idle wake-ups (context switches) per s", "idle_wakeups_per_s", "n"),
         ("`clearifyctl status` p90", "status_p90_ms", "ms"),
         ("`clearifyctl status --json` median", "status_json_median_ms", "ms"),
         ("daemon CPU per status call, calls > 1 s apart (median)", "status_cpu_cold_ms", "ms"),
         ("daemon CPU through start", "daemon_cpu_through_start_ms", "ms"),
-        ("daemon CPU, whole run", "daemon_cpu_total_ms", "ms"),
     ]
     for label, key, unit in extra:
         if key == "restart_p10_p90":
