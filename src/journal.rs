@@ -1045,6 +1045,81 @@ pub async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
+thread_local! {
+    /// One read buffer for every pipe pump of this (current-thread) runtime:
+    /// a pump borrows it only between `readable()` and `try_read()`, never
+    /// across an await.
+    static SHARED_READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_BUF]);
+}
+
+/// [`pump`] for a worker pipe, without a buffer of its own: it waits for
+/// readiness and reads into the thread's shared buffer, so an idle worker
+/// costs no read buffer at all.
+pub async fn pump_pipe(
+    reader: tokio::net::unix::pipe::Receiver,
+    meta: Arc<WorkerMeta>,
+    stream: Stream,
+    sink: Arc<Sink>,
+    store: LogStore,
+) {
+    let mut framer = LineFramer::new(MAX_RECORD);
+    let mut grouper = Grouper::default();
+    loop {
+        let deadline = grouper.deadline();
+        let ready = tokio::select! {
+            biased;
+            r = reader.readable() => Some(r),
+            _ = sleep_until_opt(deadline) => None,
+        };
+        let lines = match ready {
+            None => {
+                if let Some(rec) = grouper.poll(Instant::now()) {
+                    sink.write(&meta, stream, &rec).await;
+                }
+                continue;
+            }
+            Some(Err(_)) => break,
+            Some(Ok(())) => {
+                let r = SHARED_READ_BUF.with(|b| {
+                    let mut b = b.borrow_mut();
+                    match reader.try_read(&mut b[..]) {
+                        Ok(0) => Ok(None),
+                        Ok(n) => Ok(Some(framer.feed(&b[..n]))),
+                        Err(e) => Err(e),
+                    }
+                });
+                match r {
+                    Ok(None) => break,
+                    Ok(Some(lines)) => lines,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!(instance = %meta.instance, stream = stream.as_str(), error = %e, "reading worker output failed");
+                        break;
+                    }
+                }
+            }
+        };
+        for line in lines {
+            store.push(&meta, stream, &line.bytes);
+            if let Some(rec) = grouper.push(line, Instant::now()) {
+                let started = Instant::now();
+                sink.write(&meta, stream, &rec).await;
+                grouper.shift(started.elapsed());
+            }
+        }
+    }
+    for line in framer.finish() {
+        store.push(&meta, stream, &line.bytes);
+        if let Some(rec) = grouper.push(line, Instant::now()) {
+            sink.write(&meta, stream, &rec).await;
+        }
+    }
+    if let Some(rec) = grouper.flush() {
+        sink.write(&meta, stream, &rec).await;
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,

@@ -17,7 +17,7 @@
 //!   of those, and to adopted orphans that carry the run's marker in their
 //!   environment (grandchildren that called setsid), until none is left.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs;
 use std::io;
@@ -244,7 +244,9 @@ pub fn spawn_reaper(tx: mpsc::UnboundedSender<Exit>) -> io::Result<tokio::task::
 /// One line of /proc/PID/stat, the fields we need.
 #[derive(Debug, Clone, Copy)]
 struct ProcStat {
+    #[cfg_attr(not(test), allow(dead_code))]
     pid: i32,
+    #[cfg_attr(not(test), allow(dead_code))]
     ppid: i32,
     pgrp: i32,
     session: i32,
@@ -269,15 +271,6 @@ fn read_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
-fn all_processes() -> Vec<ProcStat> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(read_stat)
-        .collect()
-}
-
 fn has_marker(pid: i32, marker: &[u8]) -> bool {
     let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
         return false;
@@ -285,54 +278,82 @@ fn has_marker(pid: i32, marker: &[u8]) -> bool {
     env.split(|b| *b == 0).any(|kv| kv == marker)
 }
 
-/// The live processes that belong to one run: its process group and session
-/// (`pgid` is the run's main pid, a session leader), all their descendants,
-/// and adopted orphans that carry the run's marker, with their descendants.
-pub fn run_members(pgid: Option<u32>, marker: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let procs = all_processes();
-    let marker_kv = format!("{RUN_MARKER}={marker}").into_bytes();
-    let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    for p in &procs {
-        children.entry(p.ppid).or_default().push(p.pid);
+/// Direct children of `pid`, from `/proc/<pid>/task/*/children`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(c) = fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    c.split_ascii_whitespace()
+                        .filter_map(|x| x.parse::<i32>().ok()),
+                );
+            }
+        }
     }
+    out
+}
+
+/// The live processes that belong to one run: the main process (`pgid`) if
+/// it is still there, and the daemon's own children that are not the main
+/// process of another instance and are in the run's process group or
+/// session or carry its marker (orphans adopted by the subreaper), with all
+/// their descendants. Reads only those processes, not all of /proc.
+pub fn run_members(
+    pgid: Option<u32>,
+    marker: &str,
+    live_mains: &std::collections::HashSet<i32>,
+) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let marker_kv = format!("{RUN_MARKER}={marker}").into_bytes();
     let mut roots: Vec<i32> = Vec::new();
-    for p in &procs {
-        if p.pid == me {
+    if let Some(g) = pgid {
+        // Only while it is still that run's session leader: once reaped, its
+        // pid may belong to an unrelated process.
+        let g = g as i32;
+        if read_stat(g).is_some_and(|p| p.pgrp == g || p.session == g) {
+            roots.push(g);
+        }
+    }
+    for c in children_of(me) {
+        if Some(c) == pgid.map(|g| g as i32) || live_mains.contains(&c) {
             continue;
         }
         let in_run = pgid.is_some_and(|g| {
-            let g = g as i32;
-            p.pid == g || p.pgrp == g || p.session == g
+            read_stat(c).is_some_and(|p| p.pgrp == g as i32 || p.session == g as i32)
         });
-        if in_run || (p.ppid == me && has_marker(p.pid, &marker_kv)) {
-            roots.push(p.pid);
+        if in_run || has_marker(c, &marker_kv) {
+            roots.push(c);
         }
     }
-    let zombies: BTreeSet<i32> = procs.iter().filter(|p| p.zombie).map(|p| p.pid).collect();
     let mut seen: BTreeSet<i32> = BTreeSet::new();
     while let Some(pid) = roots.pop() {
         if pid == me || !seen.insert(pid) {
             continue;
         }
-        if let Some(c) = children.get(&pid) {
-            roots.extend(c.iter().copied());
-        }
+        roots.extend(children_of(pid));
     }
-    seen.into_iter().filter(|p| !zombies.contains(p)).collect()
+    seen.into_iter()
+        .filter(|p| read_stat(*p).is_some_and(|s| !s.zombie))
+        .collect()
 }
 
 /// SIGKILL every process of one run until none is left, or `timeout`
 /// passes. Returns how many are left (0 on success). Blocking: call it from
 /// a blocking task.
-pub fn kill_run(pgid: Option<u32>, marker: &str, timeout: Duration) -> usize {
+pub fn kill_run(
+    pgid: Option<u32>,
+    marker: &str,
+    live_mains: &std::collections::HashSet<i32>,
+    timeout: Duration,
+) -> usize {
     let start = Instant::now();
     loop {
         if let Some(g) = pgid {
             // The whole process group at once, even when its leader is gone.
             let _ = kill(Pid::from_raw(-(g as i32)), Signal::SIGKILL);
         }
-        let members = run_members(pgid, marker);
+        let members = run_members(pgid, marker, live_mains);
         if members.is_empty() {
             return 0;
         }

@@ -429,6 +429,11 @@ impl Machine {
         Some(id)
     }
 
+    /// Main pids of the running workers.
+    pub fn live_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.instances.values().filter_map(|i| i.pid)
+    }
+
     /// A KillTree finished: no process of that run is left.
     pub fn tree_cleared(&mut self, id: &str, seq: u64, now: Instant) {
         let Some(inst) = self.instances.get_mut(id) else {

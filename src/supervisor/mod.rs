@@ -400,14 +400,14 @@ impl Supervisor {
                             node: spec.node.clone(),
                             pid: sp.pid,
                         });
-                        tokio::spawn(journal::pump(
+                        tokio::spawn(journal::pump_pipe(
                             sp.stdout,
                             meta.clone(),
                             Stream::Stdout,
                             self.sink.clone(),
                             self.logs.clone(),
                         ));
-                        tokio::spawn(journal::pump(
+                        tokio::spawn(journal::pump_pipe(
                             sp.stderr,
                             meta,
                             Stream::Stderr,
@@ -445,6 +445,8 @@ impl Supervisor {
                 let tree = self.cgroups.clone().filter(|_| whole_cgroup);
                 let tx = self.tx.clone();
                 let marker = process::run_marker(&id, generation);
+                let live: std::collections::HashSet<i32> =
+                    self.machine.live_pids().map(|p| p as i32).collect();
                 tokio::task::spawn_blocking(move || {
                     if let Some(t) = &tree
                         && let Err(e) = t.kill_instance(&group, &id)
@@ -452,7 +454,7 @@ impl Supervisor {
                     {
                         warn!(instance = %id, error = %e, "{id}: cgroup kill failed ({e}); killing by pid");
                     }
-                    let left = process::kill_run(pgid, &marker, Duration::from_secs(2));
+                    let left = process::kill_run(pgid, &marker, &live, Duration::from_secs(2));
                     if left > 0 {
                         error!(instance = %id, left, "{id}: {left} processes survived SIGKILL");
                     } else {
@@ -780,8 +782,26 @@ impl Supervisor {
             }
         } else if let Some(sys) = &mut self.sys {
             use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
+            // Only the workers and their descendants, found through
+            // /proc/PID/task/TID/children: not every process on the machine.
+            let mut wanted: Vec<sysinfo::Pid> = Vec::new();
+            let mut stack: Vec<u32> = views.iter().filter_map(|v| v.pid).collect();
+            while let Some(p) = stack.pop() {
+                wanted.push(sysinfo::Pid::from_u32(p));
+                if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+                    for t in tasks.flatten() {
+                        let path = t.path().join("children");
+                        if let Ok(c) = std::fs::read_to_string(path) {
+                            stack.extend(
+                                c.split_ascii_whitespace()
+                                    .filter_map(|x| x.parse::<u32>().ok()),
+                            );
+                        }
+                    }
+                }
+            }
             sys.refresh_processes_specifics(
-                ProcessesToUpdate::All,
+                ProcessesToUpdate::Some(&wanted),
                 true,
                 ProcessRefreshKind::nothing().with_memory().with_cpu(),
             );
