@@ -39,7 +39,10 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Largest retry delay of the gate / reconnect loop.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// How often the monitor refreshes the backlog while the broker is up.
+/// The shortest interval between periodic backlog refreshes while the
+/// broker is up. The period is `check_interval` (10 s by default), but never
+/// shorter than this; `clearifyctl status` asks for a refresh in between
+/// ([`Monitor::refresh_backlog`]). An idle daemon thus wakes rarely.
 pub const BACKLOG_INTERVAL: Duration = Duration::from_secs(2);
 /// The backlog is never queried more often than this (a cache).
 pub const BACKLOG_MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -1022,7 +1025,7 @@ async fn run_connected(
     let check = settings.check_interval.max(Duration::from_millis(100));
     let mut ping_tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
     ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backlog_tick = tokio::time::interval(BACKLOG_INTERVAL);
+    let mut backlog_tick = tokio::time::interval(settings.check_interval.max(BACKLOG_INTERVAL));
     backlog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_backlog: Option<Instant> = None;
     let mut backlog_pending = false;

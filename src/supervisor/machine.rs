@@ -205,6 +205,32 @@ impl Instance {
         }
     }
 
+    /// The state as status shows it.
+    fn state_name(&self, now: Instant) -> &'static str {
+        match self.phase {
+            Phase::WaitingForBroker => "waiting-for-broker",
+            Phase::Starting => "starting",
+            Phase::Running { .. } if !self.is_up(now) => "starting",
+            Phase::Running { .. } => "running",
+            Phase::Backoff { .. } if self.quick_failures >= backoff::CRASH_LOOP_AFTER => {
+                "crash-loop"
+            }
+            Phase::Backoff { .. } => "backoff",
+            Phase::Stopping { .. } => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+
+    fn last_exit_text(&self, state: &str) -> Option<String> {
+        self.last_exit.as_ref().map(|r| {
+            if state == "crash-loop" {
+                format!("{r} ({} quick failures in a row)", self.quick_failures)
+            } else {
+                r.to_string()
+            }
+        })
+    }
+
     fn is_up(&self, now: Instant) -> bool {
         match self.phase {
             Phase::Running { since } => {
@@ -232,6 +258,16 @@ pub struct InstanceView {
     pub heartbeat_age: Option<Duration>,
     pub active: Option<u64>,
     pub processed: Option<u64>,
+}
+
+/// See [`Machine::summary_facts`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SummaryFacts {
+    pub total: usize,
+    pub running: usize,
+    pub waiting_for_broker: bool,
+    /// "text-1 crash-loop (exit 1 (4 quick failures in a row))", …
+    pub troubled: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -717,6 +753,29 @@ impl Machine {
         self.backlog.get(queue).copied()
     }
 
+    /// The counts behind the one-line summary (STATUS=), computed without
+    /// building the whole snapshot: it runs after every event.
+    pub fn summary_facts(&self, now: Instant) -> SummaryFacts {
+        let mut f = SummaryFacts::default();
+        for i in self.instances.values() {
+            f.total += 1;
+            match i.state_name(now) {
+                "running" => f.running += 1,
+                "waiting-for-broker" => f.waiting_for_broker = true,
+                s @ ("crash-loop" | "backoff") => {
+                    let text = match i.last_exit_text(s) {
+                        Some(e) => format!("{} {s} ({e})", i.spec.id),
+                        None => format!("{} {s}", i.spec.id),
+                    };
+                    f.troubled.push(text);
+                }
+                _ => {}
+            }
+        }
+        f.troubled.sort();
+        f
+    }
+
     /// The status of every instance, groups in config order (groups being
     /// removed last).
     pub fn snapshot(&self, now: Instant) -> Vec<InstanceView> {
@@ -737,25 +796,8 @@ impl Machine {
             ))
         });
         for i in order {
-            let state = match i.phase {
-                Phase::WaitingForBroker => "waiting-for-broker",
-                Phase::Starting => "starting",
-                Phase::Running { .. } if !i.is_up(now) => "starting",
-                Phase::Running { .. } => "running",
-                Phase::Backoff { .. } if i.quick_failures >= backoff::CRASH_LOOP_AFTER => {
-                    "crash-loop"
-                }
-                Phase::Backoff { .. } => "backoff",
-                Phase::Stopping { .. } => "stopping",
-                Phase::Stopped => "stopped",
-            };
-            let last_exit = i.last_exit.as_ref().map(|r| {
-                if state == "crash-loop" {
-                    format!("{r} ({} quick failures in a row)", i.quick_failures)
-                } else {
-                    r.to_string()
-                }
-            });
+            let state = i.state_name(now);
+            let last_exit = i.last_exit_text(state);
             out.push(InstanceView {
                 id: i.spec.id.clone(),
                 group: i.spec.group.clone(),

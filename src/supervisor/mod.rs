@@ -586,7 +586,14 @@ impl Supervisor {
                         "unknown target {t:?}: name a group, an instance id such as text-1, or \"all\""
                     ),
                 },
-                None => Response::Status(self.status(&targets)),
+                None => {
+                    // Fresh backlog for the next look (this one shows the
+                    // last known figures).
+                    if let Some(m) = &self.monitor {
+                        m.refresh_backlog();
+                    }
+                    Response::Status(self.status(&targets))
+                }
             },
             Request::Start { targets } => done(self.machine.start(&targets, now)),
             Request::Stop { targets } => done(self.machine.stop(&targets, now)),
@@ -750,7 +757,7 @@ impl Supervisor {
                     latency_ms: self.broker.latency.map(|d| d.as_secs_f64() * 1000.0),
                 },
                 limits: self.limits_line.clone(),
-                summary: self.summary(&views),
+                summary: self.summary(&self.machine.summary_facts(now)),
                 logs_to_journal: matches!(*self.sink, Sink::Journal(_)),
             },
             groups,
@@ -848,15 +855,15 @@ impl Supervisor {
     }
 
     /// A plain-words summary, for STATUS= and status.
-    fn summary(&self, views: &[machine::InstanceView]) -> String {
-        let total = views.len();
+    fn summary(&self, f: &machine::SummaryFacts) -> String {
+        let total = f.total;
         if total == 0 {
             return format!(
                 "idle: no worker groups configured; add [group.NAME] sections to {} and run: systemctl reload clearify-workerd",
                 self.config.path.display()
             );
         }
-        if views.iter().any(|v| v.state == "waiting-for-broker") {
+        if f.waiting_for_broker {
             let url = self
                 .config
                 .broker
@@ -873,27 +880,19 @@ impl Supervisor {
                 None => format!("waiting for broker {url}{since}"),
             };
         }
-        let running = views.iter().filter(|v| v.state == "running").count();
+        let running = f.running;
         let broker = match self.broker.state {
             "ok" => "broker ok".to_string(),
             s => format!("broker {s}"),
         };
-        let troubled: Vec<String> = views
-            .iter()
-            .filter(|v| matches!(v.state, "crash-loop" | "backoff"))
-            .map(|v| match &v.last_exit {
-                Some(e) => format!("{} {} ({})", v.id, v.state, e),
-                None => format!("{} {}", v.id, v.state),
-            })
-            .collect();
         if running == total {
             format!("{running}/{total} workers running, {broker}")
-        } else if troubled.is_empty() {
+        } else if f.troubled.is_empty() {
             format!("{running}/{total} running, {broker}")
         } else {
             format!(
                 "{running}/{total} running, {}, {broker}",
-                troubled.join(", ")
+                f.troubled.join(", ")
             )
         }
     }
@@ -902,8 +901,7 @@ impl Supervisor {
         if !self.notifier.is_enabled() {
             return;
         }
-        let views = self.machine.snapshot(Instant::now());
-        let line = self.summary(&views);
+        let line = self.summary(&self.machine.summary_facts(Instant::now()));
         if line != self.last_status_line {
             self.notifier.status(&line);
             self.last_status_line = line;
