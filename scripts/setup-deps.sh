@@ -41,7 +41,21 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import celery, redis' 2>/
     .venv/bin/pip install -q --disable-pip-version-check -r examples/requirements.txt
     cp examples/requirements.txt .venv/.requirements
 fi
-# Workers run as an unprivileged user when the tests run as root: the venv
-# and the example app must be readable by anyone.
-chmod -R a+rX .venv examples
+# Workers run as an unprivileged user when the tests run as root: the venv,
+# the example app and the fake celery must be reachable by anyone.
+chmod -R a+rX .venv examples tests/bin
+if [ "$(id -u)" -eq 0 ] && ! setpriv --reuid=nobody --regid=nogroup --clear-groups \
+        test -x "$(pwd)/tests/bin/fake-celery" 2>/dev/null; then
+    # A checkout under a private directory (e.g. /root): let others search
+    # (not list) the directories above it.
+    d=$(pwd)
+    while [ "$d" != / ]; do
+        perm=$(stat -c %A "$d")
+        if [ "${perm:9:1}" != x ] && [ "${perm:9:1}" != t ]; then
+            echo "setup-deps: chmod o+x $d (workers run as nobody in the tests)"
+            chmod o+x "$d"
+        fi
+        d=$(dirname "$d")
+    done
+fi
 echo "setup-deps: ok ($(.venv/bin/python -c 'import celery; print("celery", celery.__version__)'), $(redis-server --version | cut -d' ' -f3))"
