@@ -250,3 +250,57 @@ fn a_worker_killed_mid_run_is_replaced_and_the_shutdown_is_warm() {
     let log = d.log();
     assert!(log.contains("sleep warm: done"), "{log}");
 }
+
+#[test]
+fn a_broker_outage_is_shown_and_workers_resume_without_restarts() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let mut d = Daemon::new(&celery_config(
+        &url,
+        "[group.text]\nqueues = [\"text_processing\"]\n",
+    ));
+    d.start();
+    let before = wait_consuming(&d, "text-1");
+    let pid = before["pid"].clone();
+    let r = client(&url, &["call", "demo.add", "[1, 2]", "text_processing"]);
+    assert_eq!(r[0]["result"], 3);
+
+    redis.stop();
+    let s = wait_for(T, "outage in status", || {
+        let s = d.status();
+        (s["daemon"]["broker"]["state"] == "unreachable").then_some(s)
+    });
+    assert!(
+        !s["daemon"]["broker"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "the reason is shown: {s}"
+    );
+    assert!(
+        s["daemon"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("broker unreachable"),
+        "{s}"
+    );
+    // A restart cannot fix the broker: the worker is left alone.
+    std::thread::sleep(Duration::from_secs(3));
+    let during = d.instance("text-1");
+    assert_eq!(during["pid"], pid);
+    assert_eq!(during["restarts"], 0);
+
+    redis.restart();
+    wait_for(T, "broker ok again", || {
+        (d.status()["daemon"]["broker"]["state"] == "ok").then_some(())
+    });
+    // The same worker consumes again.
+    let r = client(
+        &url,
+        &["call", "demo.add", "[20, 22]", "text_processing", "90"],
+    );
+    assert_eq!(r[0]["result"], 42);
+    let after = d.instance("text-1");
+    assert_eq!(after["pid"], pid, "not restarted");
+    assert_eq!(after["restarts"], 0);
+}
