@@ -153,6 +153,11 @@ env = { FAKE_MODE = "exit", FAKE_EXIT_CODE = "7" }
         .unwrap()
         .to_string();
     assert!(summary.contains("bad-1 crash-loop (exit 7"), "{summary}");
+    // Also between two of its short starts.
+    for _ in 0..20 {
+        assert_eq!(d.instance("bad-1")["state"], "crash-loop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

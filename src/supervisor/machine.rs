@@ -209,6 +209,13 @@ impl Instance {
     fn state_name(&self, now: Instant) -> &'static str {
         match self.phase {
             Phase::WaitingForBroker => "waiting-for-broker",
+            // A crash loop is not over until a run is up: the short starts
+            // between the backoff delays keep showing it.
+            Phase::Starting | Phase::Running { .. }
+                if self.quick_failures >= backoff::CRASH_LOOP_AFTER && !self.is_up(now) =>
+            {
+                "crash-loop"
+            }
             Phase::Starting => "starting",
             Phase::Running { .. } if !self.is_up(now) => "starting",
             Phase::Running { .. } => "running",
