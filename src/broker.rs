@@ -895,9 +895,9 @@ async fn main_task(
         match connect_and_ping(&target).await {
             Ok((conn, latency)) => {
                 if gated {
-                    tracing::info!(broker = %url, latency_ms = ms(latency), "broker ready");
+                    tracing::info!(broker = %url, latency_ms = ms(latency), "broker {url} ready ({:.1} ms)", ms(latency));
                 } else {
-                    tracing::info!(broker = %url, latency_ms = ms(latency), "broker reachable again");
+                    tracing::info!(broker = %url, latency_ms = ms(latency), "broker {url} reachable again ({:.1} ms)", ms(latency));
                 }
                 gated = false;
                 backoff.reset();

@@ -40,7 +40,7 @@ pub async fn run(opts: Options) -> i32 {
     // 1. Signals.
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     if let Err(e) = spawn_signal_handlers(tx.clone()) {
-        error!(error = %e, "cannot install signal handlers");
+        error!(error = %e, "cannot install signal handlers: {e}");
         return 1;
     }
 
@@ -88,16 +88,16 @@ pub async fn run(opts: Options) -> i32 {
         for w in t.setup_warnings() {
             warn!("{w}");
         }
-        info!(cgroup = %t.dir().display(), "resource limits are on");
+        info!(cgroup = %t.dir().display(), "resource limits are on (cgroup {})", t.dir().display());
     }
 
     // 5. Reaping.
     if let Err(e) = process::become_subreaper() {
-        warn!(error = %e, "cannot become a child subreaper; orphaned worker processes go to PID 1");
+        warn!(error = %e, "cannot become a child subreaper ({e}); orphaned worker processes go to PID 1");
     }
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
     if let Err(e) = process::spawn_reaper(exit_tx) {
-        error!(error = %e, "cannot watch for worker exits");
+        error!(error = %e, "cannot watch for worker exits: {e}");
         return 1;
     }
 
@@ -146,7 +146,12 @@ pub async fn run(opts: Options) -> i32 {
         socket = %socket.display(),
         device_id = %config.daemon.device_id,
         groups = config.groups.len(),
-        "clearify-workerd started"
+        "clearify-workerd {} started: config {}, socket {}, device {}, {} group(s)",
+        crate::VERSION,
+        config.path.display(),
+        socket.display(),
+        config.daemon.device_id,
+        config.groups.len()
     );
     notifier.ready();
 

@@ -115,7 +115,7 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlErro
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                info!(socket = %path.display(), "removing stale control socket");
+                info!(socket = %path.display(), "removing stale control socket {}", path.display());
                 match std::fs::remove_file(path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -301,7 +301,7 @@ pub async fn serve_with(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "control socket: accept failed");
+                    warn!(error = %e, "control socket: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -360,7 +360,7 @@ impl Connection {
                 pid: c.pid().unwrap_or(0),
             },
             Err(e) => {
-                warn!(error = %e, "control socket: no peer credentials; closing");
+                warn!(error = %e, "control socket: no peer credentials ({e}); closing");
                 return;
             }
         };
@@ -442,7 +442,11 @@ impl Connection {
                     gid = peer.gid,
                     pid = peer.pid,
                     request = request_name(&request),
-                    "control socket: permission denied"
+                    "control socket: permission denied: {} from uid {} (gid {}, pid {}); changing requests need root, the daemon's user or the admin group",
+                    request_name(&request),
+                    peer.uid,
+                    peer.gid,
+                    peer.pid
                 );
                 return (
                     Response::error(
