@@ -39,11 +39,6 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Largest retry delay of the gate / reconnect loop.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// The shortest interval between periodic backlog refreshes while the
-/// broker is up. The period is `check_interval` (10 s by default), but never
-/// shorter than this; `clearifyctl status` asks for a refresh in between
-/// ([`Monitor::refresh_backlog`]). An idle daemon thus wakes rarely.
-pub const BACKLOG_INTERVAL: Duration = Duration::from_secs(2);
 /// The backlog is never queried more often than this (a cache).
 pub const BACKLOG_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -652,35 +647,64 @@ pub fn heartbeat_channel(key_prefix: &str, db: i64) -> String {
     format!("{key_prefix}/{db}.celeryev/worker.heartbeat")
 }
 
-/// LLEN over all keys of all queues, in one pipeline.
+/// LLEN over all keys of all queues, in one pipeline; with `ping`, a PING
+/// goes first in the same round trip (the periodic health check). Returns
+/// the PING round trip (the whole pipeline's) when asked for, and the
+/// backlog per queue.
 async fn fetch_backlog(
     conn: &mut MultiplexedConnection,
+    ping: bool,
     queues: &[String],
     priority_steps: &[u8],
     key_prefix: &str,
-) -> Result<BTreeMap<String, u64>, ProbeError> {
+) -> Result<(Option<Duration>, BTreeMap<String, u64>), ProbeError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
+    if ping {
+        pipe.cmd("PING");
+    }
     let mut owners = Vec::new();
     for q in queues {
         for key in queue_keys(q, priority_steps, key_prefix) {
             pipe.cmd("LLEN").arg(key);
-            owners.push(q.clone());
+            owners.push(q.as_str());
         }
     }
     let mut out: BTreeMap<String, u64> = queues.iter().map(|q| (q.clone(), 0)).collect();
-    if owners.is_empty() {
-        return Ok(out);
+    if !ping && owners.is_empty() {
+        return Ok((None, out));
     }
-    let values: Vec<Value> = with_timeout(RESPONSE_TIMEOUT, "LLEN", pipe.query_async(conn)).await?;
+    let t = Instant::now();
+    let what = if ping { "PING" } else { "LLEN" };
+    let mut values: Vec<Value> =
+        with_timeout(RESPONSE_TIMEOUT, what, pipe.query_async(conn)).await?;
+    let latency = t.elapsed();
+    let mut latency_out = None;
+    if ping {
+        if values.is_empty() {
+            return Err(ProbeError::transient("PING got no reply".to_string()));
+        }
+        match values.remove(0) {
+            Value::SimpleString(s) if s == "PONG" => latency_out = Some(latency),
+            Value::BulkString(b) if b == b"PONG" => latency_out = Some(latency),
+            Value::ServerError(e) => {
+                return Err(ProbeError::transient(format!("PING failed: {e:?}")));
+            }
+            other => {
+                return Err(ProbeError::transient(format!(
+                    "PING answered {other:?} instead of PONG"
+                )));
+            }
+        }
+    }
     for (q, v) in owners.iter().zip(values) {
         match v {
-            Value::Int(n) if n > 0 => *out.entry(q.clone()).or_default() += n as u64,
+            Value::Int(n) if n > 0 => *out.entry((*q).to_string()).or_default() += n as u64,
             Value::Int(_) => {}
             other => tracing::debug!(queue = %q, reply = ?other, "LLEN did not answer a number"),
         }
     }
-    Ok(out)
+    Ok((latency_out, out))
 }
 
 // ---------------------------------------------------------------------------
@@ -793,15 +817,15 @@ impl Backoff {
 
 /// The running broker monitor. Dropping it stops its tasks.
 pub struct Monitor {
-    queues: watch::Sender<Vec<String>>,
+    queues: watch::Sender<Watched>,
     refresh: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Monitor {
     /// Replaces the queues whose backlog is reported (refreshes soon).
-    pub fn set_queues(&self, queues: Vec<String>) {
-        self.queues.send_replace(queues);
+    pub fn set_queues(&self, watched: Watched) {
+        self.queues.send_replace(watched);
     }
 
     /// Asks for a backlog refresh now (still at most one per second).
@@ -829,14 +853,26 @@ impl Drop for Monitor {
     }
 }
 
+/// The queues the monitor reports the backlog of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// Every queue of the plan ([`Monitor::refresh_backlog`] reports them all).
+    pub queues: Vec<String>,
+    /// Whether to fetch the backlog at every health check as well (in the
+    /// PING's round trip). Only stall detection needs it; without it the
+    /// backlog is fetched when somebody asks ([`Monitor::refresh_backlog`],
+    /// i.e. `clearifyctl status`) and when the queues change.
+    pub poll: bool,
+}
+
 /// Starts the gate + health monitor and the heartbeat subscription.
 /// Must be called inside a tokio runtime.
 pub fn spawn_monitor(
     settings: BrokerSettings,
-    queues: Vec<String>,
+    watched: Watched,
     tx: mpsc::Sender<BrokerEvent>,
 ) -> Monitor {
-    let (queues_tx, queues_rx) = watch::channel(queues);
+    let (queues_tx, queues_rx) = watch::channel(watched);
     let refresh = Arc::new(Notify::new());
     // Counts transitions to up and down: the heartbeat task starts after the
     // first up and resubscribes after every outage.
@@ -869,7 +905,7 @@ pub fn spawn_monitor(
 async fn main_task(
     settings: BrokerSettings,
     target: Result<Target, ProbeError>,
-    mut queues: watch::Receiver<Vec<String>>,
+    mut queues: watch::Receiver<Watched>,
     refresh: Arc<Notify>,
     up_tx: watch::Sender<LinkCounts>,
     tx: mpsc::Sender<BrokerEvent>,
@@ -1013,75 +1049,83 @@ async fn wait_for_port(target: &Target) {
     }
 }
 
-/// The health loop on one connection. Returns the error that ended it, or
-/// `None` when the event receiver is gone.
+/// The health loop on one connection: every `check_interval` a PING (with
+/// the backlog in the same round trip when [`Watched::poll`]), and the
+/// backlog when asked for or when the queues change. Returns the error that
+/// ended it, or `None` when the event receiver is gone.
 async fn run_connected(
     settings: &BrokerSettings,
     mut conn: MultiplexedConnection,
-    queues: &mut watch::Receiver<Vec<String>>,
+    queues: &mut watch::Receiver<Watched>,
     refresh: &Notify,
     tx: &mpsc::Sender<BrokerEvent>,
 ) -> Option<ProbeError> {
     let check = settings.check_interval.max(Duration::from_millis(100));
-    let mut ping_tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
-    ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backlog_tick = tokio::time::interval(settings.check_interval.max(BACKLOG_INTERVAL));
-    backlog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check_tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+    check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_backlog: Option<Instant> = None;
     let mut backlog_pending = false;
+    // The backlog once at the start (status shows it from then on).
+    let mut want_backlog = true;
     loop {
-        let mut want_backlog = false;
-        tokio::select! {
-            _ = ping_tick.tick() => {
-                match ping(&mut conn).await {
-                    Ok(latency) => {
-                        if tx.send(BrokerEvent::Up { latency }).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Err(e) => return Some(e),
+        let mut ping = false;
+        if !want_backlog {
+            tokio::select! {
+                _ = check_tick.tick() => {
+                    ping = true;
+                    want_backlog = queues.borrow().poll
+                        && !last_backlog.is_some_and(|t| t.elapsed() < BACKLOG_MIN_INTERVAL);
                 }
-            }
-            _ = backlog_tick.tick() => want_backlog = true,
-            changed = queues.changed() => {
-                if changed.is_err() {
-                    return None;
-                }
-                want_backlog = true;
-            }
-            _ = refresh.notified() => want_backlog = true,
-            _ = tx.closed() => return None,
-            // A pending refresh that hit the 1 s cache runs when it expires.
-            _ = tokio::time::sleep(
-                last_backlog
-                    .map(|t| (t + BACKLOG_MIN_INTERVAL).saturating_duration_since(Instant::now()))
-                    .unwrap_or_default()
-            ), if backlog_pending => want_backlog = true,
-        }
-        if want_backlog {
-            if last_backlog.is_some_and(|t| t.elapsed() < BACKLOG_MIN_INTERVAL) {
-                backlog_pending = true;
-                continue;
-            }
-            backlog_pending = false;
-            last_backlog = Some(Instant::now());
-            let qs = queues.borrow_and_update().clone();
-            match fetch_backlog(
-                &mut conn,
-                &qs,
-                &settings.priority_steps,
-                &settings.key_prefix,
-            )
-            .await
-            {
-                Ok(map) => {
-                    if tx.send(BrokerEvent::Backlog(map)).await.is_err() {
+                changed = queues.changed() => {
+                    if changed.is_err() {
                         return None;
                     }
+                    want_backlog = true;
                 }
-                Err(e) => return Some(e),
+                _ = refresh.notified() => want_backlog = true,
+                _ = tx.closed() => return None,
+                // A pending refresh that hit the 1 s cache runs when it expires.
+                _ = tokio::time::sleep(
+                    last_backlog
+                        .map(|t| (t + BACKLOG_MIN_INTERVAL).saturating_duration_since(Instant::now()))
+                        .unwrap_or_default()
+                ), if backlog_pending => want_backlog = true,
             }
         }
+        if want_backlog && !ping && last_backlog.is_some_and(|t| t.elapsed() < BACKLOG_MIN_INTERVAL)
+        {
+            backlog_pending = true;
+            want_backlog = false;
+            continue;
+        }
+        let qs = if want_backlog {
+            backlog_pending = false;
+            last_backlog = Some(Instant::now());
+            queues.borrow_and_update().queues.clone()
+        } else {
+            Vec::new()
+        };
+        let fetched = fetch_backlog(
+            &mut conn,
+            ping,
+            &qs,
+            &settings.priority_steps,
+            &settings.key_prefix,
+        )
+        .await;
+        let (latency, backlog) = match fetched {
+            Ok(r) => r,
+            Err(e) => return Some(e),
+        };
+        if let Some(latency) = latency
+            && tx.send(BrokerEvent::Up { latency }).await.is_err()
+        {
+            return None;
+        }
+        if want_backlog && tx.send(BrokerEvent::Backlog(backlog)).await.is_err() {
+            return None;
+        }
+        want_backlog = false;
     }
 }
 
@@ -1242,13 +1286,14 @@ pub async fn test_report(
     }
     match fetch_backlog(
         &mut conn,
+        false,
         queues,
         &settings.priority_steps,
         &settings.key_prefix,
     )
     .await
     {
-        Ok(map) => {
+        Ok((_, map)) => {
             for q in &mut report.queues {
                 q.backlog = map.get(&q.name).copied();
             }

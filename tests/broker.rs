@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clearify_workerd::broker::{
-    self, BrokerEvent, BrokerSettings, Heartbeat, ProbeErrorKind, probe, spawn_monitor, test_report,
+    self, BrokerEvent, BrokerSettings, Heartbeat, ProbeErrorKind, Watched, probe, spawn_monitor,
+    test_report,
 };
 use clearify_workerd::control::protocol::HeartbeatSeen;
 use redis_support::RedisServer;
@@ -95,6 +96,14 @@ impl Drop for Worker {
     }
 }
 
+/// The queues `qs`, their backlog fetched at every health check.
+fn polled(qs: &[&str]) -> Watched {
+    Watched {
+        queues: qs.iter().map(|q| q.to_string()).collect(),
+        poll: true,
+    }
+}
+
 fn settings(url: &str) -> BrokerSettings {
     BrokerSettings {
         check_interval: Duration::from_millis(300),
@@ -169,7 +178,7 @@ async fn gate_waits_for_redis_then_reports_up() {
     s.wait_timeout = Some(Duration::from_secs(1));
     let (tx, mut rx) = mpsc::channel(64);
     let started = Instant::now();
-    let monitor = spawn_monitor(s, vec!["gateq".into()], tx);
+    let monitor = spawn_monitor(s, polled(&["gateq"]), tx);
 
     // First: Waiting with "connection refused".
     let (before, first) = recv_until(&mut rx, Duration::from_secs(3), |_| true).await;
@@ -277,7 +286,7 @@ async fn password_right_and_wrong() {
     let t = Instant::now();
     let _monitor = spawn_monitor(
         settings(&format!("redis://:wrong@127.0.0.1:{port}/0")),
-        vec![],
+        polled(&[]),
         tx,
     );
     match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
@@ -295,7 +304,11 @@ async fn password_right_and_wrong() {
 
     // A malformed URL is Fatal too.
     let (tx, mut rx) = mpsc::channel(16);
-    let _monitor = spawn_monitor(settings("redis://:pw@127.0.0.1:notaport/0"), vec![], tx);
+    let _monitor = spawn_monitor(
+        settings("redis://:pw@127.0.0.1:notaport/0"),
+        polled(&[]),
+        tx,
+    );
     match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
         Ok(Some(BrokerEvent::Fatal { error })) => {
             assert!(error.contains("malformed broker URL"), "{error}");
@@ -306,7 +319,7 @@ async fn password_right_and_wrong() {
 
     // And with the right password the monitor comes up.
     let (tx, mut rx) = mpsc::channel(16);
-    let _monitor = spawn_monitor(settings(&server.url()), vec![], tx);
+    let _monitor = spawn_monitor(settings(&server.url()), polled(&[]), tx);
     let (seen, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some(), "no Up: {seen:?}");
     assert!(seen.is_empty(), "{seen:?}");
@@ -320,7 +333,7 @@ async fn outage_reports_down_then_up_and_resubscribes() {
     let server = blocking(|| RedisServer::start_with(Some("pw"))).await;
     let channel = broker::heartbeat_channel("", 3);
     let (tx, mut rx) = mpsc::channel(256);
-    let monitor = spawn_monitor(settings(&server.url_db(3)), vec!["q".into()], tx);
+    let monitor = spawn_monitor(settings(&server.url_db(3)), polled(&["q"]), tx);
     let (_, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some());
 
@@ -433,7 +446,7 @@ async fn backlog_matches_what_celery_enqueued() {
     let (tx, mut rx) = mpsc::channel(64);
     let monitor = spawn_monitor(
         settings(&server.url()),
-        vec!["bq".into(), "other".into(), "none".into()],
+        polled(&["bq", "other", "none"]),
         tx,
     );
     let (_, backlog) = recv_until(&mut rx, Duration::from_secs(5), |e| {
@@ -449,7 +462,7 @@ async fn backlog_matches_what_celery_enqueued() {
         ])))
     );
     // set_queues is picked up.
-    monitor.set_queues(vec!["other".into()]);
+    monitor.set_queues(polled(&["other"]));
     let (_, backlog) = recv_until(
         &mut rx,
         Duration::from_secs(5),
@@ -482,6 +495,41 @@ async fn backlog_matches_what_celery_enqueued() {
     }
     monitor.shutdown().await;
 
+    // Without `poll`, the backlog comes once at the start, then only when
+    // asked for (or when the queues change), while the PINGs go on.
+    let (tx, mut rx) = mpsc::channel(64);
+    let monitor = spawn_monitor(
+        settings(&server.url()),
+        Watched {
+            queues: vec!["bq".into()],
+            poll: false,
+        },
+        tx,
+    );
+    let (_, first) = recv_until(&mut rx, Duration::from_secs(5), |e| {
+        matches!(e, BrokerEvent::Backlog(_))
+    })
+    .await;
+    assert_eq!(
+        first,
+        Some(BrokerEvent::Backlog(BTreeMap::from([("bq".into(), 9)])))
+    );
+    // Four check intervals (300 ms each).
+    let quiet = recv_for(&mut rx, Duration::from_millis(1300)).await;
+    let ups = quiet.iter().filter(|e| is_up(e)).count();
+    assert!(ups >= 3, "the health checks go on: {quiet:?}");
+    assert!(
+        !quiet.iter().any(|e| matches!(e, BrokerEvent::Backlog(_))),
+        "no periodic backlog without poll: {quiet:?}"
+    );
+    monitor.refresh_backlog();
+    let (_, asked) = recv_until(&mut rx, Duration::from_secs(3), |e| {
+        matches!(e, BrokerEvent::Backlog(_))
+    })
+    .await;
+    assert!(asked.is_some(), "refresh_backlog answers without poll");
+    monitor.shutdown().await;
+
     // global_keyprefix.
     let mut s = settings(&server.url_db(1));
     s.key_prefix = "pfx:".into();
@@ -498,7 +546,7 @@ async fn backlog_matches_what_celery_enqueued() {
 async fn heartbeats_from_a_real_celery_worker() {
     let server = blocking(RedisServer::start).await;
     let (tx, mut rx) = mpsc::channel(256);
-    let _monitor = spawn_monitor(settings(&server.url()), vec!["hbq".into()], tx);
+    let _monitor = spawn_monitor(settings(&server.url()), polled(&["hbq"]), tx);
     let (_, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some());
 
@@ -564,7 +612,7 @@ async fn wait_heartbeat(
 async fn real_worker_heartbeats_resume_after_redis_restart() {
     let server = blocking(RedisServer::start).await;
     let (tx, mut rx) = mpsc::channel(256);
-    let _monitor = spawn_monitor(settings(&server.url()), vec![], tx);
+    let _monitor = spawn_monitor(settings(&server.url()), polled(&[]), tx);
     let worker = Worker::start(&server.url(), "hb2@testhost", "hbq2");
     wait_heartbeat(&mut rx, "hb2@testhost", Duration::from_secs(60), |_| true).await;
 
@@ -599,7 +647,7 @@ async fn loading_is_not_ready() {
     assert!(e.message.contains("LOADING"), "{e}");
 
     let (tx, mut rx) = mpsc::channel(64);
-    let _monitor = spawn_monitor(settings(&server.url()), vec![], tx);
+    let _monitor = spawn_monitor(settings(&server.url()), polled(&[]), tx);
     match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
         Ok(Some(BrokerEvent::Waiting { error, .. })) => {
             assert!(error.contains("LOADING"), "{error}")
@@ -848,7 +896,7 @@ async fn tls_with_ca_file_and_without_verification() {
 
     // Heartbeats over TLS too.
     let (tx, mut rx) = mpsc::channel(64);
-    let _m = spawn_monitor(settings(&url), vec![], tx);
+    let _m = spawn_monitor(settings(&url), polled(&[]), tx);
     let (_, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some());
 }

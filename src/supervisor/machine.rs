@@ -148,6 +148,16 @@ enum Phase {
     Stopped,
 }
 
+/// The outcome of the health checks of one instance.
+#[derive(Debug)]
+enum HealthVerdict {
+    Fine,
+    /// A stall clock started: a new deadline.
+    Changed,
+    /// Restart it (id, why).
+    Restart(String, String),
+}
+
 /// What happens once a stopping instance has stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum After {
@@ -184,6 +194,9 @@ struct Instance {
     /// The KillTree this instance waits for, if any.
     kill_pending: Option<u64>,
     health: Health,
+    /// A tick saw this run pass [`UP_AFTER`] (so that moment is no longer a
+    /// deadline).
+    up_seen: bool,
 }
 
 impl Instance {
@@ -202,6 +215,7 @@ impl Instance {
             after: After::Stay,
             kill_pending: None,
             health: Health::default(),
+            up_seen: false,
         }
     }
 
@@ -296,6 +310,9 @@ pub struct Machine {
     kill_seq: u64,
     actions: Vec<Action>,
     jitter: Box<dyn FnMut() -> f64 + Send>,
+    /// Bumped by every event that may change a state, a deadline or the
+    /// summary; see [`Machine::revision`].
+    revision: u64,
 }
 
 impl Machine {
@@ -319,12 +336,30 @@ impl Machine {
             kill_seq: 0,
             actions: Vec::new(),
             jitter,
+            revision: 0,
         }
+    }
+
+    /// A number that changes whenever an event may have changed a state, a
+    /// deadline ([`Machine::next_deadline`]) or the summary
+    /// ([`Machine::summary_facts`]). The routine events of an idle daemon
+    /// (a heartbeat from a worker that is up, a backlog that stalls nothing,
+    /// the broker staying up) leave it alone, so the owner can skip the
+    /// O(instances) work those need. A heartbeat can only move a deadline
+    /// later: a deadline cached from an older revision fires early at worst,
+    /// and [`Machine::tick`] then bumps the revision.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn bump(&mut self) {
+        self.revision = self.revision.wrapping_add(1);
     }
 
     /// Prepare every group and start (or queue behind the broker gate) every
     /// instance.
     pub fn boot(&mut self, now: Instant) {
+        self.bump();
         for g in self.plan.groups.clone() {
             self.actions.push(Action::PrepareGroup {
                 group: g.name.clone(),
@@ -369,6 +404,7 @@ impl Machine {
         if self.gate_open {
             return;
         }
+        self.bump();
         self.gate_open = true;
         self.broker_up = true;
         let waiting: Vec<String> = self
@@ -385,7 +421,11 @@ impl Machine {
     /// The broker's health changed. Workers are never restarted for a broker
     /// outage; heartbeat clocks restart when it comes back.
     pub fn broker_health(&mut self, up: bool, now: Instant) {
-        if up && !self.broker_up {
+        if up == self.broker_up {
+            return;
+        }
+        self.bump();
+        if up {
             for i in self.instances.values_mut() {
                 if i.health.last_heartbeat.is_some() {
                     i.health.last_heartbeat = Some(now);
@@ -398,6 +438,7 @@ impl Machine {
 
     /// The worker for `id` (run `generation`) was spawned as `pid`.
     pub fn spawned(&mut self, id: &str, generation: u64, pid: u32, now: Instant) {
+        self.bump();
         let Some(inst) = self.instances.get_mut(id) else {
             return;
         };
@@ -407,6 +448,7 @@ impl Machine {
         inst.pid = Some(pid);
         inst.pgid = Some(pid);
         inst.health = Health::default();
+        inst.up_seen = false;
         match inst.phase {
             Phase::Starting => {
                 inst.phase = Phase::Running { since: now };
@@ -427,6 +469,7 @@ impl Machine {
     /// Spawning failed (the program is missing, the user is wrong, …). It
     /// counts as a quick failure.
     pub fn spawn_failed(&mut self, id: &str, generation: u64, error: String, now: Instant) {
+        self.bump();
         let Some(inst) = self.instances.get(id) else {
             return;
         };
@@ -448,6 +491,7 @@ impl Machine {
     /// A process exited. Returns the instance it was the main process of, if
     /// any (exits of adopted orphans are not).
     pub fn exited(&mut self, pid: u32, reason: ExitReason, now: Instant) -> Option<String> {
+        self.bump();
         let id = self
             .instances
             .iter()
@@ -479,6 +523,7 @@ impl Machine {
 
     /// A KillTree finished: no process of that run is left.
     pub fn tree_cleared(&mut self, id: &str, seq: u64, now: Instant) {
+        self.bump();
         let Some(inst) = self.instances.get_mut(id) else {
             return;
         };
@@ -494,20 +539,32 @@ impl Machine {
 
     /// Time passed: fire every deadline that is due.
     pub fn tick(&mut self, now: Instant) {
-        let ids: Vec<String> = self.instances.keys().cloned().collect();
-        for id in ids {
-            let Some(inst) = self.instances.get_mut(&id) else {
-                continue;
-            };
-            match inst.phase.clone() {
-                Phase::Backoff { until } if until <= now => self.launch(&id, now),
-                Phase::Stopping { stage, deadline } if deadline <= now => {
-                    self.stop_deadline(&id, stage, now)
-                }
-                Phase::Running { .. } => self.check_health(&id, now),
+        self.bump();
+        let due: Vec<(String, Phase)> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| match i.phase {
+                Phase::Backoff { until } => until <= now,
+                Phase::Stopping { deadline, .. } => deadline <= now,
+                _ => false,
+            })
+            .map(|(id, i)| (id.clone(), i.phase.clone()))
+            .collect();
+        for i in self.instances.values_mut() {
+            if let Phase::Running { since } = i.phase
+                && now >= since + UP_AFTER
+            {
+                i.up_seen = true;
+            }
+        }
+        for (id, phase) in due {
+            match phase {
+                Phase::Backoff { .. } => self.launch(&id, now),
+                Phase::Stopping { stage, .. } => self.stop_deadline(&id, stage, now),
                 _ => {}
             }
         }
+        self.check_health_all(now);
         self.after_event(now);
     }
 
@@ -533,12 +590,9 @@ impl Machine {
                             consider(s + t);
                         }
                     }
-                    let rolling_current = self
-                        .rolling
-                        .get(&inst.spec.group)
-                        .and_then(|r| r.current.as_deref())
-                        == Some(inst.spec.id.as_str());
-                    if rolling_current && inst.health.last_heartbeat.is_none() {
+                    // The moment it counts as up changes its state (and
+                    // lets a rolling restart go on).
+                    if inst.health.last_heartbeat.is_none() && !inst.up_seen {
                         consider(since + UP_AFTER);
                     }
                 }
@@ -551,6 +605,7 @@ impl Machine {
     /// Start the targets and clear their operator-stop pin.
     pub fn start(&mut self, targets: &[String], now: Instant) -> Result<Vec<String>, CommandError> {
         let ids = self.resolve(targets)?;
+        self.bump();
         let mut out = Vec::new();
         for id in ids {
             let inst = self.instances.get_mut(&id).expect("resolved");
@@ -580,6 +635,7 @@ impl Machine {
     /// Stop the targets and pin them down until started again.
     pub fn stop(&mut self, targets: &[String], now: Instant) -> Result<Vec<String>, CommandError> {
         let ids = self.resolve(targets)?;
+        self.bump();
         let mut out = Vec::new();
         for id in ids {
             let inst = self.instances.get_mut(&id).expect("resolved");
@@ -611,6 +667,7 @@ impl Machine {
         now: Instant,
     ) -> Result<Vec<String>, CommandError> {
         let ids = self.resolve(targets)?;
+        self.bump();
         let mut out = Vec::new();
         for id in ids {
             let inst = self.instances.get_mut(&id).expect("resolved");
@@ -635,6 +692,7 @@ impl Machine {
     /// Apply a new plan: unchanged groups are not touched, changed ones are
     /// restarted instance by instance, removed ones stopped, new ones started.
     pub fn reload(&mut self, new: Plan, now: Instant) -> PlanDiff {
+        self.bump();
         let d = plan::diff(&self.plan, &new);
         let old = std::mem::replace(&mut self.plan, new);
         for g in &d.removed {
@@ -711,6 +769,7 @@ impl Machine {
     /// Stop everything, in parallel; [`Action::Exit`] follows once all is
     /// stopped.
     pub fn shutdown(&mut self, now: Instant) {
+        self.bump();
         if self.shutting_down {
             return;
         }
@@ -726,32 +785,41 @@ impl Machine {
 
     /// A Celery heartbeat from `node`.
     pub fn heartbeat(&mut self, node: &str, active: u64, processed: u64, now: Instant) {
+        // Node names are `<id>@<device_id>`; other devices on the same broker
+        // use the same ids with another device id.
+        let id = node.split_once('@').map_or(node, |(id, _)| id);
         let Some(inst) = self
             .instances
-            .values_mut()
-            .find(|i| i.spec.node == node && matches!(i.phase, Phase::Running { .. }))
+            .get_mut(id)
+            .filter(|i| i.spec.node == node && matches!(i.phase, Phase::Running { .. }))
         else {
             return;
         };
         let progressed = inst.health.processed != Some(processed) || active > 0;
+        if inst.health.last_heartbeat.is_none() {
+            // It is up now, and has a heartbeat deadline from here on.
+            self.revision = self.revision.wrapping_add(1);
+        }
         inst.health.last_heartbeat = Some(now);
         inst.health.active = Some(active);
         inst.health.processed = Some(processed);
         if progressed {
             inst.health.stall_since = None;
         }
-        let id = inst.spec.id.clone();
-        self.check_health(&id, now);
+        let verdict = if self.broker_up && !self.shutting_down {
+            let b = group_backlog(&self.plan, &self.backlog, &inst.spec.group);
+            health_verdict(inst, b, now)
+        } else {
+            HealthVerdict::Fine
+        };
+        self.act_on_health(vec![verdict], now);
         self.after_event(now);
     }
 
     /// The queues' backlog, from the broker.
     pub fn backlog(&mut self, backlog: BTreeMap<String, u64>, now: Instant) {
         self.backlog = backlog;
-        let ids: Vec<String> = self.instances.keys().cloned().collect();
-        for id in ids {
-            self.check_health(&id, now);
-        }
+        self.check_health_all(now);
         self.after_event(now);
     }
 
@@ -1079,52 +1147,40 @@ impl Machine {
         self.begin_stop(id, After::Remove, "removed from the config", now);
     }
 
-    fn check_health(&mut self, id: &str, now: Instant) {
+    /// The heartbeat and stall checks of every running instance.
+    fn check_health_all(&mut self, now: Instant) {
         if !self.broker_up || self.shutting_down {
             return;
         }
-        let queues: Vec<String> = {
-            let Some(inst) = self.instances.get(id) else {
-                return;
-            };
-            if !matches!(inst.phase, Phase::Running { .. }) {
-                return;
+        let (plan, backlog) = (&self.plan, &self.backlog);
+        let backlogs: Vec<(&str, u64)> = plan
+            .groups
+            .iter()
+            .map(|g| (g.name.as_str(), group_backlog(plan, backlog, &g.name)))
+            .collect();
+        let mut verdicts = Vec::new();
+        for inst in self.instances.values_mut() {
+            let b = backlogs
+                .iter()
+                .find(|(g, _)| *g == inst.spec.group)
+                .map_or(0, |(_, b)| *b);
+            match health_verdict(inst, b, now) {
+                HealthVerdict::Fine => {}
+                v => verdicts.push(v),
             }
-            self.plan
-                .group(&inst.spec.group)
-                .map(|g| g.queues.clone())
-                .unwrap_or_default()
-        };
-        let backlog: u64 = queues.iter().filter_map(|q| self.backlog.get(q)).sum();
-        let inst = self.instances.get_mut(id).expect("present");
-        let timing = inst.spec.timing.clone();
-        if let (Some(timeout), Some(last)) = (timing.heartbeat_timeout, inst.health.last_heartbeat)
-            && now.saturating_duration_since(last) >= timeout
-        {
-            let why = format!(
-                "no heartbeat for {}",
-                humantime::format_duration(now.saturating_duration_since(last))
-            );
-            warn!(instance = id, reason = %why, "{id} is alive but silent ({why}); restarting it");
-            inst.health.last_heartbeat = None;
-            self.restart_one(id, &why, now);
-            return;
         }
-        if let Some(timeout) = timing.stall_timeout {
-            let idle = inst.health.active == Some(0) && inst.health.processed.is_some();
-            if backlog > 0 && idle {
-                let since = *inst.health.stall_since.get_or_insert(now);
-                if now.saturating_duration_since(since) >= timeout {
-                    let why = format!(
-                        "stalled: backlog {backlog} but no progress for {}",
-                        humantime::format_duration(now.saturating_duration_since(since))
-                    );
-                    warn!(instance = id, reason = %why, "{id} {why}; restarting it");
-                    inst.health.stall_since = None;
-                    self.restart_one(id, &why, now);
+        self.act_on_health(verdicts, now);
+    }
+
+    fn act_on_health(&mut self, verdicts: Vec<HealthVerdict>, now: Instant) {
+        for v in verdicts {
+            match v {
+                HealthVerdict::Fine => {}
+                HealthVerdict::Changed => self.bump(),
+                HealthVerdict::Restart(id, why) => {
+                    self.bump();
+                    self.restart_one(&id, &why, now);
                 }
-            } else {
-                inst.health.stall_since = None;
             }
         }
     }
@@ -1175,6 +1231,58 @@ impl Machine {
             self.actions.push(Action::Exit);
         }
     }
+}
+
+/// The summed backlog of `group`'s queues.
+fn group_backlog(plan: &Plan, backlog: &BTreeMap<String, u64>, group: &str) -> u64 {
+    plan.group(group)
+        .map_or(0, |g| g.queues.iter().filter_map(|q| backlog.get(q)).sum())
+}
+
+/// Checks a running instance against its heartbeat and stall timeouts,
+/// starting or clearing its stall clock. Anything but a running instance is
+/// fine.
+fn health_verdict(inst: &mut Instance, group_backlog: u64, now: Instant) -> HealthVerdict {
+    if !matches!(inst.phase, Phase::Running { .. }) {
+        return HealthVerdict::Fine;
+    }
+    let id = inst.spec.id.as_str();
+    let timing = &inst.spec.timing;
+    if let (Some(timeout), Some(last)) = (timing.heartbeat_timeout, inst.health.last_heartbeat)
+        && now.saturating_duration_since(last) >= timeout
+    {
+        let why = format!(
+            "no heartbeat for {}",
+            humantime::format_duration(now.saturating_duration_since(last))
+        );
+        warn!(instance = id, reason = %why, "{id} is alive but silent ({why}); restarting it");
+        let id = id.to_string();
+        inst.health.last_heartbeat = None;
+        return HealthVerdict::Restart(id, why);
+    }
+    if let Some(timeout) = timing.stall_timeout {
+        let idle = inst.health.active == Some(0) && inst.health.processed.is_some();
+        if group_backlog > 0 && idle {
+            let started = inst.health.stall_since.is_none();
+            let since = *inst.health.stall_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= timeout {
+                let why = format!(
+                    "stalled: backlog {group_backlog} but no progress for {}",
+                    humantime::format_duration(now.saturating_duration_since(since))
+                );
+                warn!(instance = id, reason = %why, "{id} {why}; restarting it");
+                let id = id.to_string();
+                inst.health.stall_since = None;
+                return HealthVerdict::Restart(id, why);
+            }
+            if started {
+                return HealthVerdict::Changed;
+            }
+        } else {
+            inst.health.stall_since = None;
+        }
+    }
+    HealthVerdict::Fine
 }
 
 #[cfg(test)]

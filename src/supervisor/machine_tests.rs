@@ -614,3 +614,65 @@ fn exit_reasons_read_well() {
     assert_eq!(ExitReason::Signal(15).to_string(), "killed by SIGTERM");
     assert_eq!(ExitReason::OomKilled.to_string(), "oom-killed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn routine_idle_events_leave_the_revision_alone() {
+    let mut m = machine(plan(vec![group("text", &["q"], 2, 1)]));
+    boot_all(&mut m);
+    // Up after UP_AFTER: that moment is a deadline, and the tick there
+    // changes the summary.
+    assert_eq!(m.next_deadline().unwrap() - Instant::now(), UP_AFTER);
+    advance(UP_AFTER).await;
+    let r0 = m.revision();
+    assert!(tick(&mut m).is_empty());
+    assert_ne!(m.revision(), r0, "a tick may change states");
+    assert_eq!(m.summary_facts(Instant::now()).running, 2);
+    assert_eq!(m.next_deadline(), None, "nothing is due any more");
+
+    // The first heartbeat of a run starts its heartbeat clock: a change.
+    let r1 = m.revision();
+    m.heartbeat("text-1@dev", 0, 0, Instant::now());
+    assert_ne!(m.revision(), r1);
+    assert_eq!(m.next_deadline().unwrap() - Instant::now(), 60 * S);
+    // Later heartbeats, an empty backlog and the broker staying up are
+    // routine: no change, and no actions.
+    let r2 = m.revision();
+    advance(2 * S).await;
+    m.heartbeat("text-1@dev", 0, 0, Instant::now());
+    m.backlog(BTreeMap::from([("q".to_string(), 0)]), Instant::now());
+    m.broker_health(true, Instant::now());
+    assert_eq!(m.revision(), r2);
+    assert!(m.take_actions().is_empty());
+    // A cached deadline from r2 is early (the heartbeat moved it later):
+    // the tick there finds nothing to do and bumps the revision, after
+    // which the deadline is the real one.
+    advance(58 * S).await;
+    assert!(tick(&mut m).is_empty());
+    assert_ne!(m.revision(), r2);
+    assert_eq!(m.next_deadline().unwrap() - Instant::now(), 2 * S);
+
+    // A backlog that starts a stall clock is a change (a new deadline).
+    m.heartbeat("text-2@dev", 0, 7, Instant::now());
+    let r3 = m.revision();
+    m.backlog(BTreeMap::from([("q".to_string(), 4)]), Instant::now());
+    assert_ne!(m.revision(), r3);
+    // The broker going down is a change; staying down is not.
+    let r4 = m.revision();
+    m.broker_health(false, Instant::now());
+    assert_ne!(m.revision(), r4);
+    let r5 = m.revision();
+    m.broker_health(false, Instant::now());
+    assert_eq!(m.revision(), r5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_of_the_same_id_on_another_device_are_not_ours() {
+    let mut m = machine(plan(vec![group("text", &["q"], 1, 1)]));
+    boot_all(&mut m);
+    m.heartbeat("text-1@other-pi", 3, 9, Instant::now());
+    m.heartbeat("text-1", 3, 9, Instant::now());
+    assert_eq!(view(&m, "text-1").heartbeat_age, None);
+    m.heartbeat("text-1@dev", 3, 9, Instant::now());
+    let v = view(&m, "text-1");
+    assert_eq!((v.active, v.processed), (Some(3), Some(9)));
+}

@@ -99,6 +99,11 @@ pub struct Supervisor {
     monitor: Option<Monitor>,
     tx: mpsc::Sender<Msg>,
     last_status_line: String,
+    /// The machine revision and broker view revision the STATUS= line was
+    /// last computed for.
+    status_for: Option<(u64, u64)>,
+    /// Bumped whenever `broker` changes in a way the summary shows.
+    broker_rev: u64,
     usage: HashMap<String, Usage>,
     usage_at: Option<std::time::Instant>,
     sys: Option<sysinfo::System>,
@@ -137,6 +142,8 @@ impl Supervisor {
             monitor: None,
             tx,
             last_status_line: String::new(),
+            status_for: None,
+            broker_rev: 0,
             usage: HashMap::new(),
             usage_at: None,
             sys: sysinfo::System::new().ok(),
@@ -163,12 +170,24 @@ impl Supervisor {
         let mut watchdog_tick =
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The next deadline, recomputed (O(instances)) only when the machine
+        // says something changed: the routine events of an idle daemon
+        // (PINGs, heartbeats) then cost O(1).
+        let mut deadline_for: Option<(u64, Option<Instant>)> = None;
         loop {
             if let Some(code) = self.exit_code {
                 self.finish().await;
                 return code;
             }
-            let deadline = self.machine.next_deadline();
+            let revision = self.machine.revision();
+            let deadline = match deadline_for {
+                Some((r, d)) if r == revision => d,
+                _ => {
+                    let d = self.machine.next_deadline();
+                    deadline_for = Some((revision, d));
+                    d
+                }
+            };
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
@@ -212,7 +231,7 @@ impl Supervisor {
         }
         let settings = broker_settings(b);
         let (btx, mut brx) = mpsc::channel(256);
-        self.monitor = Some(broker::spawn_monitor(settings, self.queues(), btx));
+        self.monitor = Some(broker::spawn_monitor(settings, self.watched(), btx));
         let tx = self.tx.clone();
         tokio::spawn(async move {
             while let Some(ev) = brx.recv().await {
@@ -240,6 +259,19 @@ impl Supervisor {
         q
     }
 
+    /// The queues for the broker monitor; their backlog is polled at every
+    /// health check only when some group has stall detection on.
+    fn watched(&self) -> broker::Watched {
+        broker::Watched {
+            queues: self.queues(),
+            poll: self
+                .machine
+                .plan()
+                .instances()
+                .any(|s| s.timing.stall_timeout.is_some()),
+        }
+    }
+
     async fn handle(&mut self, msg: Msg) {
         let now = Instant::now();
         match msg {
@@ -263,6 +295,16 @@ impl Supervisor {
     }
 
     fn broker_event(&mut self, ev: BrokerEvent, now: Instant) {
+        // The summary shows the broker's state and, while waiting, its error:
+        // everything but the routine events changes it.
+        let routine = match &ev {
+            BrokerEvent::Up { .. } => self.broker.state == "ok",
+            BrokerEvent::Backlog(_) | BrokerEvent::Heartbeat(_) => true,
+            _ => false,
+        };
+        if !routine {
+            self.broker_rev = self.broker_rev.wrapping_add(1);
+        }
         match ev {
             BrokerEvent::Waiting { error, since } => {
                 self.broker = BrokerView {
@@ -556,7 +598,7 @@ impl Supervisor {
                 keep.daemon.socket = self.config.daemon.socket.clone();
                 self.config = keep;
                 if let Some(m) = &self.monitor {
-                    m.set_queues(self.queues());
+                    m.set_queues(self.watched());
                 } else if !self.machine.plan().groups.is_empty() {
                     self.start_broker_monitor();
                 }
@@ -901,6 +943,11 @@ impl Supervisor {
         if !self.notifier.is_enabled() {
             return;
         }
+        let key = (self.machine.revision(), self.broker_rev);
+        if self.status_for == Some(key) {
+            return;
+        }
+        self.status_for = Some(key);
         let line = self.summary(&self.machine.summary_facts(Instant::now()));
         if line != self.last_status_line {
             self.notifier.status(&line);
