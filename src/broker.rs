@@ -1074,7 +1074,7 @@ async fn run_connected(
                 _ = check_tick.tick() => {
                     ping = true;
                     want_backlog = queues.borrow().poll
-                        && !last_backlog.is_some_and(|t| t.elapsed() < BACKLOG_MIN_INTERVAL);
+                        && last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_MIN_INTERVAL);
                 }
                 changed = queues.changed() => {
                     if changed.is_err() {
