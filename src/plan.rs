@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -98,7 +99,8 @@ pub struct GroupPlan {
     pub name: String,
     pub queues: Vec<String>,
     pub limits: Limits,
-    pub instances: Vec<InstanceSpec>,
+    /// Shared with the supervisor's instances (one copy per instance).
+    pub instances: Vec<Arc<InstanceSpec>>,
 }
 
 /// Everything the daemon runs.
@@ -114,7 +116,7 @@ impl Plan {
         self.groups.iter().find(|g| g.name == name)
     }
 
-    pub fn instances(&self) -> impl Iterator<Item = &InstanceSpec> {
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<InstanceSpec>> {
         self.groups.iter().flat_map(|g| g.instances.iter())
     }
 }
@@ -190,7 +192,7 @@ pub fn build(config: &Config) -> Plan {
                     env.insert("CLEARIFY_INSTANCE".to_string(), id.clone());
                     env.insert("CLEARIFY_GROUP".to_string(), g.name.clone());
                     env.insert("CLEARIFY_NODE".to_string(), node.clone());
-                    InstanceSpec {
+                    Arc::new(InstanceSpec {
                         id,
                         group: g.name.clone(),
                         index: i,
@@ -201,7 +203,7 @@ pub fn build(config: &Config) -> Plan {
                         cwd: celery.workdir.clone(),
                         user: celery.user.clone(),
                         timing: g.timing.clone(),
-                    }
+                    })
                 })
                 .collect();
             GroupPlan {

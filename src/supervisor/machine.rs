@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -61,7 +62,7 @@ pub enum Action {
     /// Start the worker. Answer with [`Machine::spawned`] or
     /// [`Machine::spawn_failed`].
     Spawn {
-        spec: Box<InstanceSpec>,
+        spec: Arc<InstanceSpec>,
         generation: u64,
     },
     /// Signal the worker's main process only (never its pool children).
@@ -176,9 +177,9 @@ struct Health {
 
 #[derive(Debug)]
 struct Instance {
-    spec: InstanceSpec,
+    spec: Arc<InstanceSpec>,
     /// A new spec from a reload, applied at the next start.
-    next_spec: Option<InstanceSpec>,
+    next_spec: Option<Arc<InstanceSpec>>,
     phase: Phase,
     pid: Option<u32>,
     /// The main pid of the latest run, kept after it exits: the process
@@ -200,7 +201,7 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(spec: InstanceSpec) -> Self {
+    fn new(spec: Arc<InstanceSpec>) -> Self {
         Instance {
             spec,
             next_spec: None,
@@ -395,7 +396,7 @@ impl Machine {
         self.instances
             .values()
             .find(|i| i.pid == Some(pid))
-            .map(|i| &i.spec)
+            .map(|i| &*i.spec)
     }
 
     /// The broker became reachable for the first time (or the gate was
@@ -960,7 +961,7 @@ impl Machine {
         inst.phase = Phase::Starting;
         inst.after = After::Stay;
         self.actions.push(Action::Spawn {
-            spec: Box::new(inst.spec.clone()),
+            spec: inst.spec.clone(),
             generation: inst.generation,
         });
     }

@@ -28,17 +28,19 @@ fn group(name: &str, queues: &[&str], instances: u32, concurrency: u32) -> Group
         queues: queues.iter().map(|q| q.to_string()).collect(),
         limits: Limits::default(),
         instances: (1..=instances)
-            .map(|i| InstanceSpec {
-                id: format!("{name}-{i}"),
-                group: name.into(),
-                index: i,
-                node: format!("{name}-{i}@dev"),
-                program: "/usr/bin/celery".into(),
-                args: vec!["-c".into(), concurrency.to_string()],
-                env: BTreeMap::new(),
-                cwd: "/".into(),
-                user: None,
-                timing: timing(),
+            .map(|i| {
+                Arc::new(InstanceSpec {
+                    id: format!("{name}-{i}"),
+                    group: name.into(),
+                    index: i,
+                    node: format!("{name}-{i}@dev"),
+                    program: "/usr/bin/celery".into(),
+                    args: vec!["-c".into(), concurrency.to_string()],
+                    env: BTreeMap::new(),
+                    cwd: "/".into(),
+                    user: None,
+                    timing: timing(),
+                })
             })
             .collect(),
     }

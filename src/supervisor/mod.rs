@@ -106,7 +106,6 @@ pub struct Supervisor {
     broker_rev: u64,
     usage: HashMap<String, Usage>,
     usage_at: Option<std::time::Instant>,
-    sys: Option<sysinfo::System>,
     exit_code: Option<i32>,
 }
 
@@ -146,7 +145,6 @@ impl Supervisor {
             broker_rev: 0,
             usage: HashMap::new(),
             usage_at: None,
-            sys: sysinfo::System::new().ok(),
             exit_code: None,
             config: setup.config,
         }
@@ -829,51 +827,12 @@ impl Supervisor {
                     );
                 }
             }
-        } else if let Some(sys) = &mut self.sys {
-            use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
-            // Only the workers and their descendants, found through
-            // /proc/PID/task/TID/children: not every process on the machine.
-            let mut wanted: Vec<sysinfo::Pid> = Vec::new();
-            let mut stack: Vec<u32> = views.iter().filter_map(|v| v.pid).collect();
-            while let Some(p) = stack.pop() {
-                wanted.push(sysinfo::Pid::from_u32(p));
-                if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-                    for t in tasks.flatten() {
-                        let path = t.path().join("children");
-                        if let Ok(c) = std::fs::read_to_string(path) {
-                            stack.extend(
-                                c.split_ascii_whitespace()
-                                    .filter_map(|x| x.parse::<u32>().ok()),
-                            );
-                        }
-                    }
-                }
-            }
-            sys.refresh_processes_specifics(
-                ProcessesToUpdate::Some(&wanted),
-                true,
-                ProcessRefreshKind::nothing().with_memory().with_cpu(),
-            );
-            let mut children: HashMap<sysinfo::Pid, Vec<sysinfo::Pid>> = HashMap::new();
-            for (pid, p) in sys.processes() {
-                if let Some(parent) = p.parent() {
-                    children.entry(parent).or_default().push(*pid);
-                }
-            }
+        } else {
+            // Without cgroups: each worker's process tree, from /proc.
             for v in views {
-                let Some(pid) = v.pid else { continue };
-                let mut stack = vec![sysinfo::Pid::from_u32(pid)];
-                let (mut cpu, mut mem) = (0u64, 0u64);
-                while let Some(p) = stack.pop() {
-                    if let Some(proc_) = sys.process(p) {
-                        cpu += proc_.accumulated_cpu_time() * 1000;
-                        mem += proc_.memory();
-                    }
-                    if let Some(c) = children.get(&p) {
-                        stack.extend(c.iter().copied());
-                    }
+                if let Some(u) = v.pid.and_then(process::tree_usage) {
+                    fresh.insert(v.id.clone(), (u.cpu_usec, Some(u.rss_bytes)));
                 }
-                fresh.insert(v.id.clone(), (cpu, Some(mem)));
             }
         }
         let mut next = HashMap::new();
