@@ -1586,7 +1586,7 @@ impl<'a> Checker<'a> {
     }
 
     fn check_user(&mut self, name: &str, v: &Val<'_>, key: &str) -> bool {
-        match nix::unistd::User::from_name(name) {
+        match crate::accounts::Accounts::system().user_by_name(name) {
             Ok(Some(u)) if u.uid.is_root() => {
                 self.error(
                     &v.span(),

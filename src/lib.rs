@@ -7,6 +7,7 @@
 //! ([`supervisor::machine`]); the OS effects live in thin modules around it:
 //! [`process`], [`cgroup`], [`journal`], [`notify`].
 
+pub mod accounts;
 pub mod broker;
 pub mod cgroup;
 pub mod config;

@@ -18,7 +18,6 @@
 //!   environment (grandchildren that called setsid), until none is left.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
@@ -29,10 +28,11 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{Pid, User};
+use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
+use crate::accounts::Accounts;
 use crate::plan::InstanceSpec;
 use crate::supervisor::machine::ExitReason;
 
@@ -67,20 +67,24 @@ pub enum UserError {
 
 /// Decide who workers run as. As root, `user` must name an unprivileged
 /// user; otherwise workers simply run as the daemon's own user, and `user`
-/// is ignored (systemd already chose the user).
+/// is ignored (systemd already chose the user). The user and its groups come
+/// from /etc/passwd and /etc/group when they have it, else from NSS
+/// ([`Accounts`]).
 pub fn resolve_user(user: Option<&str>) -> Result<Option<RunAs>, UserError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
     let name = user.ok_or(UserError::NoUser)?;
-    let u = User::from_name(name)
+    let accounts = Accounts::system();
+    let u = accounts
+        .user_by_name(name)
         .map_err(|e| UserError::Lookup(name.to_string(), e))?
         .ok_or_else(|| UserError::Unknown(name.to_string()))?;
     if u.uid.is_root() {
         return Err(UserError::Root(name.to_string()));
     }
-    let cname = CString::new(name).map_err(|_| UserError::Unknown(name.to_string()))?;
-    let groups = nix::unistd::getgrouplist(&cname, u.gid)
+    let groups = accounts
+        .groups_of(&u)
         .map_err(|e| UserError::Lookup(name.to_string(), e))?
         .into_iter()
         .map(|g| g.as_raw())
@@ -90,7 +94,7 @@ pub fn resolve_user(user: Option<&str>) -> Result<Option<RunAs>, UserError> {
         uid: u.uid.as_raw(),
         gid: u.gid.as_raw(),
         groups,
-        home: u.dir.to_string_lossy().into_owned(),
+        home: u.home.to_string_lossy().into_owned(),
     }))
 }
 

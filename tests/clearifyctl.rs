@@ -755,6 +755,26 @@ fn run_as(env: &Env, bin: &Path, who: (Uid, Gid), args: &[&str]) -> Run {
     Run::from(out)
 }
 
+/// clearifyctl run as `who` with exactly these supplementary groups,
+/// whatever the group database says (like a session that predates a
+/// `usermod -aG`, or one that used `newgrp`).
+fn run_with_groups(env: &Env, bin: &Path, who: (Uid, Gid), groups: &[Gid], args: &[&str]) -> Run {
+    let list: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={}", who.0))
+        .arg(format!("--regid={}", who.1))
+        .arg(format!("--groups={}", list.join(",")))
+        .arg("--")
+        .arg(bin)
+        .arg("--socket")
+        .arg(env.sock())
+        .args(args)
+        .env_remove("CLEARIFY_SOCKET")
+        .output()
+        .expect("this test needs setpriv (util-linux)");
+    Run::from(out)
+}
+
 #[test]
 fn changing_requests_need_root_the_daemon_user_or_the_admin_group() {
     let u = users();
@@ -815,6 +835,35 @@ fn changing_requests_need_root_the_daemon_user_or_the_admin_group() {
         .find(|(r, _)| matches!(r, Request::Stop { .. }))
         .unwrap();
     assert_eq!(peer.uid, u.admin.0.as_raw());
+    assert!(peer.groups.contains(&u.admin_gid.as_raw()), "{peer:?}");
+
+    // Membership is the client process's groups, as for the socket file's
+    // permission, not the group database: the admin in a session without
+    // the group (one from before being added to it) is refused ...
+    let r = run_with_groups(&env, &bin, u.admin, &[u.sock_gid], &["start", "text-1"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("permission denied") && r.stderr.contains("log in again"),
+        "{r:?}"
+    );
+    assert_eq!(state_of(&env, "text-1").0, "stopped");
+    // ... and a process that has the group may, whatever the database says.
+    let r = run_with_groups(
+        &env,
+        &bin,
+        u.outsider,
+        &[u.sock_gid, u.admin_gid],
+        &["start", "text-1"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("text-1: starting"), "{r:?}");
+    assert_ne!(state_of(&env, "text-1").0, "stopped");
+    let seen = env.fake.state.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(r, p)| matches!(r, Request::Start { .. }) && p.uid == u.outsider.0.as_raw()),
+        "{seen:?}"
+    );
 
     // Someone outside the socket's group cannot even open it: exit 4.
     let r = run_as(&env, &bin, u.outsider, &["status"]);

@@ -149,9 +149,19 @@ async fn every_request_type_round_trips_to_the_supervisor() {
     assert_eq!(seen[5], Request::Reload);
     assert_eq!(seen[6], logs);
     assert_eq!(seen[9], unknown);
-    let peer = fake.state.seen.lock().unwrap()[0].1;
+    let peer = fake.state.seen.lock().unwrap()[0].1.clone();
     assert_eq!(peer.uid, nix::unistd::getuid().as_raw());
+    assert_eq!(peer.gid, nix::unistd::getgid().as_raw());
     assert_eq!(peer.pid, std::process::id() as i32);
+    let mut groups: Vec<u32> = nix::unistd::getgroups()
+        .unwrap()
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    groups.sort_unstable();
+    let mut seen_groups = peer.groups.clone();
+    seen_groups.sort_unstable();
+    assert_eq!(seen_groups, groups, "SO_PEERGROUPS: the client's groups");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

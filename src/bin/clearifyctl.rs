@@ -22,7 +22,8 @@ Inspect and control clearify-workerd, the Celery worker supervisor, over its con
 
 Anyone who can open the socket may read (status, logs, test, version). Changing requests
 (start, stop, restart, reload) need root, the daemon's user, or membership in the daemon's
-admin group ([daemon].admin_group, default \"clearify\").
+admin group ([daemon].admin_group, default \"clearify\"): the groups of this process count,
+so after being added to the group, log in again.
 
 A TARGET is a group name (e.g. text), an instance id (e.g. text-1), or \"all\".
 

@@ -16,10 +16,14 @@
 //! - at most [`ServeOptions::max_clients`] (64) are served at once; the
 //!   next one is answered [`ErrorKind::Busy`] and closed at once;
 //! - changing requests from a peer that is not root, the daemon's uid or a
-//!   member of the admin group are refused here and never forwarded.
+//!   member of the admin group are refused here and never forwarded. Group
+//!   membership is the peer process's own groups, as the kernel reports
+//!   them (`SO_PEERCRED`, `SO_PEERGROUPS`): no user database is consulted
+//!   per request.
 
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,13 +39,58 @@ use super::protocol::{
     Response, encode_frame, read_frame_bytes, write_frame,
 };
 
-/// Who is on the other end of a connection, from `SO_PEERCRED`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who is on the other end of a connection, as the kernel recorded it when
+/// the peer connected: `SO_PEERCRED` and `SO_PEERGROUPS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub uid: u32,
+    /// The peer's effective gid.
     pub gid: u32,
     /// 0 when the kernel did not say.
     pub pid: i32,
+    /// The peer's supplementary groups; empty when the kernel could not
+    /// say (Linux before 4.13).
+    pub groups: Vec<u32>,
+}
+
+/// The supplementary groups of the peer of `fd`, a connected Unix socket:
+/// `getsockopt(SOL_SOCKET, SO_PEERGROUPS)` (Linux 4.13), which nix does not
+/// wrap.
+pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    peer_groups_with(fd, 32)
+}
+
+/// [`peer_groups`] with room for `room` groups in the first try.
+fn peer_groups_with(fd: BorrowedFd<'_>, room: usize) -> io::Result<Vec<u32>> {
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; room];
+    // The kernel says how much room it needs (ERANGE); the peer's groups
+    // never change, so the second try fits.
+    for _ in 0..2 {
+        let mut len = (groups.len() * GID) as libc::socklen_t;
+        // SAFETY: the buffer is valid for `len` bytes, and the kernel writes
+        // at most `len` bytes and sets `len` to what it wrote (or needs).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let len = len as usize / GID;
+        if rc == 0 {
+            groups.truncate(len);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || len <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(len, 0);
+    }
+    Err(io::Error::from_raw_os_error(libc::ERANGE))
 }
 
 /// One request for the supervisor. Answer it by sending on `reply`; if
@@ -160,8 +209,11 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlErro
 }
 
 /// Decides who may make changing requests: uid 0, the daemon's own uid, and
-/// members of the admin group (as primary group of the connecting process,
-/// or as a supplementary group of the peer's user in the group database).
+/// members of the admin group. Membership means the connecting process has
+/// the group, as its gid or among its supplementary groups ([`Peer`]): the
+/// rule the kernel applies to the socket file's group permission. A user
+/// just added to the group has it only in processes started from a new
+/// log-in (or `newgrp`/`sg`), not in an existing session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Authorizer {
     pub daemon_uid: Uid,
@@ -176,13 +228,14 @@ impl Authorizer {
         }
     }
 
-    /// The daemon's effective uid and the named admin group, looked up now.
+    /// The daemon's effective uid and the named admin group, looked up now
+    /// (in /etc/group, else NSS: [`Accounts`](crate::accounts::Accounts)).
     /// `None` means only root and the daemon's uid may change anything.
     pub fn for_current_process(admin_group: Option<&str>) -> Result<Self, ControlError> {
         let admin_gid = match admin_group {
             None => None,
-            Some(name) => match nix::unistd::Group::from_name(name) {
-                Ok(Some(g)) => Some(g.gid),
+            Some(name) => match crate::accounts::Accounts::system().group_by_name(name) {
+                Ok(Some(gid)) => Some(gid),
                 Ok(None) => {
                     return Err(ControlError::UnknownGroup {
                         name: name.to_string(),
@@ -199,27 +252,16 @@ impl Authorizer {
         Ok(Authorizer::new(Uid::effective(), admin_gid))
     }
 
-    /// Whether `peer` may make changing requests. May consult the group
-    /// database (NSS), so call it off the async threads.
+    /// Whether `peer` may make changing requests. Looks only at `peer`
+    /// and `self`: cheap, no user database.
     pub fn allows(&self, peer: &Peer) -> bool {
         if peer.uid == 0 || peer.uid == self.daemon_uid.as_raw() {
             return true;
         }
-        let Some(admin) = self.admin_gid else {
+        let Some(admin) = self.admin_gid.map(Gid::as_raw) else {
             return false;
         };
-        if peer.gid == admin.as_raw() {
-            return true;
-        }
-        let Ok(Some(user)) = nix::unistd::User::from_uid(Uid::from_raw(peer.uid)) else {
-            return false;
-        };
-        let Ok(name) = std::ffi::CString::new(user.name) else {
-            return false;
-        };
-        nix::unistd::getgrouplist(&name, user.gid)
-            .map(|groups| groups.contains(&admin))
-            .unwrap_or(false)
+        peer.gid == admin || peer.groups.contains(&admin)
     }
 }
 
@@ -353,16 +395,26 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self, mut stream: UnixStream) {
-        let peer = match stream.peer_cred() {
-            Ok(c) => Peer {
-                uid: c.uid(),
-                gid: c.gid(),
-                pid: c.pid().unwrap_or(0),
-            },
+        let cred = match stream.peer_cred() {
+            Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "control socket: no peer credentials ({e}); closing");
                 return;
             }
+        };
+        let groups = peer_groups(stream.as_fd()).unwrap_or_else(|e| {
+            // Only the gid counts then; say so once, not per connection.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                warn!(error = %e, "control socket: cannot read the peers' supplementary groups (SO_PEERGROUPS: {e}); only a peer's primary group counts for [daemon].admin_group");
+            });
+            Vec::new()
+        });
+        let peer = Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid().unwrap_or(0),
+            groups,
         };
         loop {
             let idle = self.idle_timeout;
@@ -391,7 +443,7 @@ impl Connection {
                     return;
                 }
             };
-            let (response, keep_open) = self.handle(&body, peer).await;
+            let (response, keep_open) = self.handle(&body, &peer).await;
             if !self.reply(&mut stream, &response).await || !keep_open {
                 return;
             }
@@ -400,7 +452,7 @@ impl Connection {
 
     /// Answers one frame body; the flag says whether the connection may
     /// stay open.
-    async fn handle(&self, body: &[u8], peer: Peer) -> (Response, bool) {
+    async fn handle(&self, body: &[u8], peer: &Peer) -> (Response, bool) {
         let version = match serde_json::from_slice::<EnvelopeVersion>(body) {
             Ok(v) => v.version,
             Err(e) => {
@@ -431,40 +483,36 @@ impl Connection {
                 );
             }
         };
-        if request.is_mutating() {
-            let auth = self.auth;
-            let allowed = tokio::task::spawn_blocking(move || auth.allows(&peer))
-                .await
-                .unwrap_or(false);
-            if !allowed {
-                warn!(
-                    uid = peer.uid,
-                    gid = peer.gid,
-                    pid = peer.pid,
-                    request = request_name(&request),
-                    "control socket: permission denied: {} from uid {} (gid {}, pid {}); changing requests need root, the daemon's user or the admin group",
-                    request_name(&request),
-                    peer.uid,
-                    peer.gid,
-                    peer.pid
-                );
-                return (
-                    Response::error(
-                        ErrorKind::PermissionDenied,
-                        format!(
-                            "permission denied: {} needs root, the daemon's user or membership in the admin group ([daemon].admin_group); you are uid {}",
-                            request_name(&request),
-                            peer.uid
-                        ),
+        if request.is_mutating() && !self.auth.allows(peer) {
+            warn!(
+                uid = peer.uid,
+                gid = peer.gid,
+                pid = peer.pid,
+                groups = ?peer.groups,
+                request = request_name(&request),
+                "control socket: permission denied: {} from uid {} (gid {}, groups {:?}, pid {}); changing requests need root, the daemon's user or the admin group",
+                request_name(&request),
+                peer.uid,
+                peer.gid,
+                peer.groups,
+                peer.pid
+            );
+            return (
+                Response::error(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "permission denied: {} needs root, the daemon's user or membership in the admin group ([daemon].admin_group); you are uid {} (just added to the group? log in again)",
+                        request_name(&request),
+                        peer.uid
                     ),
-                    true,
-                );
-            }
+                ),
+                true,
+            );
         }
         let (reply, rx) = oneshot::channel();
         let msg = ControlMsg {
             request,
-            peer,
+            peer: peer.clone(),
             reply,
         };
         if self.tx.send(msg).await.is_err() {
@@ -534,29 +582,108 @@ pub fn request_name(request: &Request) -> &'static str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn root_and_daemon_uid_are_always_allowed() {
-        let auth = Authorizer::new(Uid::from_raw(4242), None);
-        let peer = |uid| Peer {
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer {
             uid,
-            gid: 65534,
+            gid,
             pid: 1,
-        };
-        assert!(auth.allows(&peer(0)));
-        assert!(auth.allows(&peer(4242)));
-        assert!(!auth.allows(&peer(4243)));
+            groups: groups.to_vec(),
+        }
     }
 
     #[test]
-    fn primary_gid_of_the_peer_counts_as_admin_membership() {
+    fn root_and_daemon_uid_are_always_allowed() {
+        let auth = Authorizer::new(Uid::from_raw(4242), None);
+        assert!(auth.allows(&peer(0, 65534, &[])));
+        assert!(auth.allows(&peer(4242, 65534, &[])));
+        assert!(!auth.allows(&peer(4243, 65534, &[])));
+        // Without an admin group, no group helps.
+        assert!(!auth.allows(&peer(4243, 0, &[0, 777])));
+    }
+
+    #[test]
+    fn the_peers_gid_or_supplementary_groups_make_it_an_admin() {
         let auth = Authorizer::new(Uid::from_raw(4242), Some(Gid::from_raw(777)));
-        // A uid with no passwd entry: only the primary gid can match.
-        let peer = Peer {
-            uid: 3_999_999,
-            gid: 777,
-            pid: 1,
-        };
-        assert!(auth.allows(&peer));
-        assert!(!auth.allows(&Peer { gid: 778, ..peer }));
+        assert!(auth.allows(&peer(3_999_999, 777, &[])));
+        assert!(auth.allows(&peer(3_999_999, 778, &[100, 777])));
+        assert!(!auth.allows(&peer(3_999_999, 778, &[])));
+        assert!(!auth.allows(&peer(3_999_999, 778, &[100, 776, 7777])));
+    }
+
+    #[test]
+    fn the_user_database_is_not_consulted() {
+        // root (uid 0) is in group 0 in any group database, but a peer that
+        // is not uid 0 and lacks the group in its process is refused.
+        let auth = Authorizer::new(Uid::from_raw(4242), Some(Gid::from_raw(0)));
+        assert!(!auth.allows(&peer(65534, 65534, &[65534])));
+        assert!(auth.allows(&peer(65534, 65534, &[65534, 0])));
+    }
+
+    /// A socket pair made by a thread whose own credentials (not the
+    /// process's: a raw `setgroups` system call changes only the calling
+    /// thread) carry `groups`, when this process may set groups (root);
+    /// otherwise one made with this process's groups. Returns the pair and
+    /// the groups its peers have.
+    fn pair_with_groups(
+        groups: &[u32],
+    ) -> (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+        Vec<u32>,
+    ) {
+        if !nix::unistd::geteuid().is_root() {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let mine = nix::unistd::getgroups().unwrap();
+            return (a, b, mine.into_iter().map(Gid::as_raw).collect());
+        }
+        let groups = groups.to_vec();
+        std::thread::spawn(move || {
+            // SAFETY: plain system call on a valid buffer; it changes this
+            // thread's credentials only, and the thread ends right after.
+            let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+            assert_eq!(rc, 0, "setgroups: {}", io::Error::last_os_error());
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            (a, b, groups)
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn peer_groups_are_the_peers_groups() {
+        // Beyond the first buffer (32), and unsorted.
+        let wanted: Vec<u32> = (0..100).map(|n| 50_000 - 7 * n).collect();
+        let (a, b, mut expected) = pair_with_groups(&wanted);
+        expected.sort_unstable();
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(expected.len(), 100);
+            assert!(
+                nix::unistd::getgroups().unwrap().len() < 100,
+                "the groups were set on the helper thread only"
+            );
+        }
+        for end in [&a, &b] {
+            // 0: the kernel first says how much room it needs (ERANGE).
+            for room in [0, 1, 32, 100, 70_000] {
+                let mut got = peer_groups_with(end.as_fd(), room).unwrap();
+                got.sort_unstable();
+                assert_eq!(got, expected, "room for {room}");
+            }
+            let mut got = peer_groups(end.as_fd()).unwrap();
+            got.sort_unstable();
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn a_socket_without_a_peer_has_no_peer_groups() {
+        let fd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        assert!(peer_groups(fd.as_fd()).is_err());
     }
 }
