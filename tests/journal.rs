@@ -1,6 +1,7 @@
 //! The worker-output path against real things: a real datagram socket in a
 //! tempdir standing in for journald, and real child processes writing to
-//! real pipes.
+//! real pipes, read by the daemon's pump (one task for both pipes of an
+//! instance).
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -14,9 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clearify_workerd::journal::{
-    JournalSender, LogStore, MAX_RECORD, Sink, Stream, WorkerMeta, decode_entry, pump,
+    JournalSender, LogStore, MAX_RECORD, Sink, WorkerMeta, decode_entry, pump,
 };
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+use tokio::net::unix::pipe::Receiver;
 
 /// One entry as journald would receive it.
 #[derive(Debug)]
@@ -155,6 +157,28 @@ fn spawn(mut cmd: tokio::process::Command) -> tokio::process::Child {
         .expect("python3 must be installed for this test (apt-get install python3)")
 }
 
+fn sh(script: &str) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().expect("sh must be installed")
+}
+
+/// The child's stdout and stderr as the daemon holds them: pipe receivers
+/// (see `process::spawn`).
+fn pipes(child: &mut tokio::process::Child) -> (Receiver, Receiver) {
+    let out = child.stdout.take().unwrap().into_owned_fd().unwrap();
+    let err = child.stderr.take().unwrap().into_owned_fd().unwrap();
+    (
+        Receiver::from_owned_fd(out).unwrap(),
+        Receiver::from_owned_fd(err).unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_safe_fields_round_trip_through_a_real_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,20 +312,10 @@ sys.stderr.write("tail without newline")
     let pid = child.id().unwrap();
     let store = LogStore::new();
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
-    let stderr = child.stderr.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let m = meta(pid);
-    let p1 = tokio::spawn(pump(
-        stderr,
-        m.clone(),
-        Stream::Stderr,
-        sink.clone(),
-        store.clone(),
-    ));
-    let p2 = tokio::spawn(pump(stdout, m, Stream::Stdout, sink, store.clone()));
+    let (stdout, stderr) = pipes(&mut child);
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
     assert!(child.wait().await.unwrap().success());
-    p1.await.unwrap();
-    p2.await.unwrap();
+    p.await.unwrap();
     let got = collector.finish();
 
     let summary: Vec<(u8, String)> = got.iter().map(|r| (r.priority(), r.text())).collect();
@@ -361,8 +375,8 @@ out.flush()
     let pid = child.id().unwrap();
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
     let store = LogStore::new();
-    let stdout = child.stdout.take().unwrap();
-    let p = tokio::spawn(pump(stdout, meta(pid), Stream::Stdout, sink, store.clone()));
+    let (stdout, stderr) = pipes(&mut child);
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
     assert!(child.wait().await.unwrap().success());
     p.await.unwrap();
     let got = collector.finish();
@@ -395,19 +409,15 @@ out.flush()
 async fn a_lone_line_is_not_held_back() {
     let dir = tempfile::tempdir().unwrap();
     let (path, rx) = bind(dir.path());
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("printf '[2024-05-01 12:00:00,123: ERROR/MainProcess] lone\\n'; sleep 3; echo later")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("sh must be installed");
+    let mut child =
+        sh("printf '[2024-05-01 12:00:00,123: ERROR/MainProcess] lone\\n'; sleep 3; echo later");
     let started = Instant::now();
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
-    let stdout = child.stdout.take().unwrap();
+    let (stdout, stderr) = pipes(&mut child);
     let p = tokio::spawn(pump(
         stdout,
+        stderr,
         meta(child.id().unwrap()),
-        Stream::Stdout,
         sink,
         LogStore::new(),
     ));
@@ -443,11 +453,11 @@ async fn a_burst_blocks_the_worker_instead_of_dropping_or_buffering() {
     let mut child = spawn(cmd);
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
     let store = LogStore::new();
-    let stdout = child.stdout.take().unwrap();
+    let (stdout, stderr) = pipes(&mut child);
     let p = tokio::spawn(pump(
         stdout,
+        stderr,
         meta(child.id().unwrap()),
-        Stream::Stdout,
         sink,
         store.clone(),
     ));
@@ -481,18 +491,13 @@ async fn without_journald_the_pump_still_finishes_and_keeps_lines() {
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(
         dir.path().join("absent.sock"),
     )));
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("echo one; echo two")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("sh must be installed");
+    let mut child = sh("echo one; echo two >&2");
     let store = LogStore::new();
-    let stdout = child.stdout.take().unwrap();
+    let (stdout, stderr) = pipes(&mut child);
     let p = tokio::spawn(pump(
         stdout,
+        stderr,
         meta(child.id().unwrap()),
-        Stream::Stdout,
         sink,
         store.clone(),
     ));
@@ -501,12 +506,20 @@ async fn without_journald_the_pump_still_finishes_and_keeps_lines() {
         .await
         .expect("the pump ends at EOF")
         .unwrap();
-    let texts: Vec<String> = store
+    let mut lines: Vec<(String, String)> = store
         .tail(None, 10, None)
         .into_iter()
-        .map(|l| l.text)
+        .map(|l| (l.stream, l.text))
         .collect();
-    assert_eq!(texts, vec!["one", "two"]);
+    // stdout and stderr are read in rounds: the order between them is open
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            ("stderr".to_string(), "two".to_string()),
+            ("stdout".to_string(), "one".to_string())
+        ]
+    );
 }
 
 #[test]
