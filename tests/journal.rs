@@ -356,6 +356,119 @@ sys.stderr.write("tail without newline")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pump_keeps_stdout_and_stderr_apart_and_drains_stderr_after_stdout_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, rx) = bind(dir.path());
+    let collector = Collector::start(rx);
+    let script = r#"
+import os, sys, time
+def out(b): os.write(1, b)
+def err(b): os.write(2, b)
+# a record on each stream, their lines interleaved
+out(b"[2024-05-01 12:00:00,000: ERROR/MainProcess] out record\n")
+err(b"err start\n")
+out(b"  out continuation 1\n")
+err(b"Traceback (most recent call last):\n")
+out(b"  out continuation 2\n")
+err(b'  File "x.py", line 1, in <module>\n')
+err(b"ZeroDivisionError: division by zero\n")
+time.sleep(0.4)  # the quiet time ends both records
+for i in range(50):
+    out(b"out %d\n" % i)
+    err(b"err %d\n" % i)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # EOF on stdout
+err(b"stdout closed\n")
+sys.stdin.readline()
+for i in range(50, 100):
+    err(b"err %d\n" % i)
+time.sleep(0.3)
+err(b"Traceback (most recent call last):\n  File \"y.py\", line 2, in <module>\nKeyError: 'late'\n")
+time.sleep(0.3)
+err(b"err last")
+"#;
+    let mut cmd = python();
+    cmd.arg("-c").arg(script).stdin(Stdio::piped());
+    let mut child = spawn(cmd);
+    let pid = child.id().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let store = LogStore::new();
+    let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
+    let (stdout, stderr) = pipes(&mut child);
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
+
+    // stdout is at EOF and the worker waits: the pump must still run
+    let until = Instant::now() + Duration::from_secs(10);
+    while !store
+        .tail(None, 1000, None)
+        .iter()
+        .any(|l| l.text == "stdout closed")
+    {
+        assert!(Instant::now() < until, "the worker's output never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!p.is_finished(), "stderr is still open: the pump goes on");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    assert!(child.wait().await.unwrap().success());
+    tokio::time::timeout(Duration::from_secs(5), p)
+        .await
+        .expect("the pump ends when both pipes are at EOF")
+        .unwrap();
+    let got = collector.finish();
+
+    let of = |stream: &[u8]| -> Vec<(u8, String)> {
+        got.iter()
+            .filter(|r| r.get("CLEARIFY_STREAM") == stream)
+            .map(|r| (r.priority(), r.text()))
+            .collect()
+    };
+    let (out, err) = (of(b"stdout"), of(b"stderr"));
+    assert_eq!(out.len() + err.len(), got.len());
+    let mut want_out = vec![(
+        3,
+        "[2024-05-01 12:00:00,000: ERROR/MainProcess] out record\n  out continuation 1\n  out continuation 2".to_string(),
+    )];
+    want_out.extend((0..50).map(|i| (6, format!("out {i}"))));
+    assert_eq!(out, want_out);
+    let mut want_err = vec![(
+        3,
+        "err start\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nZeroDivisionError: division by zero".to_string(),
+    )];
+    want_err.extend((0..50).map(|i| (6, format!("err {i}"))));
+    want_err.push((6, "stdout closed".to_string()));
+    want_err.extend((50..100).map(|i| (6, format!("err {i}"))));
+    want_err.push((
+        3,
+        "Traceback (most recent call last):\n  File \"y.py\", line 2, in <module>\nKeyError: 'late'"
+            .to_string(),
+    ));
+    want_err.push((6, "err last".to_string()));
+    assert_eq!(err, want_err);
+
+    // the ring buffer: every line, tagged with its stream, in order per stream
+    let lines = store.tail(Some("text-1"), 1000, None);
+    let texts = |stream: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.stream == stream)
+            .map(|l| l.text.clone())
+            .collect()
+    };
+    let lines_of = |records: &[(u8, String)]| -> Vec<String> {
+        records
+            .iter()
+            .flat_map(|(_, t)| t.split('\n').map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    };
+    assert_eq!(texts("stdout"), lines_of(&want_out));
+    assert_eq!(texts("stderr"), lines_of(&want_err));
+    assert_eq!(lines.len(), 53 + 109);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pump_splits_a_1mb_line_and_passes_binary_garbage_through() {
     let dir = tempfile::tempdir().unwrap();
     let (path, rx) = bind(dir.path());
