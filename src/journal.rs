@@ -12,10 +12,12 @@
 //! bytes into text (lossily), because they are for display.
 //!
 //! # Backpressure
-//! [`pump`] holds at most one read buffer, the lines framed from it and one
-//! open record. It awaits every send, so when journald (or the daemon's
-//! stderr) is slow, the pump stops reading, the pipe fills and the worker
-//! blocks in `write()`. There is no queue that could grow.
+//! [`pump`] reads both pipes of an instance (stdout and stderr) in one task.
+//! It has no read buffer of its own (it borrows a shared one for each read)
+//! and holds at most the lines framed from one read and one open record per
+//! stream. It awaits every send, so when journald (or the daemon's stderr)
+//! is slow, the pump stops reading, the pipes fill and the worker blocks in
+//! `write()`. There is no queue that could grow.
 //!
 //! # Grouping rule (one record = one journal entry)
 //! A line *starts a new record* when it is a Celery log header
@@ -58,13 +60,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixDatagram;
+use tokio::net::unix::pipe::Receiver;
 
 use crate::control::protocol::LogLine;
 
@@ -988,143 +992,271 @@ impl LogStore {
 // ---------------------------------------------------------------------------
 // The pump
 
-/// Reads a worker pipe until EOF: frames lines, groups them into records,
-/// writes each record to the sink (awaiting it: backpressure) and keeps
-/// every line in the store. A read error ends the pump like EOF does.
-pub async fn pump<R: AsyncRead + Unpin>(
-    mut reader: R,
-    meta: Arc<WorkerMeta>,
-    stream: Stream,
-    sink: Arc<Sink>,
-    store: LogStore,
-) {
-    let mut buf = vec![0u8; READ_BUF];
-    let mut framer = LineFramer::new(MAX_RECORD);
-    let mut grouper = Grouper::default();
-    loop {
-        let deadline = grouper.deadline();
-        // Reading comes first: the quiet time only ends a record when the
-        // pipe has nothing more for it.
-        let read = tokio::select! {
-            biased;
-            r = reader.read(&mut buf) => Some(r),
-            _ = sleep_until_opt(deadline) => None,
-        };
-        match read {
-            None => {
-                if let Some(rec) = grouper.poll(Instant::now()) {
-                    sink.write(&meta, stream, &rec).await;
-                }
-            }
-            Some(Ok(0)) => break,
-            Some(Ok(n)) => {
-                for line in framer.feed(&buf[..n]) {
-                    store.push(&meta, stream, &line.bytes);
-                    if let Some(rec) = grouper.push(line, Instant::now()) {
-                        let started = Instant::now();
-                        sink.write(&meta, stream, &rec).await;
-                        grouper.shift(started.elapsed());
-                    }
-                }
-            }
-            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Some(Err(e)) => {
-                tracing::warn!(instance = %meta.instance, stream = stream.as_str(), error = %e, "reading worker output failed");
-                break;
-            }
-        }
-    }
-    for line in framer.finish() {
-        store.push(&meta, stream, &line.bytes);
-        if let Some(rec) = grouper.push(line, Instant::now()) {
-            sink.write(&meta, stream, &rec).await;
-        }
-    }
-    if let Some(rec) = grouper.flush() {
-        sink.write(&meta, stream, &rec).await;
-    }
-}
-
 thread_local! {
-    /// One read buffer for every pipe pump of this (current-thread) runtime:
-    /// a pump borrows it only between `readable()` and `try_read()`, never
-    /// across an await.
+    /// One read buffer for every pump of this (current-thread) runtime: a
+    /// pump borrows it only between a pipe's readiness and `try_read()`,
+    /// never across an await, so an idle worker costs no read buffer.
     static SHARED_READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_BUF]);
 }
 
-/// [`pump`] for a worker pipe, without a buffer of its own: it waits for
-/// readiness and reads into the thread's shared buffer, so an idle worker
-/// costs no read buffer at all.
-pub async fn pump_pipe(
-    reader: tokio::net::unix::pipe::Receiver,
-    meta: Arc<WorkerMeta>,
+/// One pipe of a worker, with the framing and grouping state of its stream.
+struct Pipe {
+    /// `None` once the pipe reached EOF or failed.
+    rx: Option<Receiver>,
     stream: Stream,
-    sink: Arc<Sink>,
-    store: LogStore,
-) {
-    let mut framer = LineFramer::new(MAX_RECORD);
-    let mut grouper = Grouper::default();
-    loop {
-        let deadline = grouper.deadline();
-        let ready = tokio::select! {
-            biased;
-            r = reader.readable() => Some(r),
-            _ = sleep_until_opt(deadline) => None,
-        };
-        let lines = match ready {
-            None => {
-                if let Some(rec) = grouper.poll(Instant::now()) {
-                    sink.write(&meta, stream, &rec).await;
-                }
-                continue;
-            }
-            Some(Err(_)) => break,
-            Some(Ok(())) => {
-                let r = SHARED_READ_BUF.with(|b| {
-                    let mut b = b.borrow_mut();
-                    match reader.try_read(&mut b[..]) {
-                        Ok(0) => Ok(None),
-                        Ok(n) => Ok(Some(framer.feed(&b[..n]))),
-                        Err(e) => Err(e),
-                    }
-                });
-                match r {
-                    Ok(None) => break,
-                    Ok(Some(lines)) => lines,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::warn!(instance = %meta.instance, stream = stream.as_str(), error = %e, "reading worker output failed");
-                        break;
-                    }
-                }
-            }
-        };
-        for line in lines {
-            store.push(&meta, stream, &line.bytes);
-            if let Some(rec) = grouper.push(line, Instant::now()) {
-                let started = Instant::now();
-                sink.write(&meta, stream, &rec).await;
-                grouper.shift(started.elapsed());
-            }
+    framer: LineFramer,
+    grouper: Grouper,
+}
+
+/// What one read from a ready pipe gave.
+enum Read {
+    Lines(Vec<Line>),
+    /// Nothing after all (spurious readiness, EINTR).
+    Again,
+    /// EOF or a read error: the stream is over.
+    End,
+}
+
+impl Pipe {
+    fn new(rx: Receiver, stream: Stream) -> Self {
+        Pipe {
+            rx: Some(rx),
+            stream,
+            framer: LineFramer::new(MAX_RECORD),
+            grouper: Grouper::default(),
         }
     }
-    for line in framer.finish() {
-        store.push(&meta, stream, &line.bytes);
-        if let Some(rec) = grouper.push(line, Instant::now()) {
-            sink.write(&meta, stream, &rec).await;
+
+    /// Reads what the pipe holds into the shared buffer and frames it.
+    fn read(&mut self, meta: &WorkerMeta) -> Read {
+        let Some(rx) = &self.rx else {
+            return Read::End;
+        };
+        let framer = &mut self.framer;
+        let r = SHARED_READ_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            match rx.try_read(&mut b[..]) {
+                Ok(0) => Ok(None),
+                Ok(n) => Ok(Some(framer.feed(&b[..n]))),
+                Err(e) => Err(e),
+            }
+        });
+        match r {
+            Ok(None) => Read::End,
+            Ok(Some(lines)) => Read::Lines(lines),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Read::Again
+            }
+            Err(e) => {
+                tracing::warn!(instance = %meta.instance, stream = self.stream.as_str(), error = %e, "reading worker output failed");
+                Read::End
+            }
         }
-    }
-    if let Some(rec) = grouper.flush() {
-        sink.write(&meta, stream, &rec).await;
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-        None => std::future::pending().await,
+/// Readiness of a pipe in the current round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    No,
+    Yes,
+    Failed,
+}
+
+/// The state of one instance's pump: both pipes and where their lines go.
+///
+/// A round starts when a pipe is ready or the timer fired. It reads each
+/// ready pipe once, then lets the quiet or hold time end the record of a
+/// pipe that was not ready. [`Pump::next_record`] does the work of a round
+/// synchronously until a record has to be written; the caller writes it and
+/// calls again. So there is one await for writing and one for waiting.
+struct Pump {
+    pipes: [Pipe; 2],
+    meta: Arc<WorkerMeta>,
+    sink: Arc<Sink>,
+    store: LogStore,
+    ready: [Ready; 2],
+    /// Position in the round: 0, 1 read pipe 0, 1; 2, 3 poll the grouping
+    /// deadline of pipe 0, 1; 4 the round is over.
+    step: u8,
+    /// Lines of pipe `.0` not yet grouped (a record they closed is being
+    /// written). With `.2` set, they are the last of the stream and its
+    /// grouper is flushed after them.
+    backlog: Option<(usize, std::vec::IntoIter<Line>, bool)>,
+}
+
+const ROUND_OVER: u8 = 4;
+
+impl Pump {
+    /// Advances the round until a record of a pipe is to be written;
+    /// `None` when the round is over.
+    fn next_record(&mut self) -> Option<(usize, Record)> {
+        loop {
+            if let Some((i, lines, last)) = &mut self.backlog {
+                let (i, last) = (*i, *last);
+                let p = &mut self.pipes[i];
+                for line in lines.by_ref() {
+                    self.store.push(&self.meta, p.stream, &line.bytes);
+                    if let Some(rec) = p.grouper.push(line, Instant::now()) {
+                        return Some((i, rec));
+                    }
+                }
+                self.backlog = None;
+                if last && let Some(rec) = p.grouper.flush() {
+                    return Some((i, rec));
+                }
+            }
+            let step = self.step;
+            match step {
+                0 | 1 => {
+                    let i = usize::from(step);
+                    self.step += 1;
+                    match self.ready[i] {
+                        Ready::No => {}
+                        Ready::Failed => self.end(i),
+                        Ready::Yes => match self.pipes[i].read(&self.meta) {
+                            Read::Again => {}
+                            Read::End => self.end(i),
+                            Read::Lines(lines) => {
+                                self.backlog = Some((i, lines.into_iter(), false))
+                            }
+                        },
+                    }
+                }
+                2 | 3 => {
+                    let i = usize::from(step - 2);
+                    self.step += 1;
+                    // The quiet (or hold) time ends a record only of a pipe
+                    // that had nothing to read.
+                    if self.ready[i] == Ready::No
+                        && let Some(rec) = self.pipes[i].grouper.poll(Instant::now())
+                    {
+                        return Some((i, rec));
+                    }
+                }
+                _ => return None,
+            }
+        }
     }
+
+    /// Pipe `i` is at EOF (or failed): closes it; its last line and its
+    /// open record follow.
+    fn end(&mut self, i: usize) {
+        let p = &mut self.pipes[i];
+        p.rx = None;
+        self.backlog = Some((i, p.framer.finish().into_iter(), true));
+    }
+
+    /// The pump's future. Not an `async fn`: that would keep the state
+    /// twice (as the argument and as the body's local); the `async move`
+    /// block uses the captured state in place.
+    fn run(self) -> impl Future<Output = ()> + Send + 'static {
+        let mut this = self;
+        async move {
+            let mut timer = None;
+            loop {
+                while let Some((i, record)) = this.next_record() {
+                    // Awaiting the sink is the backpressure. Boxed: the
+                    // sink's future (journald socket readiness, memfd path)
+                    // is larger than the rest of the pump and exists only
+                    // while a record is written; an idle pump should not
+                    // carry room for it.
+                    let started = Instant::now();
+                    let stream = this.pipes[i].stream;
+                    Box::pin(this.sink.write(&this.meta, stream, &record)).await;
+                    // Time spent waiting is time in which no pipe was read:
+                    // not quiet time for either stream.
+                    let waited = started.elapsed();
+                    for p in &mut this.pipes {
+                        p.grouper.shift(waited);
+                    }
+                }
+                if this.pipes.iter().all(|p| p.rx.is_none()) {
+                    return;
+                }
+                let deadline = this.pipes.iter().filter_map(|p| p.grouper.deadline()).min();
+                arm(&mut timer, deadline);
+                let pipes = &this.pipes;
+                this.ready = std::future::poll_fn(|cx| {
+                    let mut ready = [Ready::No; 2];
+                    for (r, p) in ready.iter_mut().zip(pipes) {
+                        if let Some(rx) = &p.rx
+                            && let Poll::Ready(res) = rx.poll_read_ready(cx)
+                        {
+                            *r = if res.is_ok() {
+                                Ready::Yes
+                            } else {
+                                Ready::Failed
+                            };
+                        }
+                    }
+                    let fired = timer
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                    if fired || ready != [Ready::No; 2] {
+                        Poll::Ready(ready)
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await;
+                this.step = 0;
+            }
+        }
+    }
+}
+
+/// Arms `timer` for `deadline`: a timer exists only while a record is open.
+fn arm(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Option<Instant>) {
+    let Some(d) = deadline.map(tokio::time::Instant::from_std) else {
+        *timer = None;
+        return;
+    };
+    match timer {
+        Some(t) if t.deadline() == d && !t.is_elapsed() => {}
+        Some(t) => t.as_mut().reset(d),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(d))),
+    }
+}
+
+/// Reads both pipes of a worker instance until both reached EOF (or failed):
+/// frames lines, groups them into records, writes each record to the sink
+/// (awaiting it: backpressure) and keeps every line in the store, tagged
+/// with its stream. Each stream has its own framing and grouping; EOF of
+/// one does not stop the other. A read error ends a stream like EOF does.
+///
+/// One task per instance, without a read buffer of its own (see
+/// [`SHARED_READ_BUF`]) and with one timer, for the earlier of the two
+/// streams' grouping deadlines, that exists only while a record is open.
+/// A pipe that has something to read is read before its quiet time may end
+/// a record; each round reads at most one buffer from each ready pipe, so
+/// a flood on one stream does not starve the other.
+pub fn pump(
+    stdout: Receiver,
+    stderr: Receiver,
+    meta: Arc<WorkerMeta>,
+    sink: Arc<Sink>,
+    store: LogStore,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Not an async fn: its future would keep room for the arguments too.
+    Pump {
+        pipes: [
+            Pipe::new(stdout, Stream::Stdout),
+            Pipe::new(stderr, Stream::Stderr),
+        ],
+        meta,
+        sink,
+        store,
+        ready: [Ready::No; 2],
+        step: ROUND_OVER,
+        backlog: None,
+    }
+    .run()
 }
 
 // ---------------------------------------------------------------------------
@@ -1780,6 +1912,41 @@ line warning
         assert_eq!(store.len("g-1"), 1);
         store.push(&a, Stream::Stdout, b"small");
         assert_eq!(store.len("g-1"), 1);
+    }
+
+    /// The daemon keeps one pump task per instance alive for the instance's
+    /// lifetime, so the size of its future is per-instance memory. Before
+    /// the two pipes shared a task, each pipe had a task whose future was
+    /// 960 bytes (1152 bytes on the heap with the task header, per massif).
+    /// Now both pipes take 656 bytes (debug build; the state itself is 544).
+    /// Any of these would break the bound: a `Sleep` kept inline (112
+    /// bytes), a `readable()` future per pipe (152 each), the sink's write
+    /// future not boxed (448), or an `async fn` keeping its state twice.
+    #[test]
+    fn the_pump_of_an_instance_is_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (_out_tx, out) = tokio::net::unix::pipe::pipe().unwrap();
+            let (_err_tx, err) = tokio::net::unix::pipe::pipe().unwrap();
+            let m = Arc::new(meta("g", "g-1"));
+            let sink = Arc::new(Sink::Stderr);
+            let rec = Record {
+                message: Vec::new(),
+                priority: 6,
+            };
+            let write = sink.write(&m, Stream::Stdout, &rec);
+            let write_size = std::mem::size_of_val(&write);
+            drop(write);
+            let f = pump(out, err, m.clone(), sink.clone(), LogStore::new());
+            let size = std::mem::size_of_val(&f);
+            eprintln!(
+                "pump future: {size} bytes for both pipes (sink write future: {write_size} bytes, boxed)"
+            );
+            assert!(size < 768, "pump future is {size} bytes");
+        });
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The worker-output path against real things: a real datagram socket in a
 //! tempdir standing in for journald, and real child processes writing to
-//! real pipes.
+//! real pipes, read by the daemon's pump (one task for both pipes of an
+//! instance).
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -14,9 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clearify_workerd::journal::{
-    JournalSender, LogStore, MAX_RECORD, Sink, Stream, WorkerMeta, decode_entry, pump,
+    JournalSender, LogStore, MAX_RECORD, Sink, WorkerMeta, decode_entry, pump,
 };
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+use tokio::net::unix::pipe::Receiver;
 
 /// One entry as journald would receive it.
 #[derive(Debug)]
@@ -155,6 +157,28 @@ fn spawn(mut cmd: tokio::process::Command) -> tokio::process::Child {
         .expect("python3 must be installed for this test (apt-get install python3)")
 }
 
+fn sh(script: &str) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().expect("sh must be installed")
+}
+
+/// The child's stdout and stderr as the daemon holds them: pipe receivers
+/// (see `process::spawn`).
+fn pipes(child: &mut tokio::process::Child) -> (Receiver, Receiver) {
+    let out = child.stdout.take().unwrap().into_owned_fd().unwrap();
+    let err = child.stderr.take().unwrap().into_owned_fd().unwrap();
+    (
+        Receiver::from_owned_fd(out).unwrap(),
+        Receiver::from_owned_fd(err).unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_safe_fields_round_trip_through_a_real_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,20 +312,10 @@ sys.stderr.write("tail without newline")
     let pid = child.id().unwrap();
     let store = LogStore::new();
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
-    let stderr = child.stderr.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let m = meta(pid);
-    let p1 = tokio::spawn(pump(
-        stderr,
-        m.clone(),
-        Stream::Stderr,
-        sink.clone(),
-        store.clone(),
-    ));
-    let p2 = tokio::spawn(pump(stdout, m, Stream::Stdout, sink, store.clone()));
+    let (stdout, stderr) = pipes(&mut child);
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
     assert!(child.wait().await.unwrap().success());
-    p1.await.unwrap();
-    p2.await.unwrap();
+    p.await.unwrap();
     let got = collector.finish();
 
     let summary: Vec<(u8, String)> = got.iter().map(|r| (r.priority(), r.text())).collect();
@@ -342,6 +356,119 @@ sys.stderr.write("tail without newline")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pump_keeps_stdout_and_stderr_apart_and_drains_stderr_after_stdout_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, rx) = bind(dir.path());
+    let collector = Collector::start(rx);
+    let script = r#"
+import os, sys, time
+def out(b): os.write(1, b)
+def err(b): os.write(2, b)
+# a record on each stream, their lines interleaved
+out(b"[2024-05-01 12:00:00,000: ERROR/MainProcess] out record\n")
+err(b"err start\n")
+out(b"  out continuation 1\n")
+err(b"Traceback (most recent call last):\n")
+out(b"  out continuation 2\n")
+err(b'  File "x.py", line 1, in <module>\n')
+err(b"ZeroDivisionError: division by zero\n")
+time.sleep(0.4)  # the quiet time ends both records
+for i in range(50):
+    out(b"out %d\n" % i)
+    err(b"err %d\n" % i)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # EOF on stdout
+err(b"stdout closed\n")
+sys.stdin.readline()
+for i in range(50, 100):
+    err(b"err %d\n" % i)
+time.sleep(0.3)
+err(b"Traceback (most recent call last):\n  File \"y.py\", line 2, in <module>\nKeyError: 'late'\n")
+time.sleep(0.3)
+err(b"err last")
+"#;
+    let mut cmd = python();
+    cmd.arg("-c").arg(script).stdin(Stdio::piped());
+    let mut child = spawn(cmd);
+    let pid = child.id().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let store = LogStore::new();
+    let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
+    let (stdout, stderr) = pipes(&mut child);
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
+
+    // stdout is at EOF and the worker waits: the pump must still run
+    let until = Instant::now() + Duration::from_secs(10);
+    while !store
+        .tail(None, 1000, None)
+        .iter()
+        .any(|l| l.text == "stdout closed")
+    {
+        assert!(Instant::now() < until, "the worker's output never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!p.is_finished(), "stderr is still open: the pump goes on");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    assert!(child.wait().await.unwrap().success());
+    tokio::time::timeout(Duration::from_secs(5), p)
+        .await
+        .expect("the pump ends when both pipes are at EOF")
+        .unwrap();
+    let got = collector.finish();
+
+    let of = |stream: &[u8]| -> Vec<(u8, String)> {
+        got.iter()
+            .filter(|r| r.get("CLEARIFY_STREAM") == stream)
+            .map(|r| (r.priority(), r.text()))
+            .collect()
+    };
+    let (out, err) = (of(b"stdout"), of(b"stderr"));
+    assert_eq!(out.len() + err.len(), got.len());
+    let mut want_out = vec![(
+        3,
+        "[2024-05-01 12:00:00,000: ERROR/MainProcess] out record\n  out continuation 1\n  out continuation 2".to_string(),
+    )];
+    want_out.extend((0..50).map(|i| (6, format!("out {i}"))));
+    assert_eq!(out, want_out);
+    let mut want_err = vec![(
+        3,
+        "err start\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nZeroDivisionError: division by zero".to_string(),
+    )];
+    want_err.extend((0..50).map(|i| (6, format!("err {i}"))));
+    want_err.push((6, "stdout closed".to_string()));
+    want_err.extend((50..100).map(|i| (6, format!("err {i}"))));
+    want_err.push((
+        3,
+        "Traceback (most recent call last):\n  File \"y.py\", line 2, in <module>\nKeyError: 'late'"
+            .to_string(),
+    ));
+    want_err.push((6, "err last".to_string()));
+    assert_eq!(err, want_err);
+
+    // the ring buffer: every line, tagged with its stream, in order per stream
+    let lines = store.tail(Some("text-1"), 1000, None);
+    let texts = |stream: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.stream == stream)
+            .map(|l| l.text.clone())
+            .collect()
+    };
+    let lines_of = |records: &[(u8, String)]| -> Vec<String> {
+        records
+            .iter()
+            .flat_map(|(_, t)| t.split('\n').map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    };
+    assert_eq!(texts("stdout"), lines_of(&want_out));
+    assert_eq!(texts("stderr"), lines_of(&want_err));
+    assert_eq!(lines.len(), 53 + 109);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pump_splits_a_1mb_line_and_passes_binary_garbage_through() {
     let dir = tempfile::tempdir().unwrap();
     let (path, rx) = bind(dir.path());
@@ -361,8 +488,8 @@ out.flush()
     let pid = child.id().unwrap();
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
     let store = LogStore::new();
-    let stdout = child.stdout.take().unwrap();
-    let p = tokio::spawn(pump(stdout, meta(pid), Stream::Stdout, sink, store.clone()));
+    let (stdout, stderr) = pipes(&mut child);
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
     assert!(child.wait().await.unwrap().success());
     p.await.unwrap();
     let got = collector.finish();
@@ -395,19 +522,15 @@ out.flush()
 async fn a_lone_line_is_not_held_back() {
     let dir = tempfile::tempdir().unwrap();
     let (path, rx) = bind(dir.path());
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("printf '[2024-05-01 12:00:00,123: ERROR/MainProcess] lone\\n'; sleep 3; echo later")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("sh must be installed");
+    let mut child =
+        sh("printf '[2024-05-01 12:00:00,123: ERROR/MainProcess] lone\\n'; sleep 3; echo later");
     let started = Instant::now();
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
-    let stdout = child.stdout.take().unwrap();
+    let (stdout, stderr) = pipes(&mut child);
     let p = tokio::spawn(pump(
         stdout,
+        stderr,
         meta(child.id().unwrap()),
-        Stream::Stdout,
         sink,
         LogStore::new(),
     ));
@@ -443,11 +566,11 @@ async fn a_burst_blocks_the_worker_instead_of_dropping_or_buffering() {
     let mut child = spawn(cmd);
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
     let store = LogStore::new();
-    let stdout = child.stdout.take().unwrap();
+    let (stdout, stderr) = pipes(&mut child);
     let p = tokio::spawn(pump(
         stdout,
+        stderr,
         meta(child.id().unwrap()),
-        Stream::Stdout,
         sink,
         store.clone(),
     ));
@@ -481,18 +604,13 @@ async fn without_journald_the_pump_still_finishes_and_keeps_lines() {
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(
         dir.path().join("absent.sock"),
     )));
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("echo one; echo two")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("sh must be installed");
+    let mut child = sh("echo one; echo two >&2");
     let store = LogStore::new();
-    let stdout = child.stdout.take().unwrap();
+    let (stdout, stderr) = pipes(&mut child);
     let p = tokio::spawn(pump(
         stdout,
+        stderr,
         meta(child.id().unwrap()),
-        Stream::Stdout,
         sink,
         store.clone(),
     ));
@@ -501,12 +619,20 @@ async fn without_journald_the_pump_still_finishes_and_keeps_lines() {
         .await
         .expect("the pump ends at EOF")
         .unwrap();
-    let texts: Vec<String> = store
+    let mut lines: Vec<(String, String)> = store
         .tail(None, 10, None)
         .into_iter()
-        .map(|l| l.text)
+        .map(|l| (l.stream, l.text))
         .collect();
-    assert_eq!(texts, vec!["one", "two"]);
+    // stdout and stderr are read in rounds: the order between them is open
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            ("stderr".to_string(), "two".to_string()),
+            ("stdout".to_string(), "one".to_string())
+        ]
+    );
 }
 
 #[test]

@@ -32,7 +32,7 @@ use crate::control::protocol::{
     ReloadReport, Request, Response, Status,
 };
 use crate::control::server::ControlMsg;
-use crate::journal::{self, LogStore, Sink, Stream, WorkerMeta};
+use crate::journal::{self, LogStore, Sink, WorkerMeta};
 use crate::notify::Notifier;
 use crate::plan;
 use crate::process::{self, RunAs};
@@ -440,17 +440,10 @@ impl Supervisor {
                             node: spec.node.clone(),
                             pid: sp.pid,
                         });
-                        tokio::spawn(journal::pump_pipe(
+                        tokio::spawn(journal::pump(
                             sp.stdout,
-                            meta.clone(),
-                            Stream::Stdout,
-                            self.sink.clone(),
-                            self.logs.clone(),
-                        ));
-                        tokio::spawn(journal::pump_pipe(
                             sp.stderr,
                             meta,
-                            Stream::Stderr,
                             self.sink.clone(),
                             self.logs.clone(),
                         ));
