@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::redact_url;
 use crate::control::protocol::{HeartbeatSeen, QueueStatus, TestReport, TestStep};
+use crate::ticker::Ticker;
 
 /// Timeout for establishing a connection (TCP/TLS/unix) and for DNS.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -82,8 +83,9 @@ pub enum BrokerEvent {
     /// Not ready yet (before the first `Up`). Sent after the first failed
     /// attempt and whenever the reason changes; `since` is when waiting began.
     Waiting { error: String, since: SystemTime },
-    /// The broker answered PING. Sent on every transition to up and after
-    /// every successful health ping (a latency update).
+    /// The broker answered PING. Sent on every transition to up; the round
+    /// trips of the later health checks go to [`Monitor::latency`] (an idle
+    /// daemon is not woken for them).
     Up { latency: Duration },
     /// The broker stopped answering after having been up. Sent on the
     /// transition and whenever the reason changes; `since` is when it went down.
@@ -818,6 +820,7 @@ impl Backoff {
 /// The running broker monitor. Dropping it stops its tasks.
 pub struct Monitor {
     queues: watch::Sender<Watched>,
+    latency: watch::Receiver<Option<Duration>>,
     refresh: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -826,6 +829,12 @@ impl Monitor {
     /// Replaces the queues whose backlog is reported (refreshes soon).
     pub fn set_queues(&self, watched: Watched) {
         self.queues.send_replace(watched);
+    }
+
+    /// The PING round trip of the latest health check while the broker is
+    /// up; `None` while it is not.
+    pub fn latency(&self) -> Option<Duration> {
+        *self.latency.borrow()
     }
 
     /// Asks for a backlog refresh now (still at most one per second).
@@ -873,6 +882,7 @@ pub fn spawn_monitor(
     tx: mpsc::Sender<BrokerEvent>,
 ) -> Monitor {
     let (queues_tx, queues_rx) = watch::channel(watched);
+    let (latency_tx, latency_rx) = watch::channel(None);
     let refresh = Arc::new(Notify::new());
     // Counts transitions to up and down: the heartbeat task starts after the
     // first up and resubscribes after every outage.
@@ -893,10 +903,12 @@ pub fn spawn_monitor(
         queues_rx,
         refresh.clone(),
         up_tx,
+        latency_tx,
         tx,
     ));
     Monitor {
         queues: queues_tx,
+        latency: latency_rx,
         refresh,
         tasks: vec![main, heartbeats],
     }
@@ -908,6 +920,7 @@ async fn main_task(
     mut queues: watch::Receiver<Watched>,
     refresh: Arc<Notify>,
     up_tx: watch::Sender<LinkCounts>,
+    latency_tx: watch::Sender<Option<Duration>>,
     tx: mpsc::Sender<BrokerEvent>,
 ) {
     let url = redact_url(&settings.url);
@@ -937,11 +950,14 @@ async fn main_task(
                 }
                 gated = false;
                 backoff.reset();
+                latency_tx.send_replace(Some(latency));
                 if tx.send(BrokerEvent::Up { latency }).await.is_err() {
                     return;
                 }
                 up_tx.send_modify(|c| c.ups += 1);
-                let err = run_connected(&settings, conn, &mut queues, &refresh, &tx).await;
+                let err =
+                    run_connected(&settings, conn, &mut queues, &refresh, &latency_tx, &tx).await;
+                latency_tx.send_replace(None);
                 let Some(err) = err else { return };
                 up_tx.send_modify(|c| c.downs += 1);
                 down_since = SystemTime::now();
@@ -1058,11 +1074,15 @@ async fn run_connected(
     mut conn: MultiplexedConnection,
     queues: &mut watch::Receiver<Watched>,
     refresh: &Notify,
+    latency_tx: &watch::Sender<Option<Duration>>,
     tx: &mpsc::Sender<BrokerEvent>,
 ) -> Option<ProbeError> {
     let check = settings.check_interval.max(Duration::from_millis(100));
-    let mut check_tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
-    check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A timerfd: one wake-up per check (see crate::ticker).
+    let check_tick = match Ticker::new(check) {
+        Ok(t) => t,
+        Err(e) => return Some(ProbeError::transient(format!("health-check timer: {e}"))),
+    };
     let mut last_backlog: Option<Instant> = None;
     let mut backlog_pending = false;
     // The backlog once at the start (status shows it from then on).
@@ -1071,7 +1091,10 @@ async fn run_connected(
         let mut ping = false;
         if !want_backlog {
             tokio::select! {
-                _ = check_tick.tick() => {
+                tick = check_tick.tick() => {
+                    if let Err(e) = tick {
+                        return Some(ProbeError::transient(format!("health-check timer: {e}")));
+                    }
                     ping = true;
                     want_backlog = queues.borrow().poll
                         && last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_MIN_INTERVAL);
@@ -1117,10 +1140,8 @@ async fn run_connected(
             Ok(r) => r,
             Err(e) => return Some(e),
         };
-        if let Some(latency) = latency
-            && tx.send(BrokerEvent::Up { latency }).await.is_err()
-        {
-            return None;
+        if latency.is_some() {
+            latency_tx.send_replace(latency);
         }
         if want_backlog && tx.send(BrokerEvent::Backlog(backlog)).await.is_err() {
             return None;

@@ -19,6 +19,7 @@ pub mod notify;
 pub mod plan;
 pub mod process;
 pub mod supervisor;
+pub mod ticker;
 
 /// The version of this build, as shown by `--version` and `clearifyctl version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -36,6 +36,7 @@ use crate::journal::{self, LogStore, Sink, WorkerMeta};
 use crate::notify::Notifier;
 use crate::plan;
 use crate::process::{self, RunAs};
+use crate::ticker::Ticker;
 pub use machine::{Action, ExitReason, Machine, StopSignal};
 
 /// What the supervisor is told.
@@ -161,13 +162,18 @@ impl Supervisor {
         mut rx: mpsc::Receiver<Msg>,
         mut exits: mpsc::UnboundedReceiver<process::Exit>,
     ) -> i32 {
+        // The systemd watchdog's pings, on a timerfd (one wake-up each).
+        let watchdog_tick = match self.notifier.watchdog_interval().map(Ticker::new) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                error!(error = %e, "cannot create the watchdog timer: {e}");
+                return 1;
+            }
+        };
         self.start_broker_monitor();
         self.machine.boot(Instant::now());
         self.apply();
-        let watchdog = self.notifier.watchdog_interval();
-        let mut watchdog_tick =
-            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-        watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The next deadline, recomputed (O(instances)) only when the machine
         // says something changed: the routine events of an idle daemon
         // (PINGs, heartbeats) then cost O(1).
@@ -195,7 +201,7 @@ impl Supervisor {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.machine.tick(Instant::now());
                 }
-                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                _ = tick_of(&watchdog_tick), if watchdog_tick.is_some() => {
                     // Sent from the loop itself: a hung loop stops the pings.
                     self.notifier.watchdog();
                 }
@@ -787,7 +793,12 @@ impl Supervisor {
                         .unwrap_or_default(),
                     error: self.broker.error.clone(),
                     since: self.broker.since.map(epoch_secs),
-                    latency_ms: self.broker.latency.map(|d| d.as_secs_f64() * 1000.0),
+                    latency_ms: self
+                        .monitor
+                        .as_ref()
+                        .and_then(Monitor::latency)
+                        .or(self.broker.latency)
+                        .map(|d| d.as_secs_f64() * 1000.0),
                 },
                 limits: self.limits_line.clone(),
                 summary: self.summary(&self.machine.summary_facts(now)),
@@ -954,6 +965,20 @@ pub fn broker_settings(b: &config::BrokerConfig) -> BrokerSettings {
         check_interval: b.check_interval,
         priority_steps: b.priority_steps.clone(),
         key_prefix: b.key_prefix.clone(),
+    }
+}
+
+/// The next tick of `t`; never, without one.
+async fn tick_of(t: &Option<Ticker>) {
+    match t {
+        Some(t) => {
+            if let Err(e) = t.tick().await {
+                // Not expected; don't spin on it.
+                warn!(error = %e, "timer failed: {e}");
+                tokio::time::sleep(t.period()).await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
