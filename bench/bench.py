@@ -314,6 +314,9 @@ def log_time_ns(log_path, needle):
 # ---------------------------------------------------------------- one N
 
 
+# The daemon's default [broker].check_interval (the config leaves it out).
+CHECK_INTERVAL_S = 10
+
 CONFIG = """\
 [daemon]
 socket = "{dir}/control.sock"
@@ -348,6 +351,7 @@ class Daemon:
     def __init__(self, args, n, redis_port):
         self.args = args
         self.n = n
+        self.redis_port = redis_port
         self.dir = os.path.join(args.work, f"n{n}")
         os.makedirs(self.dir)
         os.chmod(self.dir, 0o755)
@@ -502,9 +506,26 @@ def run_n(args, d, r):
     r["pss_kib"] = smaps_rollup(d.pid).get("Pss")
 
     log(f"N={n}: idle {args.idle} s")
+    # The floor runs beside the daemon through the same seconds: the same
+    # wake-ups (a timerfd every check_interval, a PING over loopback TCP)
+    # in a static C program, i.e. what they cost on this machine right now.
+    floor = None
+    if args.idle_floor:
+        floor = subprocess.Popen([args.idle_floor, str(CHECK_INTERVAL_S), str(d.redis_port)],
+                                 env={"BENCH_SCRATCH": args.work})
+        time.sleep(0.5)
     m = CpuMeter(d.pid).start()
+    fm = CpuMeter(floor.pid).start() if floor else None
     time.sleep(args.idle)
     m.stop()
+    if floor:
+        fm.stop()
+        if floor.poll() is not None:
+            raise SystemExit(f"idle-floor exited with {floor.returncode}")
+        floor.kill()
+        floor.wait()
+        r["idle_floor_cpu_ms"] = fm.ms * 30.0 / args.idle
+        r["idle_floor_wakeups_per_s"] = fm.ctx / args.idle
     r["idle_s"] = args.idle
     r["idle_cpu_ms"] = m.ms * 30.0 / args.idle
     r["idle_cpu_ticks_ms"] = m.ticks_ms * 30.0 / args.idle
@@ -685,6 +706,9 @@ def table(results):
         ("daemon RssAnon / RssFile after start", "rss_split", None),
         ("idle CPU in clock ticks (10 ms grain), per 30 s", "idle_cpu_ticks_ms", "ms"),
         ("idle wake-ups (context switches) per s", "idle_wakeups_per_s", "n"),
+        ("floor: the same idle wake-ups in a static C program (bench/idle-floor.c), CPU per 30 s",
+         "idle_floor_cpu_ms", "ms"),
+        ("floor: its wake-ups (context switches) per s", "idle_floor_wakeups_per_s", "n"),
         ("`clearifyctl status` p90", "status_p90_ms", "ms"),
         ("`clearifyctl status --json` median", "status_json_median_ms", "ms"),
         ("daemon CPU per status call, calls > 1 s apart (median)", "status_cpu_cold_ms", "ms"),
@@ -715,6 +739,8 @@ def main():
     p.add_argument("--work", required=True, help="scratch directory (mode 755)")
     p.add_argument("--out", required=True)
     p.add_argument("--idle", type=float, default=30.0)
+    p.add_argument("--idle-floor", default=None,
+                   help="the idle-floor program (bench/idle-floor.c), run beside the daemon")
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--status-runs", type=int, default=200)
     p.add_argument("--kills", type=int, default=50)

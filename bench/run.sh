@@ -68,6 +68,8 @@ ctl="${BENCH_CTL:-$root/target/release/clearifyctl}"
 worker="$work/trivial-worker"
 gcc -O2 -static -Wall -o "$worker" "$here/trivial-worker.c"
 chmod 755 "$worker"
+idle_floor="$work/idle-floor"
+gcc -O2 -static -Wall -o "$idle_floor" "$here/idle-floor.c"
 
 # BENCH_NICE=-10 runs everything (harness, redis, daemon, hence workers) at
 # a higher priority, to keep other load on a shared machine out of the
@@ -78,7 +80,7 @@ if [ "${BENCH_NICE:-0}" != 0 ]; then
 fi
 
 "${nice_cmd[@]}" python3 "$here/bench.py" \
-    --daemon "$daemon" --ctl "$ctl" --worker "$worker" \
+    --daemon "$daemon" --ctl "$ctl" --worker "$worker" --idle-floor "$idle_floor" \
     --work "$work" --out "$out" \
     --idle "${BENCH_IDLE:-30}" --status-runs "${BENCH_STATUS_RUNS:-200}" \
     --kills "${BENCH_KILLS:-50}" --notify "${BENCH_NOTIFY:-1}" \
