@@ -409,6 +409,18 @@ fn step(name: &str, ok: bool, took: Duration, detail: Option<String>) -> TestSte
     }
 }
 
+/// Records the failed step `name`, started at `started`, with the error's
+/// message as its detail, and hands the error back to be returned.
+fn failed(steps: &mut Vec<TestStep>, name: &str, started: Instant, err: ProbeError) -> ProbeError {
+    steps.push(step(
+        name,
+        false,
+        started.elapsed(),
+        Some(err.message.clone()),
+    ));
+    err
+}
+
 /// Resolve, connect, AUTH, SELECT. Each step is recorded in `steps`.
 async fn connect_steps(
     target: &Target,
@@ -428,38 +440,20 @@ async fn connect_steps(
                 Ok(Ok(a)) => a.collect(),
                 Ok(Err(e)) => {
                     let err = ProbeError::transient(format!("DNS lookup of {host} failed: {e}"));
-                    steps.push(step(
-                        "resolve",
-                        false,
-                        t.elapsed(),
-                        Some(err.message.clone()),
-                    ));
-                    return Err(err);
+                    return Err(failed(steps, "resolve", t, err));
                 }
                 Err(_) => {
                     let err = ProbeError::transient(format!(
                         "DNS lookup of {host} timed out after {}s",
                         CONNECT_TIMEOUT.as_secs_f64()
                     ));
-                    steps.push(step(
-                        "resolve",
-                        false,
-                        t.elapsed(),
-                        Some(err.message.clone()),
-                    ));
-                    return Err(err);
+                    return Err(failed(steps, "resolve", t, err));
                 }
             };
             let Some(first) = addrs.first() else {
                 let err =
                     ProbeError::transient(format!("DNS lookup of {host} returned no address"));
-                steps.push(step(
-                    "resolve",
-                    false,
-                    t.elapsed(),
-                    Some(err.message.clone()),
-                ));
-                return Err(err);
+                return Err(failed(steps, "resolve", t, err));
             };
             steps.push(step(
                 "resolve",
@@ -496,44 +490,25 @@ async fn connect_steps(
                 "invalid broker configuration: {}",
                 redis_error_text(&e)
             ));
-            steps.push(step(
-                "connect",
-                false,
-                t.elapsed(),
-                Some(err.message.clone()),
-            ));
-            return Err(err);
+            return Err(failed(steps, "connect", t, err));
         }
     };
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    let connected = with_timeout(
+    let mut conn = with_timeout(
         CONNECT_TIMEOUT + Duration::from_millis(500),
         "connect",
         client.get_multiplexed_async_connection_with_config(&config),
     )
-    .await;
-    let mut conn = match connected {
-        Ok(c) => {
-            steps.push(step(
-                "connect",
-                true,
-                t.elapsed(),
-                Some(if target.tls { "TLS" } else { "plain" }.into()),
-            ));
-            c
-        }
-        Err(err) => {
-            steps.push(step(
-                "connect",
-                false,
-                t.elapsed(),
-                Some(err.message.clone()),
-            ));
-            return Err(err);
-        }
-    };
+    .await
+    .map_err(|err| failed(steps, "connect", t, err))?;
+    steps.push(step(
+        "connect",
+        true,
+        t.elapsed(),
+        Some(if target.tls { "TLS" } else { "plain" }.into()),
+    ));
 
     // auth (AUTH and SELECT)
     let t = Instant::now();
@@ -547,32 +522,26 @@ async fn connect_steps(
             detail.push("AUTH".to_string());
         }
         cmd.arg(password);
-        if let Err(err) = with_timeout(
+        with_timeout(
             RESPONSE_TIMEOUT,
             "AUTH",
             cmd.query_async::<Value>(&mut conn),
         )
         .await
-        {
-            steps.push(step("auth", false, t.elapsed(), Some(err.message.clone())));
-            return Err(err);
-        }
+        .map_err(|err| failed(steps, "auth", t, err))?;
     } else {
         detail.push("no password".to_string());
     }
     if target.db != 0 {
-        let r = with_timeout(
+        with_timeout(
             RESPONSE_TIMEOUT,
             "SELECT",
             redis::cmd("SELECT")
                 .arg(target.db)
                 .query_async::<Value>(&mut conn),
         )
-        .await;
-        if let Err(err) = r {
-            steps.push(step("auth", false, t.elapsed(), Some(err.message.clone())));
-            return Err(err);
-        }
+        .await
+        .map_err(|err| failed(steps, "auth", t, err))?;
         detail.push(format!("SELECT {}", target.db));
     }
     steps.push(step("auth", true, t.elapsed(), Some(detail.join(", "))));

@@ -736,6 +736,8 @@ async fn test_report_reports_steps_info_backlog_and_heartbeats() {
     );
     let last = r.steps.last().unwrap();
     assert_eq!((last.name.as_str(), last.ok), ("auth", false));
+    // The failed step carries the error's text as its detail.
+    assert_eq!(last.detail, r.error, "{r:?}");
     assert_eq!(r.queues[0].backlog, None);
 
     // Redis down: not reachable, the connect step failed.
@@ -746,6 +748,7 @@ async fn test_report_reports_steps_info_backlog_and_heartbeats() {
     assert!(r.error.as_deref().unwrap().contains("refused"), "{r:?}");
     let names: Vec<(&str, bool)> = r.steps.iter().map(|s| (s.name.as_str(), s.ok)).collect();
     assert_eq!(names, [("resolve", true), ("connect", false)]);
+    assert_eq!(r.steps[1].detail, r.error, "{r:?}");
 }
 
 // ---------------------------------------------------------------------------
