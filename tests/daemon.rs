@@ -179,10 +179,7 @@ env = { FAKE_MODE = "children" }
         (p.len() >= 4).then_some(p)
     });
     kill(pid, Signal::SIGKILL);
-    let i = wait_for(T, "replacement", || {
-        let i = d.instance("text-1");
-        (i["state"] == "running" && i["pid"] != pid).then_some(i)
-    });
+    let i = d.wait_restarted("text-1", pid, T);
     assert_eq!(i["restarts"], 1);
     assert_eq!(i["last_exit"], "killed by SIGKILL");
     for m in members {
@@ -342,14 +339,8 @@ queues = ["payments", "webhooks"]
         + "\n[group.emails]\nqueues = [\"emails\"]\n";
     d.write_config(&fake_config(&redis.url(), &new));
     d.signal(Signal::SIGHUP);
-    let n1 = wait_for(T, "text-1 restarted", || {
-        let i = d.instance("text-1");
-        (i["state"] == "running" && i["pid"] != t1).then(|| i["pid"].as_u64().unwrap() as u32)
-    });
-    let n2 = wait_for(T, "text-2 restarted", || {
-        let i = d.instance("text-2");
-        (i["state"] == "running" && i["pid"] != t2).then(|| i["pid"].as_u64().unwrap() as u32)
-    });
+    let n1 = d.wait_restarted("text-1", t1, T)["pid"].as_u64().unwrap() as u32;
+    let n2 = d.wait_restarted("text-2", t2, T)["pid"].as_u64().unwrap() as u32;
     d.running_pid("emails-1");
     assert_eq!(
         d.instance("billing-1")["pid"],
@@ -599,20 +590,14 @@ env = {{ FAKE_MODE = "stalled", FAKE_REDIS_PORT = "{port}" }}
     let silent = d.running_pid("silent-1");
     let stalled = d.running_pid("stalled-1");
     // Heartbeats arrive (status shows their age) …
-    wait_for(T, "heartbeats seen", || {
-        (!d.instance("stalled-1")["heartbeat_age_secs"].is_null()).then_some(())
+    d.wait_instance("stalled-1", "sending heartbeats", T, |i| {
+        !i["heartbeat_age_secs"].is_null()
     });
     // … then the silent one stops sending: restarted after 2 s.
-    wait_for(T, "silent worker restarted", || {
-        let i = d.instance("silent-1");
-        (i["pid"] != silent && i["state"] == "running").then_some(())
-    });
+    d.wait_restarted("silent-1", silent, T);
     assert!(d.log().contains("no heartbeat for"), "{}", d.log());
     // The stalled one has backlog 3 but no progress: restarted.
-    wait_for(T, "stalled worker restarted", || {
-        let i = d.instance("stalled-1");
-        (i["pid"] != stalled && i["state"] == "running").then_some(())
-    });
+    d.wait_restarted("stalled-1", stalled, T);
     let log = d.log();
     assert!(log.contains("stalled: backlog 3"), "{log}");
     // Gracefully: SIGTERM, so the fake said "warm shutdown".

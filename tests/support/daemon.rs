@@ -182,22 +182,46 @@ impl Daemon {
         panic!("no instance {id} in status: {s}");
     }
 
-    /// Wait until `id` is in `state` and return its status entry.
-    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+    /// Poll `id`'s status entry every 20 ms until `done` holds for it and
+    /// return it; after `timeout`, panic saying `id` is not `what`, with the
+    /// last entry seen and the daemon's log.
+    pub fn wait_instance(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let last = self.instance(id);
-            if last["state"] == state {
+            if done(&last) {
                 return last;
             }
             if start.elapsed() > timeout {
                 panic!(
-                    "{id} not {state} after {timeout:?}; last: {last}\n{}",
+                    "{id} not {what} after {timeout:?}; last: {last}\n{}",
                     self.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Wait until `id` is in `state` and return its status entry.
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        self.wait_instance(id, state, timeout, |i| i["state"] == state)
+    }
+
+    /// Wait until `id` was restarted: running again, under a pid other than
+    /// `old_pid`. Returns its status entry (the new pid is its `pid`).
+    pub fn wait_restarted(&self, id: &str, old_pid: u32, timeout: Duration) -> Value {
+        self.wait_instance(
+            id,
+            &format!("restarted (running under a pid other than {old_pid})"),
+            timeout,
+            |i| i["state"] == "running" && i["pid"] != old_pid,
+        )
     }
 
     /// The pid of a running instance, once it is running.
