@@ -110,9 +110,8 @@ env = {{ CELERY_BROKER_URL = "{url}" }}
 
 /// Wait until the worker's heartbeat shows in status: it consumes.
 fn wait_consuming(d: &Daemon, id: &str) -> Value {
-    wait_for(T, &format!("{id} heartbeat"), || {
-        let i = d.instance(id);
-        (i["state"] == "running" && !i["heartbeat_age_secs"].is_null()).then_some(i)
+    d.wait_instance(id, "running with a heartbeat", T, |i| {
+        i["state"] == "running" && !i["heartbeat_age_secs"].is_null()
     })
 }
 
@@ -165,11 +164,10 @@ queues = ["payments", "webhooks"]
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.contains("process_text: 3 words"), "{logs}");
     // Heartbeats counted the processed tasks.
-    let processed = wait_for(T, "processed count", || {
-        let p = d.instance("text-1")["processed"].as_u64()?;
-        (p >= 10).then_some(p)
+    let counted = d.wait_instance("text-1", "at 10 processed tasks", T, |i| {
+        i["processed"].as_u64().is_some_and(|p| p >= 10)
     });
-    assert!(processed >= 10);
+    assert!(counted["processed"].as_u64().unwrap() >= 10);
 }
 
 #[test]
@@ -203,10 +201,7 @@ fn a_worker_killed_mid_run_is_replaced_and_the_shutdown_is_warm() {
         .filter(|p| *p as u32 != pid)
         .collect();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-    let after = wait_for(T, "replacement", || {
-        let i = d.instance("text-1");
-        (i["pid"] != pid && !i["pid"].is_null()).then_some(i)
-    });
+    let after = d.wait_restarted("text-1", pid, T);
     assert_eq!(after["restarts"], 1);
     assert_eq!(after["last_exit"], "killed by SIGKILL");
     // The old pool children are gone, none orphaned.
