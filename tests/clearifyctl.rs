@@ -740,19 +740,7 @@ impl std::io::Write for Sink {
 
 /// clearifyctl run as `who` with that user's groups from the group database.
 fn run_as(env: &Env, bin: &Path, who: (Uid, Gid), args: &[&str]) -> Run {
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={}", who.0))
-        .arg(format!("--regid={}", who.1))
-        .arg("--init-groups")
-        .arg("--")
-        .arg(bin)
-        .arg("--socket")
-        .arg(env.sock())
-        .args(args)
-        .env_remove("CLEARIFY_SOCKET")
-        .output()
-        .expect("this test needs setpriv (util-linux)");
-    Run::from(out)
+    setpriv_ctl(env, bin, who, "--init-groups".into(), args)
 }
 
 /// clearifyctl run as `who` with exactly these supplementary groups,
@@ -760,10 +748,16 @@ fn run_as(env: &Env, bin: &Path, who: (Uid, Gid), args: &[&str]) -> Run {
 /// `usermod -aG`, or one that used `newgrp`).
 fn run_with_groups(env: &Env, bin: &Path, who: (Uid, Gid), groups: &[Gid], args: &[&str]) -> Run {
     let list: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    setpriv_ctl(env, bin, who, format!("--groups={}", list.join(",")), args)
+}
+
+/// clearifyctl run through setpriv as `who`, with `groups_arg` choosing
+/// the supplementary groups.
+fn setpriv_ctl(env: &Env, bin: &Path, who: (Uid, Gid), groups_arg: String, args: &[&str]) -> Run {
     let out = Command::new("setpriv")
         .arg(format!("--reuid={}", who.0))
         .arg(format!("--regid={}", who.1))
-        .arg(format!("--groups={}", list.join(",")))
+        .arg(groups_arg)
         .arg("--")
         .arg(bin)
         .arg("--socket")
