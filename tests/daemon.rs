@@ -677,3 +677,41 @@ fn sd_notify_ready_status_and_stopping_reach_notify_socket() {
     assert!(recv(&mut seen).contains("EXTEND_TIMEOUT_USEC="), "{seen:?}");
     assert_eq!(d.wait_exit(T), 0);
 }
+
+#[test]
+fn an_idle_daemon_without_groups_says_so_in_status_at_once() {
+    // No groups, no broker to wait for, no watchdog: no event will come, and
+    // the STATUS= line must not wait for one.
+    use std::os::unix::net::UnixDatagram;
+    let redis = RedisServer::start();
+    let mut d = Daemon::new(&fake_config(&redis.url(), ""));
+    let sock_path = d.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let log = fs::File::create(d.path("daemon.log")).unwrap();
+    d.child = Some(
+        std::process::Command::new(DAEMON)
+            .arg("--config")
+            .arg(d.config_path())
+            .arg("--log-target")
+            .arg("stderr")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env_remove("WATCHDOG_USEC")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !seen.iter().any(|m| m.contains("STATUS=idle: no worker groups")) {
+        match sock.recv(&mut buf) {
+            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).to_string()),
+            Err(e) => panic!("no idle STATUS= within 10 s ({e}); got {seen:?}\n{}", d.log()),
+        }
+    }
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}

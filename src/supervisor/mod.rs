@@ -174,6 +174,13 @@ impl Supervisor {
         self.start_broker_monitor();
         self.machine.boot(Instant::now());
         self.apply();
+        // The first STATUS= and watchdog ping now, not at the first event or
+        // tick: an idle daemon (no groups, nothing to wait for) may have none
+        // for a long time.
+        self.update_status_line();
+        if watchdog_tick.is_some() {
+            self.notifier.watchdog();
+        }
         // The next deadline, recomputed (O(instances)) only when the machine
         // says something changed: the routine events of an idle daemon
         // (PINGs, heartbeats) then cost O(1).
