@@ -705,10 +705,16 @@ fn an_idle_daemon_without_groups_says_so_in_status_at_once() {
     );
     let mut seen: Vec<String> = Vec::new();
     let mut buf = vec![0u8; 4096];
-    while !seen.iter().any(|m| m.contains("STATUS=idle: no worker groups")) {
+    while !seen
+        .iter()
+        .any(|m| m.contains("STATUS=idle: no worker groups"))
+    {
         match sock.recv(&mut buf) {
             Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).to_string()),
-            Err(e) => panic!("no idle STATUS= within 10 s ({e}); got {seen:?}\n{}", d.log()),
+            Err(e) => panic!(
+                "no idle STATUS= within 10 s ({e}); got {seen:?}\n{}",
+                d.log()
+            ),
         }
     }
     assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
