@@ -618,32 +618,42 @@ env = {{ FAKE_MODE = "stalled", FAKE_REDIS_PORT = "{port}" }}
     assert_eq!(d.instance("healthy-1")["pid"], healthy);
 }
 
+/// Starts the daemon of `d` as systemd would for `Type=notify`: with a
+/// NOTIFY_SOCKET (bound here, `timeout` per receive) and, if given,
+/// WATCHDOG_USEC. Returns the socket the notifications arrive on.
+fn start_with_notify_socket(
+    d: &mut Daemon,
+    watchdog_usec: Option<&str>,
+    timeout: Duration,
+) -> std::os::unix::net::UnixDatagram {
+    let sock_path = d.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let log = fs::File::create(d.path("daemon.log")).unwrap();
+    let mut cmd = std::process::Command::new(DAEMON);
+    cmd.arg("--config")
+        .arg(d.config_path())
+        .arg("--log-target")
+        .arg("stderr")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("WATCHDOG_USEC")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if let Some(usec) = watchdog_usec {
+        cmd.env("WATCHDOG_USEC", usec);
+    }
+    d.child = Some(cmd.spawn().unwrap());
+    sock
+}
+
 #[test]
 fn sd_notify_ready_status_and_stopping_reach_notify_socket() {
-    use std::os::unix::net::UnixDatagram;
     let redis = RedisServer::start();
     let mut d = Daemon::new(&fake_config(
         &redis.url(),
         "[group.text]\nqueues = [\"q\"]\n",
     ));
-    let sock_path = d.path("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let log = fs::File::create(d.path("daemon.log")).unwrap();
-    d.child = Some(
-        std::process::Command::new(DAEMON)
-            .arg("--config")
-            .arg(d.config_path())
-            .arg("--log-target")
-            .arg("stderr")
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "400000")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let sock = start_with_notify_socket(&mut d, Some("400000"), Duration::from_secs(20));
     let mut seen: Vec<String> = Vec::new();
     let mut buf = vec![0u8; 4096];
     let mut recv = |seen: &mut Vec<String>| {
@@ -682,27 +692,9 @@ fn sd_notify_ready_status_and_stopping_reach_notify_socket() {
 fn an_idle_daemon_without_groups_says_so_in_status_at_once() {
     // No groups, no broker to wait for, no watchdog: no event will come, and
     // the STATUS= line must not wait for one.
-    use std::os::unix::net::UnixDatagram;
     let redis = RedisServer::start();
     let mut d = Daemon::new(&fake_config(&redis.url(), ""));
-    let sock_path = d.path("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let log = fs::File::create(d.path("daemon.log")).unwrap();
-    d.child = Some(
-        std::process::Command::new(DAEMON)
-            .arg("--config")
-            .arg(d.config_path())
-            .arg("--log-target")
-            .arg("stderr")
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env_remove("WATCHDOG_USEC")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let sock = start_with_notify_socket(&mut d, None, Duration::from_secs(10));
     let mut seen: Vec<String> = Vec::new();
     let mut buf = vec![0u8; 4096];
     while !seen
