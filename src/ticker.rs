@@ -1,5 +1,6 @@
 //! A periodic timer on a Linux timerfd, for the long, idle-time periods
-//! (the broker health check, the systemd watchdog).
+//! (the systemd watchdog; the broker health check has a thread of its own,
+//! see `broker::health`).
 //!
 //! tokio's timer wheel is hierarchical: a timer seconds away sits in a
 //! coarse slot and the runtime wakes up two or three times before it fires,

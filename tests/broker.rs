@@ -916,11 +916,29 @@ async fn tls_with_ca_file_and_without_verification() {
     assert_eq!(e.kind, ProbeErrorKind::Transient, "{e}");
     assert!(t.elapsed() < Duration::from_secs(8));
 
-    // Heartbeats over TLS too.
+    // The monitor over TLS: up, and its health link (redis-rs' synchronous
+    // TLS connection) pings and reports the backlog.
     let (tx, mut rx) = mpsc::channel(64);
-    let _m = spawn_monitor(settings(&url), polled(&[]), tx);
+    let m = spawn_monitor(settings(&url), polled(&["q"]), tx);
     let (_, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some());
+    let (seen, backlog) = recv_until(&mut rx, Duration::from_secs(5), |e| {
+        matches!(e, BrokerEvent::Backlog(_))
+    })
+    .await;
+    assert_eq!(
+        backlog,
+        Some(BrokerEvent::Backlog(BTreeMap::from([("q".into(), 0)]))),
+        "{seen:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(m.latency().is_some(), "the TLS health checks ran");
+    let down = recv_for(&mut rx, Duration::from_millis(500)).await;
+    assert!(
+        !down.iter().any(|e| matches!(e, BrokerEvent::Down { .. })),
+        "{down:?}"
+    );
+    m.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -945,4 +963,91 @@ async fn unix_socket_urls() {
         .await
         .expect_err("no socket");
     assert_eq!(e.kind, ProbeErrorKind::Transient, "{e}");
+
+    // The monitor's health link over the socket selects db 2 too: the
+    // backlog it reports is db 2's.
+    server.command(&["RPUSH", "uq", "a", "b"]).unwrap();
+    server.command(&["MOVE", "uq", "2"]).unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let monitor = spawn_monitor(settings(&s.url), polled(&["uq"]), tx);
+    let (seen, backlog) = recv_until(&mut rx, Duration::from_secs(5), |e| {
+        matches!(e, BrokerEvent::Backlog(_))
+    })
+    .await;
+    assert_eq!(
+        backlog,
+        Some(BrokerEvent::Backlog(BTreeMap::from([("uq".into(), 2)]))),
+        "{seen:?}"
+    );
+    monitor.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// The health link notices a closed connection at once, not at the next check.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_link_is_noticed_at_once_and_reopened() {
+    let server = blocking(|| RedisServer::start_with(Some("pw"))).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let slow = BrokerSettings {
+        check_interval: Duration::from_secs(60),
+        ..BrokerSettings::new(server.url_db(1))
+    };
+    let monitor = spawn_monitor(slow, polled(&["q"]), tx);
+    let (seen, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
+    assert!(up.is_some(), "no Up: {seen:?}");
+    // The health link's first backlog: it has authenticated and selected db 1.
+    let (_, first) = recv_until(&mut rx, Duration::from_secs(5), |e| {
+        matches!(e, BrokerEvent::Backlog(_))
+    })
+    .await;
+    assert!(first.is_some(), "no backlog from the health link");
+
+    // Redis drops every normal client: the health link (the gate's
+    // connection is closed or closing; the heartbeats are a pub/sub client).
+    let killed = server
+        .command(&["CLIENT", "KILL", "TYPE", "normal"])
+        .unwrap();
+    assert_ne!(killed, "0", "the health link is a normal client");
+    let t = Instant::now();
+    let (seen, down) = recv_until(&mut rx, Duration::from_secs(5), |e| {
+        matches!(e, BrokerEvent::Down { .. })
+    })
+    .await;
+    let Some(BrokerEvent::Down { error, .. }) = down else {
+        panic!("no Down after the link was closed; saw {seen:?}")
+    };
+    assert!(error.contains("closed the connection"), "{error}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "noticed after {:?}, not at once (check_interval is 60 s)",
+        t.elapsed()
+    );
+    // Redis is still there: the gate reconnects and a new link takes over.
+    let (seen, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
+    assert!(up.is_some(), "no Up after the reconnect: {seen:?}");
+    monitor.refresh_backlog();
+    let (_, asked) = recv_until(&mut rx, Duration::from_secs(3), |e| {
+        matches!(e, BrokerEvent::Backlog(_))
+    })
+    .await;
+    assert!(asked.is_some(), "the new link answers refresh_backlog");
+
+    // shutdown ends the health thread at once, even with a check 60 s away.
+    let t0 = Instant::now();
+    monitor.shutdown().await;
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // Its connection is closed: only our own CLIENT LIST connection is left
+    // (the server may take a moment to see the close).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let clients = server
+            .command(&["CLIENT", "LIST", "TYPE", "normal"])
+            .unwrap();
+        if clients.lines().count() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections left: {clients}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

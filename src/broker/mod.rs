@@ -5,16 +5,22 @@
 //!   unix socket), AUTH, SELECT, PING → PONG, each with an explicit timeout.
 //!   `-LOADING` is *not ready*. Failures are classified ([`ProbeErrorKind`]):
 //!   transient ones are retried, fatal ones are configuration errors.
-//! - [`spawn_monitor`] runs the gate and then the health loop in the
+//! - [`spawn_monitor`] runs the gate and then the health check in the
 //!   background and reports [`BrokerEvent`]s to the supervisor: `Waiting`
 //!   until the first `Up` (or `Fatal`, or `GateTimeout` once `wait_timeout`
-//!   passes), then `Up`/`Down`, `Backlog` and `Heartbeat`.
+//!   passes), then `Up`/`Down`, `Backlog` and `Heartbeat`. While the broker
+//!   is up, a thread with a connection of its own pings it and fetches the
+//!   backlog (`health`: why a thread, and why its RESP is written by hand);
+//!   the gate, the heartbeat subscription and `clearifyctl test` use
+//!   redis-rs.
 //! - [`test_report`] connects afresh for `clearifyctl test`.
 //! - [`decode_heartbeat`] decodes a kombu envelope from the
 //!   `<key_prefix>/<db>.celeryev/worker.heartbeat` pub/sub channel.
 //!
 //! The policy on top (on_timeout, heartbeat timeouts, stall detection) lives
 //! in the supervisor.
+
+mod health;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,12 +31,11 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, Value};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::redact_url;
 use crate::control::protocol::{HeartbeatSeen, QueueStatus, TestReport, TestStep};
-use crate::ticker::Ticker;
 
 /// Timeout for establishing a connection (TCP/TLS/unix) and for DNS.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -618,22 +623,17 @@ pub fn heartbeat_channel(key_prefix: &str, db: i64) -> String {
     format!("{key_prefix}/{db}.celeryev/worker.heartbeat")
 }
 
-/// LLEN over all keys of all queues, in one pipeline; with `ping`, a PING
-/// goes first in the same round trip (the periodic health check). Returns
-/// the PING round trip (the whole pipeline's) when asked for, and the
-/// backlog per queue.
+/// LLEN over all keys of all queues, in one pipeline: the backlog per
+/// queue (for `clearifyctl test`; the running monitor's health link does
+/// the same on its own connection, see [`health`]).
 async fn fetch_backlog(
     conn: &mut MultiplexedConnection,
-    ping: bool,
     queues: &[String],
     priority_steps: &[u8],
     key_prefix: &str,
-) -> Result<(Option<Duration>, BTreeMap<String, u64>), ProbeError> {
+) -> Result<BTreeMap<String, u64>, ProbeError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    if ping {
-        pipe.cmd("PING");
-    }
     let mut owners = Vec::new();
     for q in queues {
         for key in queue_keys(q, priority_steps, key_prefix) {
@@ -642,32 +642,10 @@ async fn fetch_backlog(
         }
     }
     let mut out: BTreeMap<String, u64> = queues.iter().map(|q| (q.clone(), 0)).collect();
-    if !ping && owners.is_empty() {
-        return Ok((None, out));
+    if owners.is_empty() {
+        return Ok(out);
     }
-    let t = Instant::now();
-    let what = if ping { "PING" } else { "LLEN" };
-    let mut values: Vec<Value> =
-        with_timeout(RESPONSE_TIMEOUT, what, pipe.query_async(conn)).await?;
-    let latency = t.elapsed();
-    let mut latency_out = None;
-    if ping {
-        if values.is_empty() {
-            return Err(ProbeError::transient("PING got no reply".to_string()));
-        }
-        match values.remove(0) {
-            Value::SimpleString(s) if s == "PONG" => latency_out = Some(latency),
-            Value::BulkString(b) if b == b"PONG" => latency_out = Some(latency),
-            Value::ServerError(e) => {
-                return Err(ProbeError::transient(format!("PING failed: {e:?}")));
-            }
-            other => {
-                return Err(ProbeError::transient(format!(
-                    "PING answered {other:?} instead of PONG"
-                )));
-            }
-        }
-    }
+    let values: Vec<Value> = with_timeout(RESPONSE_TIMEOUT, "LLEN", pipe.query_async(conn)).await?;
     for (q, v) in owners.iter().zip(values) {
         match v {
             Value::Int(n) if n > 0 => *out.entry((*q).to_string()).or_default() += n as u64,
@@ -675,7 +653,7 @@ async fn fetch_backlog(
             other => tracing::debug!(queue = %q, reply = ?other, "LLEN did not answer a number"),
         }
     }
-    Ok((latency_out, out))
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -786,11 +764,12 @@ impl Backoff {
 // ---------------------------------------------------------------------------
 // The monitor
 
-/// The running broker monitor. Dropping it stops its tasks.
+/// The running broker monitor. Dropping it stops its tasks and its health
+/// thread.
 pub struct Monitor {
     queues: watch::Sender<Watched>,
     latency: watch::Receiver<Option<Duration>>,
-    refresh: Arc<Notify>,
+    health: Arc<health::Control>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -798,6 +777,7 @@ impl Monitor {
     /// Replaces the queues whose backlog is reported (refreshes soon).
     pub fn set_queues(&self, watched: Watched) {
         self.queues.send_replace(watched);
+        self.health.wake();
     }
 
     /// The PING round trip of the latest health check while the broker is
@@ -808,11 +788,13 @@ impl Monitor {
 
     /// Asks for a backlog refresh now (still at most one per second).
     pub fn refresh_backlog(&self) {
-        self.refresh.notify_one();
+        self.health.refresh();
     }
 
-    /// Stops the monitor and waits until its tasks have ended.
+    /// Stops the monitor and waits until its tasks and its health thread
+    /// have ended.
     pub async fn shutdown(mut self) {
+        self.health.stop();
         let tasks = std::mem::take(&mut self.tasks);
         for t in &tasks {
             t.abort();
@@ -820,11 +802,17 @@ impl Monitor {
         for t in tasks {
             let _ = t.await;
         }
+        if let Some(thread) = self.health.take_thread() {
+            // At once when it waits or reads a plain socket; a TLS read
+            // can take up to RESPONSE_TIMEOUT.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
+        self.health.stop();
         for t in &self.tasks {
             t.abort();
         }
@@ -852,11 +840,11 @@ pub fn spawn_monitor(
 ) -> Monitor {
     let (queues_tx, queues_rx) = watch::channel(watched);
     let (latency_tx, latency_rx) = watch::channel(None);
-    let refresh = Arc::new(Notify::new());
     // Counts transitions to up and down: the heartbeat task starts after the
     // first up and resubscribes after every outage.
     let (up_tx, up_rx) = watch::channel(LinkCounts::default());
     let target = parse_target(&settings.url);
+    let health = health::Control::new().map(Arc::new);
     let heartbeats = match &target {
         Ok(t) => tokio::spawn(heartbeat_task(
             t.clone(),
@@ -866,19 +854,29 @@ pub fn spawn_monitor(
         )),
         Err(_) => tokio::spawn(async {}),
     };
+    let (health, target) = match health {
+        Ok(h) => (h, target),
+        Err(e) => {
+            // An eventfd could not be made (out of file descriptors): say so
+            // as the monitor's fatal error rather than panic.
+            let dummy = Arc::new(health::Control::dead());
+            let err = ProbeError::fatal(format!("cannot start the broker monitor: {e}"));
+            (dummy, Err(err))
+        }
+    };
     let main = tokio::spawn(main_task(
         settings,
         target,
         queues_rx,
-        refresh.clone(),
+        health.clone(),
         up_tx,
-        latency_tx,
+        Arc::new(latency_tx),
         tx,
     ));
     Monitor {
         queues: queues_tx,
         latency: latency_rx,
-        refresh,
+        health,
         tasks: vec![main, heartbeats],
     }
 }
@@ -886,10 +884,10 @@ pub fn spawn_monitor(
 async fn main_task(
     settings: BrokerSettings,
     target: Result<Target, ProbeError>,
-    mut queues: watch::Receiver<Watched>,
-    refresh: Arc<Notify>,
+    queues: watch::Receiver<Watched>,
+    health: Arc<health::Control>,
     up_tx: watch::Sender<LinkCounts>,
-    latency_tx: watch::Sender<Option<Duration>>,
+    latency_tx: Arc<watch::Sender<Option<Duration>>>,
     tx: mpsc::Sender<BrokerEvent>,
 ) {
     let url = redact_url(&settings.url);
@@ -924,8 +922,20 @@ async fn main_task(
                     return;
                 }
                 up_tx.send_modify(|c| c.ups += 1);
-                let err =
-                    run_connected(&settings, conn, &mut queues, &refresh, &latency_tx, &tx).await;
+                // The gate's connection has proved the broker ready; the
+                // health thread checks it from now on, on a link of its own.
+                drop(conn);
+                let err = health::run(health::Job {
+                    target: target.clone(),
+                    check_interval: settings.check_interval,
+                    priority_steps: settings.priority_steps.clone(),
+                    key_prefix: settings.key_prefix.clone(),
+                    control: health.clone(),
+                    queues: queues.clone(),
+                    latency: latency_tx.clone(),
+                    tx: tx.clone(),
+                })
+                .await;
                 latency_tx.send_replace(None);
                 let Some(err) = err else { return };
                 up_tx.send_modify(|c| c.downs += 1);
@@ -1031,91 +1041,6 @@ async fn wait_for_port(target: &Target) {
         {
             return;
         }
-    }
-}
-
-/// The health loop on one connection: every `check_interval` a PING (with
-/// the backlog in the same round trip when [`Watched::poll`]), and the
-/// backlog when asked for or when the queues change. Returns the error that
-/// ended it, or `None` when the event receiver is gone.
-async fn run_connected(
-    settings: &BrokerSettings,
-    mut conn: MultiplexedConnection,
-    queues: &mut watch::Receiver<Watched>,
-    refresh: &Notify,
-    latency_tx: &watch::Sender<Option<Duration>>,
-    tx: &mpsc::Sender<BrokerEvent>,
-) -> Option<ProbeError> {
-    let check = settings.check_interval.max(Duration::from_millis(100));
-    // A timerfd: one wake-up per check (see crate::ticker).
-    let check_tick = match Ticker::new(check) {
-        Ok(t) => t,
-        Err(e) => return Some(ProbeError::transient(format!("health-check timer: {e}"))),
-    };
-    let mut last_backlog: Option<Instant> = None;
-    let mut backlog_pending = false;
-    // The backlog once at the start (status shows it from then on).
-    let mut want_backlog = true;
-    loop {
-        let mut ping = false;
-        if !want_backlog {
-            tokio::select! {
-                tick = check_tick.tick() => {
-                    if let Err(e) = tick {
-                        return Some(ProbeError::transient(format!("health-check timer: {e}")));
-                    }
-                    ping = true;
-                    want_backlog = queues.borrow().poll
-                        && last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_MIN_INTERVAL);
-                }
-                changed = queues.changed() => {
-                    if changed.is_err() {
-                        return None;
-                    }
-                    want_backlog = true;
-                }
-                _ = refresh.notified() => want_backlog = true,
-                _ = tx.closed() => return None,
-                // A pending refresh that hit the 1 s cache runs when it expires.
-                _ = tokio::time::sleep(
-                    last_backlog
-                        .map(|t| (t + BACKLOG_MIN_INTERVAL).saturating_duration_since(Instant::now()))
-                        .unwrap_or_default()
-                ), if backlog_pending => want_backlog = true,
-            }
-        }
-        if want_backlog && !ping && last_backlog.is_some_and(|t| t.elapsed() < BACKLOG_MIN_INTERVAL)
-        {
-            backlog_pending = true;
-            want_backlog = false;
-            continue;
-        }
-        let qs = if want_backlog {
-            backlog_pending = false;
-            last_backlog = Some(Instant::now());
-            queues.borrow_and_update().queues.clone()
-        } else {
-            Vec::new()
-        };
-        let fetched = fetch_backlog(
-            &mut conn,
-            ping,
-            &qs,
-            &settings.priority_steps,
-            &settings.key_prefix,
-        )
-        .await;
-        let (latency, backlog) = match fetched {
-            Ok(r) => r,
-            Err(e) => return Some(e),
-        };
-        if latency.is_some() {
-            latency_tx.send_replace(latency);
-        }
-        if want_backlog && tx.send(BrokerEvent::Backlog(backlog)).await.is_err() {
-            return None;
-        }
-        want_backlog = false;
     }
 }
 
@@ -1276,14 +1201,13 @@ pub async fn test_report(
     }
     match fetch_backlog(
         &mut conn,
-        false,
         queues,
         &settings.priority_steps,
         &settings.key_prefix,
     )
     .await
     {
-        Ok((_, map)) => {
+        Ok(map) => {
             for q in &mut report.queues {
                 q.backlog = map.get(&q.name).copied();
             }
