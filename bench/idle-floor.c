@@ -3,11 +3,15 @@
  * PERIOD seconds on a timerfd and, when PORT is given, sends PING to
  * redis-server on 127.0.0.1:PORT over one TCP connection and reads the
  * +PONG through the same epoll (as the daemon's health check does every
- * check_interval). Its CPU over the same 30 s as the daemon's shows what
+ * check_interval). With WD_PERIOD and NOTIFY_PATH it also sends
+ * "WATCHDOG=1" to the unix datagram socket NOTIFY_PATH every WD_PERIOD
+ * seconds, on a second timerfd (the systemd watchdog pings, half of
+ * WatchdogSec). Its CPU over the same 30 s as the daemon's shows what
  * those wake-ups cost on this machine at that moment, whatever the daemon
  * does in them; on a shared VM that varies several-fold from run to run.
  *
- *   idle-floor PERIOD [PORT]    runs until killed; prints nothing
+ *   idle-floor PERIOD [PORT [WD_PERIOD NOTIFY_PATH]]
+ *                               runs until killed; prints nothing
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -16,14 +20,17 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <string.h>
 #include <sys/timerfd.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
     int period = argc > 1 ? atoi(argv[1]) : 10;
     int port = argc > 2 ? atoi(argv[2]) : 0;
-    if (period <= 0) {
-        fprintf(stderr, "usage: idle-floor PERIOD [PORT]\n");
+    int wd_period = argc > 4 ? atoi(argv[3]) : 0;
+    if (period <= 0 || (argc > 3 && (argc != 5 || wd_period <= 0))) {
+        fprintf(stderr, "usage: idle-floor PERIOD [PORT [WD_PERIOD NOTIFY_PATH]]\n");
         return 2;
     }
     int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -47,6 +54,20 @@ int main(int argc, char **argv) {
         struct epoll_event e2 = {.events = EPOLLIN, .data.fd = s};
         epoll_ctl(ep, EPOLL_CTL_ADD, s, &e2);
     }
+    int wfd = -1, nsock = -1;
+    struct sockaddr_un notify = {.sun_family = AF_UNIX};
+    if (wd_period > 0) {
+        strncpy(notify.sun_path, argv[4], sizeof notify.sun_path - 1);
+        wfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        nsock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct itimerspec wits = {{wd_period, 0}, {wd_period, 0}};
+        if (wfd < 0 || nsock < 0 || timerfd_settime(wfd, 0, &wits, NULL) != 0) {
+            perror("idle-floor: watchdog timerfd/socket");
+            return 1;
+        }
+        struct epoll_event e3 = {.events = EPOLLIN, .data.fd = wfd};
+        epoll_ctl(ep, EPOLL_CTL_ADD, wfd, &e3);
+    }
     for (;;) {
         struct epoll_event got[4];
         int n = epoll_wait(ep, got, 4, -1);
@@ -55,6 +76,11 @@ int main(int argc, char **argv) {
                 uint64_t expirations;
                 if (read(tfd, &expirations, sizeof expirations) < 0) continue;
                 if (s >= 0 && write(s, "*1\r\n$4\r\nPING\r\n", 14) != 14) return 1;
+            } else if (got[i].data.fd == wfd) {
+                uint64_t expirations;
+                if (read(wfd, &expirations, sizeof expirations) < 0) continue;
+                sendto(nsock, "WATCHDOG=1\n", 11, MSG_DONTWAIT, (struct sockaddr *)&notify,
+                       sizeof notify);
             } else {
                 char buf[64];
                 if (read(s, buf, sizeof buf) <= 0) return 1;

@@ -12,11 +12,13 @@
 # Needs: cargo, gcc with a static libc (libc6-dev), redis-server, python3.
 # Run it as root (the daemon then runs the workers as "nobody", as in
 # production) or as a normal user. Environment knobs:
-#   BENCH_IDLE=30          seconds of the idle CPU measurement
+#   BENCH_IDLE=30          seconds of one idle CPU measurement
+#   BENCH_IDLE_WINDOWS=3   idle measurements in a row (the headline is the worst)
 #   BENCH_STATUS_RUNS=200  clearifyctl status runs
 #   BENCH_KILLS=50         SIGKILLs for the restart latency
 #   BENCH_NICE=0           niceness of the whole run (e.g. -10 on a busy machine)
 #   BENCH_NOTIFY=1         give the daemon a NOTIFY_SOCKET as systemd does (0: none)
+#   BENCH_WATCHDOG=30      and WATCHDOG_USEC, as the packaged unit's WatchdogSec=30s (0: none)
 #   BENCH_NO_BUILD=1       skip cargo build (use target/release as it is)
 #   BENCH_DAEMON=PATH      another clearify-workerd binary (e.g. a patched build)
 #   BENCH_CTL=PATH         another clearifyctl binary
@@ -82,8 +84,8 @@ fi
 "${nice_cmd[@]}" python3 "$here/bench.py" \
     --daemon "$daemon" --ctl "$ctl" --worker "$worker" --idle-floor "$idle_floor" \
     --work "$work" --out "$out" \
-    --idle "${BENCH_IDLE:-30}" --status-runs "${BENCH_STATUS_RUNS:-200}" \
-    --kills "${BENCH_KILLS:-50}" --notify "${BENCH_NOTIFY:-1}" \
+    --idle "${BENCH_IDLE:-30}" --idle-windows "${BENCH_IDLE_WINDOWS:-3}" --status-runs "${BENCH_STATUS_RUNS:-200}" \
+    --kills "${BENCH_KILLS:-50}" --notify "${BENCH_NOTIFY:-1}" --watchdog-sec "${BENCH_WATCHDOG:-30}" \
     "$@"
 
 # Keep the daemon logs of this run next to the results.
