@@ -215,6 +215,8 @@ check() {
         die "unit exposure above $MAX_EXPOSURE/10"
 }
 
+QEMU_SKIP=control::server::tests::peer_groups_are_the_peers_groups
+
 test_arm64() {
     need /usr/bin/cargo /usr/bin/rustc aarch64-linux-gnu-gcc qemu-aarch64-static
     step "unit tests for arm64 under qemu-aarch64-static"
@@ -226,8 +228,11 @@ test_arm64() {
         AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64-static \
         /usr/bin/cargo test --locked --target aarch64-unknown-linux-gnu --lib \
-        --target-dir "$ROOT/target/test-arm64")
-    echo "arm64 unit tests: $(( $(date +%s) - t0 )) s"
+        --target-dir "$ROOT/target/test-arm64" -- --skip "$QEMU_SKIP")
+    # qemu-user (7.2) does not emulate getsockopt(SO_PEERGROUPS): it answers
+    # ERANGE whatever the buffer size. That one test of the call itself runs
+    # natively only (cargo test on amd64; the VM system tests use it too).
+    echo "arm64 unit tests: $(( $(date +%s) - t0 )) s; not run under qemu-user: $QEMU_SKIP (SO_PEERGROUPS is not emulated)"
 }
 
 one() {

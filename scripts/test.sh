@@ -4,7 +4,8 @@
 #   2. checks formatting and lints,
 #   3. runs the unit and integration tests (real processes, real
 #      redis-server instances on free loopback ports, real Celery),
-#   4. builds the .deb packages and checks them (packaging/build-deb.sh),
+#   4. builds the .deb packages and checks them, and runs the library's
+#      unit tests for arm64 under qemu-user (packaging/build-deb.sh),
 #   5. runs the system tests in a Debian 12 VM (tests/system/run.sh).
 # Stages can be picked: scripts/test.sh [unit] [deb] [system]  (default: all)
 set -euo pipefail
@@ -34,6 +35,8 @@ if want deb; then
     step "Debian packages (amd64 + arm64) and lintian"
     $SUDO packaging/setup-cross.sh
     packaging/build-deb.sh all
+    step "arm64 unit tests under qemu-user"
+    packaging/build-deb.sh test-arm64
 fi
 if want system; then
     step "system tests in a Debian 12 VM"
