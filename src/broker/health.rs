@@ -17,14 +17,14 @@
 //! `Down` and goes back to the gate.
 //!
 //! **Why a thread with blocking I/O, and the RESP of four commands written
-//! here.** An idle daemon does nothing but this check, and on a virtual
-//! machine its cost is set by how many distinct memory pages one check
+//! here.** An idle daemon does little else (the systemd watchdog ping),
+//! and on a virtual machine its cost is set by how many distinct memory pages one check
 //! touches (each may be a TLB miss or a host-side fault after 10 s asleep),
 //! far more than by its instructions. Through the tokio runtime and
 //! redis-rs' multiplexed connection (a driver task, a codec, a parser
-//! combinator, channels, a timer) a check touched about 120 pages; this
-//! loop touches a few dozen, and the runtime stays asleep. Measured in
-//! docs/benchmarks.md ("pages touched per health check"). Only `PING`,
+//! combinator, channels, a timer) a check touched 125 private pages; this
+//! loop touches 23, and the runtime stays asleep (docs/benchmarks.md,
+//! "memory touched in one idle window"). Only `PING`,
 //! `AUTH`, `SELECT` and `LLEN` are spoken here, and every reply they have
 //! is a single line (`+`, `-`, `:`), so the protocol part is small and
 //! unit-tested. `rediss://` links go through redis-rs' synchronous
