@@ -138,6 +138,24 @@ async fn recv_for(rx: &mut mpsc::Receiver<BrokerEvent>, dur: Duration) -> Vec<Br
     recv_until(rx, dur, |_| false).await.0
 }
 
+/// The next backlog report within `limit` (events before it are passed
+/// over); panics, naming what came instead, when there is none.
+async fn next_backlog(
+    rx: &mut mpsc::Receiver<BrokerEvent>,
+    limit: Duration,
+) -> BTreeMap<String, u64> {
+    let (seen, ev) = recv_until(rx, limit, |e| matches!(e, BrokerEvent::Backlog(_))).await;
+    match ev {
+        Some(BrokerEvent::Backlog(b)) => b,
+        _ => panic!("no backlog within {limit:?}; saw {seen:?}"),
+    }
+}
+
+/// A backlog map from (queue, messages) pairs.
+fn backlog(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(q, n)| (q.to_string(), *n)).collect()
+}
+
 fn is_up(ev: &BrokerEvent) -> bool {
     matches!(ev, BrokerEvent::Up { .. })
 }
@@ -226,13 +244,9 @@ async fn gate_waits_for_redis_then_reports_up() {
     );
     // While up: backlog of the configured queue, and periodic latency
     // updates.
-    let (_, backlog) = recv_until(&mut rx, Duration::from_secs(4), |e| {
-        matches!(e, BrokerEvent::Backlog(_))
-    })
-    .await;
     assert_eq!(
-        backlog,
-        Some(BrokerEvent::Backlog(BTreeMap::from([("gateq".into(), 0)])))
+        next_backlog(&mut rx, Duration::from_secs(4)).await,
+        backlog(&[("gateq", 0)])
     );
     // The health checks' round trips update the latency, without events.
     let first = monitor.latency().expect("a latency while up");
@@ -457,29 +471,21 @@ async fn backlog_matches_what_celery_enqueued() {
         polled(&["bq", "other", "none"]),
         tx,
     );
-    let (_, backlog) = recv_until(&mut rx, Duration::from_secs(5), |e| {
-        matches!(e, BrokerEvent::Backlog(_))
-    })
-    .await;
     assert_eq!(
-        backlog,
-        Some(BrokerEvent::Backlog(BTreeMap::from([
-            ("bq".into(), 9),
-            ("other".into(), 2),
-            ("none".into(), 0),
-        ])))
+        next_backlog(&mut rx, Duration::from_secs(5)).await,
+        backlog(&[("bq", 9), ("other", 2), ("none", 0)])
     );
     // set_queues is picked up.
     monitor.set_queues(polled(&["other"]));
-    let (_, backlog) = recv_until(
+    let (_, changed) = recv_until(
         &mut rx,
         Duration::from_secs(5),
         |e| matches!(e, BrokerEvent::Backlog(m) if !m.contains_key("bq")),
     )
     .await;
     assert_eq!(
-        backlog,
-        Some(BrokerEvent::Backlog(BTreeMap::from([("other".into(), 2)])))
+        changed,
+        Some(BrokerEvent::Backlog(backlog(&[("other", 2)])))
     );
     // Refreshes are at least a second apart, even when asked for more often.
     let mut stamps = Vec::new();
@@ -514,13 +520,9 @@ async fn backlog_matches_what_celery_enqueued() {
         },
         tx,
     );
-    let (_, first) = recv_until(&mut rx, Duration::from_secs(5), |e| {
-        matches!(e, BrokerEvent::Backlog(_))
-    })
-    .await;
     assert_eq!(
-        first,
-        Some(BrokerEvent::Backlog(BTreeMap::from([("bq".into(), 9)])))
+        next_backlog(&mut rx, Duration::from_secs(5)).await,
+        backlog(&[("bq", 9)])
     );
     // Four check intervals (300 ms each): the PINGs go on (counted by the
     // server), their round trips reach Monitor::latency, and neither they
@@ -542,11 +544,8 @@ async fn backlog_matches_what_celery_enqueued() {
         "no events while nothing changes: {quiet:?}"
     );
     monitor.refresh_backlog();
-    let (_, asked) = recv_until(&mut rx, Duration::from_secs(3), |e| {
-        matches!(e, BrokerEvent::Backlog(_))
-    })
-    .await;
-    assert!(asked.is_some(), "refresh_backlog answers without poll");
+    // refresh_backlog answers without poll.
+    next_backlog(&mut rx, Duration::from_secs(3)).await;
     monitor.shutdown().await;
 
     // global_keyprefix.
@@ -922,14 +921,9 @@ async fn tls_with_ca_file_and_without_verification() {
     let m = spawn_monitor(settings(&url), polled(&["q"]), tx);
     let (_, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some());
-    let (seen, backlog) = recv_until(&mut rx, Duration::from_secs(5), |e| {
-        matches!(e, BrokerEvent::Backlog(_))
-    })
-    .await;
     assert_eq!(
-        backlog,
-        Some(BrokerEvent::Backlog(BTreeMap::from([("q".into(), 0)]))),
-        "{seen:?}"
+        next_backlog(&mut rx, Duration::from_secs(5)).await,
+        backlog(&[("q", 0)])
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(m.latency().is_some(), "the TLS health checks ran");
@@ -970,14 +964,9 @@ async fn unix_socket_urls() {
     server.command(&["MOVE", "uq", "2"]).unwrap();
     let (tx, mut rx) = mpsc::channel(64);
     let monitor = spawn_monitor(settings(&s.url), polled(&["uq"]), tx);
-    let (seen, backlog) = recv_until(&mut rx, Duration::from_secs(5), |e| {
-        matches!(e, BrokerEvent::Backlog(_))
-    })
-    .await;
     assert_eq!(
-        backlog,
-        Some(BrokerEvent::Backlog(BTreeMap::from([("uq".into(), 2)]))),
-        "{seen:?}"
+        next_backlog(&mut rx, Duration::from_secs(5)).await,
+        backlog(&[("uq", 2)])
     );
     monitor.shutdown().await;
 }
@@ -997,11 +986,7 @@ async fn a_closed_link_is_noticed_at_once_and_reopened() {
     let (seen, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some(), "no Up: {seen:?}");
     // The health link's first backlog: it has authenticated and selected db 1.
-    let (_, first) = recv_until(&mut rx, Duration::from_secs(5), |e| {
-        matches!(e, BrokerEvent::Backlog(_))
-    })
-    .await;
-    assert!(first.is_some(), "no backlog from the health link");
+    next_backlog(&mut rx, Duration::from_secs(5)).await;
 
     // Redis drops every normal client: the health link (the gate's
     // connection is closed or closing; the heartbeats are a pub/sub client).
@@ -1027,11 +1012,8 @@ async fn a_closed_link_is_noticed_at_once_and_reopened() {
     let (seen, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
     assert!(up.is_some(), "no Up after the reconnect: {seen:?}");
     monitor.refresh_backlog();
-    let (_, asked) = recv_until(&mut rx, Duration::from_secs(3), |e| {
-        matches!(e, BrokerEvent::Backlog(_))
-    })
-    .await;
-    assert!(asked.is_some(), "the new link answers refresh_backlog");
+    // The new link answers refresh_backlog.
+    next_backlog(&mut rx, Duration::from_secs(3)).await;
 
     // shutdown ends the health thread at once, even with a check 60 s away.
     let t0 = Instant::now();
