@@ -72,9 +72,9 @@ pub(super) struct Control {
     wake: Option<EventFd>,
     stop: AtomicBool,
     refresh: AtomicBool,
-    /// The running plain link's socket: [`Control::stop`] shuts it down, so
-    /// a thread waiting for a reply ends at once.
-    socket: Mutex<Option<Arc<Plain>>>,
+    /// A duplicate of the running plain link's socket: [`Control::stop`]
+    /// shuts it down, so a thread waiting for a reply ends at once.
+    socket: Mutex<Option<PlainStream>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -216,7 +216,8 @@ impl Job {
             Err(e) => return Some(e),
         };
         if let Link::Plain(p) = &link {
-            *lock(&self.control.socket) = Some(p.clone());
+            // Without the duplicate, a stop waits for the reply's timeout.
+            *lock(&self.control.socket) = p.stream.try_clone().ok();
         }
         let result = self.serve(&mut link);
         *lock(&self.control.socket) = None;
@@ -386,52 +387,62 @@ impl Job {
 /// One connection to the broker: plain (TCP or unix socket, RESP written
 /// here) or TLS (redis-rs' synchronous connection).
 enum Link {
-    Plain(Arc<Plain>),
+    Plain(Plain),
     Tls(Box<redis::Connection>),
 }
 
-/// A plain socket. Reads and writes go through `&` references, so that
-/// [`Control::stop`] can shut it down from another thread.
-pub(super) struct Plain {
+/// A plain socket, and the bytes read from it and not parsed yet (only
+/// within a round trip).
+struct Plain {
     stream: PlainStream,
-    /// Bytes read and not parsed yet (only within a round trip).
-    buf: Mutex<Vec<u8>>,
+    buf: Vec<u8>,
 }
 
-enum PlainStream {
+pub(super) enum PlainStream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
-impl Plain {
+impl PlainStream {
+    /// Another fd for the same socket.
+    fn try_clone(&self) -> io::Result<PlainStream> {
+        Ok(match self {
+            PlainStream::Tcp(s) => PlainStream::Tcp(s.try_clone()?),
+            PlainStream::Unix(s) => PlainStream::Unix(s.try_clone()?),
+        })
+    }
+
+    /// Ends the connection for every fd of it: a blocked read returns.
     fn shutdown(&self) {
-        let _ = match &self.stream {
+        let _ = match self {
             PlainStream::Tcp(s) => s.shutdown(Shutdown::Both),
             PlainStream::Unix(s) => s.shutdown(Shutdown::Both),
         };
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
-        match &self.stream {
+        match self {
             PlainStream::Tcp(s) => s.as_fd(),
             PlainStream::Unix(s) => s.as_fd(),
         }
     }
 
-    fn write_all(&self, data: &[u8]) -> io::Result<()> {
-        match &self.stream {
-            PlainStream::Tcp(s) => (&*s).write_all(data),
-            PlainStream::Unix(s) => (&*s).write_all(data),
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            PlainStream::Tcp(s) => s.write_all(data),
+            PlainStream::Unix(s) => s.write_all(data),
         }
     }
 
-    fn read(&self, into: &mut [u8]) -> io::Result<usize> {
-        match &self.stream {
-            PlainStream::Tcp(s) => (&*s).read(into),
-            PlainStream::Unix(s) => (&*s).read(into),
+    fn read(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        match self {
+            PlainStream::Tcp(s) => s.read(into),
+            PlainStream::Unix(s) => s.read(into),
         }
     }
+}
 
+impl Plain {
     /// Connects with [`CONNECT_TIMEOUT`]; reads and writes time out after
     /// [`RESPONSE_TIMEOUT`].
     fn connect(target: &Target) -> Result<Plain, ProbeError> {
@@ -482,13 +493,13 @@ impl Plain {
         };
         Ok(Plain {
             stream,
-            buf: Mutex::new(Vec::with_capacity(512)),
+            buf: Vec::with_capacity(512),
         })
     }
 
     /// Sends `req` and hands the `count` replies to `each`, in order.
     fn round_trip(
-        &self,
+        &mut self,
         req: &[u8],
         count: usize,
         what: &str,
@@ -505,8 +516,8 @@ impl Plain {
             _ => ProbeError::transient(format!("connection lost ({what}): {e}")),
         };
         let deadline = Instant::now() + RESPONSE_TIMEOUT;
-        self.write_all(req).map_err(io_err)?;
-        let mut buf = lock(&self.buf);
+        self.stream.write_all(req).map_err(io_err)?;
+        let buf = &mut self.buf;
         buf.clear();
         let mut parsed = 0;
         let mut done = 0;
@@ -528,7 +539,7 @@ impl Plain {
                 return Err(timed_out());
             }
             let mut chunk = [0u8; 512];
-            match self.read(&mut chunk) {
+            match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(closed()),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -561,7 +572,7 @@ impl Link {
                 .map_err(|e| classify(&e, "health link setup"))?;
             return Ok(Link::Tls(Box::new(conn)));
         }
-        let plain = Plain::connect(target)?;
+        let mut plain = Plain::connect(target)?;
         let mut hello = Vec::new();
         let mut count = 0;
         if let Some(password) = &target.password {
@@ -583,12 +594,12 @@ impl Link {
                 ))),
             })?;
         }
-        Ok(Link::Plain(Arc::new(plain)))
+        Ok(Link::Plain(plain))
     }
 
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Link::Plain(p) => Some(p.fd()),
+            Link::Plain(p) => Some(p.stream.fd()),
             Link::Tls(_) => None,
         }
     }
@@ -600,10 +611,13 @@ impl Link {
             return closed();
         };
         let mut chunk = [0u8; 64];
-        match p.read(&mut chunk) {
-            Ok(0) => closed(),
-            Ok(_) => ProbeError::transient("the broker sent data nobody asked for"),
-            Err(e) => ProbeError::transient(format!("connection lost: {e}")),
+        loop {
+            return match p.stream.read(&mut chunk) {
+                Ok(0) => closed(),
+                Ok(_) => ProbeError::transient("the broker sent data nobody asked for"),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => ProbeError::transient(format!("connection lost: {e}")),
+            };
         }
     }
 
@@ -763,6 +777,78 @@ mod tests {
         }
         let endless = vec![b'+'; MAX_REPLY_LINE + 1];
         assert!(parse_reply(&endless).is_err());
+    }
+
+    /// A plain link over a socketpair, and the broker's end of it.
+    fn link_pair() -> (Plain, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(RESPONSE_TIMEOUT)).unwrap();
+        let plain = Plain {
+            stream: PlainStream::Unix(ours),
+            buf: Vec::new(),
+        };
+        (plain, theirs)
+    }
+
+    fn replies(plain: &mut Plain, req: &[u8], count: usize) -> Result<Vec<String>, ProbeError> {
+        let mut got = Vec::new();
+        plain.round_trip(req, count, "PING", |i, r| {
+            got.push(format!("{i}{r:?}"));
+            Ok(())
+        })?;
+        Ok(got)
+    }
+
+    #[test]
+    fn a_round_trip_reassembles_replies_split_across_reads() {
+        let (mut plain, mut broker) = link_pair();
+        let server = std::thread::spawn(move || {
+            let mut req = [0u8; 64];
+            let n = broker.read(&mut req).unwrap();
+            for part in [&b"+PO"[..], b"NG\r\n:4", b"2\r\n:0\r", b"\n"] {
+                broker.write_all(part).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            req[..n].to_vec()
+        });
+        let mut req = PING.to_vec();
+        pack(&mut req, &[b"LLEN", b"a"]);
+        pack(&mut req, &[b"LLEN", b"b"]);
+        let got = replies(&mut plain, &req, 3).unwrap();
+        assert_eq!(got, ["0+PONG", "1:42", "2:0"]);
+        assert_eq!(server.join().unwrap(), req, "the request as sent");
+    }
+
+    #[test]
+    fn a_round_trip_fails_on_extra_data_a_close_or_silence() {
+        // More than the replies asked for.
+        let (mut plain, mut broker) = link_pair();
+        broker.write_all(b"+PONG\r\n+PONG\r\n").unwrap();
+        let e = replies(&mut plain, PING, 1).unwrap_err();
+        assert!(e.message.contains("more than the replies"), "{e}");
+
+        // Closed in the middle of a reply.
+        let (mut plain, mut broker) = link_pair();
+        let server = std::thread::spawn(move || {
+            let mut req = [0u8; 64];
+            let _ = broker.read(&mut req).unwrap();
+            broker.write_all(b"+PO").unwrap();
+        });
+        let e = replies(&mut plain, PING, 1).unwrap_err();
+        assert_eq!(e.message, "the broker closed the connection");
+        server.join().unwrap();
+        // Closed before the request: the write fails.
+        let (mut plain, broker) = link_pair();
+        drop(broker);
+        let e = replies(&mut plain, PING, 1).unwrap_err();
+        assert!(e.message.starts_with("connection lost (PING)"), "{e}");
+
+        // A broker that says nothing: the response timeout.
+        let (mut plain, _broker) = link_pair();
+        let t = Instant::now();
+        let e = replies(&mut plain, PING, 1).unwrap_err();
+        assert!(e.message.starts_with("timed out after 3s (PING)"), "{e}");
+        assert!(t.elapsed() >= RESPONSE_TIMEOUT, "{:?}", t.elapsed());
     }
 
     #[test]
