@@ -25,6 +25,17 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* A timerfd firing every `seconds`, watched by epoll `ep`; -1 on error. */
+static int periodic_timer(int ep, int seconds) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    struct itimerspec its = {{seconds, 0}, {seconds, 0}};
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (fd < 0 || timerfd_settime(fd, 0, &its, NULL) != 0 ||
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
+        return -1;
+    return fd;
+}
+
 int main(int argc, char **argv) {
     int period = argc > 1 ? atoi(argv[1]) : 10;
     int port = argc > 2 ? atoi(argv[2]) : 0;
@@ -34,14 +45,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     int ep = epoll_create1(EPOLL_CLOEXEC);
-    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    struct itimerspec its = {{period, 0}, {period, 0}};
-    if (ep < 0 || tfd < 0 || timerfd_settime(tfd, 0, &its, NULL) != 0) {
+    int tfd = ep < 0 ? -1 : periodic_timer(ep, period);
+    if (tfd < 0) {
         perror("idle-floor: epoll/timerfd");
         return 1;
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = tfd};
-    epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
     int s = -1;
     if (port > 0) {
         s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -58,15 +66,12 @@ int main(int argc, char **argv) {
     struct sockaddr_un notify = {.sun_family = AF_UNIX};
     if (wd_period > 0) {
         strncpy(notify.sun_path, argv[4], sizeof notify.sun_path - 1);
-        wfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        wfd = periodic_timer(ep, wd_period);
         nsock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        struct itimerspec wits = {{wd_period, 0}, {wd_period, 0}};
-        if (wfd < 0 || nsock < 0 || timerfd_settime(wfd, 0, &wits, NULL) != 0) {
+        if (wfd < 0 || nsock < 0) {
             perror("idle-floor: watchdog timerfd/socket");
             return 1;
         }
-        struct epoll_event e3 = {.events = EPOLLIN, .data.fd = wfd};
-        epoll_ctl(ep, EPOLL_CTL_ADD, wfd, &e3);
     }
     for (;;) {
         struct epoll_event got[4];
