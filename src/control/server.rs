@@ -561,10 +561,18 @@ fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
     })
 }
 
-/// Accepts from whichever listener has a client first.
-async fn accept_any(listeners: &[UnixListener]) -> io::Result<UnixStream> {
+/// Accepts from whichever listener has a client first, starting the look
+/// at a different listener each time, so a flood on one socket cannot
+/// starve the other.
+async fn accept_any(listeners: &[UnixListener], turn: &mut usize) -> io::Result<UnixStream> {
+    *turn = turn.wrapping_add(1);
+    let start = *turn;
     std::future::poll_fn(|cx| {
-        for l in listeners {
+        let n = listeners.len().max(1);
+        for k in 0..n {
+            let Some(l) = listeners.get(start.wrapping_add(k) % n) else {
+                continue;
+            };
             if let Poll::Ready(r) = l.poll_accept(cx) {
                 return Poll::Ready(r.map(|(s, _)| s));
             }
@@ -598,11 +606,12 @@ pub async fn serve_sockets(
     let slots = Arc::new(Mutex::new(Slots::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let mut turn = 0usize;
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             () = &mut shutdown => break,
-            accepted = accept_any(&listeners) => match accepted {
+            accepted = accept_any(&listeners, &mut turn) => match accepted {
                 Ok(stream) => stream,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
