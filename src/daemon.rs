@@ -107,12 +107,13 @@ pub async fn run(opts: Options) -> i32 {
     let admin_group = config.daemon.admin_group.clone();
     let auth = match Authorizer::for_current_process(Some(&admin_group)) {
         Ok(a) => a,
-        Err(e @ server::ControlError::UnknownGroup { .. })
-            if admin_group == config::DEFAULT_ADMIN_GROUP =>
-        {
+        Err(
+            e @ (server::ControlError::UnknownGroup { .. }
+            | server::ControlError::GroupLookup { .. }),
+        ) if admin_group == config::DEFAULT_ADMIN_GROUP => {
             // The built-in default on a machine without that group (not
             // installed from the package): root and the daemon's own user
-            // can still act.
+            // can still act. Fewer admins, never more.
             warn!(
                 "{e}: {} has no group {admin_group:?}, so only root and the daemon's user may start, stop, restart or reload (create it with `groupadd --system {admin_group}` and restart the daemon to let its members)",
                 config.path.display()
@@ -141,6 +142,9 @@ pub async fn run(opts: Options) -> i32 {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 error!("admin socket ([daemon].admin_group = {admin_group:?}): {e}");
+                // The reader socket was just bound by us: leave no file.
+                drop(listeners);
+                let _ = std::fs::remove_file(&socket);
                 return 1;
             }
         }
