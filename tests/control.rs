@@ -846,11 +846,13 @@ async fn huge_status_requests_from_64_clients_do_not_grow_the_daemon() {
     assert_eq!(d.instance("text-1")["state"], "running");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_of_any_size_arrive_in_several_frames() {
-    let redis = redis_support::RedisServer::start();
-    // A worker that prints 4 KiB lines of control bytes (6 JSON bytes
-    // each), then terminal escapes, then waits.
+/// The real daemon with two instances of a worker that prints 1000 lines
+/// of 4000 control bytes (6 JSON bytes each: the rings hold ~6 MiB of
+/// JSON), then terminal escapes, then waits; returned once `logs` shows
+/// both tails, with that `clearifyctl logs -n 1000` run.
+fn noisy_daemon(
+    redis: &redis_support::RedisServer,
+) -> (daemon_support::Daemon, std::process::Output) {
     let d0 = daemon_support::Daemon::new("");
     let script = d0.path("noisy-celery");
     std::fs::write(
@@ -885,6 +887,13 @@ async fn logs_of_any_size_arrive_in_several_frames() {
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
         (o.status.success() && text.matches("tail ").count() == 2).then_some(o)
     });
+    (d, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_any_size_arrive_in_several_frames() {
+    let redis = redis_support::RedisServer::start();
+    let (d, out) = noisy_daemon(&redis);
     let text = String::from_utf8(out.stdout).unwrap();
     let long = text.lines().filter(|l| l.contains("\\x01\\x01")).count();
     // Far more than one frame's worth: > 3 MiB of JSON.
@@ -972,4 +981,50 @@ fn a_missing_admin_group_is_fatal_only_when_configured() {
     // Root may still stop: through the reader socket.
     let out = d.ctl(&["version"]);
     assert!(out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_ask_for_big_logs_and_never_read_do_not_grow_the_daemon() {
+    use std::io::Write;
+    let redis = redis_support::RedisServer::start();
+    let (d, _) = noisy_daemon(&redis);
+    let pid = d.pid();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = vm_kib(pid, "VmRSS:");
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+
+    // 64 clients ask for every line, then read nothing for 3 s.
+    let frame = encode_frame(&Envelope::new(Request::Logs {
+        target: None,
+        lines: 1000,
+        since: None,
+    }))
+    .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+        s.write_all(&frame).unwrap();
+        held.push(s);
+    }
+    let started = Instant::now();
+    let mut peak = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(vm_kib(pid, "VmRSS:"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(held);
+    let peak = peak.max(vm_kib(pid, "VmHWM:"));
+    eprintln!("RSS with 64 unread logs replies: idle {idle} KiB, peak {peak} KiB");
+    assert!(
+        peak <= 2 * idle + 8 * 1024,
+        "RSS went from {idle} KiB to {peak} KiB"
+    );
+    let after = daemon_support::wait_for(Duration::from_secs(10), "RSS back to idle", || {
+        let now = vm_kib(pid, "VmRSS:");
+        (now <= idle + 1024).then_some(now)
+    });
+    eprintln!("RSS after: {after} KiB");
+    // Others are still served, logs included.
+    let out = d.ctl(&["logs", "-n", "1000"]);
+    assert!(out.status.success(), "{out:?}");
 }

@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use nix::unistd::{Gid, Uid};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::protocol::{
@@ -417,6 +417,9 @@ pub struct ServeOptions {
     pub max_per_uid: usize,
     /// Slots beyond `max_clients` that only admins may take.
     pub admin_reserve: usize,
+    /// `logs` answers in the making at once (each may hold a copy of every
+    /// ring buffer until the client has read it); others wait for a turn.
+    pub max_log_replies: usize,
     /// How long a client may take to send a whole request (also the idle
     /// time allowed between requests, and the time to take a reply).
     pub idle_timeout: Duration,
@@ -431,6 +434,8 @@ pub const MAX_CLIENTS: usize = 64;
 pub const MAX_PER_UID: usize = 8;
 /// Slots held back for admins beyond [`MAX_CLIENTS`].
 pub const ADMIN_RESERVE: usize = 8;
+/// `logs` answers in the making at once.
+pub const MAX_LOG_REPLIES: usize = 2;
 /// A client must send a whole request within this time.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -440,6 +445,7 @@ impl Default for ServeOptions {
             max_clients: MAX_CLIENTS,
             max_per_uid: MAX_PER_UID,
             admin_reserve: ADMIN_RESERVE,
+            max_log_replies: MAX_LOG_REPLIES,
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(2),
         }
@@ -604,6 +610,7 @@ pub async fn serve_sockets(
         })
         .collect();
     let slots = Arc::new(Mutex::new(Slots::default()));
+    let log_turns = Arc::new(Semaphore::new(opts.max_log_replies.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut turn = 0usize;
@@ -650,6 +657,7 @@ pub async fn serve_sockets(
             tx: tx.clone(),
             stop: stop_rx.clone(),
             idle_timeout: opts.idle_timeout,
+            log_turns: Arc::clone(&log_turns),
         };
         tokio::spawn(async move {
             conn.run(stream, peer).await;
@@ -684,6 +692,8 @@ pub async fn serve_sockets(
 }
 
 struct Connection {
+    /// Turns for `logs` answers ([`ServeOptions::max_log_replies`]).
+    log_turns: Arc<Semaphore>,
     auth: Authorizer,
     tx: mpsc::Sender<ControlMsg>,
     stop: watch::Receiver<bool>,
@@ -719,7 +729,8 @@ impl Connection {
                     return;
                 }
             };
-            let (response, keep_open) = self.handle(&body, &peer).await;
+            // A `logs` turn, when taken, is held until the answer is out.
+            let (response, keep_open, _turn) = self.handle(&body, &peer).await;
             if !self.reply(&mut stream, response).await || !keep_open {
                 return;
             }
@@ -728,18 +739,55 @@ impl Connection {
 
     /// Answers one frame body; the flag says whether the connection may
     /// stay open.
-    async fn handle(&self, body: &[u8], peer: &Peer) -> (Response, bool) {
+    async fn handle(
+        &self,
+        body: &[u8],
+        peer: &Peer,
+    ) -> (Response, bool, Option<OwnedSemaphorePermit>) {
+        let (response, keep_open) = match self.check(body, peer) {
+            Ok(request) => {
+                let turn = if matches!(request, Request::Logs { .. }) {
+                    let wait = self.idle_timeout.saturating_mul(2);
+                    match tokio::time::timeout(wait, Arc::clone(&self.log_turns).acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(turn)) => Some(turn),
+                        _ => {
+                            return (
+                                Response::error(
+                                    ErrorKind::Busy,
+                                    "clearify-workerd is busy sending other logs answers; try again",
+                                ),
+                                true,
+                                None,
+                            );
+                        }
+                    }
+                } else {
+                    None
+                };
+                let (response, keep_open) = self.forward(request, peer).await;
+                return (response, keep_open, turn);
+            }
+            Err(refusal) => *refusal,
+        };
+        (response, keep_open, None)
+    }
+
+    /// Parses and authorises one frame body: the request, or the answer
+    /// that refuses it and whether the connection may stay open.
+    fn check(&self, body: &[u8], peer: &Peer) -> Result<Request, Box<(Response, bool)>> {
         let version = match serde_json::from_slice::<EnvelopeVersion>(body) {
             Ok(v) => v.version,
             Err(e) => {
-                return (
+                return Err(Box::new((
                     Response::error(ErrorKind::BadRequest, format!("malformed request: {e}")),
                     false,
-                );
+                )));
             }
         };
         if version != PROTOCOL_VERSION {
-            return (
+            return Err(Box::new((
                 Response::error(
                     ErrorKind::Version,
                     format!(
@@ -748,15 +796,15 @@ impl Connection {
                     ),
                 ),
                 false,
-            );
+            )));
         }
         let request = match serde_json::from_slice::<Envelope>(body) {
             Ok(env) => env.request,
             Err(e) => {
-                return (
+                return Err(Box::new((
                     Response::error(ErrorKind::BadRequest, format!("malformed request: {e}")),
                     false,
-                );
+                )));
             }
         };
         if request.is_mutating() && !self.auth.allows(peer) {
@@ -773,7 +821,7 @@ impl Connection {
                 peer.groups,
                 peer.pid
             );
-            return (
+            return Err(Box::new((
                 Response::error(
                     ErrorKind::PermissionDenied,
                     format!(
@@ -785,8 +833,14 @@ impl Connection {
                     ),
                 ),
                 true,
-            );
+            )));
         }
+        Ok(request)
+    }
+
+    /// Sends an authorised request to the supervisor and waits for its
+    /// answer; the flag says whether the connection may stay open.
+    async fn forward(&self, request: Request, peer: &Peer) -> (Response, bool) {
         let (reply, rx) = oneshot::channel();
         let msg = ControlMsg {
             request,
@@ -817,12 +871,25 @@ impl Connection {
         let Response::Logs { lines } = response else {
             return self.reply_frame(stream, &response).await;
         };
-        for frame in log_frames(lines) {
-            if !self.reply_frame(stream, &frame).await {
-                return false;
+        // The whole answer, not just each frame, within the idle timeout:
+        // a client that reads slowly holds a `logs` turn no longer.
+        let frames = log_frames(lines);
+        let big = frames.len() > 1;
+        let all = async {
+            for frame in frames {
+                if !self.reply_frame(stream, &frame).await {
+                    return false;
+                }
             }
+            true
+        };
+        let sent = tokio::time::timeout(self.idle_timeout, all)
+            .await
+            .unwrap_or(false);
+        if big {
+            give_back_freed_memory();
         }
-        true
+        sent
     }
 
     /// Writes one frame within the idle timeout; false if it could not.
@@ -853,6 +920,17 @@ impl Connection {
                 false
             }
         }
+    }
+}
+
+/// Returns the heap's free pages to the system after a big `logs` answer
+/// (a copy of the ring buffers, freed in many small pieces that glibc would
+/// otherwise keep), so the daemon's RSS goes back to its idle size.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
