@@ -13,6 +13,9 @@
 //!   most [`MAX_TARGETS`](super::protocol::MAX_TARGETS) targets (checked
 //!   while parsing); replies go out in frames far below [`MAX_FRAME`]
 //!   (`logs` in as many frames as it needs);
+//! - at most [`ServeOptions::max_log_replies`] (2) `logs` answers, each
+//!   holding a copy of the ring buffers, are in the making at once, and
+//!   each must be taken within the idle timeout;
 //! - a malformed frame is answered [`ErrorKind::BadRequest`] and the
 //!   connection closed;
 //! - a client that does not finish a request within
