@@ -733,7 +733,7 @@ impl Connection {
                 }
             };
             // A `logs` turn, when taken, is held until the answer is out.
-            let (response, keep_open, _turn) = self.handle(&body, &peer).await;
+            let (response, keep_open, _turn) = self.handle(&body, &peer, stream.as_fd()).await;
             if !self.reply(&mut stream, response).await || !keep_open {
                 return;
             }
@@ -746,6 +746,7 @@ impl Connection {
         &self,
         body: &[u8],
         peer: &Peer,
+        fd: BorrowedFd<'_>,
     ) -> (Response, bool, Option<OwnedSemaphorePermit>) {
         let (response, keep_open) = match self.check(body, peer) {
             Ok(request) => {
@@ -754,6 +755,14 @@ impl Connection {
                     match tokio::time::timeout(wait, Arc::clone(&self.log_turns).acquire_owned())
                         .await
                     {
+                        // A client that left while it waited costs no copy.
+                        Ok(Ok(_)) if peer_gone(fd) => {
+                            return (
+                                Response::error(ErrorKind::Refused, "client gone"),
+                                false,
+                                None,
+                            );
+                        }
                         Ok(Ok(turn)) => Some(turn),
                         _ => {
                             return (
@@ -899,15 +908,13 @@ impl Connection {
     async fn reply_frame(&self, stream: &mut UnixStream, response: &Response) -> bool {
         match tokio::time::timeout(self.idle_timeout, write_frame(stream, response)).await {
             Ok(Ok(())) => true,
-            Ok(Err(FrameError::TooLarge(n))) => {
-                warn!(
-                    bytes = n,
-                    limit = MAX_FRAME,
-                    "control socket: reply too large"
-                );
+            Ok(Err(FrameError::TooLarge(_) | FrameError::EncodeTooLarge)) => {
+                warn!(limit = MAX_FRAME, "control socket: reply too large");
                 let err = Response::error(
                     ErrorKind::Refused,
-                    format!("the reply ({n} bytes) exceeds the frame limit; narrow the request"),
+                    format!(
+                        "the reply exceeds the frame limit of {MAX_FRAME} bytes; narrow the request (e.g. clearifyctl status GROUP)"
+                    ),
                 );
                 matches!(
                     tokio::time::timeout(self.idle_timeout, write_frame(stream, &err)).await,
@@ -924,6 +931,22 @@ impl Connection {
             }
         }
     }
+}
+
+/// Whether the peer of a connected socket has closed it (or it failed):
+/// a peek that does not wait and takes nothing.
+fn peer_gone(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the data queued.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock)
 }
 
 /// Returns the heap's free pages to the system after a big `logs` answer
