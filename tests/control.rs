@@ -1001,10 +1001,12 @@ fn a_missing_admin_group_is_fatal_only_when_configured() {
     assert!(!d.socket().exists());
 
     // The built-in default (clearify-admin): used when the machine has it,
-    // else a warning and only root and the daemon's user are admins.
+    // else a warning and only root and the daemon's user are admins (and a
+    // stale admin.sock of an earlier run is removed).
     let mut d = daemon_support::Daemon::new(&daemon_support::fake_config(&redis.url(), ""));
-    d.start();
     let admin_sock = d.socket().with_file_name("admin.sock");
+    drop(std::os::unix::net::UnixListener::bind(&admin_sock).unwrap());
+    d.start();
     match nix::unistd::Group::from_name("clearify-admin").unwrap() {
         None => {
             let log = d.log();

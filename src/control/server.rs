@@ -183,6 +183,22 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlErro
             source,
         })?;
     }
+    clear_stale(path)?;
+    let fd = bind_fd(path, group)?;
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    let setup = |source| ControlError::Setup {
+        path: path.to_path_buf(),
+        source,
+    };
+    std_listener.set_nonblocking(true).map_err(setup)?;
+    UnixListener::from_std(std_listener).map_err(setup)
+}
+
+/// Removes a stale socket file at `path` (nobody accepts on it:
+/// `ECONNREFUSED`); a live one is [`ControlError::AlreadyRunning`], a path
+/// that is not a socket [`ControlError::NotASocket`] and is left alone; no
+/// file is fine.
+pub fn clear_stale(path: &Path) -> Result<(), ControlError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(ControlError::NotASocket {
@@ -224,14 +240,7 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlErro
             });
         }
     }
-    let fd = bind_fd(path, group)?;
-    let std_listener = std::os::unix::net::UnixListener::from(fd);
-    let setup = |source| ControlError::Setup {
-        path: path.to_path_buf(),
-        source,
-    };
-    std_listener.set_nonblocking(true).map_err(setup)?;
-    UnixListener::from_std(std_listener).map_err(setup)
+    Ok(())
 }
 
 /// The admin socket next to the reader socket `socket`: `admin.sock` in the
