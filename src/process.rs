@@ -795,18 +795,34 @@ pub mod records {
         pub start: u64,
         pub uid: u32,
         pub stop_timeout: Duration,
+        /// The kernel's boot id when the run started: start times count
+        /// from boot, so a record from before a reboot names nothing.
+        pub boot_id: String,
+    }
+
+    /// This boot's id (/proc/sys/kernel/random/boot_id).
+    pub fn boot_id() -> String {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
     }
 
     impl RunRecord {
+        #[cfg(test)]
+        pub(crate) fn render_for_test(&self) -> String {
+            self.render()
+        }
+
         fn render(&self) -> String {
             format!(
-                "instance={}\nnode={}\npid={}\nstart={}\nuid={}\nstop_timeout_ms={}\n",
+                "instance={}\nnode={}\npid={}\nstart={}\nuid={}\nstop_timeout_ms={}\nboot_id={}\n",
                 self.instance,
                 self.node,
                 self.pid,
                 self.start,
                 self.uid,
-                self.stop_timeout.as_millis()
+                self.stop_timeout.as_millis(),
+                self.boot_id
             )
         }
 
@@ -818,6 +834,7 @@ pub mod records {
             let mut start = None;
             let mut uid = None;
             let mut stop = None;
+            let mut boot = None;
             for line in text.lines() {
                 let (k, v) = line.split_once('=')?;
                 match k {
@@ -827,6 +844,7 @@ pub mod records {
                     "start" => start = v.parse::<u64>().ok(),
                     "uid" => uid = v.parse::<u32>().ok(),
                     "stop_timeout_ms" => stop = v.parse::<u64>().ok().map(Duration::from_millis),
+                    "boot_id" => boot = Some(v.to_string()),
                     _ => {}
                 }
             }
@@ -837,6 +855,7 @@ pub mod records {
                 start: start?,
                 uid: uid?,
                 stop_timeout: stop?.min(MAX_STOP_WAIT),
+                boot_id: boot?,
             })
         }
     }
@@ -974,6 +993,7 @@ pub mod records {
     /// start time (a reused pid has another) and same real uid.
     fn is_live(r: &RunRecord) -> bool {
         r.pid != std::process::id() as i32
+            && r.boot_id == boot_id()
             && super::start_time(r.pid) == Some(r.start)
             && super::real_uid(r.pid) == Some(r.uid)
             && super::read_stat(r.pid).is_some_and(|s| !s.zombie)
@@ -1113,6 +1133,54 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(tree_usage(cpid), None, "a reaped pid has no usage");
+    }
+
+    #[test]
+    fn run_records_round_trip_and_reject_malformed_text() {
+        use records::RunRecord;
+        let r = RunRecord {
+            instance: "text-1".into(),
+            node: "text-1@dev".into(),
+            pid: 4242,
+            start: 987_654,
+            uid: 65534,
+            stop_timeout: Duration::from_secs(30),
+            boot_id: "b1".into(),
+        };
+        assert_eq!(RunRecord::parse(&r.render_for_test()), Some(r.clone()));
+        let text = r.render_for_test();
+        for (from, to) in [
+            ("pid=4242", "pid=1"),
+            ("pid=4242", "pid=-5"),
+            ("pid=4242", "pid=x"),
+            ("instance=text-1", "instance=../etc"),
+            ("start=987654", "start="),
+            ("boot_id=b1\n", ""),
+        ] {
+            assert_eq!(
+                RunRecord::parse(&text.replace(from, to)),
+                None,
+                "{from} -> {to}"
+            );
+        }
+        assert_eq!(RunRecord::parse("garbage"), None);
+        // A stop_timeout is bounded.
+        let long = text.replace(
+            "stop_timeout_ms=30000",
+            "stop_timeout_ms=18446744073709551615",
+        );
+        assert_eq!(
+            RunRecord::parse(&long).map(|r| r.stop_timeout),
+            Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn start_time_names_one_process() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).expect("own start time");
+        assert_eq!(start_time(me), Some(t));
+        assert_eq!(start_time(i32::MAX), None);
     }
 
     #[test]

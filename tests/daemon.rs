@@ -911,6 +911,20 @@ env = { WORKER_IGNORE_TERM = "1" }
     }
     let log = d.log();
     assert!(log.contains("left by a previous run"), "{log}");
+    // An abort (what a panic is in the release build, panic = "abort")
+    // leaves the workers the same way; the next daemon stops them too.
+    d.signal(Signal::SIGABRT);
+    d.wait_exit(T);
+    assert!(alive(warm2), "the workers outlive an aborted daemon");
+    d.start();
+    let warm3 = d.running_pid("warm-1");
+    assert_ne!(warm3, warm2);
+    assert!(!alive(warm2), "the old warm-1 is gone:\n{}", d.log());
+    assert!(
+        d.records().join(format!("warm-1.{warm2}.term")).exists(),
+        "the old warm-1 got SIGTERM first:\n{}",
+        d.log()
+    );
 }
 
 #[test]

@@ -587,6 +587,7 @@ impl Supervisor {
             start,
             uid,
             stop_timeout: spec.timing.stop_timeout,
+            boot_id: process::records::boot_id(),
         };
         if let Err(e) = r.write(&rec) {
             warn!(instance = %spec.id, error = %e, "{}: cannot write the run record in {}: {e}", spec.id, r.dir().display());
