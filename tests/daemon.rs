@@ -976,34 +976,17 @@ fn a_pid_record_whose_process_is_another_one_is_not_killed() {
     bystander.wait().unwrap();
 }
 
-#[test]
-fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running() {
-    let redis = RedisServer::start();
-    require_root("the fork bomb test");
-    // The daemon and its worker share a uid whose process limit the worker
-    // keeps exhausted (bash retries a refused fork), so the daemon can start
-    // no thread and no process. The worker ignores SIGTERM and SIGQUIT:
-    // only the kill path ends it.
-    let dir = tempfile::tempdir().unwrap();
-    let bomb = write_script(
-        dir.path(),
-        "bomb",
-        "#!/bin/sh\ntrap '' TERM QUIT\nbash -c 'while :; do sleep 3014.5 & done' >/dev/null 2>&1 &\nexec sleep 3015.5\n",
-    );
-    let mut d = Daemon::new(&script_config(
-        &redis,
-        &bomb,
-        "",
-        "[group.bomb]\nqueues = [\"b\"]\nstop_timeout = \"1s\"\n",
-    ));
+/// Start `d` as DAEMON_UID (its directory handed over) with
+/// RLIMIT_NPROC = `nproc`, and wait until it answers.
+fn spawn_unprivileged_with_nproc(d: &mut Daemon, nproc: u64) {
     d.chown_to(DAEMON_UID, DAEMON_UID);
     let mut cmd = d.command(std::process::Command::new(DAEMON));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             let lim = libc::rlimit {
-                rlim_cur: 40,
-                rlim_max: 40,
+                rlim_cur: nproc,
+                rlim_max: nproc,
             };
             if libc::setgroups(0, std::ptr::null()) < 0
                 || libc::setgid(DAEMON_UID) < 0
@@ -1017,9 +1000,129 @@ fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running()
     }
     d.spawn_command(cmd);
     d.wait_ready();
+}
+
+/// `n` processes of DAEMON_UID that only wait (forked as root, so the
+/// daemon's process limit does not stop them), to fill that uid's limit.
+fn fillers(n: u64) -> Vec<i32> {
+    (0..n)
+        .map(|_| {
+            // SAFETY: the child makes async-signal-safe calls only.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                unsafe {
+                    if libc::setgroups(0, std::ptr::null()) < 0
+                        || libc::setgid(DAEMON_UID) < 0
+                        || libc::setuid(DAEMON_UID) < 0
+                    {
+                        libc::_exit(1);
+                    }
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            pid
+        })
+        .collect()
+}
+
+fn kill_fillers(pids: &[i32]) {
+    for p in pids {
+        // SAFETY: plain system calls on our own children.
+        unsafe {
+            libc::kill(*p, libc::SIGKILL);
+            libc::waitpid(*p, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// The live processes (threads count too) of `uid`.
+fn tasks_of_uid(uid: u32) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if proc_status_field(pid, "Uid")
+            .is_some_and(|u| u.split_whitespace().next() == Some(&uid.to_string()))
+        {
+            n += proc_status_field(pid, "Threads")
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(1);
+        }
+    }
+    n
+}
+
+#[test]
+fn a_refused_fork_is_logged_and_retried_not_fatal() {
+    let redis = RedisServer::start();
+    require_root("the process limit test");
+    let dir = tempfile::tempdir().unwrap();
+    let arg = format!("3018.{}", std::process::id());
+    let worker = write_script(
+        dir.path(),
+        "worker",
+        &format!("#!/bin/sh\nexec sleep {arg}\n"),
+    );
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &worker,
+        "",
+        "[group.g]\nqueues = [\"q\"]\n",
+    ));
+    spawn_unprivileged_with_nproc(&mut d, 40);
+    let pid = d.running_pid("g-1");
+    // No room for one more process of the daemon's uid (limit 40), even
+    // once the worker is gone: its restart is refused (EAGAIN).
+    let n = tasks_of_uid(DAEMON_UID);
+    let filled = fillers(41u64.saturating_sub(n));
+    kill(pid, Signal::SIGKILL);
+    wait_for(T, "a refused restart in the log", || {
+        d.log()
+            .contains("Resource temporarily unavailable")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let child = d.child.as_mut().unwrap();
+    let alive_daemon = child.try_wait().unwrap().is_none();
+    // Room again: the next retry starts it.
+    kill_fillers(&filled);
+    assert!(alive_daemon, "the daemon lives:\n{}", d.log());
+    let again = d.running_pid("g-1");
+    assert_ne!(again, pid);
+    assert_eq!(processes_with_arg(&arg), vec![again as i32]);
+}
+
+#[test]
+fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running() {
+    let redis = RedisServer::start();
+    require_root("the fork bomb test");
+    // The daemon and its worker share a uid whose process limit the worker
+    // keeps exhausted (bash retries a refused fork), so the daemon can start
+    // no thread and no process. The worker ignores SIGTERM and SIGQUIT:
+    // only the kill path ends it.
+    let dir = tempfile::tempdir().unwrap();
+    let sleeper = format!("3014.{}", std::process::id());
+    let bomb = write_script(
+        dir.path(),
+        "bomb",
+        &format!(
+            "#!/bin/sh\ntrap '' TERM QUIT\nbash -c 'while :; do sleep {sleeper} & done' >/dev/null 2>&1 &\nexec sleep 100000\n"
+        ),
+    );
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &bomb,
+        "",
+        "[group.bomb]\nqueues = [\"b\"]\nstop_timeout = \"1s\"\n",
+    ));
+    spawn_unprivileged_with_nproc(&mut d, 40);
     let main = d.running_pid("bomb-1");
     wait_for(T, "the fork bomb to fill the process limit", || {
-        (processes_with_arg("3014.5").len() >= 30).then_some(())
+        (processes_with_arg(&sleeper).len() >= 30).then_some(())
     });
     // Past the keep-alive of any thread the runtime started at start-up
     // (10 s), so a kill path that needs a new thread cannot have one.
@@ -1033,7 +1136,7 @@ fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running()
     d.wait_state("bomb-1", "stopped", T);
     assert!(!alive(main));
     wait_for(T, "the bomb's processes gone", || {
-        processes_with_arg("3014.5").is_empty().then_some(())
+        processes_with_arg(&sleeper).is_empty().then_some(())
     });
     let child = d.child.as_mut().unwrap();
     assert!(
