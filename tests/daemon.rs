@@ -757,6 +757,40 @@ env = {{ FAKE_RECORD_DIR = "{{records}}" }}
 /// A uid (and gid) that no account and no other test uses, for a daemon
 /// that runs unprivileged.
 const DAEMON_UID: u32 = 47_811;
+/// The uid of the fork bomb test: a process limit counts every process of
+/// a uid, so each test that fills one has its own.
+const BOMB_UID: u32 = 47_812;
+/// The uid of the refused-fork test.
+const NPROC_UID: u32 = 47_813;
+
+/// At drop, SIGKILL every process of `uid` (a uid only one test uses) until
+/// none is left: a failing test leaves no fork loop behind.
+struct KillUidOnDrop(u32);
+
+impl Drop for KillUidOnDrop {
+    fn drop(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let pids: Vec<u32> = fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| {
+                    proc_status_field(*p, "Uid")
+                        .is_some_and(|u| u.split_whitespace().next() == Some(&self.0.to_string()))
+                })
+                .collect();
+            if pids.is_empty() {
+                return;
+            }
+            for p in pids {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
 
 fn require_root(what: &str) {
     assert!(
@@ -976,10 +1010,10 @@ fn a_pid_record_whose_process_is_another_one_is_not_killed() {
     bystander.wait().unwrap();
 }
 
-/// Start `d` as DAEMON_UID (its directory handed over) with
-/// RLIMIT_NPROC = `nproc`, and wait until it answers.
-fn spawn_unprivileged_with_nproc(d: &mut Daemon, nproc: u64) {
-    d.chown_to(DAEMON_UID, DAEMON_UID);
+/// Start `d` as `uid` (its directory handed over) with RLIMIT_NPROC =
+/// `nproc`, and wait until it answers.
+fn spawn_unprivileged_with_nproc(d: &mut Daemon, uid: u32, nproc: u64) {
+    d.chown_to(uid, uid);
     let mut cmd = d.command(std::process::Command::new(DAEMON));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -989,9 +1023,9 @@ fn spawn_unprivileged_with_nproc(d: &mut Daemon, nproc: u64) {
                 rlim_max: nproc,
             };
             if libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setgid(DAEMON_UID) < 0
+                || libc::setgid(uid) < 0
                 || libc::setrlimit(libc::RLIMIT_NPROC, &lim) < 0
-                || libc::setuid(DAEMON_UID) < 0
+                || libc::setuid(uid) < 0
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -1002,9 +1036,9 @@ fn spawn_unprivileged_with_nproc(d: &mut Daemon, nproc: u64) {
     d.wait_ready();
 }
 
-/// `n` processes of DAEMON_UID that only wait (forked as root, so the
-/// daemon's process limit does not stop them), to fill that uid's limit.
-fn fillers(n: u64) -> Vec<i32> {
+/// `n` processes of `uid` that only wait (forked as root, so the daemon's
+/// process limit does not stop them), to fill that uid's limit.
+fn fillers(uid: u32, n: u64) -> Vec<i32> {
     (0..n)
         .map(|_| {
             // SAFETY: the child makes async-signal-safe calls only.
@@ -1013,8 +1047,8 @@ fn fillers(n: u64) -> Vec<i32> {
             if pid == 0 {
                 unsafe {
                     if libc::setgroups(0, std::ptr::null()) < 0
-                        || libc::setgid(DAEMON_UID) < 0
-                        || libc::setuid(DAEMON_UID) < 0
+                        || libc::setgid(uid) < 0
+                        || libc::setuid(uid) < 0
                     {
                         libc::_exit(1);
                     }
@@ -1073,12 +1107,13 @@ fn a_refused_fork_is_logged_and_retried_not_fatal() {
         "",
         "[group.g]\nqueues = [\"q\"]\n",
     ));
-    spawn_unprivileged_with_nproc(&mut d, 40);
+    let _cleanup = KillUidOnDrop(NPROC_UID);
+    spawn_unprivileged_with_nproc(&mut d, NPROC_UID, 40);
     let pid = d.running_pid("g-1");
     // No room for one more process of the daemon's uid (limit 40), even
     // once the worker is gone: its restart is refused (EAGAIN).
-    let n = tasks_of_uid(DAEMON_UID);
-    let filled = fillers(41u64.saturating_sub(n));
+    let n = tasks_of_uid(NPROC_UID);
+    let filled = fillers(NPROC_UID, 41u64.saturating_sub(n));
     kill(pid, Signal::SIGKILL);
     wait_for(T, "a refused restart in the log", || {
         d.log()
@@ -1119,7 +1154,8 @@ fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running()
         "",
         "[group.bomb]\nqueues = [\"b\"]\nstop_timeout = \"1s\"\n",
     ));
-    spawn_unprivileged_with_nproc(&mut d, 40);
+    let _cleanup = KillUidOnDrop(BOMB_UID);
+    spawn_unprivileged_with_nproc(&mut d, BOMB_UID, 40);
     let main = d.running_pid("bomb-1");
     wait_for(T, "the fork bomb to fill the process limit", || {
         (processes_with_arg(&sleeper).len() >= 30).then_some(())
