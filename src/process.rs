@@ -1231,7 +1231,10 @@ mod tests {
         let id = main_identity(Some(pid));
         assert!(id.is_some());
         assert!(is_main(pid as i32, id));
-        assert!(!is_main(pid as i32, id.map(|t| t + 1)), "another start time");
+        assert!(
+            !is_main(pid as i32, id.map(|t| t + 1)),
+            "another start time"
+        );
         assert!(!is_main(pid as i32, None));
         // Not a child of this process: never a main.
         assert_eq!(main_identity(Some(1)), None);
