@@ -1191,11 +1191,12 @@ fn a_daemon_with_ambient_capabilities_drops_workers_to_the_user_without_any() {
     require_root("the capability test");
     let nobody = nix::unistd::User::from_name(WORKER_USER).unwrap().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // The worker records whether it can signal its parent, the daemon.
+    // The worker records whether it can signal its parent, the daemon, and
+    // read its environment.
     let worker = write_script(
         dir.path(),
         "worker",
-        "#!/bin/sh\nif kill -0 $PPID 2>/dev/null; then r=yes; else r=no; fi\necho $r > \"$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.cansignal\"\nexec sleep 3016.5\n",
+        "#!/bin/sh\nif kill -0 $PPID 2>/dev/null; then r=yes; else r=no; fi\necho $r > \"$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.cansignal\"\nif cat /proc/$PPID/environ >/dev/null 2>&1; then r=yes; else r=no; fi\necho $r > \"$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.canreadenv\"\nexec sleep 3016.5\n",
     );
     let mut d = Daemon::new(&script_config(
         &redis,
@@ -1240,6 +1241,15 @@ fn a_daemon_with_ambient_capabilities_drops_workers_to_the_user_without_any() {
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(can.trim(), "no", "the worker cannot signal the daemon");
+    let env = wait_for(T, "the worker's environ check", || {
+        let r = d.record("g-1", pid, "canreadenv");
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(
+        env.trim(),
+        "no",
+        "the worker cannot read the daemon's environment"
+    );
     // And the daemon, with CAP_KILL, stops it.
     assert!(d.ctl(&["stop", "g"]).status.success());
     d.wait_state("g-1", "stopped", T);
