@@ -660,8 +660,15 @@ pub fn is_valid_group_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-/// Check a broker URL's shape (scheme, host or socket path, port, db).
+/// Check a broker URL's shape (scheme, host or socket path, port, db), then
+/// run it through the broker's own parser ([`crate::broker::check_url`]), so
+/// that a URL `--check` accepts is one the daemon can use.
 pub fn check_broker_url(url: &str) -> Result<(), String> {
+    check_broker_url_shape(url)?;
+    crate::broker::check_url(url)
+}
+
+fn check_broker_url_shape(url: &str) -> Result<(), String> {
     const HINT: &str =
         "expected e.g. redis://:password@host:6379/0 or unix:///run/redis/redis.sock";
     if url.chars().any(char::is_whitespace) {
