@@ -95,7 +95,7 @@
 //! the group's `env`, then `PYTHONUNBUFFERED=1`, `CLEARIFY_INSTANCE`,
 //! `CLEARIFY_GROUP` and `CLEARIFY_NODE`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
@@ -121,6 +121,39 @@ pub const DEFAULT_ADMIN_GROUP: &str = "clearify";
 pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 /// Longest path a Unix socket address can hold (sun_path minus the NUL).
 const MAX_SOCKET_PATH: usize = 107;
+
+// Bounds (workers.toml(5), "Limits"). Every count, duration and size in the
+// config has one, so that nothing the check accepts can overflow the
+// daemon's arithmetic or make it allocate without bound.
+
+/// Most `instances` of one group.
+pub const MAX_INSTANCES: u32 = 1024;
+/// Most `concurrency` (`-c`) of one worker.
+pub const MAX_CONCURRENCY: u32 = 1024;
+/// Most `[group.NAME]` sections.
+pub const MAX_GROUPS: usize = 1024;
+/// Most worker processes of all groups together.
+pub const MAX_TOTAL_INSTANCES: u64 = 4096;
+/// Longest duration: one year as humantime counts it (`"1y"`, 365.25 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+/// Largest size (`memory_max`, `memory_high`, `memory_swap_max`): 1 PiB.
+pub const MAX_SIZE: u64 = 1 << 50;
+/// Largest `pids_max`: the kernel's PID_MAX_LIMIT on 64-bit.
+pub const MAX_PIDS: u64 = 4_194_304;
+/// Largest `cpu_max`, in CPUs.
+pub const MAX_CPUS: f64 = 1024.0;
+/// Longest group name: it is a cgroup directory and part of the node name.
+pub const MAX_GROUP_NAME: usize = 64;
+/// Group names the daemon uses itself (its own cgroup leaf).
+pub const RESERVED_GROUP_NAMES: &[&str] = &[crate::cgroup::SUPERVISOR];
+/// Most elements of a list of strings (`queues`, `extra_args`, `command`)
+/// and most variables of an `env` table.
+pub const MAX_LIST: usize = 256;
+/// Longest string value, in bytes (the kernel refuses longer arguments and
+/// environment strings than 128 KiB).
+pub const MAX_STRING: usize = 64 * 1024;
+/// Largest `env_file`.
+pub const MAX_ENV_FILE: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -516,15 +549,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// A malformed line of an env file.
+/// A malformed line of an env file. The message never holds any part of
+/// a value (nor of a line that has no `=`): env files hold secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvFileError {
     /// 1-based.
     pub line: usize,
     /// 1-based, in characters.
     pub column: usize,
+    /// The variable, when the line starts with a valid name.
+    pub key: Option<String>,
     pub message: String,
 }
+
+impl fmt::Display for EnvFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(k) = &self.key {
+            write!(f, "variable `{k}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// What [`parse_env_line`] reports: column, variable (when known), message.
+type EnvLineError = (usize, Option<String>, String);
 
 /// Parse the text of an env file: `KEY=VALUE` lines (see the module docs).
 /// Returns the variables in file order (a later duplicate overrides), or
@@ -537,9 +585,10 @@ pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileEr
         match parse_env_line(raw) {
             Ok(Some(kv)) => vars.push(kv),
             Ok(None) => {}
-            Err((column, message)) => errors.push(EnvFileError {
+            Err((column, key, message)) => errors.push(EnvFileError {
                 line: line_no,
                 column,
+                key,
                 message,
             }),
         }
@@ -552,8 +601,8 @@ pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileEr
 }
 
 /// One env-file line: `Ok(None)` for blanks and comments, `Err((column,
-/// message))` when malformed.
-fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)> {
+/// variable, message))` when malformed. No error quotes the line.
+fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, EnvLineError> {
     let line = raw.strip_suffix('\r').unwrap_or(raw);
     let indent = line.len() - line.trim_start().len();
     let body = line.trim_start();
@@ -566,20 +615,28 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
         start += body.len() - rest.len() + (rest.len() - rest.trim_start().len());
     }
     let Some(eq_rel) = line[start..].find('=') else {
+        // Name the variable only when the line starts with a valid one;
+        // the rest may be a value (`OTHER_URL redis://:pw@h/0`).
+        let first = line[start..]
+            .split(|c: char| c.is_whitespace())
+            .next()
+            .filter(|w| is_env_name(w))
+            .map(str::to_string);
         return Err((
             col_of(start),
-            "expected KEY=VALUE (no `=` on this line)".into(),
+            first,
+            "expected KEY=VALUE (no `=` on this line; the line is not shown)".into(),
         ));
     };
     let key = line[start..start + eq_rel].trim_end();
     if !is_env_name(key) {
         return Err((
             col_of(start),
-            format!(
-                "invalid variable name `{key}` (use letters, digits and `_`, not starting with a digit)"
-            ),
+            None,
+            "invalid variable name before `=` (use letters, digits and `_`, not starting with a digit; the line is not shown)".into(),
         ));
     }
+    let name = || Some(key.to_string());
     let value_start = start + eq_rel + 1;
     let vs = &line[value_start..];
     let lead = vs.len() - vs.trim_start().len();
@@ -587,9 +644,9 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
     let v_col = col_of(value_start + lead);
     let value = if let Some(inner) = v.strip_prefix('\'') {
         let Some(end) = inner.find('\'') else {
-            return Err((v_col, "unterminated single-quoted value".into()));
+            return Err((v_col, name(), "unterminated single-quoted value".into()));
         };
-        check_env_trailer(&inner[end + 1..], v_col)?;
+        check_env_trailer(&inner[end + 1..], v_col).map_err(|(c, m)| (c, name(), m))?;
         inner[..end].to_string()
     } else if let Some(inner) = v.strip_prefix('"') {
         let mut out = String::new();
@@ -618,9 +675,9 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
             }
         }
         let Some(end) = closed else {
-            return Err((v_col, "unterminated double-quoted value".into()));
+            return Err((v_col, name(), "unterminated double-quoted value".into()));
         };
-        check_env_trailer(&inner[end + 1..], v_col)?;
+        check_env_trailer(&inner[end + 1..], v_col).map_err(|(c, m)| (c, name(), m))?;
         out
     } else {
         let mut value = v;
@@ -631,6 +688,9 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
         }
         value.trim_end().to_string()
     };
+    if let Some(why) = control_char(&value, ENV_VALUE_CONTROLS) {
+        return Err((v_col, name(), format!("the value {why}")));
+    }
     Ok(Some((key.to_string(), value)))
 }
 
@@ -641,7 +701,7 @@ fn check_env_trailer(rest: &str, col: usize) -> Result<(), (usize, String)> {
     } else {
         Err((
             col,
-            format!("unexpected text `{rest}` after the closing quote"),
+            "unexpected text after the closing quote (the value is not shown)".into(),
         ))
     }
 }
@@ -652,12 +712,56 @@ fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
-/// Whether `name` is a valid group name: `[a-z0-9_-]+`.
+/// Whether `name` is a valid group name (see [`group_name_problem`]).
 pub fn is_valid_group_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    group_name_problem(name).is_none()
+}
+
+/// Why `name` is not a valid group name, or `None` when it is: at most
+/// [`MAX_GROUP_NAME`] characters of `[a-z0-9_-]`, starting with a letter or
+/// digit, and not a name the daemon uses itself ([`RESERVED_GROUP_NAMES`]).
+/// A group name is a cgroup directory, part of every Celery node name
+/// (`<group>-<i>@<device_id>`) and a `clearifyctl` target.
+pub fn group_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Some("use only a-z, 0-9, `_` and `-`".into());
+    }
+    if name.len() > MAX_GROUP_NAME {
+        return Some(format!(
+            "{} characters long; at most {MAX_GROUP_NAME} characters are allowed",
+            name.len()
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some("must start with a letter or digit".into());
+    }
+    if RESERVED_GROUP_NAMES.contains(&name) {
+        return Some(format!(
+            "`{name}` is reserved (the daemon's own cgroup leaf)"
+        ));
+    }
+    None
+}
+
+/// A description of the first control character in `s` (C0, DEL or C1)
+/// that is not in `allowed`, naming its code point and position but never
+/// the text around it.
+fn control_char(s: &str, allowed: &[char]) -> Option<String> {
+    let (i, c) = s
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() && !allowed.contains(c))?;
+    Some(format!(
+        "contains the control character U+{:04X} at character {}; control characters are not allowed here (the value is not shown)",
+        u32::from(c),
+        i + 1
+    ))
 }
 
 /// Check a broker URL's shape (scheme, host or socket path, port, db), then
@@ -671,6 +775,9 @@ pub fn check_broker_url(url: &str) -> Result<(), String> {
 fn check_broker_url_shape(url: &str) -> Result<(), String> {
     const HINT: &str =
         "expected e.g. redis://:password@host:6379/0 or unix:///run/redis/redis.sock";
+    if let Some(why) = control_char(url, &[]) {
+        return Err(format!("the URL {why}"));
+    }
     if url.chars().any(char::is_whitespace) {
         return Err(format!("the URL contains whitespace; {HINT}"));
     }
@@ -824,6 +931,10 @@ const GROUP_KEYS: &[&str] = &[
     "io_weight",
 ];
 const LOGLEVELS: &[&str] = &["debug", "info", "warning", "error", "critical", "fatal"];
+/// The control characters an environment value may hold (`env`,
+/// `env_file`): tab and newline, e.g. for a PEM key. NUL cannot be passed at
+/// all, and the rest (CR, ESC …) would rewrite a terminal that shows them.
+const ENV_VALUE_CONTROLS: &[char] = &['\t', '\n'];
 /// Variables the daemon sets for every worker.
 const RESERVED_ENV: &[&str] = &[
     "PYTHONUNBUFFERED",
@@ -950,7 +1061,7 @@ impl<'a> Checker<'a> {
     }
 
     fn unknown_key(&mut self, span: &Range<usize>, prefix: &str, name: &str, known: &[&str]) {
-        let mut msg = format!("unknown key `{name}`");
+        let mut msg = format!("unknown key `{}`", name.escape_debug());
         if let Some(best) = known
             .iter()
             .filter(|k| distance(k, name) <= 2.max(name.len() / 4))
@@ -960,7 +1071,7 @@ impl<'a> Checker<'a> {
         } else {
             msg.push_str(&format!("; expected one of: {}", known.join(", ")));
         }
-        self.error(span, &join(prefix, name), msg);
+        self.error(span, &join(prefix, &name.escape_debug().to_string()), msg);
     }
 
     fn wrong_type(&mut self, v: &Val<'_>, key: &str, expected: &str) {
@@ -984,9 +1095,33 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A string without control characters, at most [`MAX_STRING`] bytes.
     fn string(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
+        self.string_allowing(v, key, &[])
+    }
+
+    /// A string whose control characters are only those in `allowed`. The
+    /// error never quotes the value: it may be a secret.
+    fn string_allowing(&mut self, v: &Val<'_>, key: &str, allowed: &[char]) -> Option<String> {
         match v.get_ref() {
-            DeValue::String(s) => Some(s.to_string()),
+            DeValue::String(s) => {
+                if s.len() > MAX_STRING {
+                    self.error(
+                        &v.span(),
+                        key,
+                        format!(
+                            "is {} bytes long; at most {MAX_STRING} are allowed",
+                            s.len()
+                        ),
+                    );
+                    return None;
+                }
+                if let Some(why) = control_char(s, allowed) {
+                    self.error(&v.span(), key, why);
+                    return None;
+                }
+                Some(s.to_string())
+            }
             _ => {
                 self.wrong_type(v, key, "a string");
                 None
@@ -1037,7 +1172,7 @@ impl<'a> Checker<'a> {
 
     fn u32_in(&mut self, v: &Val<'_>, key: &str, min: u32, max: u32) -> Option<u32> {
         self.int_in(v, key, min.into(), max.into())
-            .map(|n| n as u32)
+            .and_then(|n| u32::try_from(n).ok())
     }
 
     /// A list of strings, each element with its own span.
@@ -1046,6 +1181,17 @@ impl<'a> Checker<'a> {
             self.wrong_type(v, key, "an array of strings");
             return None;
         };
+        if items.len() > MAX_LIST {
+            self.error(
+                &v.span(),
+                key,
+                format!(
+                    "has {} elements; at most {MAX_LIST} are allowed",
+                    items.len()
+                ),
+            );
+            return None;
+        }
         let mut out = Vec::new();
         let mut ok = true;
         for (idx, item) in items.iter().enumerate() {
@@ -1067,6 +1213,17 @@ impl<'a> Checker<'a> {
     fn duration(&mut self, v: &Val<'_>, key: &str, off_allowed: bool) -> Option<Option<Duration>> {
         match v.get_ref() {
             DeValue::String(s) => match parse_duration(s) {
+                Ok(d) if d > MAX_DURATION => {
+                    self.error(
+                        &v.span(),
+                        key,
+                        format!(
+                            "must be at most 1y (365.25 days), found {}",
+                            humantime::format_duration(d)
+                        ),
+                    );
+                    None
+                }
                 Ok(d) if off_allowed && d.is_zero() => Some(None),
                 Ok(d) => Some(Some(d)),
                 Err(e) => {
@@ -1117,6 +1274,14 @@ impl<'a> Checker<'a> {
             }
         };
         if let Some(n) = parsed {
+            if n > MAX_SIZE {
+                self.error(
+                    &v.span(),
+                    key,
+                    format!("must be at most 1024T (1 PiB), found {n} bytes"),
+                );
+                return None;
+            }
             if n == 0 && !zero_ok {
                 self.error(
                     &v.span(),
@@ -1182,14 +1347,23 @@ impl<'a> Checker<'a> {
         {
             let mut entries: Vec<_> = gt.iter().collect();
             entries.sort_by_key(|(k, _)| k.span().start);
+            let mut group_count = 0usize;
             for (k, v) in entries {
                 let name = k.get_ref().to_string();
-                let prefix = format!("group.{name}");
-                if !is_valid_group_name(&name) {
+                let prefix = format!("group.{}", name.escape_debug());
+                if let Some(why) = group_name_problem(&name) {
                     self.error(
                         &k.span(),
                         &prefix,
-                        format!("invalid group name `{name}`: use only a-z, 0-9, `_` and `-`"),
+                        format!("invalid group name `{}`: {why}", name.escape_debug()),
+                    );
+                }
+                group_count += 1;
+                if group_count == MAX_GROUPS + 1 {
+                    self.error(
+                        &k.span(),
+                        &prefix,
+                        format!("too many groups: at most {MAX_GROUPS} groups are allowed"),
                     );
                 }
                 if let Some(t) = self.table(v, &prefix) {
@@ -1508,6 +1682,18 @@ impl<'a> Checker<'a> {
         if let Some(f) = &env_file {
             let p = self.resolve_path(&f.v);
             match std::fs::read(&p) {
+                Ok(bytes) if bytes.len() as u64 > MAX_ENV_FILE => {
+                    env_file_ok = false;
+                    self.error(
+                        &f.span,
+                        &f.key,
+                        format!(
+                            "env_file {} is {} bytes long; at most {MAX_ENV_FILE} are allowed",
+                            p.display(),
+                            bytes.len()
+                        ),
+                    );
+                }
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
                     match parse_env_file(&text) {
@@ -1541,19 +1727,14 @@ impl<'a> Checker<'a> {
                         }
                         Err(errors) => {
                             env_file_ok = false;
-                            for EnvFileError {
-                                line,
-                                column,
-                                message,
-                            } in errors
-                            {
+                            for e in errors {
                                 self.diags.push(Diagnostic {
                                     severity: Severity::Error,
                                     file: p.clone(),
-                                    line,
-                                    column,
+                                    line: e.line,
+                                    column: e.column,
                                     key: "celery.env_file".into(),
-                                    message,
+                                    message: e.to_string(),
                                 });
                             }
                         }
@@ -1781,7 +1962,10 @@ impl<'a> Checker<'a> {
                     self.error(
                         &u.span,
                         &u.key,
-                        format!("invalid broker URL `{}`: {e}", redact_url(&u.v)),
+                        format!(
+                            "invalid broker URL `{}`: {e}",
+                            redact_url(&u.v).escape_debug()
+                        ),
                     );
                     None
                 }
@@ -1830,7 +2014,7 @@ impl<'a> Checker<'a> {
                                 self.error(
                                 &e.span,
                                 &e.key,
-                                format!("`{}` from {source} is not a valid broker URL (`{}`): {err}", e.v, redact_url(&u)),
+                                format!("`{}` from {source} is not a valid broker URL (`{}`): {err}", e.v, redact_url(&u).escape_debug()),
                             );
                                 None
                             }
@@ -1906,7 +2090,7 @@ impl<'a> Checker<'a> {
                             continue;
                         }
                         let mut good = true;
-                        let mut seen: Vec<&str> = Vec::new();
+                        let mut seen: HashSet<&str> = HashSet::new();
                         for q in &list {
                             if q.v.trim().is_empty() {
                                 self.error(&q.span, &q.key, "a queue name must not be empty");
@@ -1921,34 +2105,32 @@ impl<'a> Checker<'a> {
                                     ),
                                 );
                                 good = false;
-                            } else if seen.contains(&q.v.as_str()) {
+                            } else if !seen.insert(&q.v) {
                                 self.warning(
                                     &q.span,
                                     &q.key,
                                     format!("queue `{}` is listed twice", q.v),
                                 );
                             }
-                            seen.push(&q.v);
                         }
                         if good {
-                            let mut uniq: Vec<At<String>> = Vec::new();
-                            for q in list {
-                                if !uniq.iter().any(|u| u.v == q.v) {
-                                    uniq.push(q);
-                                }
-                            }
+                            let mut kept: HashSet<String> = HashSet::new();
+                            let uniq: Vec<At<String>> = list
+                                .into_iter()
+                                .filter(|q| kept.insert(q.v.clone()))
+                                .collect();
                             g.queues = Some(self.at(uniq, v, &key));
                         }
                     }
                 }
                 "concurrency" => {
                     g.concurrency = self
-                        .u32_in(v, &key, 1, u32::MAX)
+                        .u32_in(v, &key, 1, MAX_CONCURRENCY)
                         .map(|n| self.at(n, v, &key))
                 }
                 "instances" => {
                     g.instances = self
-                        .u32_in(v, &key, 1, u32::MAX)
+                        .u32_in(v, &key, 1, MAX_INSTANCES)
                         .map(|n| self.at(n, v, &key))
                 }
                 "stop_timeout" => {
@@ -1981,11 +2163,19 @@ impl<'a> Checker<'a> {
                         continue;
                     };
                     let mut env = BTreeMap::new();
+                    if et.len() > MAX_LIST {
+                        self.error(
+                            &v.span(),
+                            &key,
+                            format!("has {} variables; at most {MAX_LIST} are allowed", et.len()),
+                        );
+                        continue;
+                    }
                     for (ek, ev) in et.iter() {
                         let var = ek.get_ref().to_string();
-                        let vkey = join(&key, &var);
+                        let vkey = join(&key, &var.escape_debug().to_string());
                         if !is_env_name(&var) {
-                            self.error(&ek.span(), &vkey, format!("invalid variable name `{var}` (use letters, digits and `_`, not starting with a digit)"));
+                            self.error(&ek.span(), &vkey, format!("invalid variable name `{}` (use letters, digits and `_`, not starting with a digit)", var.escape_debug()));
                             continue;
                         }
                         if RESERVED_ENV.contains(&var.as_str()) {
@@ -1996,7 +2186,7 @@ impl<'a> Checker<'a> {
                             );
                             continue;
                         }
-                        if let Some(s) = self.string(ev, &vkey) {
+                        if let Some(s) = self.string_allowing(ev, &vkey, ENV_VALUE_CONTROLS) {
                             env.insert(var, s);
                         }
                     }
@@ -2037,6 +2227,13 @@ impl<'a> Checker<'a> {
                                 format!("must be at least 0.01 CPUs, found {x}"),
                             );
                         }
+                        Some(Some(x)) if x > MAX_CPUS => {
+                            self.error(
+                                &v.span(),
+                                &key,
+                                format!("must be at most {MAX_CPUS} CPUs, found {x}"),
+                            );
+                        }
                         Some(p) => g.cpu_max = Some(self.at(p, v, &key)),
                         None => {}
                     }
@@ -2053,8 +2250,8 @@ impl<'a> Checker<'a> {
                             Some(self.at(None, v, &key))
                         }
                         DeValue::Integer(_) => self
-                            .int_in(v, &key, 1, i64::MAX)
-                            .map(|n| self.at(Some(n as u64), v, &key)),
+                            .int_in(v, &key, 1, MAX_PIDS as i64)
+                            .map(|n| self.at(Some(n.unsigned_abs()), v, &key)),
                         _ => {
                             self.wrong_type(v, &key, "an integer (or \"max\")");
                             None
@@ -2079,6 +2276,7 @@ impl<'a> Checker<'a> {
         }
         let builtin = Timing::default();
         let mut out = Vec::new();
+        let mut total_instances: u64 = 0;
         let mut queue_owner: HashMap<String, (String, usize)> = HashMap::new();
         for (name, table_span, g) in raws {
             let Some(queues) = pick(&g.queues, &defaults.queues) else {
@@ -2152,6 +2350,23 @@ impl<'a> Checker<'a> {
                     ),
                 );
             }
+            let instances = pick(&g.instances, &defaults.instances).map_or(1, |a| a.v);
+            let before = total_instances;
+            total_instances = total_instances.saturating_add(u64::from(instances));
+            if before <= MAX_TOTAL_INSTANCES && total_instances > MAX_TOTAL_INSTANCES {
+                let (span, key) = match &g.instances {
+                    Some(a) => (a.span.clone(), a.key.clone()),
+                    None => (name.span.clone(), name.key.clone()),
+                };
+                self.error(
+                    &span,
+                    &key,
+                    format!(
+                        "group `{}` brings the number of worker processes to {total_instances}; at most {MAX_TOTAL_INSTANCES} instances in total are allowed",
+                        name.v
+                    ),
+                );
+            }
             let mut env = defaults
                 .env
                 .as_ref()
@@ -2164,7 +2379,7 @@ impl<'a> Checker<'a> {
                 name: name.v.clone(),
                 queues: queues.v.into_iter().map(|q| q.v).collect(),
                 concurrency: pick(&g.concurrency, &defaults.concurrency).map_or(1, |a| a.v),
-                instances: pick(&g.instances, &defaults.instances).map_or(1, |a| a.v),
+                instances,
                 timing: Timing {
                     stop_timeout: val(
                         pick(&g.stop_timeout, &defaults.stop_timeout),
@@ -2198,22 +2413,24 @@ impl<'a> Checker<'a> {
             });
         }
         // A group name that is also another group's instance id would make
-        // control targets ambiguous ("text-1": group or instance?).
+        // control targets ambiguous ("text-1": group or instance?). An id is
+        // `<group>-<i>` with a canonical decimal `i`, so only the split at
+        // the last `-` can match: one lookup per group.
+        let instances: HashMap<&str, u32> =
+            out.iter().map(|g| (g.name.as_str(), g.instances)).collect();
         for (name, _, _) in raws {
-            for other in &out {
-                if other.name != name.v
-                    && let Some(i) = name.v.strip_prefix(&format!("{}-", other.name))
-                    && let Ok(i) = i.parse::<u32>()
-                    && i >= 1
-                    && i <= other.instances
-                    && i.to_string() == name.v[other.name.len() + 1..]
-                {
-                    self.error(
-                        &name.span,
-                        &name.key,
-                        format!("group name `{}` is also the id of instance {i} of group `{}`; rename one of them", name.v, other.name),
-                    );
-                }
+            if let Some((group, i)) = name.v.rsplit_once('-')
+                && let Some(&count) = instances.get(group)
+                && let Ok(n) = i.parse::<u32>()
+                && n >= 1
+                && n <= count
+                && n.to_string() == i
+            {
+                self.error(
+                    &name.span,
+                    &name.key,
+                    format!("group name `{}` is also the id of instance {n} of group `{group}`; rename one of them", name.v),
+                );
             }
         }
         out
@@ -2576,10 +2793,10 @@ io_weight = 10000
             "group.Text.instances",
             7,
             13,
-            "must be at least 1, found 0",
+            "must be from 1 to 1024, found 0",
         );
         assert_error(&diags, "group.a b", 8, 8, "invalid group name");
-        assert_error(&diags, "group.a b.concurrency", 10, 15, "at least 1");
+        assert_error(&diags, "group.a b.concurrency", 10, 15, "from 1 to 1024");
         assert_error(&diags, "group.a b.cpu_weight", 11, 14, "from 1 to 10000");
         assert_error(
             &diags,
@@ -2675,6 +2892,200 @@ io_weight = 10000
         assert_error(&diags, "group.g.memory_max", 9, 14, "unknown unit `X`");
         assert_error(&diags, "group.g.memory_high", 10, 15, "invalid size `lots`");
         assert_error(&diags, "group.g.cpu_max", 11, 11, "at least 0.01");
+    }
+
+    #[test]
+    fn every_count_duration_and_size_is_bounded() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(concat!(
+            "[group.g]\nqueues = [\"q\"]\n",
+            "instances = 4294967295\n",
+            "concurrency = 1025\n",
+            "stop_timeout = \"300000000000y\"\n",
+            "restart_delay = \"400d\"\n",
+            "restart_delay_max = \"300000000000y\"\n",
+            "stable_after = \"366d\"\n",
+            "heartbeat_timeout = \"2y\"\n",
+            "stall_timeout = \"2y\"\n",
+            "memory_max = \"2048T\"\n",
+            "memory_high = 1125899906842625\n",
+            "memory_swap_max = \"1025T\"\n",
+            "pids_max = 4194305\n",
+            "cpu_max = 1025\n",
+            "[group.h]\nqueues = [\"r\"]\ncpu_max = 1024.5\ninstances = 1025\n",
+        )));
+        let year = "must be at most 1y";
+        assert_error(
+            &diags,
+            "group.g.instances",
+            7,
+            13,
+            "from 1 to 1024, found 4294967295",
+        );
+        assert_error(
+            &diags,
+            "group.g.concurrency",
+            8,
+            15,
+            "from 1 to 1024, found 1025",
+        );
+        assert_error(&diags, "group.g.stop_timeout", 9, 16, year);
+        assert_error(&diags, "group.g.restart_delay", 10, 17, year);
+        assert_error(&diags, "group.g.restart_delay_max", 11, 21, year);
+        assert_error(&diags, "group.g.stable_after", 12, 16, year);
+        assert_error(&diags, "group.g.heartbeat_timeout", 13, 21, year);
+        assert_error(&diags, "group.g.stall_timeout", 14, 17, year);
+        assert_error(&diags, "group.g.memory_max", 15, 14, "at most 1024T");
+        assert_error(&diags, "group.g.memory_high", 16, 15, "at most 1024T");
+        assert_error(&diags, "group.g.memory_swap_max", 17, 19, "at most 1024T");
+        assert_error(&diags, "group.g.pids_max", 18, 12, "from 1 to 4194304");
+        assert_error(&diags, "group.g.cpu_max", 19, 11, "at most 1024 CPUs");
+        assert_error(&diags, "group.h.cpu_max", 22, 11, "at most 1024 CPUs");
+        assert_error(&diags, "group.h.instances", 23, 13, "from 1 to 1024");
+        assert_eq!(diags.len(), 15, "{diags:#?}");
+
+        let diags = fx.errors(&with_base("[group.g]\nqueues = [\"q\"]\n").replace(
+            "[broker]\n",
+            "[broker]\nwait_timeout = \"300000000000y\"\ncheck_interval = \"2y\"\n",
+        ));
+        assert_error(&diags, "broker.wait_timeout", 2, 16, "must be at most 1y");
+        assert_error(&diags, "broker.check_interval", 3, 18, "must be at most 1y");
+
+        // The bounds themselves are fine.
+        let l = fx.ok(&with_base(concat!(
+            "[group.g]\nqueues = [\"q\"]\n",
+            "instances = 1024\nconcurrency = 1024\n",
+            "stop_timeout = \"1y\"\nrestart_delay = \"1y\"\nrestart_delay_max = \"1y\"\n",
+            "stable_after = \"1y\"\nheartbeat_timeout = \"1y\"\nstall_timeout = \"1y\"\n",
+            "memory_max = \"1024T\"\nmemory_high = 1125899906842624\nmemory_swap_max = \"1024T\"\n",
+            "pids_max = 4194304\ncpu_max = 1024\n",
+        )));
+        let g = &l.config.groups[0];
+        assert_eq!((g.instances, g.concurrency), (1024, 1024));
+        assert_eq!(g.timing.stop_timeout, MAX_DURATION);
+        assert_eq!(g.limits.memory_max, Some(MAX_SIZE));
+    }
+
+    #[test]
+    fn total_instances_and_groups_are_capped() {
+        let fx = Fx::new();
+        let mut text = with_base("");
+        for i in 0..5 {
+            text.push_str(&format!(
+                "[group.g{i}]\nqueues = [\"q{i}\"]\ninstances = 1000\n"
+            ));
+        }
+        let diags = fx.errors(&text);
+        // g4 takes the total to 5000.
+        assert_error(
+            &diags,
+            "group.g4.instances",
+            19,
+            13,
+            "4096 instances in total",
+        );
+        assert_eq!(diags.len(), 1, "{diags:#?}");
+
+        let mut text = with_base("");
+        for i in 0..=MAX_GROUPS {
+            text.push_str(&format!("[group.g{i}]\nqueues = [\"q{i}\"]\n"));
+        }
+        let diags = fx.errors(&text);
+        let key = format!("group.g{MAX_GROUPS}");
+        assert_error(&diags, &key, 5 + 2 * MAX_GROUPS, 8, "at most 1024 groups");
+        assert_eq!(diags.len(), 1, "{diags:#?}");
+    }
+
+    #[test]
+    fn control_characters_are_rejected_without_quoting_the_value() {
+        let fx = Fx::new();
+        let diags = fx.errors(concat!(
+            "[daemon]\nadmin_group = \"whl\\u0007\"\ndevice_id = \"dev\"\n",
+            "[broker]\nurl = \"redis://h/0\\u0000\"\nkey_prefix = \"p\\u001b[2J\"\n",
+            "[celery]\napp = \"demo\\u0000x\"\nextra_args = [\"--x=\\u001b]0;pwned\\u0007\"]\n",
+            "command = [\"python3\", \"-m\\u0000\"]\n",
+            "[group.g]\nqueues = [\"q\\u0000\", \"r\\u009b\"]\n",
+            "extra_args = [\"ok\", \"--y=\\r\"]\n",
+            "env = { A = \"Hunter2\\u0000Secret\", B = \"Hunter2\\rSecret\", C = \"x\\u007f\" }\n",
+        ));
+        let want = "control character";
+        assert_error(&diags, "daemon.admin_group", 2, 15, want);
+        assert_error(&diags, "broker.url", 5, 7, want);
+        assert_error(&diags, "broker.key_prefix", 6, 14, want);
+        assert_error(&diags, "celery.app", 8, 7, want);
+        assert_error(&diags, "celery.extra_args[0]", 9, 15, want);
+        assert_error(&diags, "celery.command[1]", 10, 23, want);
+        assert_error(&diags, "group.g.queues[0]", 12, 11, want);
+        assert_error(&diags, "group.g.queues[1]", 12, 22, want);
+        assert_error(&diags, "group.g.extra_args[1]", 13, 21, want);
+        assert_error(&diags, "group.g.env.A", 14, 13, want);
+        assert_error(&diags, "group.g.env.B", 14, 40, want);
+        assert_error(&diags, "group.g.env.C", 14, 63, want);
+        let shown = diags
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for secret in ["Hunter2", "Secret", "pwned", "[2J", "demo", "whl"] {
+            assert!(!shown.contains(secret), "`{secret}` shown:\n{shown}");
+        }
+        // Tabs and newlines are fine in environment values (a PEM key).
+        let l = fx.ok(&with_base(
+            "[group.g]\nqueues = [\"q\"]\nenv = { PEM = \"a\\nb\\tc\" }\n",
+        ));
+        assert_eq!(l.config.groups[0].env["PEM"], "a\nb\tc");
+    }
+
+    #[test]
+    fn group_names_are_valid_cgroup_and_node_names() {
+        let fx = Fx::new();
+        let long = "a".repeat(65);
+        let diags = fx.errors(&with_base(&format!(
+            "[group.supervisor]\nqueues = [\"a\"]\n[group.{long}]\nqueues = [\"b\"]\n[group.-x]\nqueues = [\"c\"]\n[group._y]\nqueues = [\"d\"]\n"
+        )));
+        assert_error(&diags, "group.supervisor", 5, 8, "reserved");
+        assert_error(
+            &diags,
+            &format!("group.{long}"),
+            7,
+            8,
+            "at most 64 characters",
+        );
+        assert_error(
+            &diags,
+            "group.-x",
+            9,
+            8,
+            "must start with a letter or digit",
+        );
+        assert_error(
+            &diags,
+            "group._y",
+            11,
+            8,
+            "must start with a letter or digit",
+        );
+        assert_eq!(diags.len(), 4, "{diags:#?}");
+        let ok = "a".repeat(64);
+        fx.ok(&with_base(&format!(
+            "[group.{ok}]\nqueues = [\"a\"]\n[group.9-x_y]\nqueues = [\"b\"]\n"
+        )));
+        assert!(!is_valid_group_name("supervisor"));
+        assert!(!is_valid_group_name(&long));
+        assert!(is_valid_group_name(&ok));
+    }
+
+    #[test]
+    fn broker_url_check_agrees_with_the_broker() {
+        // The shape is fine, but the daemon's parser refuses it: --check
+        // must refuse it too.
+        let url = "rediss://:pw@h:6379/0?ssl_certfile=/etc/hostname";
+        assert!(crate::broker::check_url(url).is_err());
+        let e = check_broker_url(url).unwrap_err();
+        assert!(e.contains("ssl_keyfile"), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+        // A `%` before a multi-byte character is accepted by both.
+        check_broker_url("redis://h:6379/0?x=%a\u{e9}").unwrap();
     }
 
     #[test]
@@ -2885,9 +3296,29 @@ extra_args = ["--pidfile=/run/x.pid", "--logfile", "/var/log/x", "-f/tmp/x", "-n
         let pos: Vec<_> = errors.iter().map(|e| (e.line, e.column)).collect();
         assert_eq!(pos, [(2, 1), (3, 1), (4, 3), (5, 3)]);
         assert!(errors[0].message.contains("no `=`"));
-        assert!(errors[1].message.contains("invalid variable name `1BAD`"));
+        assert_eq!(
+            errors[0].key.as_deref(),
+            Some("not"),
+            "the first word is a name"
+        );
+        assert!(errors[1].message.contains("invalid variable name"));
+        assert_eq!(errors[1].key, None);
         assert!(errors[2].message.contains("unterminated single-quoted"));
-        assert!(errors[3].message.contains("unexpected text `trailing`"));
+        assert_eq!(
+            errors[2].to_string(),
+            "variable `Q`: unterminated single-quoted value"
+        );
+        assert!(
+            errors[3]
+                .message
+                .contains("unexpected text after the closing quote")
+        );
+        assert_eq!(errors[3].key.as_deref(), Some("R"));
+        for e in &errors {
+            for shown in ["1BAD", "open", "trailing", "a line"] {
+                assert!(!e.to_string().contains(shown), "{e}");
+            }
+        }
     }
 
     #[test]
@@ -2908,7 +3339,7 @@ extra_args = ["--pidfile=/run/x.pid", "--logfile", "/var/log/x", "-f/tmp/x", "-n
         );
         assert!(
             err.to_string().starts_with(&format!(
-                "{}:2:1: error: celery.env_file: expected KEY=VALUE",
+                "{}:2:1: error: celery.env_file: variable `BAD`: expected KEY=VALUE",
                 env_file.display()
             )),
             "{err}"
