@@ -4,7 +4,7 @@
 //! ([`diff`]) and starts each [`InstanceSpec`] exactly as written here, so
 //! `clearify-workerd --check` can print the very command lines that will run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,16 +133,25 @@ pub struct PlanDiff {
 /// Compare two plans group by group. A group is changed when anything that
 /// affects its processes differs (queues, limits, any instance spec).
 pub fn diff(old: &Plan, new: &Plan) -> PlanDiff {
+    // By name through maps: linear in the number of groups.
+    let by_name = |p: &'_ Plan| -> HashMap<String, usize> {
+        p.groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.clone(), i))
+            .collect()
+    };
+    let (old_names, new_names) = (by_name(old), by_name(new));
     let mut d = PlanDiff::default();
     for g in &new.groups {
-        match old.group(&g.name) {
+        match old_names.get(&g.name).and_then(|&i| old.groups.get(i)) {
             None => d.added.push(g.name.clone()),
             Some(o) if o == g => d.unchanged.push(g.name.clone()),
             Some(_) => d.changed.push(g.name.clone()),
         }
     }
     for g in &old.groups {
-        if new.group(&g.name).is_none() {
+        if !new_names.contains_key(&g.name) {
             d.removed.push(g.name.clone());
         }
     }

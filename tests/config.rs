@@ -356,3 +356,312 @@ fn shipped_configs_still_load() {
         assert_eq!(plan.groups.len(), loaded.config.groups.len(), "{f}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Property: every config the loader accepts produces a plan (and its
+// --check rendering) without panicking, within the documented bounds.
+// ---------------------------------------------------------------------------
+
+mod accepted_configs_plan {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A TOML basic string, with control characters escaped.
+    fn toml_str(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn one_of(items: &[&str]) -> impl Strategy<Value = String> + Clone + use<> {
+        let v: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+        proptest::sample::select(v)
+    }
+
+    fn string_value(items: &[&str]) -> impl Strategy<Value = String> + Clone + use<> {
+        let v: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+        proptest::sample::select(v)
+    }
+
+    /// Mostly one of `good`, sometimes one of `bad` (raw TOML values).
+    fn mix(good: &[&str], bad: &[&str]) -> impl Strategy<Value = String> + Clone + use<> {
+        prop_oneof![12 => one_of(good), 1 => one_of(bad)]
+    }
+
+    /// The same for strings, written as TOML strings.
+    fn smix(good: &[&str], bad: &[&str]) -> impl Strategy<Value = String> + Clone + use<> {
+        prop_oneof![12 => string_value(good), 1 => string_value(bad)]
+    }
+
+    fn maybe<S: Strategy<Value = String>>(s: S) -> proptest::option::OptionStrategy<S> {
+        proptest::option::weighted(0.3, s)
+    }
+
+    /// `key = value` lines for the per-group keys, each present or not,
+    /// with values at and around every bound (mostly valid ones, so that
+    /// the loader accepts a good share of the configs).
+    fn group_keys() -> impl Strategy<Value = String> {
+        let count = || {
+            mix(
+                &["1", "2", "3", "1023", "1024"],
+                &[
+                    "0",
+                    "1025",
+                    "4096",
+                    "4294967295",
+                    "-1",
+                    "9223372036854775807",
+                ],
+            )
+        };
+        let duration = || {
+            smix(
+                &["0s", "1ms", "100ms", "60s", "1y", "365d", "1m 30s"],
+                &["366d", "300000000000y", "x", "", "2y"],
+            )
+        };
+        let size = || {
+            prop_oneof![
+                6 => string_value(&["max", "512M", "1.5G", "1024T", "200MiB"]),
+                1 => string_value(&["0", "1025T", "2048T", "1e400", "12X"]),
+                2 => one_of(&["1048576", "1125899906842624"]),
+                1 => one_of(&["0", "1125899906842625", "9223372036854775807"]),
+            ]
+        };
+        let queues = proptest::collection::vec(
+            smix(
+                &["q", "r", "s", "q"],
+                &["a b", "", "\u{e9}", "x\u{0}y", "q,r", "\u{1b}[2J"],
+            ),
+            1..4,
+        )
+        .prop_map(|v| format!("[{}]", v.join(", ")));
+        let args = proptest::collection::vec(
+            smix(
+                &["--without-mingle", "-Ofair", "--prefetch-multiplier=1"],
+                &["-D", "--logfile=x", "-c", "a\u{7}"],
+            ),
+            0..3,
+        )
+        .prop_map(|v| format!("[{}]", v.join(", ")));
+        let env = proptest::collection::vec(
+            (
+                mix(&["A", "B_2", "C"], &["PYTHONUNBUFFERED", "\"1X\""]),
+                smix(
+                    &["v", "a\nb", "", "tab\there", "redis://:pw@h/0"],
+                    &["\u{1b}]0;x\u{7}", "nul\u{0}", "cr\r"],
+                ),
+            ),
+            0..3,
+        )
+        .prop_map(|v| {
+            // A repeated key is a TOML error; keep the first.
+            let mut seen = std::collections::HashSet::new();
+            let kv: Vec<String> = v
+                .into_iter()
+                .filter(|(k, _)| seen.insert(k.clone()))
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
+            format!("{{ {} }}", kv.join(", "))
+        });
+        let keys = (
+            (
+                maybe(count()),
+                maybe(count()),
+                maybe(duration()),
+                maybe(duration()),
+                maybe(duration()),
+                maybe(duration()),
+                maybe(duration()),
+                maybe(duration()),
+            ),
+            (
+                maybe(size()),
+                maybe(size()),
+                maybe(mix(
+                    &["0.01", "1.5", "1024", "\"max\""],
+                    &["0.0", "1025", "1e308", "-1"],
+                )),
+                maybe(mix(&["1", "4194304", "\"max\""], &["0", "4194305"])),
+                maybe(mix(&["1", "10000"], &["0", "10001"])),
+                maybe(args),
+                maybe(env),
+            ),
+        );
+        (queues, keys).prop_map(
+            |(
+                q,
+                (
+                    (inst, conc, stop, rd, rdm, stable, hb, stall),
+                    (mem, swap, cpu, pids, weight, args, env),
+                ),
+            )| {
+                let mut out = String::new();
+                let mut put = |k: &str, v: Option<String>| {
+                    if let Some(v) = v {
+                        out.push_str(&format!("{k} = {v}\n"));
+                    }
+                };
+                put("queues", Some(q));
+                put("instances", inst);
+                put("concurrency", conc);
+                put("stop_timeout", stop);
+                put("restart_delay", rd);
+                put("restart_delay_max", rdm);
+                put("stable_after", stable);
+                put("heartbeat_timeout", hb);
+                put("stall_timeout", stall);
+                put("memory_max", mem);
+                put("memory_swap_max", swap);
+                put("cpu_max", cpu);
+                put("pids_max", pids);
+                put("cpu_weight", weight);
+                put("extra_args", args);
+                put("env", env);
+                out
+            },
+        )
+    }
+
+    fn group_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => one_of(&["g", "g-1", "g-2", "h", "i", "j-k", "9"]),
+            1 => bad_group_name(),
+        ]
+    }
+
+    fn bad_group_name() -> impl Strategy<Value = String> {
+        let long_ok = "a".repeat(64);
+        let too_long = "a".repeat(65);
+        proptest::sample::select(vec![
+            "g".to_string(),
+            "g-1".to_string(),
+            "g-2".to_string(),
+            "h".to_string(),
+            "i".to_string(),
+            "j-k".to_string(),
+            "supervisor".to_string(),
+            "Text".to_string(),
+            "-x".to_string(),
+            "9".to_string(),
+            long_ok,
+            too_long,
+            "\"a b\"".to_string(),
+        ])
+    }
+
+    fn config_text() -> impl Strategy<Value = String> {
+        (
+            smix(
+                &[
+                    "redis://127.0.0.1:6379/0",
+                    "redis://h:6379/0?x=%a\u{e9}",
+                    "redis://:p%zz@h/0",
+                    "unix:///run/redis.sock?db=1",
+                ],
+                &["redis://h:99999/0", "redis://h/0\u{0}", "http://h/"],
+            ),
+            smix(&["demo.celery_app"], &["", "a\u{1b}b"]),
+            group_keys(),
+            proptest::collection::vec((group_name(), group_keys()), 0..5),
+        )
+            .prop_map(|(url, app, defaults, groups)| {
+                let mut t = format!(
+                    "[daemon]\ndevice_id = \"dev\"\n[broker]\nurl = {url}\n\
+                     [celery]\napp = {app}\ncommand = \"{{celery}}\"\n[defaults]\n{defaults}"
+                );
+                let mut seen = std::collections::HashSet::new();
+                for (name, keys) in groups {
+                    // A repeated table is a TOML error: keep the first.
+                    if seen.insert(name.clone()) {
+                        t.push_str(&format!("[group.{name}]\n{keys}"));
+                    }
+                }
+                t
+            })
+    }
+
+    /// 512 generated configs; the loader accepts a good share of them (a
+    /// run where it accepts almost none would prove nothing).
+    #[test]
+    fn every_accepted_config_produces_a_plan() {
+        use proptest::test_runner::{Config, TestRunner};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let accepted = AtomicUsize::new(0);
+        let mut runner = TestRunner::new(Config {
+            cases: 512,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&config_text(), |text| check_one(&text, &accepted))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let n = accepted.load(Ordering::Relaxed);
+        assert!(n >= 25, "only {n} of 512 generated configs were accepted");
+        eprintln!("{n} of 512 generated configs were accepted");
+    }
+
+    fn check_one(
+        text: &str,
+        accepted: &std::sync::atomic::AtomicUsize,
+    ) -> Result<(), TestCaseError> {
+        let dir = std::path::absolute("tests/fixtures/config").unwrap();
+        let celery = dir.join("bin/celery");
+        let text = text.replace("{celery}", &celery.display().to_string());
+        let env = config::Environment {
+            hostname: Some("pi".into()),
+            machine_id_path: dir.join("no-machine-id"),
+            vars: Default::default(),
+        };
+        let Ok(loaded) = config::load_str(&text, &dir.join("workers.toml"), &env) else {
+            return Ok(());
+        };
+        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cfg = &loaded.config;
+        let plan = plan::build(cfg);
+        let _ = plan::render_check(&plan, cfg);
+        prop_assert!(plan.groups.len() <= config::MAX_GROUPS);
+        let total = plan.instances().count() as u64;
+        prop_assert!(total <= config::MAX_TOTAL_INSTANCES);
+        for g in &plan.groups {
+            prop_assert!(config::is_valid_group_name(&g.name), "{}", g.name);
+            prop_assert!(g.instances.len() <= config::MAX_INSTANCES as usize);
+            for q in &g.queues {
+                prop_assert!(!q.chars().any(char::is_control), "{q:?}");
+            }
+        }
+        for spec in plan.instances() {
+            let t = &spec.timing;
+            for d in [
+                t.stop_timeout,
+                t.restart_delay,
+                t.restart_delay_max,
+                t.stable_after,
+            ]
+            .into_iter()
+            .chain(t.heartbeat_timeout)
+            .chain(t.stall_timeout)
+            {
+                prop_assert!(d <= config::MAX_DURATION);
+            }
+            for a in &spec.args {
+                prop_assert!(!a.chars().any(char::is_control), "{a:?}");
+            }
+            for (k, v) in &spec.env {
+                prop_assert!(
+                    !v.chars().any(|c| c.is_control() && c != '\t' && c != '\n'),
+                    "{k}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
