@@ -48,20 +48,24 @@
 //! starting with `#` are ignored; an optional `export ` prefix; the value may
 //! be in single quotes (literal) or double quotes (`\n`, `\t`, `\"`, `\\`
 //! escapes); an unquoted value ends at ` #` (a comment). No variable
-//! expansion is performed.
+//! expansion is performed. A value may hold tab and newline but no other
+//! control character; the file is at most 1 MiB. An error names the file,
+//! line, column and variable, and never shows the value or the line.
 //!
 //! ## `[defaults]` and `[group.NAME]`
 //! Every group inherits each key it does not set from `[defaults]`, and from
 //! the built-in default after that. `env` tables are merged key by key (the
 //! group wins); every other key, `extra_args` included, is replaced as a
-//! whole. Group names match `[a-z0-9_-]+`, and a group name may not equal an
-//! instance id of another group (`text-1`).
+//! whole. Group names match `[a-z0-9][a-z0-9_-]*`, are at most 64
+//! characters long (a cgroup directory, part of every node name) and are not
+//! `supervisor` (the daemon's own cgroup leaf); a group name may not equal
+//! an instance id of another group (`text-1`). At most 1024 groups.
 //!
 //! | key | type | default | meaning |
 //! |---|---|---|---|
 //! | `queues` | non-empty list of queue names | — (required) | `-Q`; a queue consumed by two groups is a warning |
-//! | `concurrency` | integer ≥ 1 | `1` | `-c` |
-//! | `instances` | integer ≥ 1 | `1` | worker processes of the group, ids `<group>-1` … |
+//! | `concurrency` | integer 1..=1024 | `1` | `-c` |
+//! | `instances` | integer 1..=1024, ≤ 4096 in all groups | `1` | worker processes of the group, ids `<group>-1` … |
 //! | `stop_timeout` | duration | `"60s"` | SIGTERM (warm shutdown) → SIGQUIT after this long |
 //! | `restart_delay` | duration | `"100ms"` | first restart delay |
 //! | `restart_delay_max` | duration ≥ `restart_delay` | `"60s"` | cap of the doubling restart delay |
@@ -71,14 +75,41 @@
 //! | `extra_args` | list of strings | `[]` | appended after `celery.extra_args` |
 //! | `env` | table of strings | `{}` | extra environment, over `env_file` |
 //! | `memory_max`, `memory_high`, `memory_swap_max` | size or `"max"` | none | cgroup v2 memory limits of the group |
-//! | `cpu_max` | number of CPUs > 0 (e.g. `1.5`) or `"max"` | none | cgroup `cpu.max` |
+//! | `cpu_max` | number of CPUs 0.01..=1024 (e.g. `1.5`) or `"max"` | none | cgroup `cpu.max` |
 //! | `cpu_weight` | 1..=10000 | none | cgroup `cpu.weight` |
-//! | `pids_max` | integer ≥ 1 or `"max"` | none | cgroup `pids.max` |
+//! | `pids_max` | integer 1..=4194304 or `"max"` | none | cgroup `pids.max` |
 //! | `io_weight` | 1..=10000 | none | cgroup `io.weight` |
 //!
-//! Durations are humantime strings: `"100ms"`, `"60s"`, `"1m 30s"`, `"2h"`.
+//! Durations are humantime strings: `"100ms"`, `"60s"`, `"1m 30s"`, `"2h"`,
+//! at most `"1y"` (365.25 days).
 //! Sizes are integers (bytes) or strings with a binary unit: `"512M"`,
-//! `"1.5G"`, `"200MiB"`; `K`, `M`, `G`, `T` are powers of 1024.
+//! `"1.5G"`, `"200MiB"`; `K`, `M`, `G`, `T` are powers of 1024; at most
+//! `"1024T"` (1 PiB).
+//!
+//! ## Limits
+//! Every count, duration and size has a bound (the `MAX_*` constants
+//! below), so that nothing `--check` accepts can overflow the daemon's
+//! arithmetic or make it allocate without bound; a value out of bounds is an
+//! error naming file, line, column and key:
+//!
+//! | what | bound |
+//! |---|---|
+//! | `instances` | 1..=1024 per group ([`MAX_INSTANCES`]), ≤ 4096 in all groups ([`MAX_TOTAL_INSTANCES`]) |
+//! | groups | ≤ 1024 ([`MAX_GROUPS`]) |
+//! | `concurrency` | 1..=1024 ([`MAX_CONCURRENCY`]) |
+//! | group name | ≤ 64 characters ([`MAX_GROUP_NAME`]), not `supervisor` |
+//! | every duration | ≤ 1y ([`MAX_DURATION`]); `check_interval` > 0 |
+//! | `memory_max`, `memory_high`, `memory_swap_max` | ≤ 1024T ([`MAX_SIZE`]) |
+//! | `cpu_max` | 0.01..=1024 CPUs ([`MAX_CPUS`]) |
+//! | `cpu_weight`, `io_weight` | 1..=10000 |
+//! | `pids_max` | 1..=4194304 ([`MAX_PIDS`]) |
+//! | a string | ≤ 64 KiB ([`MAX_STRING`]), no control characters (C0, DEL, C1); env values may hold tab and newline |
+//! | a list (`queues`, `extra_args`, `command`), an `env` table | ≤ 256 entries ([`MAX_LIST`]) |
+//! | `env_file` | ≤ 1 MiB ([`MAX_ENV_FILE`]) |
+//! | `socket` | ≤ 107 bytes |
+//!
+//! An error about a string never quotes it (it may be a secret): it names
+//! the control character's code point and position.
 //!
 //! `extra_args` may never contain `--detach`/`-D` (the worker would leave
 //! supervision), `--pidfile` (stale pidfiles cause crash loops) or
