@@ -665,3 +665,43 @@ mod accepted_configs_plan {
         Ok(())
     }
 }
+
+/// The reload reply and the daemon's log show an env_file error with file,
+/// line and variable, and nothing of the value (issue 12 §6).
+#[test]
+fn reload_reply_and_log_never_show_an_env_file_secret() {
+    let redis = redis_support::RedisServer::start();
+    let mut d = daemon_support::Daemon::new(
+        &daemon_support::fake_config(&redis.url(), "[group.g]\nqueues = [\"q\"]\n")
+            .replace("[celery]\n", "[celery]\nenv_file = \"{dir}/worker.env\"\n"),
+    );
+    let env_file = d.path("worker.env");
+    std::fs::write(&env_file, "OK=1\n").unwrap();
+    d.start();
+    d.running_pid("g-1");
+    std::fs::write(
+        &env_file,
+        "OK=1\nREDIS_PASSWORD='Hunter2'Secret!'\nOTHER_URL redis://:pw@h/0\n",
+    )
+    .unwrap();
+    let out = d.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let reply =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "{}:2:16: error: celery.env_file: variable `REDIS_PASSWORD`",
+        env_file.display()
+    );
+    assert!(reply.contains(&want), "{reply}");
+    assert!(reply.contains("variable `OTHER_URL`"), "{reply}");
+    daemon_support::wait_for(
+        std::time::Duration::from_secs(20),
+        "rejection logged",
+        || d.log().contains("OTHER_URL").then_some(()),
+    );
+    let log = d.log();
+    for secret in ["Hunter2", "Secret", ":pw@", "redis://:", "pw@h"] {
+        assert!(!reply.contains(secret), "`{secret}` in the reply:\n{reply}");
+        assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
+    }
+}
