@@ -106,6 +106,7 @@
 //! | a string | ≤ 64 KiB ([`MAX_STRING`]), no control characters (C0, DEL, C1); env values may hold tab and newline |
 //! | a list (`queues`, `extra_args`, `command`), an `env` table | ≤ 256 entries ([`MAX_LIST`]) |
 //! | `env_file` | ≤ 1 MiB ([`MAX_ENV_FILE`]) |
+//! | the config file | ≤ 4 MiB ([`MAX_CONFIG_FILE`]) |
 //! | `socket` | ≤ 107 bytes |
 //!
 //! An error about a string never quotes it (it may be a secret): it names
@@ -185,6 +186,8 @@ pub const MAX_LIST: usize = 256;
 pub const MAX_STRING: usize = 64 * 1024;
 /// Largest `env_file`.
 pub const MAX_ENV_FILE: u64 = 1 << 20;
+/// Largest config file (a full 1024-group file is far smaller).
+pub const MAX_CONFIG_FILE: u64 = 4 << 20;
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -426,10 +429,30 @@ fn display_lines(diags: &[Diagnostic]) -> String {
 
 /// Read and validate the config file at `path` against the running system.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+    use std::io::Read as _;
+    let io_err = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_FILE + 1).read_to_end(&mut bytes))
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(ConfigError::Invalid {
+            diagnostics: vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                key: String::new(),
+                message: format!(
+                    "the file is larger than {} MiB; a config is far smaller",
+                    MAX_CONFIG_FILE >> 20
+                ),
+            }],
+        });
+    }
     match String::from_utf8(bytes) {
         Ok(text) => load_str(&text, path, &Environment::system()),
         Err(e) => {
@@ -1378,23 +1401,25 @@ impl<'a> Checker<'a> {
         {
             let mut entries: Vec<_> = gt.iter().collect();
             entries.sort_by_key(|(k, _)| k.span().start);
-            let mut group_count = 0usize;
-            for (k, v) in entries {
+            let total = entries.len();
+            for (n, (k, v)) in entries.into_iter().enumerate() {
                 let name = k.get_ref().to_string();
                 let prefix = format!("group.{}", name.escape_debug());
+                if n == MAX_GROUPS {
+                    // The file is refused anyway: checking the rest would
+                    // only cost time and memory in proportion to its size.
+                    self.error(
+                        &k.span(),
+                        &prefix,
+                        format!("too many groups: {total} groups, at most {MAX_GROUPS} are allowed (this one and the ones after it are not checked)"),
+                    );
+                    break;
+                }
                 if let Some(why) = group_name_problem(&name) {
                     self.error(
                         &k.span(),
                         &prefix,
                         format!("invalid group name `{}`: {why}", name.escape_debug()),
-                    );
-                }
-                group_count += 1;
-                if group_count == MAX_GROUPS + 1 {
-                    self.error(
-                        &k.span(),
-                        &prefix,
-                        format!("too many groups: at most {MAX_GROUPS} groups are allowed"),
                     );
                 }
                 if let Some(t) = self.table(v, &prefix) {
@@ -2450,13 +2475,7 @@ impl<'a> Checker<'a> {
         let instances: HashMap<&str, u32> =
             out.iter().map(|g| (g.name.as_str(), g.instances)).collect();
         for (name, _, _) in raws {
-            if let Some((group, i)) = name.v.rsplit_once('-')
-                && let Some(&count) = instances.get(group)
-                && let Ok(n) = i.parse::<u32>()
-                && n >= 1
-                && n <= count
-                && n.to_string() == i
-            {
+            if let Some((group, n)) = instance_id_clash(&name.v, |g| instances.get(g).copied()) {
                 self.error(
                     &name.span,
                     &name.key,
@@ -2466,6 +2485,20 @@ impl<'a> Checker<'a> {
         }
         out
     }
+}
+
+/// When `name` is the id of an instance of another group (`<group>-<i>`,
+/// `i` in `1..=instances`, written without leading zeros): that group and
+/// `i`. An id has a single split point, the last `-`, so `instances_of` is
+/// asked at most once: the check is linear in the number of groups.
+fn instance_id_clash(
+    name: &str,
+    mut instances_of: impl FnMut(&str) -> Option<u32>,
+) -> Option<(&str, u32)> {
+    let (group, i) = name.rsplit_once('-')?;
+    let n = i.parse::<u32>().ok().filter(|n| n.to_string() == i)?;
+    let count = instances_of(group)?;
+    (n >= 1 && n <= count).then_some((group, n))
 }
 
 /// What [`Checker::celery`] hands to the broker check (url_env lookup).
@@ -2998,6 +3031,88 @@ io_weight = 10000
     }
 
     #[test]
+    fn the_instance_id_clash_check_asks_once_per_group() {
+        let groups: HashMap<String, u32> = (0..100_000)
+            .map(|i| (format!("g{i}"), 3))
+            .chain([("a-b".to_string(), 2)])
+            .collect();
+        let mut asked = 0usize;
+        let mut clashes = Vec::new();
+        let names = groups
+            .keys()
+            .map(String::as_str)
+            .chain(["g7-3", "g7-4", "g7-03", "g7-0", "a-b-2", "a-b-3", "x-1"]);
+        let mut count = 0usize;
+        for name in names {
+            count += 1;
+            let lookup = |g: &str| {
+                asked += 1;
+                groups.get(g).copied()
+            };
+            if let Some(c) = instance_id_clash(name, lookup) {
+                clashes.push((name.to_string(), c.0.to_string(), c.1));
+            }
+        }
+        clashes.sort();
+        assert_eq!(
+            clashes,
+            [
+                ("a-b-2".to_string(), "a-b".to_string(), 2),
+                ("g7-3".to_string(), "g7".to_string(), 3),
+            ]
+        );
+        assert!(asked <= count, "{asked} lookups for {count} names");
+    }
+
+    #[test]
+    fn a_full_config_finds_clashes_and_shared_queues_at_its_far_end() {
+        let fx = Fx::new();
+        let mut text = with_base("[group.g]\nqueues = [\"q\"]\ninstances = 2\n");
+        for i in 0..MAX_GROUPS - 2 {
+            text.push_str(&format!("[group.w{i}]\nqueues = [\"q{i}\"]\n"));
+        }
+        text.push_str("[group.g-2]\nqueues = [\"q0\"]\n");
+        let err = fx.load(&text).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("group name `g-2` is also the id of instance 2 of group `g`"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("queue `q0` is also consumed by group `w0`"),
+            "{shown}"
+        );
+        assert_eq!(err.error_count(), 1, "{shown}");
+    }
+
+    #[test]
+    fn huge_config_and_env_files_are_refused_unread() {
+        let fx = Fx::new();
+        let big = format!("# {}\n", "x".repeat(MAX_CONFIG_FILE as usize));
+        let err = load(&fx.file("workers.toml", &big)).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(":1:1: error: the file is larger than 4 MiB; a config is far smaller"),
+            "{err}"
+        );
+        fx.file(
+            "worker.env",
+            &format!("A={}\n", "x".repeat(MAX_ENV_FILE as usize)),
+        );
+        let diags = fx.errors(
+            &with_base("[group.g]\nqueues = [\"q\"]\n")
+                .replace("[celery]\n", "[celery]\nenv_file = \"worker.env\"\n"),
+        );
+        assert_error(
+            &diags,
+            "celery.env_file",
+            4,
+            12,
+            "at most 1048576 are allowed",
+        );
+    }
+
+    #[test]
     fn total_instances_and_groups_are_capped() {
         let fx = Fx::new();
         let mut text = with_base("");
@@ -3023,7 +3138,13 @@ io_weight = 10000
         }
         let diags = fx.errors(&text);
         let key = format!("group.g{MAX_GROUPS}");
-        assert_error(&diags, &key, 5 + 2 * MAX_GROUPS, 8, "at most 1024 groups");
+        assert_error(
+            &diags,
+            &key,
+            5 + 2 * MAX_GROUPS,
+            8,
+            "1025 groups, at most 1024 are allowed",
+        );
         assert_eq!(diags.len(), 1, "{diags:#?}");
     }
 

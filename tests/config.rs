@@ -218,15 +218,14 @@ fn check_refuses_values_that_used_to_panic_the_daemon() {
     }
 }
 
-/// 100k groups: the group/instance-id clash and duplicate-queue checks are
-/// linear. The quadratic version needed 55 s for 20k groups in the debug
-/// build (about 23 min for 100k); the bound here is generous for a debug
-/// build on a busy machine and still far below that.
+/// 100k groups (issue 12 §4): refused in well under the bound. Before, the
+/// group/instance-id clash check was quadratic: 55 s for 20k groups in the
+/// debug build, about 23 min for 100k; this test was killed at 30 s. Now
+/// the check is linear (config::tests::the_instance_id_clash_check_asks_once_per_group)
+/// and the groups after the 1024th are not checked at all.
 #[test]
-fn a_hundred_thousand_groups_are_checked_in_linear_time() {
+fn a_hundred_thousand_groups_are_refused_quickly() {
     let mut text = check_config("redis://127.0.0.1:6379/0", "instances = 2\n");
-    // A group named like an instance of `g`, and a queue shared by two
-    // groups, at the far end of the file.
     for i in 0..100_000 {
         text.push_str(&format!("[group.w{i}]\nqueues = [\"q{i}\"]\n"));
     }
@@ -234,20 +233,15 @@ fn a_hundred_thousand_groups_are_checked_in_linear_time() {
     let c = check_binary(&text, &[], std::time::Duration::from_secs(30));
     assert_eq!(c.code, Some(1), "{}", c.stdout);
     assert!(
-        c.stderr
-            .contains("group name `g-2` is also the id of instance 2 of group `g`"),
+        c.stderr.contains(
+            "error: group.w1023: too many groups: 100002 groups, at most 1024 are allowed"
+        ),
         "{}",
-        c.stderr.lines().take(20).collect::<Vec<_>>().join("\n")
-    );
-    assert!(
         c.stderr
-            .contains("queue `q99999` is also consumed by group `w99999`"),
-        "{}",
-        c.stderr.lines().take(20).collect::<Vec<_>>().join("\n")
     );
     eprintln!("--check of 100k groups took {:?}", c.took);
     assert!(
-        c.took < std::time::Duration::from_secs(20),
+        c.took < std::time::Duration::from_secs(15),
         "--check of 100k groups took {:?}",
         c.took
     );
