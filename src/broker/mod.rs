@@ -325,7 +325,14 @@ fn parse_target(url: &str) -> Result<Target, ProbeError> {
 /// it (through [`crate::config::check_broker_url`]) so that the check and the
 /// daemon agree on every URL. The error is redacted.
 pub fn check_url(url: &str) -> Result<(), String> {
-    parse_target(url).map(|_| ()).map_err(|e| e.message)
+    parse_target(url).map(|_| ()).map_err(|e| {
+        // The caller names the (redacted) URL itself.
+        let prefix = format!("malformed broker URL {}: ", redact_url(url));
+        match e.message.strip_prefix(&prefix) {
+            Some(why) => why.to_string(),
+            None => e.message,
+        }
+    })
 }
 
 fn strip_fragment(url: &str) -> String {
