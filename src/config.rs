@@ -106,7 +106,7 @@
 //! | a string | ≤ 64 KiB ([`MAX_STRING`]), no control characters (C0, DEL, C1); env values may hold tab and newline |
 //! | a list (`queues`, `extra_args`, `command`), an `env` table | ≤ 256 entries ([`MAX_LIST`]) |
 //! | `env_file` | ≤ 1 MiB ([`MAX_ENV_FILE`]) |
-//! | the config file | ≤ 4 MiB ([`MAX_CONFIG_FILE`]) |
+//! | the config file | ≤ 1 MiB ([`MAX_CONFIG_FILE`]) |
 //! | `socket` | ≤ 107 bytes |
 //!
 //! An error about a string never quotes it (it may be a secret): it names
@@ -186,8 +186,9 @@ pub const MAX_LIST: usize = 256;
 pub const MAX_STRING: usize = 64 * 1024;
 /// Largest `env_file`.
 pub const MAX_ENV_FILE: u64 = 1 << 20;
-/// Largest config file (a full 1024-group file is far smaller).
-pub const MAX_CONFIG_FILE: u64 = 4 << 20;
+/// Largest config file. A full 1024-group file is far smaller; parsing
+/// takes up to about 70 times the file's size in memory, transiently.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -3092,7 +3093,7 @@ io_weight = 10000
         let err = load(&fx.file("workers.toml", &big)).unwrap_err();
         assert!(
             err.to_string()
-                .ends_with(":1:1: error: the file is larger than 4 MiB; a config is far smaller"),
+                .ends_with(":1:1: error: the file is larger than 1 MiB; a config is far smaller"),
             "{err}"
         );
         fx.file(
