@@ -242,6 +242,18 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// [`shell_quote`], except that a value holding tab or newline (which an
+/// environment value may) is written as `$'…'` with `\t` and `\n`, so that
+/// every variable stays on one line of the `--check` report. Any other
+/// control character (the config refuses them) is escaped too.
+fn shell_quote_value(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        format!("$'{}'", s.escape_default())
+    } else {
+        shell_quote(s)
+    }
+}
+
 /// The command line of an instance, shell-quoted, as it will be exec'd.
 pub fn command_line(spec: &InstanceSpec) -> String {
     std::iter::once(spec.program.to_string_lossy().into_owned())
@@ -403,7 +415,11 @@ pub fn render_check(plan: &Plan, config: &Config) -> String {
             let _ = writeln!(out, "    env:");
             for (k, v) in &i.env {
                 let shown = display_env_value(k, v);
-                let shown = if shown == *v { shell_quote(v) } else { shown };
+                let shown = if shown == *v || shown.chars().any(char::is_control) {
+                    shell_quote_value(&shown)
+                } else {
+                    shown
+                };
                 let _ = writeln!(out, "      {k}={shown}");
             }
         }
@@ -623,6 +639,22 @@ queues = ["payments", "webhooks"]
             ),
             "{out}"
         );
+    }
+
+    #[test]
+    fn multi_line_env_values_stay_on_one_line_of_the_report() {
+        let fx = Fx::new();
+        let config = fx.config(
+            "[group.g]\nqueues = [\"q\"]\nenv = { PEM = \"a\\nsummary: fake\\tx'y\", URL = \"redis://:pw@h/0\\n\" }\n",
+        );
+        let out = render_check(&build(&config), &config);
+        assert!(
+            out.contains("      PEM=$'a\\nsummary: fake\\tx\\'y'\n"),
+            "{out}"
+        );
+        assert!(out.contains("      URL=$'redis://:***@h/0\\n'\n"), "{out}");
+        assert!(!out.contains("\nsummary: fake"), "{out}");
+        assert!(!out.contains(":pw@"), "{out}");
     }
 
     #[test]
