@@ -48,20 +48,24 @@
 //! starting with `#` are ignored; an optional `export ` prefix; the value may
 //! be in single quotes (literal) or double quotes (`\n`, `\t`, `\"`, `\\`
 //! escapes); an unquoted value ends at ` #` (a comment). No variable
-//! expansion is performed.
+//! expansion is performed. A value may hold tab and newline but no other
+//! control character; the file is at most 1 MiB. An error names the file,
+//! line, column and variable, and never shows the value or the line.
 //!
 //! ## `[defaults]` and `[group.NAME]`
 //! Every group inherits each key it does not set from `[defaults]`, and from
 //! the built-in default after that. `env` tables are merged key by key (the
 //! group wins); every other key, `extra_args` included, is replaced as a
-//! whole. Group names match `[a-z0-9_-]+`, and a group name may not equal an
-//! instance id of another group (`text-1`).
+//! whole. Group names match `[a-z0-9][a-z0-9_-]*`, are at most 64
+//! characters long (a cgroup directory, part of every node name) and are not
+//! `supervisor` (the daemon's own cgroup leaf); a group name may not equal
+//! an instance id of another group (`text-1`). At most 1024 groups.
 //!
 //! | key | type | default | meaning |
 //! |---|---|---|---|
 //! | `queues` | non-empty list of queue names | — (required) | `-Q`; a queue consumed by two groups is a warning |
-//! | `concurrency` | integer ≥ 1 | `1` | `-c` |
-//! | `instances` | integer ≥ 1 | `1` | worker processes of the group, ids `<group>-1` … |
+//! | `concurrency` | integer 1..=1024 | `1` | `-c` |
+//! | `instances` | integer 1..=1024, ≤ 4096 in all groups | `1` | worker processes of the group, ids `<group>-1` … |
 //! | `stop_timeout` | duration | `"60s"` | SIGTERM (warm shutdown) → SIGQUIT after this long |
 //! | `restart_delay` | duration | `"100ms"` | first restart delay |
 //! | `restart_delay_max` | duration ≥ `restart_delay` | `"60s"` | cap of the doubling restart delay |
@@ -71,14 +75,42 @@
 //! | `extra_args` | list of strings | `[]` | appended after `celery.extra_args` |
 //! | `env` | table of strings | `{}` | extra environment, over `env_file` |
 //! | `memory_max`, `memory_high`, `memory_swap_max` | size or `"max"` | none | cgroup v2 memory limits of the group |
-//! | `cpu_max` | number of CPUs > 0 (e.g. `1.5`) or `"max"` | none | cgroup `cpu.max` |
+//! | `cpu_max` | number of CPUs 0.01..=1024 (e.g. `1.5`) or `"max"` | none | cgroup `cpu.max` |
 //! | `cpu_weight` | 1..=10000 | none | cgroup `cpu.weight` |
-//! | `pids_max` | integer ≥ 1 or `"max"` | none | cgroup `pids.max` |
+//! | `pids_max` | integer 1..=4194304 or `"max"` | none | cgroup `pids.max` |
 //! | `io_weight` | 1..=10000 | none | cgroup `io.weight` |
 //!
-//! Durations are humantime strings: `"100ms"`, `"60s"`, `"1m 30s"`, `"2h"`.
+//! Durations are humantime strings: `"100ms"`, `"60s"`, `"1m 30s"`, `"2h"`,
+//! at most `"1y"` (365.25 days).
 //! Sizes are integers (bytes) or strings with a binary unit: `"512M"`,
-//! `"1.5G"`, `"200MiB"`; `K`, `M`, `G`, `T` are powers of 1024.
+//! `"1.5G"`, `"200MiB"`; `K`, `M`, `G`, `T` are powers of 1024; at most
+//! `"1024T"` (1 PiB).
+//!
+//! ## Limits
+//! Every count, duration and size has a bound (the `MAX_*` constants
+//! below), so that nothing `--check` accepts can overflow the daemon's
+//! arithmetic or make it allocate without bound; a value out of bounds is an
+//! error naming file, line, column and key:
+//!
+//! | what | bound |
+//! |---|---|
+//! | `instances` | 1..=1024 per group ([`MAX_INSTANCES`]), ≤ 4096 in all groups ([`MAX_TOTAL_INSTANCES`]) |
+//! | groups | ≤ 1024 ([`MAX_GROUPS`]) |
+//! | `concurrency` | 1..=1024 ([`MAX_CONCURRENCY`]) |
+//! | group name | ≤ 64 characters ([`MAX_GROUP_NAME`]), not `supervisor` |
+//! | every duration | ≤ 1y ([`MAX_DURATION`]); `check_interval` > 0 |
+//! | `memory_max`, `memory_high`, `memory_swap_max` | ≤ 1024T ([`MAX_SIZE`]) |
+//! | `cpu_max` | 0.01..=1024 CPUs ([`MAX_CPUS`]) |
+//! | `cpu_weight`, `io_weight` | 1..=10000 |
+//! | `pids_max` | 1..=4194304 ([`MAX_PIDS`]) |
+//! | a string | ≤ 64 KiB ([`MAX_STRING`]), no control characters (C0, DEL, C1); env values may hold tab and newline |
+//! | a list (`queues`, `extra_args`, `command`), an `env` table | ≤ 256 entries ([`MAX_LIST`]) |
+//! | `env_file` | ≤ 1 MiB ([`MAX_ENV_FILE`]) |
+//! | the config file | ≤ 1 MiB ([`MAX_CONFIG_FILE`]) |
+//! | `socket` | ≤ 107 bytes |
+//!
+//! An error about a string never quotes it (it may be a secret): it names
+//! the control character's code point and position.
 //!
 //! `extra_args` may never contain `--detach`/`-D` (the worker would leave
 //! supervision), `--pidfile` (stale pidfiles cause crash loops) or
@@ -95,7 +127,7 @@
 //! the group's `env`, then `PYTHONUNBUFFERED=1`, `CLEARIFY_INSTANCE`,
 //! `CLEARIFY_GROUP` and `CLEARIFY_NODE`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
@@ -123,6 +155,42 @@ pub const DEFAULT_ADMIN_GROUP: &str = "clearify-admin";
 pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 /// Longest path a Unix socket address can hold (sun_path minus the NUL).
 const MAX_SOCKET_PATH: usize = 107;
+
+// Bounds (workers.toml(5), "Limits"). Every count, duration and size in the
+// config has one, so that nothing the check accepts can overflow the
+// daemon's arithmetic or make it allocate without bound.
+
+/// Most `instances` of one group.
+pub const MAX_INSTANCES: u32 = 1024;
+/// Most `concurrency` (`-c`) of one worker.
+pub const MAX_CONCURRENCY: u32 = 1024;
+/// Most `[group.NAME]` sections.
+pub const MAX_GROUPS: usize = 1024;
+/// Most worker processes of all groups together.
+pub const MAX_TOTAL_INSTANCES: u64 = 4096;
+/// Longest duration: one year as humantime counts it (`"1y"`, 365.25 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+/// Largest size (`memory_max`, `memory_high`, `memory_swap_max`): 1 PiB.
+pub const MAX_SIZE: u64 = 1 << 50;
+/// Largest `pids_max`: the kernel's PID_MAX_LIMIT on 64-bit.
+pub const MAX_PIDS: u64 = 4_194_304;
+/// Largest `cpu_max`, in CPUs.
+pub const MAX_CPUS: f64 = 1024.0;
+/// Longest group name: it is a cgroup directory and part of the node name.
+pub const MAX_GROUP_NAME: usize = 64;
+/// Group names the daemon uses itself (its own cgroup leaf).
+pub const RESERVED_GROUP_NAMES: &[&str] = &[crate::cgroup::SUPERVISOR];
+/// Most elements of a list of strings (`queues`, `extra_args`, `command`)
+/// and most variables of an `env` table.
+pub const MAX_LIST: usize = 256;
+/// Longest string value, in bytes (the kernel refuses longer arguments and
+/// environment strings than 128 KiB).
+pub const MAX_STRING: usize = 64 * 1024;
+/// Largest `env_file`.
+pub const MAX_ENV_FILE: u64 = 1 << 20;
+/// Largest config file. A full 1024-group file is far smaller; parsing
+/// takes up to about 70 times the file's size in memory, transiently.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -364,10 +432,30 @@ fn display_lines(diags: &[Diagnostic]) -> String {
 
 /// Read and validate the config file at `path` against the running system.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+    use std::io::Read as _;
+    let io_err = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_FILE + 1).read_to_end(&mut bytes))
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(ConfigError::Invalid {
+            diagnostics: vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                key: String::new(),
+                message: format!(
+                    "the file is larger than {} MiB; a config is far smaller",
+                    MAX_CONFIG_FILE >> 20
+                ),
+            }],
+        });
+    }
     match String::from_utf8(bytes) {
         Ok(text) => load_str(&text, path, &Environment::system()),
         Err(e) => {
@@ -518,15 +606,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// A malformed line of an env file.
+/// A malformed line of an env file. The message never holds any part of
+/// a value (nor of a line that has no `=`): env files hold secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvFileError {
     /// 1-based.
     pub line: usize,
     /// 1-based, in characters.
     pub column: usize,
+    /// The variable, when the line starts with a valid name.
+    pub key: Option<String>,
     pub message: String,
 }
+
+impl fmt::Display for EnvFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(k) = &self.key {
+            write!(f, "variable `{k}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// What [`parse_env_line`] reports: column, variable (when known), message.
+type EnvLineError = (usize, Option<String>, String);
 
 /// Parse the text of an env file: `KEY=VALUE` lines (see the module docs).
 /// Returns the variables in file order (a later duplicate overrides), or
@@ -539,9 +642,10 @@ pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileEr
         match parse_env_line(raw) {
             Ok(Some(kv)) => vars.push(kv),
             Ok(None) => {}
-            Err((column, message)) => errors.push(EnvFileError {
+            Err((column, key, message)) => errors.push(EnvFileError {
                 line: line_no,
                 column,
+                key,
                 message,
             }),
         }
@@ -554,8 +658,8 @@ pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileEr
 }
 
 /// One env-file line: `Ok(None)` for blanks and comments, `Err((column,
-/// message))` when malformed.
-fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)> {
+/// variable, message))` when malformed. No error quotes the line.
+fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, EnvLineError> {
     let line = raw.strip_suffix('\r').unwrap_or(raw);
     let indent = line.len() - line.trim_start().len();
     let body = line.trim_start();
@@ -568,20 +672,28 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
         start += body.len() - rest.len() + (rest.len() - rest.trim_start().len());
     }
     let Some(eq_rel) = line[start..].find('=') else {
+        // Name the variable only when the line starts with a valid one;
+        // the rest may be a value (`OTHER_URL redis://:pw@h/0`).
+        let first = line[start..]
+            .split(|c: char| c.is_whitespace())
+            .next()
+            .filter(|w| is_env_name(w))
+            .map(str::to_string);
         return Err((
             col_of(start),
-            "expected KEY=VALUE (no `=` on this line)".into(),
+            first,
+            "expected KEY=VALUE (no `=` on this line; the line is not shown)".into(),
         ));
     };
     let key = line[start..start + eq_rel].trim_end();
     if !is_env_name(key) {
         return Err((
             col_of(start),
-            format!(
-                "invalid variable name `{key}` (use letters, digits and `_`, not starting with a digit)"
-            ),
+            None,
+            "invalid variable name before `=` (use letters, digits and `_`, not starting with a digit; the line is not shown)".into(),
         ));
     }
+    let name = || Some(key.to_string());
     let value_start = start + eq_rel + 1;
     let vs = &line[value_start..];
     let lead = vs.len() - vs.trim_start().len();
@@ -589,9 +701,9 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
     let v_col = col_of(value_start + lead);
     let value = if let Some(inner) = v.strip_prefix('\'') {
         let Some(end) = inner.find('\'') else {
-            return Err((v_col, "unterminated single-quoted value".into()));
+            return Err((v_col, name(), "unterminated single-quoted value".into()));
         };
-        check_env_trailer(&inner[end + 1..], v_col)?;
+        check_env_trailer(&inner[end + 1..], v_col).map_err(|(c, m)| (c, name(), m))?;
         inner[..end].to_string()
     } else if let Some(inner) = v.strip_prefix('"') {
         let mut out = String::new();
@@ -620,9 +732,9 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
             }
         }
         let Some(end) = closed else {
-            return Err((v_col, "unterminated double-quoted value".into()));
+            return Err((v_col, name(), "unterminated double-quoted value".into()));
         };
-        check_env_trailer(&inner[end + 1..], v_col)?;
+        check_env_trailer(&inner[end + 1..], v_col).map_err(|(c, m)| (c, name(), m))?;
         out
     } else {
         let mut value = v;
@@ -633,6 +745,9 @@ fn parse_env_line(raw: &str) -> Result<Option<(String, String)>, (usize, String)
         }
         value.trim_end().to_string()
     };
+    if let Some(why) = control_char(&value, ENV_VALUE_CONTROLS) {
+        return Err((v_col, name(), format!("the value {why}")));
+    }
     Ok(Some((key.to_string(), value)))
 }
 
@@ -643,7 +758,7 @@ fn check_env_trailer(rest: &str, col: usize) -> Result<(), (usize, String)> {
     } else {
         Err((
             col,
-            format!("unexpected text `{rest}` after the closing quote"),
+            "unexpected text after the closing quote (the value is not shown)".into(),
         ))
     }
 }
@@ -654,18 +769,72 @@ fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
-/// Whether `name` is a valid group name: `[a-z0-9_-]+`.
+/// Whether `name` is a valid group name (see [`group_name_problem`]).
 pub fn is_valid_group_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    group_name_problem(name).is_none()
 }
 
-/// Check a broker URL's shape (scheme, host or socket path, port, db).
+/// Why `name` is not a valid group name, or `None` when it is: at most
+/// [`MAX_GROUP_NAME`] characters of `[a-z0-9_-]`, starting with a letter or
+/// digit, and not a name the daemon uses itself ([`RESERVED_GROUP_NAMES`]).
+/// A group name is a cgroup directory, part of every Celery node name
+/// (`<group>-<i>@<device_id>`) and a `clearifyctl` target.
+pub fn group_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Some("use only a-z, 0-9, `_` and `-`".into());
+    }
+    if name.len() > MAX_GROUP_NAME {
+        return Some(format!(
+            "{} characters long; at most {MAX_GROUP_NAME} characters are allowed",
+            name.len()
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some("must start with a letter or digit".into());
+    }
+    if RESERVED_GROUP_NAMES.contains(&name) {
+        return Some(format!(
+            "`{name}` is reserved (the daemon's own cgroup leaf)"
+        ));
+    }
+    None
+}
+
+/// A description of the first control character in `s` (C0, DEL or C1)
+/// that is not in `allowed`, naming its code point and position but never
+/// the text around it.
+fn control_char(s: &str, allowed: &[char]) -> Option<String> {
+    let (i, c) = s
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() && !allowed.contains(c))?;
+    Some(format!(
+        "contains the control character U+{:04X} at character {}; control characters are not allowed here (the value is not shown)",
+        u32::from(c),
+        i + 1
+    ))
+}
+
+/// Check a broker URL's shape (scheme, host or socket path, port, db), then
+/// run it through the broker's own parser ([`crate::broker::check_url`]), so
+/// that a URL `--check` accepts is one the daemon can use.
 pub fn check_broker_url(url: &str) -> Result<(), String> {
+    check_broker_url_shape(url)?;
+    crate::broker::check_url(url)
+}
+
+fn check_broker_url_shape(url: &str) -> Result<(), String> {
     const HINT: &str =
         "expected e.g. redis://:password@host:6379/0 or unix:///run/redis/redis.sock";
+    if let Some(why) = control_char(url, &[]) {
+        return Err(format!("the URL {why}"));
+    }
     if url.chars().any(char::is_whitespace) {
         return Err(format!("the URL contains whitespace; {HINT}"));
     }
@@ -819,6 +988,10 @@ const GROUP_KEYS: &[&str] = &[
     "io_weight",
 ];
 const LOGLEVELS: &[&str] = &["debug", "info", "warning", "error", "critical", "fatal"];
+/// The control characters an environment value may hold (`env`,
+/// `env_file`): tab and newline, e.g. for a PEM key. NUL cannot be passed at
+/// all, and the rest (CR, ESC …) would rewrite a terminal that shows them.
+const ENV_VALUE_CONTROLS: &[char] = &['\t', '\n'];
 /// Variables the daemon sets for every worker.
 const RESERVED_ENV: &[&str] = &[
     "PYTHONUNBUFFERED",
@@ -945,7 +1118,7 @@ impl<'a> Checker<'a> {
     }
 
     fn unknown_key(&mut self, span: &Range<usize>, prefix: &str, name: &str, known: &[&str]) {
-        let mut msg = format!("unknown key `{name}`");
+        let mut msg = format!("unknown key `{}`", name.escape_debug());
         if let Some(best) = known
             .iter()
             .filter(|k| distance(k, name) <= 2.max(name.len() / 4))
@@ -955,7 +1128,7 @@ impl<'a> Checker<'a> {
         } else {
             msg.push_str(&format!("; expected one of: {}", known.join(", ")));
         }
-        self.error(span, &join(prefix, name), msg);
+        self.error(span, &join(prefix, &name.escape_debug().to_string()), msg);
     }
 
     fn wrong_type(&mut self, v: &Val<'_>, key: &str, expected: &str) {
@@ -979,9 +1152,33 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A string without control characters, at most [`MAX_STRING`] bytes.
     fn string(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
+        self.string_allowing(v, key, &[])
+    }
+
+    /// A string whose control characters are only those in `allowed`. The
+    /// error never quotes the value: it may be a secret.
+    fn string_allowing(&mut self, v: &Val<'_>, key: &str, allowed: &[char]) -> Option<String> {
         match v.get_ref() {
-            DeValue::String(s) => Some(s.to_string()),
+            DeValue::String(s) => {
+                if s.len() > MAX_STRING {
+                    self.error(
+                        &v.span(),
+                        key,
+                        format!(
+                            "is {} bytes long; at most {MAX_STRING} are allowed",
+                            s.len()
+                        ),
+                    );
+                    return None;
+                }
+                if let Some(why) = control_char(s, allowed) {
+                    self.error(&v.span(), key, why);
+                    return None;
+                }
+                Some(s.to_string())
+            }
             _ => {
                 self.wrong_type(v, key, "a string");
                 None
@@ -1032,7 +1229,7 @@ impl<'a> Checker<'a> {
 
     fn u32_in(&mut self, v: &Val<'_>, key: &str, min: u32, max: u32) -> Option<u32> {
         self.int_in(v, key, min.into(), max.into())
-            .map(|n| n as u32)
+            .and_then(|n| u32::try_from(n).ok())
     }
 
     /// A list of strings, each element with its own span.
@@ -1041,6 +1238,17 @@ impl<'a> Checker<'a> {
             self.wrong_type(v, key, "an array of strings");
             return None;
         };
+        if items.len() > MAX_LIST {
+            self.error(
+                &v.span(),
+                key,
+                format!(
+                    "has {} elements; at most {MAX_LIST} are allowed",
+                    items.len()
+                ),
+            );
+            return None;
+        }
         let mut out = Vec::new();
         let mut ok = true;
         for (idx, item) in items.iter().enumerate() {
@@ -1062,6 +1270,17 @@ impl<'a> Checker<'a> {
     fn duration(&mut self, v: &Val<'_>, key: &str, off_allowed: bool) -> Option<Option<Duration>> {
         match v.get_ref() {
             DeValue::String(s) => match parse_duration(s) {
+                Ok(d) if d > MAX_DURATION => {
+                    self.error(
+                        &v.span(),
+                        key,
+                        format!(
+                            "must be at most 1y (365.25 days), found {}",
+                            humantime::format_duration(d)
+                        ),
+                    );
+                    None
+                }
                 Ok(d) if off_allowed && d.is_zero() => Some(None),
                 Ok(d) => Some(Some(d)),
                 Err(e) => {
@@ -1112,6 +1331,14 @@ impl<'a> Checker<'a> {
             }
         };
         if let Some(n) = parsed {
+            if n > MAX_SIZE {
+                self.error(
+                    &v.span(),
+                    key,
+                    format!("must be at most 1024T (1 PiB), found {n} bytes"),
+                );
+                return None;
+            }
             if n == 0 && !zero_ok {
                 self.error(
                     &v.span(),
@@ -1177,14 +1404,25 @@ impl<'a> Checker<'a> {
         {
             let mut entries: Vec<_> = gt.iter().collect();
             entries.sort_by_key(|(k, _)| k.span().start);
-            for (k, v) in entries {
+            let total = entries.len();
+            for (n, (k, v)) in entries.into_iter().enumerate() {
                 let name = k.get_ref().to_string();
-                let prefix = format!("group.{name}");
-                if !is_valid_group_name(&name) {
+                let prefix = format!("group.{}", name.escape_debug());
+                if n == MAX_GROUPS {
+                    // The file is refused anyway: checking the rest would
+                    // only cost time and memory in proportion to its size.
                     self.error(
                         &k.span(),
                         &prefix,
-                        format!("invalid group name `{name}`: use only a-z, 0-9, `_` and `-`"),
+                        format!("too many groups: {total} groups, at most {MAX_GROUPS} are allowed (this one and the ones after it are not checked)"),
+                    );
+                    break;
+                }
+                if let Some(why) = group_name_problem(&name) {
+                    self.error(
+                        &k.span(),
+                        &prefix,
+                        format!("invalid group name `{}`: {why}", name.escape_debug()),
                     );
                 }
                 if let Some(t) = self.table(v, &prefix) {
@@ -1503,6 +1741,18 @@ impl<'a> Checker<'a> {
         if let Some(f) = &env_file {
             let p = self.resolve_path(&f.v);
             match std::fs::read(&p) {
+                Ok(bytes) if bytes.len() as u64 > MAX_ENV_FILE => {
+                    env_file_ok = false;
+                    self.error(
+                        &f.span,
+                        &f.key,
+                        format!(
+                            "env_file {} is {} bytes long; at most {MAX_ENV_FILE} are allowed",
+                            p.display(),
+                            bytes.len()
+                        ),
+                    );
+                }
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
                     match parse_env_file(&text) {
@@ -1536,19 +1786,14 @@ impl<'a> Checker<'a> {
                         }
                         Err(errors) => {
                             env_file_ok = false;
-                            for EnvFileError {
-                                line,
-                                column,
-                                message,
-                            } in errors
-                            {
+                            for e in errors {
                                 self.diags.push(Diagnostic {
                                     severity: Severity::Error,
                                     file: p.clone(),
-                                    line,
-                                    column,
+                                    line: e.line,
+                                    column: e.column,
                                     key: "celery.env_file".into(),
-                                    message,
+                                    message: e.to_string(),
                                 });
                             }
                         }
@@ -1776,7 +2021,10 @@ impl<'a> Checker<'a> {
                     self.error(
                         &u.span,
                         &u.key,
-                        format!("invalid broker URL `{}`: {e}", redact_url(&u.v)),
+                        format!(
+                            "invalid broker URL `{}`: {e}",
+                            redact_url(&u.v).escape_debug()
+                        ),
                     );
                     None
                 }
@@ -1825,7 +2073,7 @@ impl<'a> Checker<'a> {
                                 self.error(
                                 &e.span,
                                 &e.key,
-                                format!("`{}` from {source} is not a valid broker URL (`{}`): {err}", e.v, redact_url(&u)),
+                                format!("`{}` from {source} is not a valid broker URL (`{}`): {err}", e.v, redact_url(&u).escape_debug()),
                             );
                                 None
                             }
@@ -1901,7 +2149,7 @@ impl<'a> Checker<'a> {
                             continue;
                         }
                         let mut good = true;
-                        let mut seen: Vec<&str> = Vec::new();
+                        let mut seen: HashSet<&str> = HashSet::new();
                         for q in &list {
                             if q.v.trim().is_empty() {
                                 self.error(&q.span, &q.key, "a queue name must not be empty");
@@ -1916,34 +2164,32 @@ impl<'a> Checker<'a> {
                                     ),
                                 );
                                 good = false;
-                            } else if seen.contains(&q.v.as_str()) {
+                            } else if !seen.insert(&q.v) {
                                 self.warning(
                                     &q.span,
                                     &q.key,
                                     format!("queue `{}` is listed twice", q.v),
                                 );
                             }
-                            seen.push(&q.v);
                         }
                         if good {
-                            let mut uniq: Vec<At<String>> = Vec::new();
-                            for q in list {
-                                if !uniq.iter().any(|u| u.v == q.v) {
-                                    uniq.push(q);
-                                }
-                            }
+                            let mut kept: HashSet<String> = HashSet::new();
+                            let uniq: Vec<At<String>> = list
+                                .into_iter()
+                                .filter(|q| kept.insert(q.v.clone()))
+                                .collect();
                             g.queues = Some(self.at(uniq, v, &key));
                         }
                     }
                 }
                 "concurrency" => {
                     g.concurrency = self
-                        .u32_in(v, &key, 1, u32::MAX)
+                        .u32_in(v, &key, 1, MAX_CONCURRENCY)
                         .map(|n| self.at(n, v, &key))
                 }
                 "instances" => {
                     g.instances = self
-                        .u32_in(v, &key, 1, u32::MAX)
+                        .u32_in(v, &key, 1, MAX_INSTANCES)
                         .map(|n| self.at(n, v, &key))
                 }
                 "stop_timeout" => {
@@ -1976,11 +2222,19 @@ impl<'a> Checker<'a> {
                         continue;
                     };
                     let mut env = BTreeMap::new();
+                    if et.len() > MAX_LIST {
+                        self.error(
+                            &v.span(),
+                            &key,
+                            format!("has {} variables; at most {MAX_LIST} are allowed", et.len()),
+                        );
+                        continue;
+                    }
                     for (ek, ev) in et.iter() {
                         let var = ek.get_ref().to_string();
-                        let vkey = join(&key, &var);
+                        let vkey = join(&key, &var.escape_debug().to_string());
                         if !is_env_name(&var) {
-                            self.error(&ek.span(), &vkey, format!("invalid variable name `{var}` (use letters, digits and `_`, not starting with a digit)"));
+                            self.error(&ek.span(), &vkey, format!("invalid variable name `{}` (use letters, digits and `_`, not starting with a digit)", var.escape_debug()));
                             continue;
                         }
                         if RESERVED_ENV.contains(&var.as_str()) {
@@ -1991,7 +2245,7 @@ impl<'a> Checker<'a> {
                             );
                             continue;
                         }
-                        if let Some(s) = self.string(ev, &vkey) {
+                        if let Some(s) = self.string_allowing(ev, &vkey, ENV_VALUE_CONTROLS) {
                             env.insert(var, s);
                         }
                     }
@@ -2032,6 +2286,13 @@ impl<'a> Checker<'a> {
                                 format!("must be at least 0.01 CPUs, found {x}"),
                             );
                         }
+                        Some(Some(x)) if x > MAX_CPUS => {
+                            self.error(
+                                &v.span(),
+                                &key,
+                                format!("must be at most {MAX_CPUS} CPUs, found {x}"),
+                            );
+                        }
                         Some(p) => g.cpu_max = Some(self.at(p, v, &key)),
                         None => {}
                     }
@@ -2048,8 +2309,8 @@ impl<'a> Checker<'a> {
                             Some(self.at(None, v, &key))
                         }
                         DeValue::Integer(_) => self
-                            .int_in(v, &key, 1, i64::MAX)
-                            .map(|n| self.at(Some(n as u64), v, &key)),
+                            .int_in(v, &key, 1, MAX_PIDS as i64)
+                            .map(|n| self.at(Some(n.unsigned_abs()), v, &key)),
                         _ => {
                             self.wrong_type(v, &key, "an integer (or \"max\")");
                             None
@@ -2074,6 +2335,7 @@ impl<'a> Checker<'a> {
         }
         let builtin = Timing::default();
         let mut out = Vec::new();
+        let mut total_instances: u64 = 0;
         let mut queue_owner: HashMap<String, (String, usize)> = HashMap::new();
         for (name, table_span, g) in raws {
             let Some(queues) = pick(&g.queues, &defaults.queues) else {
@@ -2147,6 +2409,23 @@ impl<'a> Checker<'a> {
                     ),
                 );
             }
+            let instances = pick(&g.instances, &defaults.instances).map_or(1, |a| a.v);
+            let before = total_instances;
+            total_instances = total_instances.saturating_add(u64::from(instances));
+            if before <= MAX_TOTAL_INSTANCES && total_instances > MAX_TOTAL_INSTANCES {
+                let (span, key) = match &g.instances {
+                    Some(a) => (a.span.clone(), a.key.clone()),
+                    None => (name.span.clone(), name.key.clone()),
+                };
+                self.error(
+                    &span,
+                    &key,
+                    format!(
+                        "group `{}` brings the number of worker processes to {total_instances}; at most {MAX_TOTAL_INSTANCES} instances in total are allowed",
+                        name.v
+                    ),
+                );
+            }
             let mut env = defaults
                 .env
                 .as_ref()
@@ -2159,7 +2438,7 @@ impl<'a> Checker<'a> {
                 name: name.v.clone(),
                 queues: queues.v.into_iter().map(|q| q.v).collect(),
                 concurrency: pick(&g.concurrency, &defaults.concurrency).map_or(1, |a| a.v),
-                instances: pick(&g.instances, &defaults.instances).map_or(1, |a| a.v),
+                instances,
                 timing: Timing {
                     stop_timeout: val(
                         pick(&g.stop_timeout, &defaults.stop_timeout),
@@ -2193,26 +2472,36 @@ impl<'a> Checker<'a> {
             });
         }
         // A group name that is also another group's instance id would make
-        // control targets ambiguous ("text-1": group or instance?).
+        // control targets ambiguous ("text-1": group or instance?). An id is
+        // `<group>-<i>` with a canonical decimal `i`, so only the split at
+        // the last `-` can match: one lookup per group.
+        let instances: HashMap<&str, u32> =
+            out.iter().map(|g| (g.name.as_str(), g.instances)).collect();
         for (name, _, _) in raws {
-            for other in &out {
-                if other.name != name.v
-                    && let Some(i) = name.v.strip_prefix(&format!("{}-", other.name))
-                    && let Ok(i) = i.parse::<u32>()
-                    && i >= 1
-                    && i <= other.instances
-                    && i.to_string() == name.v[other.name.len() + 1..]
-                {
-                    self.error(
-                        &name.span,
-                        &name.key,
-                        format!("group name `{}` is also the id of instance {i} of group `{}`; rename one of them", name.v, other.name),
-                    );
-                }
+            if let Some((group, n)) = instance_id_clash(&name.v, |g| instances.get(g).copied()) {
+                self.error(
+                    &name.span,
+                    &name.key,
+                    format!("group name `{}` is also the id of instance {n} of group `{group}`; rename one of them", name.v),
+                );
             }
         }
         out
     }
+}
+
+/// When `name` is the id of an instance of another group (`<group>-<i>`,
+/// `i` in `1..=instances`, written without leading zeros): that group and
+/// `i`. An id has a single split point, the last `-`, so `instances_of` is
+/// asked at most once: the check is linear in the number of groups.
+fn instance_id_clash(
+    name: &str,
+    mut instances_of: impl FnMut(&str) -> Option<u32>,
+) -> Option<(&str, u32)> {
+    let (group, i) = name.rsplit_once('-')?;
+    let n = i.parse::<u32>().ok().filter(|n| n.to_string() == i)?;
+    let count = instances_of(group)?;
+    (n >= 1 && n <= count).then_some((group, n))
 }
 
 /// What [`Checker::celery`] hands to the broker check (url_env lookup).
@@ -2571,10 +2860,10 @@ io_weight = 10000
             "group.Text.instances",
             7,
             13,
-            "must be at least 1, found 0",
+            "must be from 1 to 1024, found 0",
         );
         assert_error(&diags, "group.a b", 8, 8, "invalid group name");
-        assert_error(&diags, "group.a b.concurrency", 10, 15, "at least 1");
+        assert_error(&diags, "group.a b.concurrency", 10, 15, "from 1 to 1024");
         assert_error(&diags, "group.a b.cpu_weight", 11, 14, "from 1 to 10000");
         assert_error(
             &diags,
@@ -2670,6 +2959,288 @@ io_weight = 10000
         assert_error(&diags, "group.g.memory_max", 9, 14, "unknown unit `X`");
         assert_error(&diags, "group.g.memory_high", 10, 15, "invalid size `lots`");
         assert_error(&diags, "group.g.cpu_max", 11, 11, "at least 0.01");
+    }
+
+    #[test]
+    fn every_count_duration_and_size_is_bounded() {
+        let fx = Fx::new();
+        let diags = fx.errors(&with_base(concat!(
+            "[group.g]\nqueues = [\"q\"]\n",
+            "instances = 4294967295\n",
+            "concurrency = 1025\n",
+            "stop_timeout = \"300000000000y\"\n",
+            "restart_delay = \"400d\"\n",
+            "restart_delay_max = \"300000000000y\"\n",
+            "stable_after = \"366d\"\n",
+            "heartbeat_timeout = \"2y\"\n",
+            "stall_timeout = \"2y\"\n",
+            "memory_max = \"2048T\"\n",
+            "memory_high = 1125899906842625\n",
+            "memory_swap_max = \"1025T\"\n",
+            "pids_max = 4194305\n",
+            "cpu_max = 1025\n",
+            "[group.h]\nqueues = [\"r\"]\ncpu_max = 1024.5\ninstances = 1025\n",
+        )));
+        let year = "must be at most 1y";
+        assert_error(
+            &diags,
+            "group.g.instances",
+            7,
+            13,
+            "from 1 to 1024, found 4294967295",
+        );
+        assert_error(
+            &diags,
+            "group.g.concurrency",
+            8,
+            15,
+            "from 1 to 1024, found 1025",
+        );
+        assert_error(&diags, "group.g.stop_timeout", 9, 16, year);
+        assert_error(&diags, "group.g.restart_delay", 10, 17, year);
+        assert_error(&diags, "group.g.restart_delay_max", 11, 21, year);
+        assert_error(&diags, "group.g.stable_after", 12, 16, year);
+        assert_error(&diags, "group.g.heartbeat_timeout", 13, 21, year);
+        assert_error(&diags, "group.g.stall_timeout", 14, 17, year);
+        assert_error(&diags, "group.g.memory_max", 15, 14, "at most 1024T");
+        assert_error(&diags, "group.g.memory_high", 16, 15, "at most 1024T");
+        assert_error(&diags, "group.g.memory_swap_max", 17, 19, "at most 1024T");
+        assert_error(&diags, "group.g.pids_max", 18, 12, "from 1 to 4194304");
+        assert_error(&diags, "group.g.cpu_max", 19, 11, "at most 1024 CPUs");
+        assert_error(&diags, "group.h.cpu_max", 22, 11, "at most 1024 CPUs");
+        assert_error(&diags, "group.h.instances", 23, 13, "from 1 to 1024");
+        assert_eq!(diags.len(), 15, "{diags:#?}");
+
+        let diags = fx.errors(&with_base("[group.g]\nqueues = [\"q\"]\n").replace(
+            "[broker]\n",
+            "[broker]\nwait_timeout = \"300000000000y\"\ncheck_interval = \"2y\"\n",
+        ));
+        assert_error(&diags, "broker.wait_timeout", 2, 16, "must be at most 1y");
+        assert_error(&diags, "broker.check_interval", 3, 18, "must be at most 1y");
+
+        // The bounds themselves are fine.
+        let l = fx.ok(&with_base(concat!(
+            "[group.g]\nqueues = [\"q\"]\n",
+            "instances = 1024\nconcurrency = 1024\n",
+            "stop_timeout = \"1y\"\nrestart_delay = \"1y\"\nrestart_delay_max = \"1y\"\n",
+            "stable_after = \"1y\"\nheartbeat_timeout = \"1y\"\nstall_timeout = \"1y\"\n",
+            "memory_max = \"1024T\"\nmemory_high = 1125899906842624\nmemory_swap_max = \"1024T\"\n",
+            "pids_max = 4194304\ncpu_max = 1024\n",
+        )));
+        let g = &l.config.groups[0];
+        assert_eq!((g.instances, g.concurrency), (1024, 1024));
+        assert_eq!(g.timing.stop_timeout, MAX_DURATION);
+        assert_eq!(g.limits.memory_max, Some(MAX_SIZE));
+    }
+
+    #[test]
+    fn the_instance_id_clash_check_asks_once_per_group() {
+        let groups: HashMap<String, u32> = (0..100_000)
+            .map(|i| (format!("g{i}"), 3))
+            .chain([("a-b".to_string(), 2)])
+            .collect();
+        let mut asked = 0usize;
+        let mut clashes = Vec::new();
+        let names = groups
+            .keys()
+            .map(String::as_str)
+            .chain(["g7-3", "g7-4", "g7-03", "g7-0", "a-b-2", "a-b-3", "x-1"]);
+        let mut count = 0usize;
+        for name in names {
+            count += 1;
+            let lookup = |g: &str| {
+                asked += 1;
+                groups.get(g).copied()
+            };
+            if let Some(c) = instance_id_clash(name, lookup) {
+                clashes.push((name.to_string(), c.0.to_string(), c.1));
+            }
+        }
+        clashes.sort();
+        assert_eq!(
+            clashes,
+            [
+                ("a-b-2".to_string(), "a-b".to_string(), 2),
+                ("g7-3".to_string(), "g7".to_string(), 3),
+            ]
+        );
+        assert!(asked <= count, "{asked} lookups for {count} names");
+    }
+
+    #[test]
+    fn a_full_config_finds_clashes_and_shared_queues_at_its_far_end() {
+        let fx = Fx::new();
+        let mut text = with_base("[group.g]\nqueues = [\"q\"]\ninstances = 2\n");
+        for i in 0..MAX_GROUPS - 2 {
+            text.push_str(&format!("[group.w{i}]\nqueues = [\"q{i}\"]\n"));
+        }
+        text.push_str("[group.g-2]\nqueues = [\"q0\"]\n");
+        let err = fx.load(&text).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("group name `g-2` is also the id of instance 2 of group `g`"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("queue `q0` is also consumed by group `w0`"),
+            "{shown}"
+        );
+        assert_eq!(err.error_count(), 1, "{shown}");
+    }
+
+    #[test]
+    fn huge_config_and_env_files_are_refused_unread() {
+        let fx = Fx::new();
+        let big = format!("# {}\n", "x".repeat(MAX_CONFIG_FILE as usize));
+        let err = load(&fx.file("workers.toml", &big)).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(":1:1: error: the file is larger than 1 MiB; a config is far smaller"),
+            "{err}"
+        );
+        fx.file(
+            "worker.env",
+            &format!("A={}\n", "x".repeat(MAX_ENV_FILE as usize)),
+        );
+        let diags = fx.errors(
+            &with_base("[group.g]\nqueues = [\"q\"]\n")
+                .replace("[celery]\n", "[celery]\nenv_file = \"worker.env\"\n"),
+        );
+        assert_error(
+            &diags,
+            "celery.env_file",
+            4,
+            12,
+            "at most 1048576 are allowed",
+        );
+    }
+
+    #[test]
+    fn total_instances_and_groups_are_capped() {
+        let fx = Fx::new();
+        let mut text = with_base("");
+        for i in 0..5 {
+            text.push_str(&format!(
+                "[group.g{i}]\nqueues = [\"q{i}\"]\ninstances = 1000\n"
+            ));
+        }
+        let diags = fx.errors(&text);
+        // g4 takes the total to 5000.
+        assert_error(
+            &diags,
+            "group.g4.instances",
+            19,
+            13,
+            "4096 instances in total",
+        );
+        assert_eq!(diags.len(), 1, "{diags:#?}");
+
+        let mut text = with_base("");
+        for i in 0..=MAX_GROUPS {
+            text.push_str(&format!("[group.g{i}]\nqueues = [\"q{i}\"]\n"));
+        }
+        let diags = fx.errors(&text);
+        let key = format!("group.g{MAX_GROUPS}");
+        assert_error(
+            &diags,
+            &key,
+            5 + 2 * MAX_GROUPS,
+            8,
+            "1025 groups, at most 1024 are allowed",
+        );
+        assert_eq!(diags.len(), 1, "{diags:#?}");
+    }
+
+    #[test]
+    fn control_characters_are_rejected_without_quoting_the_value() {
+        let fx = Fx::new();
+        let diags = fx.errors(concat!(
+            "[daemon]\nadmin_group = \"whl\\u0007\"\ndevice_id = \"dev\"\n",
+            "[broker]\nurl = \"redis://h/0\\u0000\"\nkey_prefix = \"p\\u001b[2J\"\n",
+            "[celery]\napp = \"demo\\u0000x\"\nextra_args = [\"--x=\\u001b]0;pwned\\u0007\"]\n",
+            "command = [\"python3\", \"-m\\u0000\"]\n",
+            "[group.g]\nqueues = [\"q\\u0000\", \"r\\u009b\"]\n",
+            "extra_args = [\"ok\", \"--y=\\r\"]\n",
+            "env = { A = \"Hunter2\\u0000Secret\", B = \"Hunter2\\rSecret\", C = \"x\\u007f\" }\n",
+        ));
+        let want = "control character";
+        assert_error(&diags, "daemon.admin_group", 2, 15, want);
+        assert_error(&diags, "broker.url", 5, 7, want);
+        assert_error(&diags, "broker.key_prefix", 6, 14, want);
+        assert_error(&diags, "celery.app", 8, 7, want);
+        assert_error(&diags, "celery.extra_args[0]", 9, 15, want);
+        assert_error(&diags, "celery.command[1]", 10, 23, want);
+        assert_error(&diags, "group.g.queues[0]", 12, 11, want);
+        assert_error(&diags, "group.g.queues[1]", 12, 22, want);
+        assert_error(&diags, "group.g.extra_args[1]", 13, 21, want);
+        assert_error(&diags, "group.g.env.A", 14, 13, want);
+        assert_error(&diags, "group.g.env.B", 14, 40, want);
+        assert_error(&diags, "group.g.env.C", 14, 63, want);
+        let shown = diags
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for secret in ["Hunter2", "Secret", "pwned", "[2J", "demo", "whl"] {
+            assert!(!shown.contains(secret), "`{secret}` shown:\n{shown}");
+        }
+        // Tabs and newlines are fine in environment values (a PEM key).
+        let l = fx.ok(&with_base(
+            "[group.g]\nqueues = [\"q\"]\nenv = { PEM = \"a\\nb\\tc\" }\n",
+        ));
+        assert_eq!(l.config.groups[0].env["PEM"], "a\nb\tc");
+    }
+
+    #[test]
+    fn group_names_are_valid_cgroup_and_node_names() {
+        let fx = Fx::new();
+        let long = "a".repeat(65);
+        let diags = fx.errors(&with_base(&format!(
+            "[group.supervisor]\nqueues = [\"a\"]\n[group.{long}]\nqueues = [\"b\"]\n[group.-x]\nqueues = [\"c\"]\n[group._y]\nqueues = [\"d\"]\n"
+        )));
+        assert_error(&diags, "group.supervisor", 5, 8, "reserved");
+        assert_error(
+            &diags,
+            &format!("group.{long}"),
+            7,
+            8,
+            "at most 64 characters",
+        );
+        assert_error(
+            &diags,
+            "group.-x",
+            9,
+            8,
+            "must start with a letter or digit",
+        );
+        assert_error(
+            &diags,
+            "group._y",
+            11,
+            8,
+            "must start with a letter or digit",
+        );
+        assert_eq!(diags.len(), 4, "{diags:#?}");
+        let ok = "a".repeat(64);
+        fx.ok(&with_base(&format!(
+            "[group.{ok}]\nqueues = [\"a\"]\n[group.9-x_y]\nqueues = [\"b\"]\n"
+        )));
+        assert!(!is_valid_group_name("supervisor"));
+        assert!(!is_valid_group_name(&long));
+        assert!(is_valid_group_name(&ok));
+    }
+
+    #[test]
+    fn broker_url_check_agrees_with_the_broker() {
+        // The shape is fine, but the daemon's parser refuses it: --check
+        // must refuse it too.
+        let url = "rediss://:pw@h:6379/0?ssl_certfile=/etc/hostname";
+        assert!(crate::broker::check_url(url).is_err());
+        let e = check_broker_url(url).unwrap_err();
+        assert_eq!(e, "ssl_certfile and ssl_keyfile must be given together");
+        assert!(!e.contains("pw"), "{e}");
+        // A `%` before a multi-byte character is accepted by both.
+        check_broker_url("redis://h:6379/0?x=%a\u{e9}").unwrap();
     }
 
     #[test]
@@ -2880,9 +3451,29 @@ extra_args = ["--pidfile=/run/x.pid", "--logfile", "/var/log/x", "-f/tmp/x", "-n
         let pos: Vec<_> = errors.iter().map(|e| (e.line, e.column)).collect();
         assert_eq!(pos, [(2, 1), (3, 1), (4, 3), (5, 3)]);
         assert!(errors[0].message.contains("no `=`"));
-        assert!(errors[1].message.contains("invalid variable name `1BAD`"));
+        assert_eq!(
+            errors[0].key.as_deref(),
+            Some("not"),
+            "the first word is a name"
+        );
+        assert!(errors[1].message.contains("invalid variable name"));
+        assert_eq!(errors[1].key, None);
         assert!(errors[2].message.contains("unterminated single-quoted"));
-        assert!(errors[3].message.contains("unexpected text `trailing`"));
+        assert_eq!(
+            errors[2].to_string(),
+            "variable `Q`: unterminated single-quoted value"
+        );
+        assert!(
+            errors[3]
+                .message
+                .contains("unexpected text after the closing quote")
+        );
+        assert_eq!(errors[3].key.as_deref(), Some("R"));
+        for e in &errors {
+            for shown in ["1BAD", "open", "trailing", "a line"] {
+                assert!(!e.to_string().contains(shown), "{e}");
+            }
+        }
     }
 
     #[test]
@@ -2903,7 +3494,7 @@ extra_args = ["--pidfile=/run/x.pid", "--logfile", "/var/log/x", "-f/tmp/x", "-n
         );
         assert!(
             err.to_string().starts_with(&format!(
-                "{}:2:1: error: celery.env_file: expected KEY=VALUE",
+                "{}:2:1: error: celery.env_file: variable `BAD`: expected KEY=VALUE",
                 env_file.display()
             )),
             "{err}"

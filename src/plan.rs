@@ -4,7 +4,7 @@
 //! ([`diff`]) and starts each [`InstanceSpec`] exactly as written here, so
 //! `clearify-workerd --check` can print the very command lines that will run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,16 +133,25 @@ pub struct PlanDiff {
 /// Compare two plans group by group. A group is changed when anything that
 /// affects its processes differs (queues, limits, any instance spec).
 pub fn diff(old: &Plan, new: &Plan) -> PlanDiff {
+    // By name through maps: linear in the number of groups.
+    let by_name = |p: &'_ Plan| -> HashMap<String, usize> {
+        p.groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.clone(), i))
+            .collect()
+    };
+    let (old_names, new_names) = (by_name(old), by_name(new));
     let mut d = PlanDiff::default();
     for g in &new.groups {
-        match old.group(&g.name) {
+        match old_names.get(&g.name).and_then(|&i| old.groups.get(i)) {
             None => d.added.push(g.name.clone()),
             Some(o) if o == g => d.unchanged.push(g.name.clone()),
             Some(_) => d.changed.push(g.name.clone()),
         }
     }
     for g in &old.groups {
-        if new.group(&g.name).is_none() {
+        if !new_names.contains_key(&g.name) {
             d.removed.push(g.name.clone());
         }
     }
@@ -230,6 +239,18 @@ pub fn shell_quote(s: &str) -> String {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// [`shell_quote`], except that a value holding tab or newline (which an
+/// environment value may) is written as `$'…'` with `\t` and `\n`, so that
+/// every variable stays on one line of the `--check` report. Any other
+/// control character (the config refuses them) is escaped too.
+fn shell_quote_value(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        format!("$'{}'", s.escape_default())
+    } else {
+        shell_quote(s)
     }
 }
 
@@ -394,7 +415,11 @@ pub fn render_check(plan: &Plan, config: &Config) -> String {
             let _ = writeln!(out, "    env:");
             for (k, v) in &i.env {
                 let shown = display_env_value(k, v);
-                let shown = if shown == *v { shell_quote(v) } else { shown };
+                let shown = if shown == *v || shown.chars().any(char::is_control) {
+                    shell_quote_value(&shown)
+                } else {
+                    shown
+                };
                 let _ = writeln!(out, "      {k}={shown}");
             }
         }
@@ -614,6 +639,22 @@ queues = ["payments", "webhooks"]
             ),
             "{out}"
         );
+    }
+
+    #[test]
+    fn multi_line_env_values_stay_on_one_line_of_the_report() {
+        let fx = Fx::new();
+        let config = fx.config(
+            "[group.g]\nqueues = [\"q\"]\nenv = { PEM = \"a\\nsummary: fake\\tx'y\", URL = \"redis://:pw@h/0\\n\" }\n",
+        );
+        let out = render_check(&build(&config), &config);
+        assert!(
+            out.contains("      PEM=$'a\\nsummary: fake\\tx\\'y'\n"),
+            "{out}"
+        );
+        assert!(out.contains("      URL=$'redis://:***@h/0\\n'\n"), "{out}");
+        assert!(!out.contains("\nsummary: fake"), "{out}");
+        assert!(!out.contains(":pw@"), "{out}");
     }
 
     #[test]

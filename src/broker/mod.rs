@@ -320,6 +320,21 @@ fn parse_target(url: &str) -> Result<Target, ProbeError> {
     })
 }
 
+/// Whether the daemon can use `url` as its broker: the very parser the
+/// broker monitor runs, without connecting. `clearify-workerd --check` calls
+/// it (through [`crate::config::check_broker_url`]) so that the check and the
+/// daemon agree on every URL. The error is redacted.
+pub fn check_url(url: &str) -> Result<(), String> {
+    parse_target(url).map(|_| ()).map_err(|e| {
+        // The caller names the (redacted) URL itself.
+        let prefix = format!("malformed broker URL {}: ", redact_url(url));
+        match e.message.strip_prefix(&prefix) {
+            Some(why) => why.to_string(),
+            None => e.message,
+        }
+    })
+}
+
 fn strip_fragment(url: &str) -> String {
     match url.find('#') {
         Some(i) => url[..i].to_string(),
@@ -1272,19 +1287,30 @@ mod url_lite {
         }
     }
 
+    fn hex_val(b: Option<&u8>) -> Option<u8> {
+        match *b? {
+            c @ b'0'..=b'9' => Some(c - b'0'),
+            c @ b'a'..=b'f' => Some(c - b'a' + 10),
+            c @ b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+
     fn decode(s: &str) -> String {
         let bytes = s.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
         while i < bytes.len() {
             match bytes[i] {
-                b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
+                // Two hex digits, looked at as bytes: `%a` followed by a
+                // multi-byte character must not slice inside it.
+                b'%' => match (hex_val(bytes.get(i + 1)), hex_val(bytes.get(i + 2))) {
+                    (Some(hi), Some(lo)) => {
+                        out.push(hi << 4 | lo);
                         i += 3;
                         continue;
                     }
-                    Err(_) => out.push(b'%'),
+                    _ => out.push(b'%'),
                 },
                 b'+' => out.push(b' '),
                 b => out.push(b),
@@ -1407,6 +1433,23 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_percent_before_a_multibyte_character_is_kept() {
+        // Used to slice inside `é` and panic.
+        for url in [
+            "redis://h:6379/0?x=%a\u{e9}",
+            "redis://h:6379/0?x=%\u{e9}",
+            "redis://h:6379/0?x=%",
+            "redis+socket:///s.sock?virtual_host=%\u{e9}1",
+        ] {
+            let _ = parse_target(url);
+        }
+        let u = url_lite::Url::parse("redis://h/0?a=%a\u{e9}&b=%41%4&c=%zz").unwrap();
+        assert_eq!(u.query("a").as_deref(), Some("%a\u{e9}"));
+        assert_eq!(u.query("b").as_deref(), Some("A%4"));
+        assert_eq!(u.query("c").as_deref(), Some("%zz"));
     }
 
     #[test]

@@ -22,7 +22,13 @@ pub fn delay(base: Duration, max: Duration, quick_failures: u32, jitter: f64) ->
         .unwrap_or(max)
         .min(max);
     let factor = 1.0 + JITTER * jitter.clamp(-1.0, 1.0);
-    exact.mul_f64(factor)
+    // Not `mul_f64`, which panics when the product does not fit; a NaN
+    // jitter makes the factor NaN, which is refused here too.
+    Duration::try_from_secs_f64(exact.as_secs_f64() * factor).unwrap_or(if factor < 1.0 {
+        exact
+    } else {
+        Duration::MAX
+    })
 }
 
 /// After this many quick failures in a row an instance reports `crash-loop`.
@@ -61,5 +67,17 @@ mod tests {
             delay(MS, Duration::from_secs(60), u32::MAX, 0.0),
             Duration::from_secs(60)
         );
+    }
+
+    #[test]
+    fn the_largest_delays_and_jitter_do_not_overflow() {
+        // `Duration::mul_f64` panics when the product does not fit.
+        assert_eq!(delay(Duration::MAX, Duration::MAX, 1, 1.0), Duration::MAX);
+        assert_eq!(
+            delay(Duration::MAX, Duration::MAX, u32::MAX, -1.0),
+            Duration::MAX.mul_f64(0.9)
+        );
+        let y = Duration::from_secs(300_000_000_000 * 31_557_600);
+        assert_eq!(delay(y, y, 1, 1.0), y.mul_f64(1.1));
     }
 }

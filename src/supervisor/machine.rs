@@ -256,7 +256,7 @@ impl Instance {
     fn is_up(&self, now: Instant) -> bool {
         match self.phase {
             Phase::Running { since } => {
-                self.health.last_heartbeat.is_some() || now >= since + UP_AFTER
+                self.health.last_heartbeat.is_some() || now >= later(since, UP_AFTER)
             }
             _ => false,
         }
@@ -553,7 +553,7 @@ impl Machine {
             .collect();
         for i in self.instances.values_mut() {
             if let Phase::Running { since } = i.phase
-                && now >= since + UP_AFTER
+                && now >= later(since, UP_AFTER)
             {
                 i.up_seen = true;
             }
@@ -583,18 +583,18 @@ impl Machine {
                             inst.spec.timing.heartbeat_timeout,
                             inst.health.last_heartbeat,
                         ) {
-                            consider(last + t);
+                            consider(later(last, t));
                         }
                         if let (Some(t), Some(s)) =
                             (inst.spec.timing.stall_timeout, inst.health.stall_since)
                         {
-                            consider(s + t);
+                            consider(later(s, t));
                         }
                     }
                     // The moment it counts as up changes its state (and
                     // lets a rolling restart go on).
                     if inst.health.last_heartbeat.is_none() && !inst.up_seen {
-                        consider(since + UP_AFTER);
+                        consider(later(since, UP_AFTER));
                     }
                 }
                 _ => {}
@@ -969,7 +969,11 @@ impl Machine {
     fn schedule_restart(&mut self, id: &str, reason: ExitReason, quick: bool, now: Instant) {
         let jitter = (self.jitter)();
         let inst = self.instances.get_mut(id).expect("present");
-        inst.quick_failures = if quick { inst.quick_failures + 1 } else { 0 };
+        inst.quick_failures = if quick {
+            inst.quick_failures.saturating_add(1)
+        } else {
+            0
+        };
         let t = &inst.spec.timing;
         let delay = backoff::delay(
             t.restart_delay,
@@ -992,7 +996,9 @@ impl Machine {
         }
         let had_pid = !matches!(reason, ExitReason::SpawnFailed(_));
         inst.last_exit = Some(reason);
-        inst.phase = Phase::Backoff { until: now + delay };
+        inst.phase = Phase::Backoff {
+            until: later(now, delay),
+        };
         if had_pid {
             // Pool children and anything else of that run must not outlive
             // it. The new run does not wait for this.
@@ -1038,7 +1044,7 @@ impl Machine {
                 );
                 inst.phase = Phase::Stopping {
                     stage: Stage::Term,
-                    deadline: now + inst.spec.timing.stop_timeout,
+                    deadline: later(now, inst.spec.timing.stop_timeout),
                 };
                 if let Some(pid) = inst.pid {
                     self.actions.push(Action::Signal {
@@ -1067,7 +1073,7 @@ impl Machine {
                 );
                 inst.phase = Phase::Stopping {
                     stage: Stage::Quit,
-                    deadline: now + QUIT_GRACE,
+                    deadline: later(now, QUIT_GRACE),
                 };
                 if let Some(pid) = inst.pid {
                     self.actions.push(Action::Signal {
@@ -1091,7 +1097,7 @@ impl Machine {
                 }
                 inst.phase = Phase::Stopping {
                     stage: Stage::Kill,
-                    deadline: now + KILL_GRACE,
+                    deadline: later(now, KILL_GRACE),
                 };
                 self.kill_tree(id);
             }
@@ -1243,6 +1249,18 @@ fn group_backlog(plan: &Plan, backlog: &BTreeMap<String, u64>, group: &str) -> u
 /// Checks a running instance against its heartbeat and stall timeouts,
 /// starting or clearing its stall clock. Anything but a running instance is
 /// fine.
+/// `t + d`, or (when that does not fit in an `Instant`) a moment so far
+/// ahead that it never comes: durations come from the config, and a
+/// hand-made plan is not bounded by its checks.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(FAR_FUTURE))
+        .unwrap_or(t)
+}
+
+/// What [`later`] falls back to: about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
 fn health_verdict(inst: &mut Instance, group_backlog: u64, now: Instant) -> HealthVerdict {
     if !matches!(inst.phase, Phase::Running { .. }) {
         return HealthVerdict::Fine;

@@ -641,6 +641,7 @@ async fn routine_idle_events_leave_the_revision_alone() {
     let r2 = m.revision();
     advance(2 * S).await;
     m.heartbeat("text-1@dev", 0, 0, Instant::now());
+    m.heartbeat("text-2@dev", 0, 0, Instant::now());
     m.backlog(BTreeMap::from([("q".to_string(), 0)]), Instant::now());
     m.broker_health(true, Instant::now());
     assert_eq!(m.revision(), r2);
@@ -677,4 +678,53 @@ async fn heartbeats_of_the_same_id_on_another_device_are_not_ours() {
     m.heartbeat("text-1@dev", 3, 9, Instant::now());
     let v = view(&m, "text-1");
     assert_eq!((v.active, v.processed), (Some(3), Some(9)));
+}
+
+fn with_timing(mut g: GroupPlan, t: Timing) -> GroupPlan {
+    for i in &mut g.instances {
+        Arc::make_mut(i).timing = t.clone();
+    }
+    g
+}
+
+/// Durations far beyond the config's bounds (a plan built by hand) must
+/// not overflow an `Instant`: `now + 300000000000y` used to abort the
+/// daemon at the first worker exit (issue 12 §4).
+#[tokio::test(start_paused = true)]
+async fn huge_durations_never_overflow_the_clock() {
+    let huge = Duration::MAX;
+    let t = Timing {
+        stop_timeout: huge,
+        restart_delay: huge,
+        restart_delay_max: huge,
+        stable_after: huge,
+        heartbeat_timeout: Some(huge),
+        stall_timeout: Some(huge),
+    };
+    let mut m = Machine::new(
+        plan(vec![with_timing(group("text", &["q"], 2, 1), t)]),
+        true,
+        Box::new(|| 1.0),
+    );
+    let pids = boot_all(&mut m);
+    m.heartbeat("text-1@dev", 0, 0, Instant::now());
+    m.heartbeat("text-2@dev", 0, 0, Instant::now());
+    m.backlog(BTreeMap::from([("q".to_string(), 5)]), Instant::now());
+    tick(&mut m);
+    assert!(m.next_deadline().is_some());
+    let t0 = Instant::now();
+    m.exited(pids["text-1"], ExitReason::Code(1), t0);
+    assert_eq!(state(&m, "text-1"), "backoff");
+    let deadline = m.next_deadline().expect("a restart is scheduled");
+    assert!(
+        deadline - t0 > Duration::from_secs(365 * 86_400),
+        "far away"
+    );
+    m.stop(&["text-2".into()], Instant::now()).unwrap();
+    assert_eq!(signals(&m.take_actions()).len(), 1, "SIGTERM sent");
+    advance(Duration::from_secs(3600)).await;
+    tick(&mut m);
+    assert_eq!(state(&m, "text-1"), "backoff", "still waiting");
+    m.shutdown(Instant::now());
+    tick(&mut m);
 }
