@@ -1246,9 +1246,6 @@ fn group_backlog(plan: &Plan, backlog: &BTreeMap<String, u64>, group: &str) -> u
         .map_or(0, |g| g.queues.iter().filter_map(|q| backlog.get(q)).sum())
 }
 
-/// Checks a running instance against its heartbeat and stall timeouts,
-/// starting or clearing its stall clock. Anything but a running instance is
-/// fine.
 /// `t + d`, or (when that does not fit in an `Instant`) a moment so far
 /// ahead that it never comes: durations come from the config, and a
 /// hand-made plan is not bounded by its checks.
@@ -1261,6 +1258,9 @@ fn later(t: Instant, d: Duration) -> Instant {
 /// What [`later`] falls back to: about 30 years.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
+/// Checks a running instance against its heartbeat and stall timeouts,
+/// starting or clearing its stall clock. Anything but a running instance is
+/// fine.
 fn health_verdict(inst: &mut Instance, group_backlog: u64, now: Instant) -> HealthVerdict {
     if !matches!(inst.phase, Phase::Running { .. }) {
         return HealthVerdict::Fine;

@@ -641,7 +641,6 @@ async fn routine_idle_events_leave_the_revision_alone() {
     let r2 = m.revision();
     advance(2 * S).await;
     m.heartbeat("text-1@dev", 0, 0, Instant::now());
-    m.heartbeat("text-2@dev", 0, 0, Instant::now());
     m.backlog(BTreeMap::from([("q".to_string(), 0)]), Instant::now());
     m.broker_health(true, Instant::now());
     assert_eq!(m.revision(), r2);
