@@ -40,7 +40,7 @@
 //! | `command` | string or list of strings | `celery` | the celery executable: a bare name is looked up in `PATH`, a path must exist and be executable. A list such as `["python3", "-m", "celery"]` gives the executable and the arguments that precede `-A` |
 //! | `workdir` | path | `/` | working directory of the workers; must be a directory |
 //! | `env_file` | path | none | `KEY=VALUE` lines passed to the workers (see below) |
-//! | `user` | string | none | user the workers run as when the daemon runs as root; never `root` |
+//! | `user` | string | none | user the workers run as (the package sets `clearify-worker`); when it is not the daemon's own user, the daemon needs root or CAP_SETUID, CAP_SETGID and CAP_KILL; never `root`; required when the daemon runs as root |
 //! | `loglevel` | `debug`, `info`, `warning`, `error`, `critical`, `fatal` | `info` | `--loglevel=` |
 //! | `extra_args` | list of strings | `[]` | appended to every worker's command line, before the group's |
 //!
