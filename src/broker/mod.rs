@@ -320,6 +320,12 @@ fn parse_target(url: &str) -> Result<Target, ProbeError> {
     })
 }
 
+/// [`parse_target`] without its result, for the fuzz targets (fuzz/).
+#[doc(hidden)]
+pub fn check_target(url: &str) -> Result<(), ProbeError> {
+    parse_target(url).map(|_| ())
+}
+
 fn strip_fragment(url: &str) -> String {
     match url.find('#') {
         Some(i) => url[..i].to_string(),
@@ -703,7 +709,9 @@ pub fn decode_heartbeat(payload: &[u8]) -> Option<Heartbeat> {
 }
 
 /// Standard base64 (with or without padding; whitespace ignored).
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+/// Public for the fuzz targets (fuzz/) only.
+#[doc(hidden)]
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     fn val(c: u8) -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
