@@ -92,13 +92,13 @@ run_afl() {
     # CI machines; AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES: core_pattern may
     # pipe to systemd-coredump; AFL_IGNORE_SEED_PROBLEMS: a seed that crashes
     # is reported by the replay above, the others are still fuzzed.
-    AFL_NO_UI=1 AFL_QUIET=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 \
+    # (AFL++ takes most AFL_* variables as set whatever their value: do not
+    # add any with =0.)
+    AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_FAST_CAL=1 \
     AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_IGNORE_SEED_PROBLEMS=1 \
-    AFL_FAST_CAL=1 AFL_NO_STARTUP_CALIBRATION=1 AFL_SKIP_BIN_CHECK=0 \
-    AFL_AUTORESUME=0 AFL_TRY_AFFINITY=0 \
         timeout --kill-after=30 $((FUZZ_SECONDS + 120)) \
         cargo afl fuzz -i "fuzz/corpus/$t" -o "$out" -V "$FUZZ_SECONDS" \
-            -t 2000 -m 2048 -- "$bin/$t" >"$out/afl.log" 2>&1 </dev/null
+            -x "fuzz/dict/$t.dict" -t 2000 -m 2048 -- "$bin/$t" >"$out/afl.log" 2>&1 </dev/null
 }
 
 stat_of() { awk -F' *: *' -v k="$2" '$1 == k {print $2}' "$1" 2>/dev/null; }
@@ -128,15 +128,26 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
             continue
         fi
         say "$t: $(stat_of "$stats" execs_done) execs in $(stat_of "$stats" run_time) s, $(stat_of "$stats" execs_per_sec) execs/s, corpus $(stat_of "$stats" corpus_count), edges $(stat_of "$stats" edges_found)/$(stat_of "$stats" total_edges), crashes $(stat_of "$stats" saved_crashes), hangs $(stat_of "$stats" saved_hangs)"
+        # Every finding, replayed for its panic message; the first input of
+        # each distinct panic location is shown in full.
+        declare -A seen=()
         for kind in crashes hangs; do
+            n=0
             for f in "$out"/default/"$kind"/id:*; do
                 [ -e "$f" ] || continue
-                fail "$t" "AFL++ found $kind"
-                echo "FOUND $t $kind: $f"
-                echo "  input (hex): $(head -c 512 "$f" | xxd -p | tr -d '\n')"
-                FUZZ_REPLAY_TIMEOUT=5 "$bin/replay" "$t" "$f" | sed -n 's/^  |/  |/p' | head -n 12 || true
+                n=$((n + 1))
+                report=$(FUZZ_REPLAY_TIMEOUT=5 "$bin/replay" "$t" "$f" | tr -d '\0' || true)
+                where=$(printf '%s\n' "$report" | grep -m1 -o 'panicked at [^ ]*' || echo "$kind (no panic message)")
+                if [ -z "${seen[$where]:-}" ]; then
+                    seen[$where]=1
+                    echo "FOUND $t $kind: $f"
+                    echo "  input (hex): $(head -c 512 "$f" | xxd -p | tr -d '\n')"
+                    printf '%s\n' "$report" | grep -A2 'panicked at\|hang:' | head -n 6 | sed 's/^/  /'
+                fi
             done
+            [ $n -eq 0 ] || fail "$t" "AFL++ found $n $kind ($out/default/$kind)"
         done
+        unset seen
     done
 fi
 

@@ -6,7 +6,7 @@
 //! in `afl::fuzz!`; `src/bin/replay.rs` runs them over files without AFL.
 //! docs/fuzzing.md says how they are run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,8 +29,11 @@ fn debug() -> bool {
     *DEBUG.get_or_init(|| std::env::var_os("FUZZ_DEBUG").is_some())
 }
 
+/// A fuzz target: takes one input, panics on a bug.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the names of the binaries and corpus folders).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("env_file", env_file),
     ("broker_url", broker_url),
@@ -509,9 +512,4 @@ pub fn heartbeat(data: &[u8]) {
         assert_eq!(hb.hostname, host);
         assert_eq!(hb.active, 1);
     }
-}
-
-/// Sorted names of the targets.
-pub fn target_names() -> BTreeMap<&'static str, fn(&[u8])> {
-    TARGETS.iter().copied().collect()
 }
