@@ -16,7 +16,7 @@ use clearify_workerd::broker;
 use clearify_workerd::config::{self, Environment};
 use clearify_workerd::control::protocol::{
     Envelope, EnvelopeVersion, FrameError, MAX_FRAME, Request, Response, encode_frame,
-    read_frame_blocking,
+    read_frame_blocking, read_frame_bytes,
 };
 use clearify_workerd::journal::{self, Grouper, Line, LineFramer, LogStore, Record};
 use clearify_workerd::plan;
@@ -269,13 +269,22 @@ pub fn control(data: &[u8]) {
     if let Ok(resp) = serde_json::from_slice::<Response>(data) {
         round_trip_response(&resp);
     }
+    // The server's own reader (async), over the same bytes: the frame
+    // bodies it yields are what the blocking reader decodes below.
+    let bodies = server_frames(data);
     let mut r = Cursor::new(data);
+    let mut n = 0;
     for _ in 0..64 {
         let before = r.position();
         match read_frame_blocking::<_, Envelope>(&mut r) {
-            Ok(Some(env)) => round_trip_envelope(&env),
+            Ok(Some(env)) => {
+                round_trip_envelope(&env);
+                let body = bodies.get(n).expect("the async reader saw this frame");
+                assert_eq!(serde_json::from_slice::<Envelope>(body).ok(), Some(env));
+                n += 1;
+            }
             Ok(None) => break,
-            Err(FrameError::Json(_)) => {}
+            Err(FrameError::Json(_)) => n += 1,
             Err(FrameError::TooLarge(n)) => {
                 assert!(n > MAX_FRAME);
                 // Refused on the prefix alone: nothing of the body is read.
@@ -286,6 +295,32 @@ pub fn control(data: &[u8]) {
         }
         assert!(r.position() > before, "a frame read consumed nothing");
     }
+}
+
+/// The frame bodies `protocol::read_frame_bytes` (the server's reader)
+/// yields from `data`, up to the first error or EOF.
+fn server_frames(data: &[u8]) -> Vec<Vec<u8>> {
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+    }
+    RT.with(|rt| {
+        rt.block_on(async {
+            let mut r = data;
+            let mut out = Vec::new();
+            for _ in 0..64 {
+                match read_frame_bytes(&mut r).await {
+                    Ok(Some(body)) => {
+                        assert!(body.len() <= MAX_FRAME);
+                        out.push(body);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            out
+        })
+    })
 }
 
 fn without_since(env: &Envelope) -> (Envelope, Option<f64>) {
