@@ -6,13 +6,16 @@
 #      redis-server instances on free loopback ports, real Celery),
 #   4. builds the .deb packages and checks them, and runs the library's
 #      unit tests for arm64 under qemu-user (packaging/build-deb.sh),
-#   5. runs the system tests in a Debian 12 VM (tests/system/run.sh).
-# Stages can be picked: scripts/test.sh [unit] [deb] [system]  (default: all)
+#   5. replays the fuzz corpus and fuzzes each target with AFL++ for
+#      FUZZ_SECONDS (default 60) seconds (scripts/fuzz.sh, docs/fuzzing.md),
+#   6. runs the system tests in a Debian 12 VM (tests/system/run.sh).
+# Stages can be picked: scripts/test.sh [unit] [deb] [fuzz] [system]
+# (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(unit deb system)
+[ ${#stages[@]} -gt 0 ] || stages=(unit deb fuzz system)
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 SUDO=""
@@ -37,6 +40,10 @@ if want deb; then
     packaging/build-deb.sh all
     step "arm64 unit tests under qemu-user"
     packaging/build-deb.sh test-arm64
+fi
+if want fuzz; then
+    step "fuzzing: corpus replay and AFL++ (${FUZZ_SECONDS:-60} s per target)"
+    scripts/fuzz.sh
 fi
 if want system; then
     step "system tests in a Debian 12 VM"

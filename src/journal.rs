@@ -109,7 +109,8 @@ pub struct Line {
 
 /// Splits a byte stream into lines on `\n`.
 ///
-/// A `\r` before the `\n` is removed (other `\r` bytes are kept). A line
+/// A `\r` before the `\n` is removed (other `\r` bytes are kept, one that
+/// ends the stream too). A line
 /// longer than `max` bytes is cut into chunks of `max` bytes (the last one
 /// shorter); no byte is lost. A trailing line without `\n` is returned by
 /// [`LineFramer::finish`].
@@ -144,7 +145,7 @@ impl LineFramer {
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             self.buf.extend_from_slice(&rest[..i]);
             rest = &rest[i + 1..];
-            self.end_line(&mut out);
+            self.end_line(&mut out, true);
         }
         self.buf.extend_from_slice(rest);
         self.spill(&mut out);
@@ -155,7 +156,8 @@ impl LineFramer {
     pub fn finish(&mut self) -> Vec<Line> {
         let mut out = Vec::new();
         if !self.buf.is_empty() {
-            self.end_line(&mut out);
+            // No `\n` follows: a final `\r` is output, not a terminator.
+            self.end_line(&mut out, false);
         }
         self.in_long = false;
         out
@@ -186,8 +188,10 @@ impl LineFramer {
         }
     }
 
-    fn end_line(&mut self, out: &mut Vec<Line>) {
-        if self.buf.last() == Some(&b'\r') {
+    /// Emits the buffered line; `newline`: it ended with a `\n` (so a
+    /// `\r` before it is part of the terminator).
+    fn end_line(&mut self, out: &mut Vec<Line>, newline: bool) {
+        if newline && self.buf.last() == Some(&b'\r') {
             self.buf.pop();
         }
         while self.buf.len() > self.max {
@@ -1491,6 +1495,23 @@ line warning
         assert_eq!(got, want);
     }
 
+    /// Found by the property test in tests/framing.rs: a `\r` that ends
+    /// the stream is not before a `\n`, so it is output, not a terminator.
+    #[test]
+    fn framing_keeps_a_carriage_return_at_the_end_of_the_stream() {
+        let mut f = LineFramer::new(100);
+        assert_eq!(f.feed(b"50%\r"), vec![]);
+        assert_eq!(f.finish(), vec![line("50%\r")]);
+        assert_eq!(lines(b"\r"), vec![line("\r")]);
+        // held back by a full chunk, in case a \n follows: kept at EOF too
+        let mut f = LineFramer::new(2);
+        assert_eq!(f.feed(b"ab\r"), vec![]);
+        let tail = f.finish();
+        assert_eq!(tail.concat_bytes(), b"ab\r");
+        assert_eq!(tail.len(), 2);
+        assert!(tail[1].continued);
+    }
+
     #[test]
     fn framing_a_one_megabyte_line_gives_48k_chunks_fed_in_pieces() {
         let big: Vec<u8> = (0..1024 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
@@ -1526,7 +1547,7 @@ line warning
         input.extend_from_slice(b"\n\xff\xfe\x00\n");
         let got = lines(&input);
         assert_eq!(got.len(), 2);
-        // a \r at the very end is a line terminator; here \r (13) sits mid-line
+        // only a \r right before the \n is a terminator; here \r (13) sits mid-line
         assert_eq!(got[0].bytes, garbage);
         assert_eq!(got[1].bytes, b"\xff\xfe\x00");
     }

@@ -718,7 +718,9 @@ pub fn decode_heartbeat(payload: &[u8]) -> Option<Heartbeat> {
 }
 
 /// Standard base64 (with or without padding; whitespace ignored).
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+/// Public for the fuzz targets (fuzz/) only.
+#[doc(hidden)]
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     fn val(c: u8) -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
