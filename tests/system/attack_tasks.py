@@ -144,7 +144,7 @@ def probe(daemon_pid, other_group):
 
         def ctl_stop(path=path):
             p = subprocess.run(
-                ["clearifyctl", "--socket", path, "--request-timeout", "20", "stop", other_group],
+                ["/usr/bin/clearifyctl", "--socket", path, "--request-timeout", "20", "stop", other_group],
                 capture_output=True, text=True, timeout=60)
             if p.returncode == 0:
                 return f"clearifyctl stop {other_group} via {path}: {p.stdout.strip()[:200]}"

@@ -63,6 +63,12 @@ run_before=$(ls -la --time-style=+%s /run/clearify-workerd | sed 1d)
 note "daemon pid $daemon_pid, attack-1 pid $attack_pid, billing-1 pid $billing_pid"
 note "runtime dir: $(ls /run/clearify-workerd | tr '\n' ' ')"
 
+step "ownership seen from root: nothing in the cgroup tree or /run/clearify-workerd for the worker uid"
+assert_eq "$(find "$cg" /run/clearify-workerd \( -user "$WORKER_USER" -o -group "$WORKER_USER" -o -perm -o+w \) -print | head -5)" "" \
+    "files of $WORKER_USER or world-writable in the delegated tree and the runtime dir"
+assert_eq "$(stat -c %U "$cg" "$leaf" "$leaf/memory.max" "$leaf/cgroup.procs" "$cg/supervisor/cgroup.procs" | sort -u)" "$DAEMON_USER" \
+    "owner of the unit's cgroup, the leaf, its memory.max and the cgroup.procs files"
+
 step "the hostile task"
 report=$SYSTEST_RESULTS/attack-report.json
 tasks call attack.probe attack "[$daemon_pid, \"billing\"]" --timeout 180 >"$report" \
