@@ -152,11 +152,20 @@ def probe(daemon_pid, other_group):
         r.attempt(f"clearifyctl stop {other_group} via {path}", ctl_stop)
 
     # ---- the runtime directory --------------------------------------------
+    def present(path):
+        # An entry an earlier attempt already removed or renamed cannot be
+        # refused now: that attempt did not run (ENOENT is no refusal).
+        if not os.path.lexists(path):
+            raise RuntimeError(f"{path} is gone (an earlier attempt worked)")
+        return path
     for e in entries:
         path = os.path.join(RUN_DIR, e)
-        r.attempt(f"chmod 0777 {path}", lambda path=path: (os.chmod(path, 0o777), f"chmod {path}")[1])
-        r.attempt(f"rename {path}", lambda path=path: (os.rename(path, path + ".moved"), f"renamed {path}")[1])
-        r.attempt(f"unlink {path}", lambda path=path: (os.unlink(path), f"unlinked {path}")[1])
+        r.attempt(f"chmod 0777 {path}",
+                  lambda path=path: (os.chmod(present(path), 0o777), f"chmod {path}")[1])
+        r.attempt(f"rename {path}",
+                  lambda path=path: (os.rename(present(path), path + ".moved"), f"renamed {path}")[1])
+        r.attempt(f"unlink {path}",
+                  lambda path=path: (os.unlink(present(path)), f"unlinked {path}")[1])
 
     def plant_socket():
         path = os.path.join(RUN_DIR, "control.sock.evil")
