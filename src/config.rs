@@ -17,7 +17,7 @@
 //! |---|---|---|---|
 //! | `socket` | path | `/run/clearify-workerd/control.sock` | control socket (≤ 107 bytes) |
 //! | `device_id` | string `[A-Za-z0-9._-]+` | hostname + `-` + first 6 hex digits of `/etc/machine-id` | this machine's unique name on the shared broker; part of every node name |
-//! | `admin_group` | string | `clearify` | Unix group allowed to send write commands on the socket |
+//! | `admin_group` | string | `clearify-admin` | Unix group whose members may start, stop, restart and reload (besides root and the daemon's user), through the admin socket `admin.sock` next to `socket` (mode 0660, this group). The default group may be missing (then only root and the daemon's user may); a group named here must exist, else the daemon does not start |
 //! | `require_limits` | bool | `false` | refuse to start when cgroup v2 limits cannot be applied |
 //!
 //! ## `[broker]` (required when at least one group exists)
@@ -115,8 +115,10 @@ pub const DEFAULT_SOCKET: &str = "/run/clearify-workerd/control.sock";
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Where the default `device_id` takes its machine part from.
 pub const DEFAULT_MACHINE_ID_PATH: &str = "/etc/machine-id";
-/// Default `[daemon].admin_group`.
-pub const DEFAULT_ADMIN_GROUP: &str = "clearify";
+/// Default `[daemon].admin_group`: a group of its own, created by the
+/// package, so that admins need not be readers (`clearify`) and readers are
+/// not admins.
+pub const DEFAULT_ADMIN_GROUP: &str = "clearify-admin";
 /// Default `[broker].priority_steps`.
 pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 /// Longest path a Unix socket address can hold (sun_path minus the NUL).
@@ -2328,7 +2330,7 @@ mod tests {
         assert_eq!(c.path, fx.path());
         assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.daemon.device_id, "pi-0123ab");
-        assert_eq!(c.daemon.admin_group, "clearify");
+        assert_eq!(c.daemon.admin_group, "clearify-admin");
         assert!(!c.daemon.require_limits);
         let b = c.broker.unwrap();
         assert_eq!(b.url, "redis://:secret@127.0.0.1:6379/0");

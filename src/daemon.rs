@@ -101,28 +101,65 @@ pub async fn run(opts: Options) -> i32 {
         return 1;
     }
 
-    // 6. Control socket.
+    // 6. Control sockets: the reader socket (the daemon's group) and, when
+    // the admin group exists, the admin socket next to it (that group).
     let socket = config.daemon.socket.clone();
-    let listener = match server::bind(&socket, None) {
-        Ok(l) => l,
+    let admin_group = config.daemon.admin_group.clone();
+    let auth = match Authorizer::for_current_process(Some(&admin_group)) {
+        Ok(a) => a,
+        Err(
+            e @ (server::ControlError::UnknownGroup { .. }
+            | server::ControlError::GroupLookup { .. }),
+        ) if admin_group == config::DEFAULT_ADMIN_GROUP => {
+            // The built-in default on a machine without that group (not
+            // installed from the package): root and the daemon's own user
+            // can still act. Fewer admins, never more.
+            warn!(
+                "{e}: {} has no group {admin_group:?}, so only root and the daemon's user may start, stop, restart or reload (create it with `groupadd --system {admin_group}` and restart the daemon to let its members)",
+                config.path.display()
+            );
+            Authorizer::new(nix::unistd::geteuid(), None)
+        }
+        Err(e) => {
+            error!(
+                "{}: [daemon].admin_group = {admin_group:?}: {e}; not starting",
+                config.path.display()
+            );
+            return 1;
+        }
+    };
+    let mut listeners = Vec::new();
+    match server::bind(&socket, None) {
+        Ok(l) => listeners.push(l),
         Err(e) => {
             error!("{e}");
             return 1;
         }
-    };
-    let auth = match Authorizer::for_current_process(Some(&config.daemon.admin_group)) {
-        Ok(a) => a,
-        Err(e) => {
-            // Not fatal: root and the daemon's own user can still act.
-            warn!("{e}; only root and the daemon's user may start, stop, restart or reload");
-            Authorizer::new(nix::unistd::geteuid(), None)
+    }
+    let admin_socket = server::admin_socket_path(&socket);
+    if let Some(gid) = auth.admin_gid {
+        match server::bind(&admin_socket, Some(gid)) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                error!("admin socket ([daemon].admin_group = {admin_group:?}): {e}");
+                // The reader socket was just bound by us: leave no file.
+                drop(listeners);
+                let _ = std::fs::remove_file(&socket);
+                return 1;
+            }
         }
-    };
+    }
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server_task = tokio::spawn(server::serve(listener, auth, ctl_tx, async {
-        let _ = server_stopped.await;
-    }));
+    let server_task = tokio::spawn(server::serve_sockets(
+        listeners,
+        auth,
+        ctl_tx,
+        async {
+            let _ = server_stopped.await;
+        },
+        server::ServeOptions::default(),
+    ));
     {
         let tx = tx.clone();
         tokio::spawn(async move {

@@ -2,6 +2,10 @@
 //! with a fake supervisor behind it (tests/control_support).
 
 mod control_support;
+#[path = "support/daemon.rs"]
+mod daemon_support;
+#[path = "support/redis.rs"]
+mod redis_support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -500,7 +504,7 @@ fn version_shows_both_and_warns_on_mismatch() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
         r.stdout,
-        format!("clearifyctl {v} (protocol 1)\nclearify-workerd {v} (protocol 1)\n")
+        format!("clearifyctl {v} (protocol 2)\nclearify-workerd {v} (protocol 2)\n")
     );
     assert!(r.stderr.is_empty(), "{r:?}");
     *env.fake.state.daemon_version.lock().unwrap() = "0.0.9".into();
@@ -637,6 +641,97 @@ fn usage_errors_exit_2_and_help_teaches() {
     );
 }
 
+#[test]
+fn out_of_range_seconds_are_usage_errors_not_panics() {
+    let env = Env::start();
+    for (opt, value) in [
+        ("--request-timeout", "1e300"),
+        ("--request-timeout", "NaN"),
+        ("--request-timeout", "inf"),
+        ("--request-timeout", "-inf"),
+        ("--request-timeout", "-1"),
+        ("--request-timeout", "0"),
+        ("--request-timeout", "86401"),
+    ] {
+        let r = env.run(&[&format!("{opt}={value}"), "version"]);
+        assert_eq!(r.code, 2, "{opt} {value}: {r:?}");
+        assert!(
+            r.stderr.contains("--request-timeout") && r.stderr.contains("seconds"),
+            "{opt} {value}: {r:?}"
+        );
+        assert!(!r.stderr.contains("panicked"), "{r:?}");
+    }
+    for args in [
+        &["stop", "--timeout", "1e300", "text"][..],
+        &["restart", "--timeout", "1e300", "text"],
+        &["status", "--watch", "1e300"],
+    ] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{r:?}");
+    }
+    assert!(env.fake.seen().is_empty(), "{:?}", env.fake.seen());
+    // A day is still fine.
+    assert_eq!(env.run(&["--request-timeout", "86400", "version"]).code, 0);
+}
+
+/// What a hostile worker or peer may put in a text: CSI (clear screen),
+/// OSC (set title, write the clipboard), BEL, CR, a C1 CSI, backspace.
+const HOSTILE: &str = "\x1b[2J\x1b]0;pwned\x07\x1b]52;c;cHduZWQ=\x1b\\\rFAKE\u{9b}31m\x08";
+
+fn assert_no_control(what: &str, out: &str) {
+    assert!(
+        !out.chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'),
+        "{what} let a control character through: {out:?}"
+    );
+}
+
+#[test]
+fn worker_and_daemon_text_is_escaped_for_the_terminal_and_raw_keeps_it() {
+    let env = Env::start();
+    env.fake.state.push_log("text-1", HOSTILE);
+    env.fake.state.set("text-2", |i| {
+        i.last_exit = Some(format!("exit 1 {HOSTILE}"));
+        i.state = "crash-loop".into();
+    });
+
+    let r = env.run(&["logs", "-n", "1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_no_control("logs", &r.stdout);
+    assert!(
+        r.stdout.contains("\\x1b[2J\\x1b]0;pwned\\x07") && r.stdout.contains("\\x0dFAKE"),
+        "{r:?}"
+    );
+
+    // --raw: the bytes as the worker wrote them, for pipes.
+    let r = env.run(&["logs", "-n", "1", "--raw"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.trim_end().ends_with(HOSTILE), "{r:?}");
+
+    let r = env.run(&["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_no_control("status", &r.stdout);
+    assert!(r.stdout.contains("exit 1 \\x1b[2J"), "{r:?}");
+
+    // --json stays the exact text, JSON-escaped.
+    let r = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let last = v["groups"][0]["instances"][1]["last_exit"]
+        .as_str()
+        .unwrap();
+    assert_eq!(last, format!("exit 1 {HOSTILE}"));
+
+    // An error message from the daemon that quotes a hostile target.
+    let r = env.run(&["status", &format!("no{HOSTILE}")]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_no_control("an error message", &r.stderr);
+
+    // A restart that waits and meets the crash loop quotes last_exit.
+    let r = env.run(&["restart", "text-2", "--timeout", "5"]);
+    assert_no_control("restart", &format!("{}{}", r.stdout, r.stderr));
+}
+
 // ---------------------------------------------------------------------------
 // Permissions, as real non-root users.
 
@@ -645,6 +740,8 @@ const ADMIN_GROUP: &str = "clearify-test-adm";
 const USER: &str = "clearify-test-user";
 const ADMIN: &str = "clearify-test-admin";
 const OUTSIDER: &str = "clearify-test-outsider";
+/// In the admin group only, not in the socket's group.
+const ADMIN_ONLY: &str = "clearify-test-admonly";
 
 fn sh(cmd: &str, args: &[&str]) -> std::process::ExitStatus {
     Command::new(cmd)
@@ -690,6 +787,7 @@ struct Users {
     user: (Uid, Gid),
     admin: (Uid, Gid),
     outsider: (Uid, Gid),
+    admin_only: (Uid, Gid),
 }
 
 fn users() -> &'static Users {
@@ -707,6 +805,7 @@ fn users() -> &'static Users {
             user: ensure_user(USER, &[SOCK_GROUP]),
             admin: ensure_user(ADMIN, &[SOCK_GROUP, ADMIN_GROUP]),
             outsider: ensure_user(OUTSIDER, &[]),
+            admin_only: ensure_user(ADMIN_ONLY, &[ADMIN_GROUP]),
         }
     })
 }
@@ -754,6 +853,11 @@ fn run_with_groups(env: &Env, bin: &Path, who: (Uid, Gid), groups: &[Gid], args:
 /// clearifyctl run through setpriv as `who`, with `groups_arg` choosing
 /// the supplementary groups.
 fn setpriv_ctl(env: &Env, bin: &Path, who: (Uid, Gid), groups_arg: String, args: &[&str]) -> Run {
+    setpriv_at(env.sock(), bin, who, groups_arg, args)
+}
+
+/// [`setpriv_ctl`] against the socket `sock`.
+fn setpriv_at(sock: &Path, bin: &Path, who: (Uid, Gid), groups_arg: String, args: &[&str]) -> Run {
     let out = Command::new("setpriv")
         .arg(format!("--reuid={}", who.0))
         .arg(format!("--regid={}", who.1))
@@ -761,7 +865,7 @@ fn setpriv_ctl(env: &Env, bin: &Path, who: (Uid, Gid), groups_arg: String, args:
         .arg("--")
         .arg(bin)
         .arg("--socket")
-        .arg(env.sock())
+        .arg(sock)
         .args(args)
         .env_remove("CLEARIFY_SOCKET")
         .output()
@@ -866,5 +970,268 @@ fn changing_requests_need_root_the_daemon_user_or_the_admin_group() {
         r.stderr.contains("permission denied")
             && r.stderr.contains(&env.sock().display().to_string()),
         "{r:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The three tiers and a flood, against the real daemon.
+
+/// The real daemon (as root here, so its socket group is gid 0) with
+/// `admin_group = ADMIN_GROUP` and one group `text` of one instance, and a
+/// copy of clearifyctl any user may run.
+fn tiered_daemon(redis: &redis_support::RedisServer) -> (daemon_support::Daemon, PathBuf) {
+    users();
+    let config = daemon_support::fake_config(
+        &redis.url(),
+        "[group.text]\nqueues = [\"text\"]\ninstances = 1\n",
+    )
+    .replace(
+        "device_id = \"testdev\"",
+        &format!("device_id = \"testdev\"\nadmin_group = \"{ADMIN_GROUP}\""),
+    );
+    let mut d = daemon_support::Daemon::new(&config);
+    let bin = d.path("clearifyctl");
+    let st = sh("install", &["-m", "0755", BIN, bin.to_str().unwrap()]);
+    assert!(st.success(), "install {BIN}: {st}");
+    d.start();
+    d.running_pid("text-1");
+    (d, bin)
+}
+
+#[test]
+fn three_tiers_readers_admins_and_nobody_else() {
+    use std::os::unix::fs::MetadataExt;
+    let u = users();
+    let redis = redis_support::RedisServer::start();
+    let (d, bin) = tiered_daemon(&redis);
+    let sock = d.socket();
+    let admin_sock = sock.with_file_name("admin.sock");
+
+    // Both sockets 0660: the reader one with the daemon's group, the admin
+    // one with the admin group.
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o660);
+    assert_eq!(meta.gid(), Gid::effective().as_raw());
+    let meta = std::fs::metadata(&admin_sock)
+        .unwrap_or_else(|e| panic!("no admin socket {}: {e}\n{}", admin_sock.display(), d.log()));
+    assert_eq!(meta.mode() & 0o7777, 0o660);
+    assert_eq!(meta.gid(), u.admin_gid.as_raw());
+
+    // A reader (in the socket's group, here gid 0) reads ...
+    let reader = |args: &[&str]| {
+        setpriv_at(
+            &sock,
+            &bin,
+            u.user,
+            format!("--groups={}", Gid::effective()),
+            args,
+        )
+    };
+    let r = reader(&["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("text-1"), "{r:?}");
+    // ... but may not stop, and is told which group and how.
+    let r = reader(&["stop", "text"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains(ADMIN_GROUP)
+            && r.stderr.contains(&format!("adduser USER {ADMIN_GROUP}"))
+            && r.stderr.contains("log in again"),
+        "{r:?}"
+    );
+    assert_eq!(d.instance("text-1")["state"], "running");
+
+    // A user in the admin group only (not in the socket's group) reads and
+    // stops a group, through admin.sock, with the same --socket.
+    let r = setpriv_at(
+        &sock,
+        &bin,
+        u.admin_only,
+        "--init-groups".into(),
+        &["status"],
+    );
+    assert_eq!(r.code, 0, "{r:?}\n{}", d.log());
+    let r = setpriv_at(
+        &sock,
+        &bin,
+        u.admin_only,
+        "--init-groups".into(),
+        &["stop", "text"],
+    );
+    assert_eq!(r.code, 0, "{r:?}\n{}", d.log());
+    assert_eq!(d.instance("text-1")["state"], "stopped");
+    let r = setpriv_at(
+        &sock,
+        &bin,
+        u.admin_only,
+        "--init-groups".into(),
+        &["start", "text"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+
+    // Everyone else cannot open either socket, and is told about both.
+    let r = setpriv_at(&sock, &bin, u.outsider, "--init-groups".into(), &["status"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("permission denied"), "{r:?}");
+    let r = setpriv_at(
+        &sock,
+        &bin,
+        u.outsider,
+        "--init-groups".into(),
+        &["stop", "text"],
+    );
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("admin.sock") && r.stderr.contains(ADMIN_GROUP),
+        "{r:?}"
+    );
+    assert_ne!(d.instance("text-1")["state"], "stopped");
+}
+
+/// Runs `f` on a new thread that has become `uid`/`gid` with `groups`: raw
+/// system calls, which change that thread's credentials only. Sockets it
+/// connects keep those credentials.
+fn as_user<T: Send + 'static>(
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on valid buffers; this thread only.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        f()
+    })
+}
+
+#[test]
+fn a_readers_connection_flood_locks_out_neither_root_nor_an_admin() {
+    use clearify_workerd::control::protocol::{Envelope, Response, encode_frame};
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let u = users();
+    let redis = redis_support::RedisServer::start();
+    let (d, bin) = tiered_daemon(&redis);
+    let sock = d.socket();
+
+    // A reader keeps 64 connections open, each sending `version` every
+    // second (the flood used 4 s), and reconnects any it loses.
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let busy = Arc::new(Mutex::new(Vec::<String>::new()));
+    let flood = {
+        let (stop, held, busy, sock) = (stop.clone(), held.clone(), busy.clone(), sock.clone());
+        let frame = encode_frame(&Envelope::new(Request::Version)).unwrap();
+        as_user(
+            u.user.0.as_raw(),
+            u.user.1.as_raw(),
+            vec![Gid::effective().as_raw()],
+            move || {
+                let mut conns: Vec<Option<std::os::unix::net::UnixStream>> =
+                    (0..64).map(|_| None).collect();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut alive = 0;
+                    for c in conns.iter_mut() {
+                        if c.is_none() {
+                            *c = std::os::unix::net::UnixStream::connect(&sock).ok();
+                        }
+                        let Some(s) = c else { continue };
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let _ = (&*s).write_all(&frame);
+                        match clearify_workerd::control::protocol::read_frame_blocking::<_, Response>(
+                            &mut &*s,
+                        ) {
+                            Ok(Some(Response::Version { .. })) => alive += 1,
+                            Ok(Some(Response::Error { message, .. })) => {
+                                busy.lock().unwrap().push(message);
+                                *c = None;
+                            }
+                            _ => *c = None,
+                        }
+                    }
+                    held.store(alive, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            },
+        )
+    };
+    // Let the flood take whatever it can.
+    std::thread::sleep(Duration::from_millis(2500));
+    let flooded = held.load(Ordering::Relaxed);
+
+    let timed = |who: &str, run: &dyn Fn() -> Run| {
+        let t = Instant::now();
+        let r = run();
+        let took = t.elapsed();
+        assert_eq!(r.code, 0, "{who}: {r:?}\n{}", d.log());
+        assert!(took < Duration::from_secs(1), "{who} took {took:?}");
+    };
+    // Root stops and starts the group within a second each.
+    timed("root stop", &|| {
+        Run::from(
+            Command::new(&bin)
+                .args(["--socket", sock.to_str().unwrap(), "stop", "text"])
+                .output()
+                .unwrap(),
+        )
+    });
+    timed("root start", &|| {
+        Run::from(
+            Command::new(&bin)
+                .args(["--socket", sock.to_str().unwrap(), "start", "text"])
+                .output()
+                .unwrap(),
+        )
+    });
+    d.running_pid("text-1");
+    // So does an admin (here one in the admin group only).
+    timed("admin stop", &|| {
+        setpriv_at(
+            &sock,
+            &bin,
+            u.admin_only,
+            "--init-groups".into(),
+            &["stop", "text"],
+        )
+    });
+    timed("admin start", &|| {
+        setpriv_at(
+            &sock,
+            &bin,
+            u.admin_only,
+            "--init-groups".into(),
+            &["start", "text"],
+        )
+    });
+    // The flooding reader's own clearifyctl is refused, and told why.
+    let r = setpriv_at(
+        &sock,
+        &bin,
+        u.user,
+        format!("--groups={}", Gid::effective()),
+        &["--request-timeout", "1", "status"],
+    );
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("too many connections from uid {}", u.user.0)),
+        "{r:?}"
+    );
+    // The flood held at most the per-user cap, and was told why.
+    assert!(flooded <= 8, "the flood held {flooded} connections");
+    let busy = busy.lock().unwrap();
+    assert!(
+        busy.iter()
+            .any(|m| m.contains("too many connections from uid")),
+        "{busy:?}"
     );
 }

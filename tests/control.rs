@@ -2,6 +2,10 @@
 //! fake supervisor answering behind it (tests/control_support).
 
 mod control_support;
+#[path = "support/daemon.rs"]
+mod daemon_support;
+#[path = "support/redis.rs"]
+mod redis_support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -9,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use clearify_workerd::control::client::{self, ClientError, Connection};
 use clearify_workerd::control::protocol::{
-    Envelope, ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, encode_frame, read_frame,
+    Envelope, ErrorKind, MAX_FRAME, MAX_REQUEST, MAX_TARGET_LEN, MAX_TARGETS, PROTOCOL_VERSION,
+    Request, Response, encode_frame, read_frame,
 };
 use clearify_workerd::control::server::{
-    self, ControlError, IDLE_TIMEOUT, MAX_CLIENTS, ServeOptions,
+    self, ADMIN_RESERVE, ControlError, IDLE_TIMEOUT, MAX_CLIENTS, ServeOptions,
 };
 use control_support::{Fake, canned_status, root_only};
 use tokio::io::AsyncWriteExt;
@@ -206,9 +211,9 @@ async fn garbage_and_oversized_frames_are_refused_and_others_keep_being_served()
 
     // JSON, but no such request.
     let mut s = UnixStream::connect(&sock).await.unwrap();
-    let body = br#"{"version":1,"request":{"type":"format_disk"}}"#;
+    let body = format!(r#"{{"version":{PROTOCOL_VERSION},"request":{{"type":"format_disk"}}}}"#);
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(body);
+    frame.extend_from_slice(body.as_bytes());
     send_raw(&mut s, &frame).await;
     expect_error(read_response(&mut s).await, ErrorKind::BadRequest);
     assert!(read_response(&mut s).await.is_none());
@@ -227,6 +232,33 @@ async fn garbage_and_oversized_frames_are_refused_and_others_keep_being_served()
     big.resize(4 + MAX_FRAME + 1, b' ');
     send_raw(&mut s, &big).await;
     expect_error(read_response(&mut s).await, ErrorKind::BadRequest);
+
+    // A request over 64 KiB: refused on its length prefix.
+    let mut s = UnixStream::connect(&sock).await.unwrap();
+    send_raw(&mut s, &((MAX_REQUEST + 1) as u32).to_be_bytes()).await;
+    let m = expect_error(read_response(&mut s).await, ErrorKind::BadRequest);
+    assert!(m.contains("exceeds the limit of 65536 bytes"), "{m}");
+
+    // 257 targets, or a target name over 128 bytes: refused while parsing.
+    for targets in [
+        (0..=MAX_TARGETS).map(|n| n.to_string()).collect::<Vec<_>>(),
+        vec!["x".repeat(MAX_TARGET_LEN + 1)],
+    ] {
+        let mut s = UnixStream::connect(&sock).await.unwrap();
+        let frame = encode_frame(&Envelope::new(Request::Stop { targets })).unwrap();
+        send_raw(&mut s, &frame).await;
+        let m = expect_error(read_response(&mut s).await, ErrorKind::BadRequest);
+        assert!(m.contains("at most"), "{m}");
+    }
+    // 256 are fine (and unknown here).
+    let targets: Vec<String> = (0..MAX_TARGETS).map(|n| n.to_string()).collect();
+    match ask(&sock, Request::Status { targets }).await {
+        Response::Error {
+            kind: ErrorKind::UnknownTarget,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
 
     // A frame cut short by the client closing its side: answered, closed.
     let mut s = UnixStream::connect(&sock).await.unwrap();
@@ -247,8 +279,9 @@ async fn garbage_and_oversized_frames_are_refused_and_others_keep_being_served()
         "{m}"
     );
 
-    // None of that reached the supervisor; the good client is still served.
-    assert!(fake.seen().is_empty());
+    // None of that reached the supervisor (but the 256 targets); the good
+    // client is still served.
+    assert_eq!(fake.seen().len(), 1);
     send_raw(
         &mut good,
         &encode_frame(&Envelope::new(Request::Version)).unwrap(),
@@ -333,15 +366,17 @@ async fn the_default_idle_timeout_is_five_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_most_64_clients_are_served_at_once() {
+async fn at_most_64_clients_and_8_more_admins_are_served_at_once() {
     assert_eq!(MAX_CLIENTS, 64);
+    assert_eq!(ADMIN_RESERVE, 8);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("ctl.sock");
     let fake = Fake::start(&sock, root_only(), None, opts(20_000));
 
-    // 64 clients, each answered once (so each holds a slot), then idle.
+    // 64 clients, each answered once (so each holds a slot), then idle;
+    // this test runs as root, an admin, so 8 more get the held-back slots.
     let mut held = Vec::new();
-    for _ in 0..MAX_CLIENTS {
+    for _ in 0..MAX_CLIENTS + ADMIN_RESERVE {
         let mut s = UnixStream::connect(&sock).await.unwrap();
         send_raw(
             &mut s,
@@ -354,7 +389,7 @@ async fn at_most_64_clients_are_served_at_once() {
         ));
         held.push(s);
     }
-    // The 65th is told the daemon is busy, and closed.
+    // The 73rd is told the daemon is busy, and closed.
     let m = match ask(&sock, Request::Version).await {
         Response::Error {
             kind: ErrorKind::Busy,
@@ -387,7 +422,7 @@ async fn at_most_64_clients_are_served_at_once() {
             other => panic!("slot never freed: {other:?}"),
         }
     }
-    assert_eq!(fake.seen().len(), MAX_CLIENTS + 2);
+    assert_eq!(fake.seen().len(), MAX_CLIENTS + ADMIN_RESERVE + 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,4 +581,395 @@ async fn client_errors_name_the_socket() {
     let e =
         client::request_blocking(&sock, Request::Version, Duration::from_millis(200)).unwrap_err();
     assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
+}
+
+// ---------------------------------------------------------------------------
+// The socket file: mode and group set before it exists.
+
+/// Binds `sock` with `group` on a thread whose umask is `umask` (its own:
+/// `unshare(CLONE_FS)`), watching the directory with inotify; returns the
+/// events seen for the socket's name.
+fn bind_watched(sock: &Path, group: Option<nix::unistd::Gid>, umask: u32) -> Vec<u32> {
+    let dir = sock.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    // SAFETY: plain system calls on valid buffers.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(fd >= 0);
+    let cdir = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    let wd = unsafe {
+        libc::inotify_add_watch(
+            fd,
+            cdir.as_ptr(),
+            libc::IN_CREATE | libc::IN_ATTRIB | libc::IN_MODIFY,
+        )
+    };
+    assert!(wd >= 0);
+    let handle = tokio::runtime::Handle::current();
+    let path = sock.to_path_buf();
+    let listener = std::thread::spawn(move || {
+        let _rt = handle.enter();
+        // SAFETY: this thread's own umask from here on.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_FS), 0);
+            libc::umask(umask);
+        }
+        server::bind(&path, group)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    std::mem::forget(listener); // keep the file; the test's tempdir goes
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    unsafe { libc::close(fd) };
+    let name = sock.file_name().unwrap().to_str().unwrap();
+    let mut events = Vec::new();
+    let mut off = 0usize;
+    let n = n.max(0) as usize;
+    let head = std::mem::size_of::<libc::inotify_event>();
+    while off + head <= n {
+        // SAFETY: the kernel wrote whole events.
+        let ev: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+        let raw = &buf[off + head..off + head + ev.len as usize];
+        let evname = std::str::from_utf8(raw).unwrap().trim_end_matches('\0');
+        if evname == name {
+            events.push(ev.mask);
+        }
+        off += head + ev.len as usize;
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_born_0660_with_its_group_no_chmod_or_chown_after() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root to pick a group"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let nogroup = nix::unistd::Gid::from_raw(65534);
+    // The packaged unit's umask, and a stricter one.
+    for (umask, name) in [(0o027, "a.sock"), (0o077, "b.sock")] {
+        let sock = dir.path().join(name);
+        let events = bind_watched(&sock, Some(nogroup), umask);
+        let meta = std::fs::metadata(&sock).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o660, "umask {umask:o}");
+        assert_eq!(meta.gid(), 65534);
+        // Created once, never changed afterwards: no IN_ATTRIB (chmod,
+        // chown) and nothing else.
+        assert_eq!(
+            events,
+            vec![libc::IN_CREATE],
+            "umask {umask:o}: {events:x?}"
+        );
+    }
+    // Without a group: the daemon's own.
+    let sock = dir.path().join("c.sock");
+    let events = bind_watched(&sock, None, 0o027);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    assert_eq!(meta.gid(), nix::unistd::getegid().as_raw());
+    assert_eq!(events, vec![libc::IN_CREATE]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cap_setgid_another_group_is_a_clear_error() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root to drop to nobody"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.path().join("admin.sock");
+    let handle = tokio::runtime::Handle::current();
+    let path = sock.clone();
+    let err = std::thread::spawn(move || {
+        let _rt = handle.enter();
+        // SAFETY: this thread's own credentials (raw system calls); leaving
+        // uid 0 drops its capabilities, CAP_SETGID among them.
+        unsafe {
+            let groups = [65534u32];
+            assert_eq!(libc::syscall(libc::SYS_setgroups, 1, groups.as_ptr()), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+        }
+        server::bind(&path, Some(nix::unistd::Gid::from_raw(0))).map(|_| ())
+    })
+    .join()
+    .unwrap()
+    .unwrap_err();
+    assert!(matches!(err, ControlError::Group { gid: 0, .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("CAP_SETGID") && msg.contains("admin.sock"),
+        "{msg}"
+    );
+    assert!(!sock.exists(), "no socket file with the wrong group");
+}
+
+// ---------------------------------------------------------------------------
+// The real daemon under abuse.
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn one_group_daemon(redis: &redis_support::RedisServer, extra: &str) -> daemon_support::Daemon {
+    let mut d = daemon_support::Daemon::new(&daemon_support::fake_config(
+        &redis.url(),
+        &format!("[group.text]\nqueues = [\"text\"]\ninstances = 1\n{extra}"),
+    ));
+    d.start();
+    d.running_pid("text-1");
+    d
+}
+
+/// A `status` request of `bytes` bytes, its targets a list of short names.
+fn status_frame(bytes: usize) -> (Vec<u8>, usize) {
+    let mut body =
+        format!(r#"{{"version":{PROTOCOL_VERSION},"request":{{"type":"status","targets":["a""#)
+            .into_bytes();
+    let mut n = 1;
+    while body.len() + 8 < bytes {
+        body.extend_from_slice(br#","a""#);
+        n += 1;
+    }
+    body.extend_from_slice(b"]}}");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    (frame, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_status_requests_from_64_clients_do_not_grow_the_daemon() {
+    use std::io::{Read, Write};
+    let redis = redis_support::RedisServer::start();
+    let d = one_group_daemon(&redis, "");
+    let pid = d.pid();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = vm_kib(pid, "VmRSS:");
+    // Reset the high-water mark (VmHWM) to now.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+
+    // 1 MiB with ~262k targets (the issue's attack), and one just under
+    // the request cap with ~16k targets (parsed, refused at the 257th).
+    let (big, big_n) = status_frame(1024 * 1024);
+    let (near, near_n) = status_frame(60 * 1024);
+    assert!(big_n > 170_000 && near_n > 10_000);
+    let sock = d.socket();
+    let started = Instant::now();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            while started.elapsed() < Duration::from_secs(6) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    && let Some(v) = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak.fetch_max(v, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut attackers = Vec::new();
+    for n in 0..64 {
+        let (sock, frame) = (
+            sock.clone(),
+            if n % 2 == 0 {
+                big.clone()
+            } else {
+                near.clone()
+            },
+        );
+        attackers.push(std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) else {
+                    continue;
+                };
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let _ = s.write_all(&frame);
+                let mut reply = Vec::new();
+                let _ = s.read_to_end(&mut reply);
+                answers.push(String::from_utf8_lossy(reply.get(4..).unwrap_or(&[])).into_owned());
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for a in attackers {
+        answers.extend(a.join().unwrap());
+    }
+    let attack_time = started.elapsed();
+    sampler.join().unwrap();
+    let hwm = vm_kib(pid, "VmHWM:");
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed).max(hwm);
+
+    eprintln!("RSS: idle {idle} KiB, peak during the attack {peak} KiB");
+    assert!(
+        peak <= 2 * idle + 8 * 1024,
+        "RSS went from {idle} KiB to {peak} KiB during the attack"
+    );
+    // After: back to idle within 1 MiB.
+    let after = daemon_support::wait_for(Duration::from_secs(10), "RSS back to idle", || {
+        let now = vm_kib(pid, "VmRSS:");
+        (now <= idle + 1024).then_some(now)
+    });
+    eprintln!("RSS after the attack: {after} KiB (the attack took {attack_time:?})");
+    // Every answer that arrived is a refusal, with the reason.
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.contains("exceeds the limit of 65536")),
+        "{:?}",
+        &answers[..answers.len().min(3)]
+    );
+    assert!(
+        answers.iter().any(|a| a.contains("too many targets")),
+        "{:?}",
+        &answers[..answers.len().min(3)]
+    );
+    for a in &answers {
+        assert!(a.is_empty() || a.contains("bad_request"), "{a}");
+    }
+    // And it still answers.
+    assert_eq!(d.instance("text-1")["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_any_size_arrive_in_several_frames() {
+    let redis = redis_support::RedisServer::start();
+    // A worker that prints 4 KiB lines of control bytes (6 JSON bytes
+    // each), then terminal escapes, then waits.
+    let d0 = daemon_support::Daemon::new("");
+    let script = d0.path("noisy-celery");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         trap 'exit 0' TERM\n\
+         i=0\n\
+         while [ $i -lt 1000 ]; do\n\
+           head -c 4000 /dev/zero | tr '\\000' '\\001'; echo \" $i\"\n\
+           i=$((i+1))\n\
+         done\n\
+         printf 'tail \\033]0;pwned\\007\\r\\033[2J end\\n'\n\
+         while :; do sleep 1 & wait $!; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = daemon_support::fake_config(
+        &redis.url(),
+        "[group.text]\nqueues = [\"text\"]\ninstances = 2\n",
+    )
+    .replace(
+        "command = \"{celery}\"",
+        &format!("command = \"{}\"", script.display()),
+    );
+    let mut d = d0;
+    d.write_config(&config);
+    d.start();
+    d.running_pid("text-1");
+    // Wait until both rings are full of the long lines.
+    let out = daemon_support::wait_for(Duration::from_secs(30), "the tail lines", || {
+        let o = d.ctl(&["logs", "-n", "1000"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.success() && text.matches("tail ").count() == 2).then_some(o)
+    });
+    let text = String::from_utf8(out.stdout).unwrap();
+    let long = text.lines().filter(|l| l.contains("\\x01\\x01")).count();
+    // Far more than one frame's worth: > 3 MiB of JSON.
+    assert!(
+        long >= 200,
+        "only {long} long lines:\n{}",
+        &text[..text.len().min(500)]
+    );
+    assert!(text.len() > 3 * 1024 * 1024 / 2, "{} bytes", text.len());
+    // Escaped for the terminal ...
+    assert!(!text.contains('\x1b') && !text.contains('\x01') && !text.contains('\r'));
+    assert!(
+        text.contains("tail \\x1b]0;pwned\\x07\\x0d\\x1b[2J end"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    // ... and exact with --raw.
+    let raw = d.ctl(&["logs", "-n", "1000", "--raw"]);
+    assert!(raw.status.success());
+    let raw = String::from_utf8(raw.stdout).unwrap();
+    assert!(raw.contains("tail \x1b]0;pwned\x07\r\x1b[2J end"));
+    assert!(raw.contains(&"\x01".repeat(4000)));
+    // The async client puts the frames together too.
+    match client::request(
+        &d.socket(),
+        Request::Logs {
+            target: Some("text".into()),
+            lines: 1000,
+            since: None,
+        },
+        T,
+    )
+    .await
+    .unwrap()
+    {
+        Response::Logs { lines } => assert!(lines.len() >= 200, "{}", lines.len()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_admin_group_is_fatal_only_when_configured() {
+    let redis = redis_support::RedisServer::start();
+    // Named in the config but absent: no start, file and key named.
+    let mut d =
+        daemon_support::Daemon::new(&daemon_support::fake_config(&redis.url(), "").replace(
+            "device_id = \"testdev\"",
+            "device_id = \"testdev\"\nadmin_group = \"clearify-test-no-such-group\"",
+        ));
+    d.spawn();
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 1, "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains(&format!(
+            "{}: [daemon].admin_group",
+            d.config_path().display()
+        )) && log.contains("clearify-test-no-such-group")
+            && log.contains("does not exist"),
+        "{log}"
+    );
+    assert!(!d.socket().exists());
+
+    // The built-in default (clearify-admin): used when the machine has it,
+    // else a warning and only root and the daemon's user are admins.
+    let mut d = daemon_support::Daemon::new(&daemon_support::fake_config(&redis.url(), ""));
+    d.start();
+    let admin_sock = d.socket().with_file_name("admin.sock");
+    match nix::unistd::Group::from_name("clearify-admin").unwrap() {
+        None => {
+            let log = d.log();
+            assert!(
+                log.contains("WARN")
+                    && log.contains("clearify-admin")
+                    && log.contains("only root and the daemon's user"),
+                "{log}"
+            );
+            assert!(!admin_sock.exists());
+        }
+        Some(g) => {
+            let meta = std::fs::metadata(&admin_sock).unwrap();
+            assert_eq!(meta.gid(), g.gid.as_raw());
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+        }
+    }
+    // Root may still stop: through the reader socket.
+    let out = d.ctl(&["version"]);
+    assert!(out.status.success());
 }

@@ -18,17 +18,27 @@ use clearify_workerd::ctl::{self, DEFAULT_CONFIG, exit, render};
 const ABOUT: &str = "Inspect and control clearify-workerd, the Celery worker supervisor";
 
 const LONG_ABOUT: &str = "\
-Inspect and control clearify-workerd, the Celery worker supervisor, over its control socket.
+Inspect and control clearify-workerd, the Celery worker supervisor, over its control sockets.
 
-Anyone who can open the socket may read (status, logs, test, version). Changing requests
-(start, stop, restart, reload) need root, the daemon's user, or membership in the daemon's
-admin group ([daemon].admin_group, default \"clearify\"): the groups of this process count,
-so after being added to the group, log in again.
+Three tiers:
+  readers  (status, logs, test, version): members of group clearify, through
+           control.sock (mode 0660, group clearify);
+  admins   (start, stop, restart, reload too): root, the daemon's user, and members of
+           the admin group ([daemon].admin_group, default \"clearify-admin\"), through
+           admin.sock next to it (mode 0660, that group);
+  everyone else cannot open either socket.
+The groups of this process count: after `sudo adduser USER clearify-admin`, log in again.
+clearifyctl picks the socket itself: admin.sock first for changing requests, control.sock
+first for reading ones, the other when the first cannot be opened.
 
 A TARGET is a group name (e.g. text), an instance id (e.g. text-1), or \"all\".
 
-The socket is --socket, else $CLEARIFY_SOCKET, else [daemon].socket in the config file
-(--config, default /etc/clearify/workers.toml), else /run/clearify-workerd/control.sock.";
+The reader socket is --socket, else $CLEARIFY_SOCKET, else [daemon].socket in the config file
+(--config, default /etc/clearify/workers.toml), else /run/clearify-workerd/control.sock; the
+admin socket is admin.sock in the same directory.
+
+Text from workers, the broker or the daemon is shown with control characters escaped
+(ESC as \\x1b, CR as \\x0d…; tabs kept); `logs --raw` and `--json` give it unchanged.";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -90,7 +100,7 @@ struct Cli {
     )]
     config: PathBuf,
 
-    /// Seconds to wait for each answer from the daemon.
+    /// Seconds to wait for each answer from the daemon (more than 0, at most 86400).
     #[arg(
         long,
         global = true,
@@ -175,6 +185,10 @@ enum Command {
         /// Keep printing new lines.
         #[arg(short, long)]
         follow: bool,
+        /// Print the lines exactly as the workers wrote them, control characters
+        /// included (for pipes); by default they are escaped (ESC as \x1b).
+        #[arg(long)]
+        raw: bool,
     },
     /// Check the broker from the daemon; exit 0 only when it is reachable.
     Test,
@@ -190,10 +204,18 @@ enum Command {
     Doctor,
 }
 
+/// Longest time any SECS option accepts: one day.
+const MAX_SECS: f64 = 86_400.0;
+
 fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
+        Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_SECS => Ok(v),
+        Ok(v) if v.is_finite() && v > MAX_SECS => Err(format!(
+            "{s:?} seconds is too long: at most {MAX_SECS} (one day)"
+        )),
+        _ => Err(format!(
+            "{s:?} is not a positive number of seconds (more than 0, at most {MAX_SECS})"
+        )),
     }
 }
 
@@ -221,17 +243,77 @@ impl From<ClientError> for Failure {
 type Outcome = Result<i32, Failure>;
 
 struct Ctx {
+    /// The reader socket; the admin socket is next to it.
     socket: PathBuf,
     timeout: Duration,
 }
 
 impl Ctx {
+    /// One request, on the admin or the reader socket
+    /// ([`ctl::socket_candidates`]): the next is tried when one cannot be
+    /// opened. When none can, the first one's error, or, when every one
+    /// refused permission, a message naming both groups.
+    fn send(&self, req: &Request) -> Result<Response, Failure> {
+        let mut first: Option<ClientError> = None;
+        let mut denied = Vec::new();
+        for sock in ctl::socket_candidates(&self.socket, req.is_mutating()) {
+            match request_blocking(&sock, req.clone(), self.timeout) {
+                Ok(r) => return Ok(r),
+                Err(
+                    e @ (ClientError::PermissionDenied { .. } | ClientError::NotRunning { .. }),
+                ) => {
+                    // A missing admin socket (no admin group) is no news;
+                    // report the reader socket's error then.
+                    let is_reader = sock == self.socket;
+                    if matches!(e, ClientError::PermissionDenied { .. }) {
+                        denied.push(sock);
+                    }
+                    if first.is_none()
+                        || (is_reader && matches!(first, Some(ClientError::NotRunning { .. })))
+                    {
+                        first = Some(e);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if denied.len() > 1 {
+            let each: Vec<String> = denied
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}: {}",
+                        p.display(),
+                        clearify_workerd::control::client::socket_audience(p)
+                    )
+                })
+                .collect();
+            return Err(Failure::new(
+                exit::PERMISSION,
+                format!(
+                    "permission denied: this process may open neither control socket. {} needs {}.\n  {}",
+                    clearify_workerd::control::server::request_name(req),
+                    if req.is_mutating() {
+                        "the admin group (admin.sock), root or the daemon's user"
+                    } else {
+                        "the reader group (control.sock) or the admin group (admin.sock)"
+                    },
+                    each.join("\n  ")
+                ),
+            ));
+        }
+        Err(first.map_or_else(
+            || Failure::new(exit::NOT_RUNNING, "no control socket to try"),
+            Failure::from,
+        ))
+    }
+
     /// One request; a Busy daemon is retried briefly. Error answers become
     /// failures with their exit code.
     fn call(&self, req: Request) -> Result<Response, Failure> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            match request_blocking(&self.socket, req.clone(), self.timeout)? {
+            match self.send(&req)? {
                 Response::Error {
                     kind: ErrorKind::Busy,
                     ..
@@ -276,6 +358,12 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs_f64(cli.request_timeout),
     };
     let outcome = match cli.command {
+        Command::Logs {
+            target,
+            lines,
+            follow,
+            raw,
+        } => logs(&ctx, target, lines, follow, raw),
         Command::Status {
             json,
             watch,
@@ -294,11 +382,6 @@ fn main() -> ExitCode {
             timeout,
         } => restart(&ctx, targets, rolling, no_wait, timeout),
         Command::Reload => reload(&ctx),
-        Command::Logs {
-            target,
-            lines,
-            follow,
-        } => logs(&ctx, target, lines, follow),
         Command::Test => test(&ctx),
         Command::Version => version(&ctx),
         Command::Doctor => doctor(&cli.config, cli.socket.as_deref(), ctx.timeout),
@@ -306,7 +389,11 @@ fn main() -> ExitCode {
     let code = match outcome {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("clearifyctl: {}", f.message);
+            // The message may quote the daemon, and through it a worker.
+            eprintln!(
+                "clearifyctl: {}",
+                render::escape(&f.message, render::Newlines::Keep)
+            );
             f.code
         }
     };
@@ -328,8 +415,8 @@ fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>
     };
     // `--watch text` means a target, not an interval.
     let every = match watch.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => v,
-        Ok(_) => usage_error("--watch SECS must be a positive number"),
+        Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_SECS => v,
+        Ok(_) => usage_error("--watch SECS must be a positive number of seconds, at most 86400"),
         Err(_) => {
             targets.insert(0, watch);
             2.0
@@ -341,12 +428,18 @@ fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>
         if json {
             match &result {
                 Ok(s) => println!("{}", serde_json::to_string(s).expect("status serialises")),
-                Err(f) => eprintln!("clearifyctl: {}", f.message),
+                Err(f) => eprintln!(
+                    "clearifyctl: {}",
+                    render::escape(&f.message, render::Newlines::Keep)
+                ),
             }
         } else {
             let body = match &result {
                 Ok(s) => render::status_table(s),
-                Err(f) => format!("clearifyctl: {}\n", f.message),
+                Err(f) => format!(
+                    "clearifyctl: {}\n",
+                    render::escape(&f.message, render::Newlines::Keep)
+                ),
             };
             let now = humantime::format_rfc3339_seconds(SystemTime::now());
             print!(
@@ -374,7 +467,7 @@ fn print_done(resp: Response) -> Result<(), Failure> {
     match resp {
         Response::Done { messages } => {
             for m in messages {
-                println!("{m}");
+                println!("{}", render::escape(&m, render::Newlines::Keep));
             }
             Ok(())
         }
@@ -501,7 +594,7 @@ fn now_epoch() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn logs(ctx: &Ctx, target: Option<String>, lines: usize, follow: bool) -> Outcome {
+fn logs(ctx: &Ctx, target: Option<String>, lines: usize, follow: bool, raw: bool) -> Outcome {
     let target = target.filter(|t| t != "all");
     if follow {
         let s = ctx.status(&[])?;
@@ -520,7 +613,7 @@ fn logs(ctx: &Ctx, target: Option<String>, lines: usize, follow: bool) -> Outcom
     let mut since = fetched.last().map_or_else(now_epoch, |l| l.ts);
     let mut out = std::io::stdout().lock();
     for l in &fetched {
-        let _ = writeln!(out, "{}", render::log_line(l));
+        let _ = writeln!(out, "{}", render::log_line_with(l, raw));
     }
     drop(out);
     if !follow {
@@ -539,7 +632,7 @@ fn logs(ctx: &Ctx, target: Option<String>, lines: usize, follow: bool) -> Outcom
         };
         let mut out = std::io::stdout().lock();
         for l in &batch {
-            if writeln!(out, "{}", render::log_line(l)).is_err() {
+            if writeln!(out, "{}", render::log_line_with(l, raw)).is_err() {
                 return Ok(exit::OK); // stdout closed (e.g. `| head`)
             }
             since = since.max(l.ts);
@@ -597,10 +690,11 @@ fn version(ctx: &Ctx) -> Outcome {
     println!("clearifyctl {VERSION} (protocol {PROTOCOL_VERSION})");
     match ctx.call(Request::Version) {
         Ok(Response::Version { version, protocol }) => {
-            println!("clearify-workerd {version} (protocol {protocol})");
+            let shown = render::escape(&version, render::Newlines::Escape);
+            println!("clearify-workerd {shown} (protocol {protocol})");
             if version != VERSION || protocol != PROTOCOL_VERSION {
                 eprintln!(
-                    "warning: clearifyctl {VERSION} and clearify-workerd {version} differ; \
+                    "warning: clearifyctl {VERSION} and clearify-workerd {shown} differ; \
                      restart the daemon after an upgrade (systemctl restart clearify-workerd)"
                 );
             }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::protocol::{
-    Envelope, FrameError, Request, Response, read_frame, read_frame_blocking, write_frame,
-    write_frame_blocking,
+    Envelope, FrameError, LogLine, MAX_LOG_PARTS, Request, Response, read_frame,
+    read_frame_blocking, write_frame, write_frame_blocking,
 };
 
 /// Why a request got no answer. Each maps to one clearifyctl exit code.
@@ -24,8 +24,9 @@ pub enum ClientError {
     NotRunning { socket: PathBuf, source: io::Error },
     /// The socket exists but we may not open it (`EACCES`/`EPERM`).
     #[error(
-        "permission denied opening {}: the control socket is for root and the daemon's group; try sudo, or ask to be added to that group",
-        socket.display()
+        "permission denied opening {}: {}",
+        socket.display(),
+        socket_audience(socket)
     )]
     PermissionDenied { socket: PathBuf, source: io::Error },
     /// The daemon answered something we cannot read, or closed the
@@ -39,6 +40,25 @@ pub enum ClientError {
         humantime::format_duration(*after)
     )]
     Timeout { socket: PathBuf, after: Duration },
+}
+
+/// Who may open `socket`, and how to become one: "it is for root and
+/// group clearify (mode 0660); an admin can add you with `adduser USER
+/// clearify`, then log in again".
+pub fn socket_audience(socket: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(socket) else {
+        return "the control socket is for root and the daemon's groups; try sudo, or ask to be added to its group".into();
+    };
+    let gid = meta.gid();
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| gid.to_string(), |g| g.name);
+    format!(
+        "it is for root and members of group {group} (mode {:04o}); an admin can add you with `adduser USER {group}`, then log in again (or use sudo)",
+        meta.mode() & 0o7777
+    )
 }
 
 impl ClientError {
@@ -77,6 +97,34 @@ impl ClientError {
     }
 }
 
+/// Puts a multi-frame `logs` answer back together: `first` is the first
+/// frame, `next` reads the following ones.
+fn assemble(
+    socket: &Path,
+    first: Response,
+    mut next: impl FnMut() -> Result<Option<Response>, ClientError>,
+) -> Result<Response, ClientError> {
+    let Response::LogsPart { lines } = first else {
+        return Ok(first);
+    };
+    let mut all: Vec<LogLine> = lines;
+    for _ in 0..MAX_LOG_PARTS {
+        match next()? {
+            Some(Response::LogsPart { lines }) => all.extend(lines),
+            Some(Response::Logs { lines }) => {
+                all.extend(lines);
+                return Ok(Response::Logs { lines: all });
+            }
+            Some(other) => return Ok(other),
+            None => return Err(no_answer(socket)),
+        }
+    }
+    Err(ClientError::Protocol {
+        socket: socket.to_path_buf(),
+        message: format!("the logs answer did not end within {MAX_LOG_PARTS} frames"),
+    })
+}
+
 fn no_answer(socket: &Path) -> ClientError {
     ClientError::Protocol {
         socket: socket.to_path_buf(),
@@ -102,6 +150,25 @@ pub async fn request(
         // the answer may still be waiting to be read.
         let written = write_frame(&mut stream, &Envelope::new(req)).await;
         match read_frame::<_, Response>(&mut stream).await {
+            Ok(Some(Response::LogsPart { lines })) => {
+                let mut parts = vec![Response::LogsPart { lines }];
+                loop {
+                    let r = read_frame::<_, Response>(&mut stream)
+                        .await
+                        .map_err(|e| ClientError::from_frame(socket, e, timeout))?;
+                    let last = !matches!(r, Some(Response::LogsPart { .. }));
+                    match r {
+                        Some(r) => parts.push(r),
+                        None => return Err(no_answer(socket)),
+                    }
+                    if last || parts.len() > MAX_LOG_PARTS {
+                        break;
+                    }
+                }
+                let mut rest = parts.into_iter();
+                let first = rest.next().ok_or_else(|| no_answer(socket))?;
+                assemble(socket, first, || Ok(rest.next()))
+            }
             Ok(Some(resp)) => Ok(resp),
             Ok(None) => Err(match written {
                 Err(e) => ClientError::from_frame(socket, e, timeout),
@@ -169,7 +236,11 @@ impl Connection {
         let written = write_frame_blocking(&mut &self.stream, &Envelope::new(req));
         set(left())?;
         match read_frame_blocking::<_, Response>(&mut &self.stream) {
-            Ok(Some(resp)) => Ok(resp),
+            Ok(Some(first)) => assemble(&self.socket, first, || {
+                set(left())?;
+                read_frame_blocking::<_, Response>(&mut &self.stream)
+                    .map_err(|e| ClientError::from_frame(&self.socket, e, self.timeout))
+            }),
             Ok(None) => Err(match written {
                 Err(e) => ClientError::from_frame(&self.socket, e, self.timeout),
                 Ok(()) => no_answer(&self.socket),

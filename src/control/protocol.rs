@@ -1,17 +1,26 @@
 //! The control protocol, shared by the daemon and `clearifyctl`.
 //!
 //! Every message is one *frame*: a 4-byte big-endian length followed by that
-//! many bytes of JSON. A frame is at most [`MAX_FRAME`] bytes. Each request
-//! carries [`PROTOCOL_VERSION`]; the daemon answers a request with another
-//! version with [`Response::Error`] and [`ErrorKind::Version`].
+//! many bytes of JSON. A reply frame is at most [`MAX_FRAME`] bytes, a
+//! request frame at most [`MAX_REQUEST`] bytes (checked on the length prefix,
+//! before anything is allocated), and a target list holds at most
+//! [`MAX_TARGETS`] names of at most [`MAX_TARGET_LEN`] bytes (checked while
+//! parsing, so a long list is never built). Each request carries
+//! [`PROTOCOL_VERSION`]; the daemon answers a request with another version
+//! with [`Response::Error`] and [`ErrorKind::Version`].
 //!
 //! A connection may carry several requests, one at a time: the client
 //! writes an [`Envelope`] frame, the daemon answers with one [`Response`]
-//! frame. The daemon closes the connection after a malformed or oversized
-//! frame (answered [`ErrorKind::BadRequest`]), a version mismatch, or 5 s
-//! without a complete request; when it already serves 64 clients it answers
-//! [`ErrorKind::Busy`] and closes. Use [`encode_frame`], [`read_frame`] /
-//! [`write_frame`] (tokio) or their `_blocking` twins; never hand-roll it.
+//! frame, except for `logs`: its lines come in as many
+//! [`Response::LogsPart`] frames as they need (each at most
+//! [`LOG_CHUNK`] bytes of lines), then one final [`Response::Logs`] frame.
+//! The clients in [`client`](super::client) put them back together. The
+//! daemon closes the connection after a malformed or oversized frame
+//! (answered [`ErrorKind::BadRequest`]), a version mismatch, or 5 s without
+//! a complete request; when it has no slot for a client it answers
+//! [`ErrorKind::Busy`] and closes (see [`server`](super::server) for the
+//! slots). Use [`encode_frame`], [`read_frame`] / [`write_frame`] (tokio) or
+//! their `_blocking` twins; never hand-roll it.
 //!
 //! The status document ([`Status`]) is a contract that scripts rely on
 //! (`clearifyctl status --json`): fields may be added, never renamed or
@@ -20,10 +29,30 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a request or response changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `logs` answers in several frames ([`Response::LogsPart`]); request
+/// frames and target lists are capped.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame, in bytes, that either side accepts.
 pub const MAX_FRAME: usize = 1024 * 1024;
+
+/// Largest request frame, in bytes, that the daemon accepts. The biggest
+/// legitimate request (256 targets of 128 bytes) needs about 34 KiB.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Most targets one request may name.
+pub const MAX_TARGETS: usize = 256;
+
+/// Longest target name, in bytes (group names are at most 64 characters).
+pub const MAX_TARGET_LEN: usize = 128;
+
+/// Bytes of log lines (as JSON) per [`Response::LogsPart`] frame.
+pub const LOG_CHUNK: usize = 256 * 1024;
+
+/// Most [`Response::LogsPart`] frames a client takes for one request
+/// (a bound against a peer that never stops sending).
+pub const MAX_LOG_PARTS: usize = 4096;
 
 /// A request with its protocol version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,17 +75,31 @@ impl Envelope {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     /// The status document, optionally limited to some targets.
-    Status { targets: Vec<String> },
+    Status {
+        #[serde(deserialize_with = "bounded_targets")]
+        targets: Vec<String>,
+    },
     /// Start stopped instances (clears the operator-stop pin).
-    Start { targets: Vec<String> },
+    Start {
+        #[serde(deserialize_with = "bounded_targets")]
+        targets: Vec<String>,
+    },
     /// Stop instances and pin them down until started again.
-    Stop { targets: Vec<String> },
+    Stop {
+        #[serde(deserialize_with = "bounded_targets")]
+        targets: Vec<String>,
+    },
     /// Restart instances; `rolling` restarts one at a time.
-    Restart { targets: Vec<String>, rolling: bool },
+    Restart {
+        #[serde(deserialize_with = "bounded_targets")]
+        targets: Vec<String>,
+        rolling: bool,
+    },
     /// Re-read the config file, as SIGHUP does.
     Reload,
     /// Recent worker output from the daemon's ring buffers.
     Logs {
+        #[serde(default, deserialize_with = "bounded_target")]
         target: Option<String>,
         lines: usize,
         /// Absent: the last `lines` lines. Present: the first `lines` lines
@@ -69,6 +112,65 @@ pub enum Request {
     Test,
     /// The daemon's version.
     Version,
+}
+
+/// A target list of at most [`MAX_TARGETS`] names of at most
+/// [`MAX_TARGET_LEN`] bytes each. The check runs while the list is parsed:
+/// the 257th name is an error before it is stored.
+fn bounded_targets<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Targets;
+    impl<'de> serde::de::Visitor<'de> for Targets {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_TARGETS} target names")
+        }
+        fn visit_seq<A>(self, mut seq: A) -> Result<Self::Value, A::Error>
+        where
+            A: serde::de::SeqAccess<'de>,
+        {
+            let mut out = Vec::new();
+            while let Some(t) = seq.next_element::<BoundedName>()? {
+                if out.len() >= MAX_TARGETS {
+                    return Err(serde::de::Error::custom(format!(
+                        "too many targets: at most {MAX_TARGETS} per request"
+                    )));
+                }
+                out.push(t.0);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Targets)
+}
+
+/// An optional target of at most [`MAX_TARGET_LEN`] bytes.
+fn bounded_target<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<BoundedName>::deserialize(d)?.map(|n| n.0))
+}
+
+/// A target name of at most [`MAX_TARGET_LEN`] bytes.
+struct BoundedName(String);
+
+impl<'de> Deserialize<'de> for BoundedName {
+    fn deserialize<D>(d: D) -> Result<Self, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        if s.len() > MAX_TARGET_LEN {
+            return Err(serde::de::Error::custom(format!(
+                "target name of {} bytes: at most {MAX_TARGET_LEN}",
+                s.len()
+            )));
+        }
+        Ok(BoundedName(s.into_owned()))
+    }
 }
 
 impl Request {
@@ -95,7 +197,13 @@ pub enum Response {
         messages: Vec<String>,
     },
     Reloaded(ReloadReport),
+    /// The last (often the only) frame of a `logs` answer.
     Logs {
+        lines: Vec<LogLine>,
+    },
+    /// Lines of a `logs` answer that come before its final
+    /// [`Response::Logs`] frame, oldest first.
+    LogsPart {
         lines: Vec<LogLine>,
     },
     Test(TestReport),
@@ -273,6 +381,10 @@ pub enum FrameError {
     /// was allocated for it.
     #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
     TooLarge(usize),
+    /// A request's length prefix announced more than [`MAX_REQUEST`]
+    /// bytes. Nothing was allocated for it.
+    #[error("request of {0} bytes exceeds the limit of {MAX_REQUEST} bytes")]
+    RequestTooLarge(usize),
     /// The bytes were not the JSON we expected.
     #[error("malformed frame: {0}")]
     Json(#[from] serde_json::Error),
@@ -311,6 +423,22 @@ pub async fn read_frame_bytes<R>(r: &mut R) -> Result<Option<Vec<u8>>, FrameErro
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    read_frame_bytes_limited(r, MAX_FRAME).await
+}
+
+/// [`read_frame_bytes`] for a request: at most [`MAX_REQUEST`] bytes, else
+/// [`FrameError::RequestTooLarge`] before the body is read.
+pub async fn read_request_bytes<R>(r: &mut R) -> Result<Option<Vec<u8>>, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    read_frame_bytes_limited(r, MAX_REQUEST).await
+}
+
+async fn read_frame_bytes_limited<R>(r: &mut R, limit: usize) -> Result<Option<Vec<u8>>, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut header = [0u8; 4];
     let mut got = 0;
@@ -326,6 +454,9 @@ where
         got += n;
     }
     let len = frame_len(header)?;
+    if len > limit {
+        return Err(FrameError::RequestTooLarge(len));
+    }
     let mut body = Vec::new();
     r.take(len as u64).read_to_end(&mut body).await?;
     if body.len() != len {
@@ -405,6 +536,42 @@ where
     Ok(())
 }
 
+/// The frames of a `logs` answer: [`Response::LogsPart`]s of at most
+/// [`LOG_CHUNK`] bytes of lines each, then a final [`Response::Logs`], in
+/// order, so that every frame stays far below [`MAX_FRAME`] whatever the
+/// lines hold. A line too long for a frame on its own (not one the daemon
+/// keeps: its lines are at most 4 KiB) is cut, with a marker.
+pub fn log_frames(lines: Vec<LogLine>) -> Vec<Response> {
+    let mut frames = Vec::new();
+    let mut chunk = Vec::new();
+    let mut size = 0usize;
+    for mut line in lines {
+        let mut len = serde_json::to_vec(&line).map_or(usize::MAX, |v| v.len());
+        if len > LOG_CHUNK {
+            // At most 6 JSON bytes per char (\u001b); instance and stream
+            // are the daemon's own short names.
+            let keep = line
+                .text
+                .char_indices()
+                .nth(LOG_CHUNK / 8)
+                .map_or(line.text.len(), |(i, _)| i);
+            line.text.truncate(keep);
+            line.text.push_str(" [cut]");
+            len = serde_json::to_vec(&line).map_or(LOG_CHUNK, |v| v.len());
+        }
+        if !chunk.is_empty() && size.saturating_add(len) > LOG_CHUNK {
+            frames.push(Response::LogsPart {
+                lines: std::mem::take(&mut chunk),
+            });
+            size = 0;
+        }
+        size = size.saturating_add(len + 1);
+        chunk.push(line);
+    }
+    frames.push(Response::Logs { lines: chunk });
+    frames
+}
+
 /// Just the version of an [`Envelope`], so that a request from another
 /// protocol version can be answered with [`ErrorKind::Version`] even when
 /// its request no longer parses.
@@ -426,7 +593,7 @@ mod tests {
         let json = serde_json::to_string(&env).unwrap();
         assert_eq!(
             json,
-            r#"{"version":1,"request":{"type":"restart","targets":["text"],"rolling":true}}"#
+            r#"{"version":2,"request":{"type":"restart","targets":["text"],"rolling":true}}"#
         );
         let back: Envelope = serde_json::from_str(&json).unwrap();
         assert_eq!(back, env);
@@ -477,6 +644,79 @@ mod tests {
             read_frame_blocking::<_, Envelope>(&mut &buf[..buf.len() - 1]),
             Err(FrameError::Truncated)
         ));
+    }
+
+    fn line(n: usize, text: &str) -> LogLine {
+        LogLine {
+            ts: n as f64,
+            instance: "text-1".into(),
+            stream: "stdout".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn log_frames_split_big_answers_keep_order_and_stay_small() {
+        // Small: one final frame.
+        let small: Vec<LogLine> = (0..3).map(|n| line(n, "hi")).collect();
+        assert_eq!(
+            log_frames(small.clone()),
+            vec![Response::Logs { lines: small }]
+        );
+        assert_eq!(log_frames(vec![]), vec![Response::Logs { lines: vec![] }]);
+        // 1000 lines of 4 KiB control bytes (6 JSON bytes each): ~24 MiB.
+        let ctl = "\u{1}".repeat(4096);
+        let big: Vec<LogLine> = (0..1000).map(|n| line(n, &ctl)).collect();
+        let frames = log_frames(big.clone());
+        assert!(frames.len() > 20, "{}", frames.len());
+        let mut back = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let bytes = encode_frame(f).unwrap().len();
+            assert!(bytes <= LOG_CHUNK + 1024, "frame {i}: {bytes} bytes");
+            match f {
+                Response::LogsPart { lines } if i + 1 < frames.len() => {
+                    back.extend_from_slice(lines)
+                }
+                Response::Logs { lines } if i + 1 == frames.len() => back.extend_from_slice(lines),
+                other => panic!("frame {i}: {other:?}"),
+            }
+        }
+        assert_eq!(back, big);
+        // One line too big for a frame is cut, not dropped.
+        let huge = vec![line(1, &"\u{7}".repeat(MAX_FRAME))];
+        let frames = log_frames(huge);
+        assert_eq!(frames.len(), 1);
+        let Response::Logs { lines } = &frames[0] else {
+            panic!()
+        };
+        assert!(lines[0].text.ends_with(" [cut]"));
+        assert!(encode_frame(&frames[0]).unwrap().len() <= LOG_CHUNK);
+    }
+
+    #[test]
+    fn target_lists_are_capped_while_parsing() {
+        let names = |n: usize| {
+            (0..n)
+                .map(|i| format!("\"t{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let req = |n: usize| {
+            format!(
+                r#"{{"version":2,"request":{{"type":"stop","targets":[{}]}}}}"#,
+                names(n)
+            )
+        };
+        let ok: Envelope = serde_json::from_str(&req(MAX_TARGETS)).unwrap();
+        assert!(matches!(ok.request, Request::Stop { targets } if targets.len() == MAX_TARGETS));
+        let err = serde_json::from_str::<Envelope>(&req(MAX_TARGETS + 1)).unwrap_err();
+        assert!(err.to_string().contains("too many targets"), "{err}");
+        let long = format!(
+            r#"{{"version":2,"request":{{"type":"logs","target":"{}","lines":1}}}}"#,
+            "x".repeat(MAX_TARGET_LEN + 1)
+        );
+        let err = serde_json::from_str::<Envelope>(&long).unwrap_err();
+        assert!(err.to_string().contains("at most 128"), "{err}");
     }
 
     #[test]

@@ -7,36 +7,59 @@
 //! for the reply, and the reply is written back to the client.
 //!
 //! The server protects the daemon from its clients:
-//! - a frame is at most [`MAX_FRAME`] bytes, checked before anything is
-//!   allocated for it;
+//! - a request frame is at most
+//!   [`MAX_REQUEST`](super::protocol::MAX_REQUEST) (64 KiB) bytes, checked on
+//!   the length prefix before anything is allocated for it, and names at
+//!   most [`MAX_TARGETS`](super::protocol::MAX_TARGETS) targets (checked
+//!   while parsing); replies go out in frames far below [`MAX_FRAME`]
+//!   (`logs` in as many frames as it needs);
 //! - a malformed frame is answered [`ErrorKind::BadRequest`] and the
 //!   connection closed;
 //! - a client that does not finish a request within
 //!   [`ServeOptions::idle_timeout`] (5 s) is dropped;
-//! - at most [`ServeOptions::max_clients`] (64) are served at once; the
-//!   next one is answered [`ErrorKind::Busy`] and closed at once;
+//! - connection slots: at most [`ServeOptions::max_clients`] (64) clients
+//!   at once, at most [`ServeOptions::max_per_uid`] (8) of them from one
+//!   uid other than root, and [`ServeOptions::admin_reserve`] (8) more
+//!   slots that only admins (root, the daemon's uid, the admin group) may
+//!   take when the 64 are full. A client without a slot is answered
+//!   [`ErrorKind::Busy`], saying which limit it hit, and closed at once. So
+//!   a reader flooding the socket holds 8 slots at most, and never locks
+//!   root or an admin out;
 //! - changing requests from a peer that is not root, the daemon's uid or a
 //!   member of the admin group are refused here and never forwarded. Group
 //!   membership is the peer process's own groups, as the kernel reports
 //!   them (`SO_PEERCRED`, `SO_PEERGROUPS`): no user database is consulted
-//!   per request.
+//!   per request. This holds on every socket the server listens on.
+//!
+//! # Two sockets, three tiers
+//!
+//! The daemon listens on the reader socket (`[daemon].socket`, mode 0660,
+//! group: the daemon's group `clearify`) and on the admin socket next to it
+//! ([`admin_socket_path`], `admin.sock`, mode 0660, group: the admin group
+//! `clearify-admin`). Readers can open the first, admins the second,
+//! everyone else neither. [`bind`] sets mode and group before the socket
+//! file exists (mode: `fchmod` on the unbound socket and a private umask;
+//! group: the binding thread's own gid), never by `chmod`/`chown` on the
+//! path, so there is no moment at which the file has other rights.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use nix::unistd::{Gid, Uid};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::protocol::{
     Envelope, EnvelopeVersion, ErrorKind, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request,
-    Response, encode_frame, read_frame_bytes, write_frame,
+    Response, encode_frame, log_frames, read_request_bytes, write_frame,
 };
 
 /// Who is on the other end of a connection, as the kernel recorded it when
@@ -120,12 +143,17 @@ pub enum ControlError {
     CreateDir { path: PathBuf, source: io::Error },
     #[error("cannot bind the control socket {}: {source}", path.display())]
     Bind { path: PathBuf, source: io::Error },
-    #[error("cannot set mode 0660 and group {gid} on {}: {source}", path.display())]
-    Permissions {
+    #[error(
+        "cannot create {} with group {gid}: {source}; the daemon needs CAP_SETGID for that (AmbientCapabilities=CAP_SETGID in its unit), or to run as root",
+        path.display()
+    )]
+    Group {
         path: PathBuf,
-        gid: String,
+        gid: u32,
         source: io::Error,
     },
+    #[error("cannot set up the control socket {}: {source}", path.display())]
+    Setup { path: PathBuf, source: io::Error },
     #[error("admin group {name:?} does not exist (set [daemon].admin_group or create it)")]
     UnknownGroup { name: String },
     #[error("cannot look up group {name:?}: {source}")]
@@ -139,7 +167,8 @@ pub enum ControlError {
 ///   and replaced; a live one means another daemon runs there, and this
 ///   fails with [`ControlError::AlreadyRunning`]. A path that is not a
 ///   socket is never removed.
-/// - The socket gets mode 0660 and, when `group` is given, that group.
+/// - The socket gets mode 0660 and, when `group` is given, that group
+///   (else the daemon's), both before the file appears ([`bind_fd`]).
 ///
 /// Must be called inside a tokio runtime.
 pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlError> {
@@ -192,20 +221,103 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlErro
             });
         }
     }
-    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+    let fd = bind_fd(path, group)?;
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    let setup = |source| ControlError::Setup {
         path: path.to_path_buf(),
-        source,
-    })?;
-    let perm_err = |source: io::Error| ControlError::Permissions {
-        path: path.to_path_buf(),
-        gid: group.map_or_else(|| "(unchanged)".to_string(), |g| g.to_string()),
         source,
     };
-    if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| perm_err(e.into()))?;
+    std_listener.set_nonblocking(true).map_err(setup)?;
+    UnixListener::from_std(std_listener).map_err(setup)
+}
+
+/// The admin socket next to the reader socket `socket`: `admin.sock` in the
+/// same directory.
+pub fn admin_socket_path(socket: &Path) -> PathBuf {
+    socket.with_file_name(ADMIN_SOCKET_NAME)
+}
+
+/// File name of the admin socket, next to `[daemon].socket`.
+pub const ADMIN_SOCKET_NAME: &str = "admin.sock";
+
+/// Mode of both socket files.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// Binds and listens on `path` with mode [`SOCKET_MODE`] and group `group`
+/// (default: the daemon's effective gid), set before the file exists:
+/// on a short-lived thread that has its own umask (`unshare(CLONE_FS)`,
+/// then umask 0117, so the process's umask, 0027 under the packaged unit,
+/// does not take the group's write bit), its own effective gid (a raw
+/// `setresgid`, which changes only the calling thread; it needs
+/// CAP_SETGID unless `group` is already one of the daemon's gids), and a
+/// socket whose inode mode is set with `fchmod` before `bind`. The kernel
+/// gives the new file that mode masked by the umask, and the thread's gid.
+pub fn bind_fd(path: &Path, group: Option<Gid>) -> Result<OwnedFd, ControlError> {
+    let owned = path.to_path_buf();
+    let joined = std::thread::Builder::new()
+        .name("control-bind".into())
+        .spawn(move || bind_on_this_thread(&owned, group));
+    let setup = |source| ControlError::Setup {
+        path: path.to_path_buf(),
+        source,
+    };
+    match joined {
+        Ok(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(setup(io::Error::other("the bind thread panicked")))),
+        Err(e) => Err(setup(e)),
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(perm_err)?;
-    Ok(listener)
+}
+
+/// The body of [`bind_fd`]; changes the credentials and umask of the
+/// calling thread for good, so it must be a thread of its own.
+fn bind_on_this_thread(path: &Path, group: Option<Gid>) -> Result<OwnedFd, ControlError> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+    };
+    let setup = |source: io::Error| ControlError::Setup {
+        path: path.to_path_buf(),
+        source,
+    };
+    // SAFETY: plain system calls; CLONE_FS gives this thread its own umask
+    // and cwd, so the umask below touches no other thread.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(setup(io::Error::last_os_error()));
+    }
+    // SAFETY: umask cannot fail; it is this thread's own now.
+    unsafe { libc::umask(0o117) };
+    if let Some(gid) = group
+        && gid != Gid::effective()
+    {
+        let keep = libc::gid_t::MAX; // -1: leave unchanged
+        // SAFETY: the raw system call (not glibc's wrapper, which applies it
+        // to every thread) changes this thread's effective gid only.
+        let rc = unsafe { libc::syscall(libc::SYS_setresgid, keep, gid.as_raw(), keep) };
+        if rc != 0 {
+            return Err(ControlError::Group {
+                path: path.to_path_buf(),
+                gid: gid.as_raw(),
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| setup(e.into()))?;
+    nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(SOCKET_MODE))
+        .map_err(|e| setup(e.into()))?;
+    let addr = UnixAddr::new(path).map_err(|e| setup(e.into()))?;
+    bind(fd.as_raw_fd(), &addr).map_err(|e| ControlError::Bind {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    let backlog = Backlog::new(128).map_err(|e| setup(e.into()))?;
+    listen(&fd, backlog).map_err(|e| setup(e.into()))?;
+    Ok(fd)
 }
 
 /// Decides who may make changing requests: uid 0, the daemon's own uid, and
@@ -214,10 +326,12 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlErro
 /// rule the kernel applies to the socket file's group permission. A user
 /// just added to the group has it only in processes started from a new
 /// log-in (or `newgrp`/`sg`), not in an existing session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authorizer {
     pub daemon_uid: Uid,
     pub admin_gid: Option<Gid>,
+    /// The admin group's name, for messages; `None`: say "the admin group".
+    pub admin_name: Option<Arc<str>>,
 }
 
 impl Authorizer {
@@ -225,6 +339,30 @@ impl Authorizer {
         Authorizer {
             daemon_uid,
             admin_gid,
+            admin_name: None,
+        }
+    }
+
+    /// The same, naming the admin group in refusals.
+    pub fn named(mut self, admin_group: &str) -> Self {
+        self.admin_name = Some(admin_group.into());
+        self
+    }
+
+    /// How a refusal names who may: "root, the daemon's user or members of
+    /// group clearify-admin ([daemon].admin_group)".
+    fn who_may(&self) -> String {
+        match (&self.admin_name, self.admin_gid) {
+            (Some(name), Some(_)) => format!(
+                "root, the daemon's user or membership in group {name} ([daemon].admin_group)"
+            ),
+            (_, Some(gid)) => format!(
+                "root, the daemon's user or membership in the admin group (gid {gid}, [daemon].admin_group)"
+            ),
+            (_, None) => {
+                "root or the daemon's user (no [daemon].admin_group exists on this machine)"
+                    .to_string()
+            }
         }
     }
 
@@ -249,7 +387,11 @@ impl Authorizer {
                 }
             },
         };
-        Ok(Authorizer::new(Uid::effective(), admin_gid))
+        let auth = Authorizer::new(Uid::effective(), admin_gid);
+        Ok(match admin_group {
+            Some(name) => auth.named(name),
+            None => auth,
+        })
     }
 
     /// Whether `peer` may make changing requests. Looks only at `peer`
@@ -268,8 +410,13 @@ impl Authorizer {
 /// Limits of [`serve_with`]. [`serve`] uses the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
-    /// Clients served at once; the next one gets [`ErrorKind::Busy`].
+    /// Clients served at once; the next one gets [`ErrorKind::Busy`]
+    /// (unless it is an admin and the admin reserve has room).
     pub max_clients: usize,
+    /// Connections at once from one uid (root excepted).
+    pub max_per_uid: usize,
+    /// Slots beyond `max_clients` that only admins may take.
+    pub admin_reserve: usize,
     /// How long a client may take to send a whole request (also the idle
     /// time allowed between requests, and the time to take a reply).
     pub idle_timeout: Duration,
@@ -280,6 +427,10 @@ pub struct ServeOptions {
 
 /// At most this many clients are served at once.
 pub const MAX_CLIENTS: usize = 64;
+/// At most this many connections from one uid other than root.
+pub const MAX_PER_UID: usize = 8;
+/// Slots held back for admins beyond [`MAX_CLIENTS`].
+pub const ADMIN_RESERVE: usize = 8;
 /// A client must send a whole request within this time.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -287,6 +438,8 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             max_clients: MAX_CLIENTS,
+            max_per_uid: MAX_PER_UID,
+            admin_reserve: ADMIN_RESERVE,
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(2),
         }
@@ -304,11 +457,8 @@ pub async fn serve(
     serve_with(listener, auth, tx, shutdown, ServeOptions::default()).await
 }
 
-/// Serves the control socket until `shutdown` completes: each connection
-/// gets its own task; each accepted request is sent to `tx` as a
-/// [`ControlMsg`]. On shutdown, stops accepting, lets connections finish the
-/// request in hand (up to `drain_timeout`), and removes the socket file if
-/// it is still the one this listener is bound to.
+/// Serves the control socket until `shutdown` completes. See
+/// [`serve_sockets`], which this calls with the one listener.
 pub async fn serve_with(
     listener: UnixListener,
     auth: Authorizer,
@@ -316,31 +466,153 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
     opts: ServeOptions,
 ) {
-    let path = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
-    let inode = path
-        .as_deref()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| (m.dev(), m.ino()));
-    let limit = Arc::new(Semaphore::new(opts.max_clients));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let busy_frame = encode_frame(&Response::error(
-        ErrorKind::Busy,
-        format!(
-            "clearify-workerd is serving {} clients already; try again",
-            opts.max_clients
-        ),
-    ))
-    .expect("a small frame encodes");
+    serve_sockets(vec![listener], auth, tx, shutdown, opts).await
+}
 
+/// Connection slots in use: per pool and per uid.
+#[derive(Debug, Default)]
+struct Slots {
+    general: usize,
+    reserve: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+/// Which pool a slot came from.
+#[derive(Debug, Clone, Copy)]
+enum Pool {
+    General,
+    Reserve,
+}
+
+/// A slot held by one connection; given back on drop.
+struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    uid: u32,
+    pool: Pool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match self.pool {
+            Pool::General => s.general = s.general.saturating_sub(1),
+            Pool::Reserve => s.reserve = s.reserve.saturating_sub(1),
+        }
+        if let Some(n) = s.per_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Takes a slot for `peer` (an admin when `admin`), or says why not.
+fn take_slot(
+    slots: &Arc<Mutex<Slots>>,
+    peer: &Peer,
+    admin: bool,
+    opts: &ServeOptions,
+) -> Result<Slot, String> {
+    let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+    let mine = s.per_uid.get(&peer.uid).copied().unwrap_or(0);
+    if peer.uid != 0 && mine >= opts.max_per_uid {
+        return Err(format!(
+            "too many connections from uid {}: at most {} at once per user (another clearifyctl status --watch or logs -f?); close some and try again",
+            peer.uid, opts.max_per_uid
+        ));
+    }
+    let pool = if s.general < opts.max_clients {
+        s.general += 1;
+        Pool::General
+    } else if admin && s.reserve < opts.admin_reserve {
+        s.reserve += 1;
+        Pool::Reserve
+    } else {
+        return Err(format!(
+            "clearify-workerd is serving {} clients already; try again (root and admins have {} more slots held back)",
+            opts.max_clients, opts.admin_reserve
+        ));
+    };
+    *s.per_uid.entry(peer.uid).or_insert(0) += 1;
+    Ok(Slot {
+        slots: Arc::clone(slots),
+        uid: peer.uid,
+        pool,
+    })
+}
+
+/// Who is on the other end of `stream`, from the kernel.
+fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
+    let cred = stream.peer_cred()?;
+    let groups = peer_groups(stream.as_fd()).unwrap_or_else(|e| {
+        // Only the gid counts then; say so once, not per connection.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            warn!(error = %e, "control socket: cannot read the peers' supplementary groups (SO_PEERGROUPS: {e}); only a peer's primary group counts for [daemon].admin_group");
+        });
+        Vec::new()
+    });
+    Ok(Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid().unwrap_or(0),
+        groups,
+    })
+}
+
+/// Accepts from whichever listener has a client first, starting the look
+/// at a different listener each time, so a flood on one socket cannot
+/// starve the other.
+async fn accept_any(listeners: &[UnixListener], turn: &mut usize) -> io::Result<UnixStream> {
+    *turn = turn.wrapping_add(1);
+    let start = *turn;
+    std::future::poll_fn(|cx| {
+        let n = listeners.len().max(1);
+        for k in 0..n {
+            let Some(l) = listeners.get(start.wrapping_add(k) % n) else {
+                continue;
+            };
+            if let Poll::Ready(r) = l.poll_accept(cx) {
+                return Poll::Ready(r.map(|(s, _)| s));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Serves the control sockets until `shutdown` completes: each connection,
+/// on any of `listeners`, gets a slot (see the module docs) and its own
+/// task; each accepted request is sent to `tx` as a [`ControlMsg`]. On
+/// shutdown, stops accepting, lets connections finish the request in hand
+/// (up to `drain_timeout`), and removes each socket file if it is still the
+/// one its listener is bound to.
+pub async fn serve_sockets(
+    listeners: Vec<UnixListener>,
+    auth: Authorizer,
+    tx: mpsc::Sender<ControlMsg>,
+    shutdown: impl Future<Output = ()>,
+    opts: ServeOptions,
+) {
+    let files: Vec<(PathBuf, (u64, u64))> = listeners
+        .iter()
+        .filter_map(|l| {
+            let path = l.local_addr().ok()?.as_pathname()?.to_path_buf();
+            let meta = std::fs::metadata(&path).ok()?;
+            Some((path, (meta.dev(), meta.ino())))
+        })
+        .collect();
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut turn = 0usize;
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            accepted = accept_any(&listeners, &mut turn) => match accepted {
+                Ok(stream) => stream,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     warn!(error = %e, "control socket: accept failed: {e}");
@@ -349,40 +621,65 @@ pub async fn serve_with(
                 }
             },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            // The socket's send buffer is empty, so this small write does
-            // not block; if it fails the client just sees a closed socket.
-            let _ = stream.try_write(&busy_frame);
-            debug!("control socket: client refused, {} busy", opts.max_clients);
-            continue;
+        let peer = match peer_of(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "control socket: no peer credentials ({e}); closing");
+                continue;
+            }
+        };
+        let slot = match take_slot(&slots, &peer, auth.allows(&peer), &opts) {
+            Ok(slot) => slot,
+            Err(why) => {
+                debug!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "control socket: client refused: {why}"
+                );
+                // The socket's send buffer is empty, so this small write
+                // does not block; if it fails the client sees a closed
+                // socket.
+                if let Ok(frame) = encode_frame(&Response::error(ErrorKind::Busy, why)) {
+                    let _ = stream.try_write(&frame);
+                }
+                continue;
+            }
         };
         let conn = Connection {
-            auth,
+            auth: auth.clone(),
             tx: tx.clone(),
             stop: stop_rx.clone(),
             idle_timeout: opts.idle_timeout,
         };
         tokio::spawn(async move {
-            conn.run(stream).await;
-            drop(permit);
+            conn.run(stream, peer).await;
+            drop(slot);
         });
     }
 
-    drop(listener);
+    drop(listeners);
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(
-        opts.drain_timeout,
-        limit.acquire_many(opts.max_clients as u32),
-    )
+    let drained = tokio::time::timeout(opts.drain_timeout, async {
+        loop {
+            {
+                let s = slots.lock().unwrap_or_else(|p| p.into_inner());
+                if s.general == 0 && s.reserve == 0 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
     .await;
     if drained.is_err() {
         debug!("control socket: some connections still busy at shutdown");
     }
-    if let (Some(path), Some(inode)) = (path, inode)
-        && let Ok(meta) = std::fs::metadata(&path)
-        && (meta.dev(), meta.ino()) == inode
-    {
-        let _ = std::fs::remove_file(&path);
+    for (path, inode) in files {
+        if let Ok(meta) = std::fs::metadata(&path)
+            && (meta.dev(), meta.ino()) == inode
+        {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -394,33 +691,12 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, mut stream: UnixStream) {
-        let cred = match stream.peer_cred() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "control socket: no peer credentials ({e}); closing");
-                return;
-            }
-        };
-        let groups = peer_groups(stream.as_fd()).unwrap_or_else(|e| {
-            // Only the gid counts then; say so once, not per connection.
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| {
-                warn!(error = %e, "control socket: cannot read the peers' supplementary groups (SO_PEERGROUPS: {e}); only a peer's primary group counts for [daemon].admin_group");
-            });
-            Vec::new()
-        });
-        let peer = Peer {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid().unwrap_or(0),
-            groups,
-        };
+    async fn run(mut self, mut stream: UnixStream, peer: Peer) {
         loop {
             let idle = self.idle_timeout;
             let read = tokio::select! {
                 _ = self.stop.wait_for(|stop| *stop) => return,
-                read = tokio::time::timeout(idle, read_frame_bytes(&mut stream)) => read,
+                read = tokio::time::timeout(idle, read_request_bytes(&mut stream)) => read,
             };
             let body = match read {
                 Err(_) => {
@@ -439,12 +715,12 @@ impl Connection {
                 }
                 Ok(Err(e)) => {
                     let bad = Response::error(ErrorKind::BadRequest, e.to_string());
-                    let _ = self.reply(&mut stream, &bad).await;
+                    let _ = self.reply(&mut stream, bad).await;
                     return;
                 }
             };
             let (response, keep_open) = self.handle(&body, &peer).await;
-            if !self.reply(&mut stream, &response).await || !keep_open {
+            if !self.reply(&mut stream, response).await || !keep_open {
                 return;
             }
         }
@@ -501,9 +777,11 @@ impl Connection {
                 Response::error(
                     ErrorKind::PermissionDenied,
                     format!(
-                        "permission denied: {} needs root, the daemon's user or membership in the admin group ([daemon].admin_group); you are uid {} (just added to the group? log in again)",
+                        "permission denied: {} needs {}; you are uid {}. An admin can add you with `adduser USER {}`; then log in again (group changes reach new log-ins only)",
                         request_name(&request),
-                        peer.uid
+                        self.auth.who_may(),
+                        peer.uid,
+                        self.auth.admin_name.as_deref().unwrap_or("ADMIN_GROUP"),
                     ),
                 ),
                 true,
@@ -533,8 +811,22 @@ impl Connection {
         }
     }
 
-    /// Writes a reply within the idle timeout; false if it could not.
-    async fn reply(&self, stream: &mut UnixStream, response: &Response) -> bool {
+    /// Writes a reply within the idle timeout; false if it could not. The
+    /// lines of a `logs` answer go out in several frames.
+    async fn reply(&self, stream: &mut UnixStream, response: Response) -> bool {
+        let Response::Logs { lines } = response else {
+            return self.reply_frame(stream, &response).await;
+        };
+        for frame in log_frames(lines) {
+            if !self.reply_frame(stream, &frame).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Writes one frame within the idle timeout; false if it could not.
+    async fn reply_frame(&self, stream: &mut UnixStream, response: &Response) -> bool {
         match tokio::time::timeout(self.idle_timeout, write_frame(stream, response)).await {
             Ok(Ok(())) => true,
             Ok(Err(FrameError::TooLarge(n))) => {
@@ -589,6 +881,42 @@ mod tests {
             pid: 1,
             groups: groups.to_vec(),
         }
+    }
+
+    #[test]
+    fn slots_cap_each_uid_and_hold_some_back_for_admins() {
+        let opts = ServeOptions {
+            max_clients: 4,
+            max_per_uid: 2,
+            admin_reserve: 2,
+            ..ServeOptions::default()
+        };
+        let slots = Arc::new(Mutex::new(Slots::default()));
+        let reader = |uid| peer(uid, 100, &[]);
+        // One uid gets 2, whatever is free.
+        let a1 = take_slot(&slots, &reader(1000), false, &opts).unwrap();
+        let _a2 = take_slot(&slots, &reader(1000), false, &opts).unwrap();
+        let why = take_slot(&slots, &reader(1000), false, &opts)
+            .err()
+            .unwrap();
+        assert!(why.contains("too many connections from uid 1000"), "{why}");
+        // Others fill the rest; then readers are refused ...
+        let _b = take_slot(&slots, &reader(1001), false, &opts).unwrap();
+        let _c = take_slot(&slots, &reader(1002), false, &opts).unwrap();
+        let why = take_slot(&slots, &reader(1003), false, &opts)
+            .err()
+            .unwrap();
+        assert!(why.contains("serving 4 clients"), "{why}");
+        // ... but admins get the reserve, root beyond its per-uid cap.
+        let _r1 = take_slot(&slots, &peer(0, 0, &[]), true, &opts).unwrap();
+        let _r2 = take_slot(&slots, &peer(0, 0, &[]), true, &opts).unwrap();
+        assert!(take_slot(&slots, &peer(0, 0, &[]), true, &opts).is_err());
+        // A slot given back is free again.
+        drop(a1);
+        let _d = take_slot(&slots, &reader(1003), false, &opts).unwrap();
+        let s = slots.lock().unwrap();
+        assert_eq!((s.general, s.reserve), (4, 2));
+        assert_eq!(s.per_uid.get(&1000), Some(&1));
     }
 
     #[test]

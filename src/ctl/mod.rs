@@ -102,6 +102,23 @@ pub fn socket_from_config(text: &str) -> Option<PathBuf> {
     None
 }
 
+/// The sockets to try, in order, for a request to the daemon whose reader
+/// socket is `reader`: changing requests try the admin socket next to it
+/// (`admin.sock`) first, reading requests the reader socket first; the
+/// other is the fallback when the first cannot be opened (no permission,
+/// or not there). A `reader` that is itself an `admin.sock` is tried alone.
+pub fn socket_candidates(reader: &Path, mutating: bool) -> Vec<PathBuf> {
+    let admin = crate::control::server::admin_socket_path(reader);
+    if admin == reader {
+        return vec![admin];
+    }
+    if mutating {
+        vec![admin, reader.to_path_buf()]
+    } else {
+        vec![reader.to_path_buf(), admin]
+    }
+}
+
 /// Targets for a status query: "all" means everything (no filter).
 pub fn status_targets(targets: &[String]) -> Vec<String> {
     if targets.iter().any(|t| t == "all") {
@@ -150,6 +167,18 @@ mod tests {
             resolve_socket(None, &dir.path().join("missing.toml")),
             PathBuf::from(DEFAULT_SOCKET)
         );
+    }
+
+    #[test]
+    fn changing_requests_try_the_admin_socket_first() {
+        let r = Path::new("/run/clearify-workerd/control.sock");
+        let a = PathBuf::from("/run/clearify-workerd/admin.sock");
+        assert_eq!(socket_candidates(r, true), vec![a.clone(), r.to_path_buf()]);
+        assert_eq!(
+            socket_candidates(r, false),
+            vec![r.to_path_buf(), a.clone()]
+        );
+        assert_eq!(socket_candidates(&a, false), vec![a.clone()]);
     }
 
     #[test]

@@ -1,12 +1,73 @@
 //! Text renderings of the daemon's answers for people. Scripts use
 //! `--json` instead; these formats may change.
+//!
+//! Everything shown here that a worker, the broker or the daemon's peer
+//! could have written (worker lines, exit texts, names, error messages)
+//! goes through [`escape`] first, so no escape sequence reaches the
+//! terminal.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::control::protocol::{
     InstanceStatus, LogLine, QueueStatus, ReloadReport, Status, TestReport,
 };
+
+/// What [`escape`] does with a line feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Newlines {
+    /// Keep `\n`: multi-line texts (a worker's traceback record, config
+    /// errors) stay readable.
+    Keep,
+    /// Show `\n` as `\n`: for one-line fields (names, states, table cells).
+    Escape,
+}
+
+/// Makes text from outside safe for a terminal: every control character
+/// is shown as an escape, so none reaches the terminal raw.
+///
+/// - C0 controls (ESC, BEL, CR, backspace, NUL…) and DEL become `\xNN`
+///   (ESC is `\x1b`), so CSI and OSC sequences show as text;
+/// - C1 controls (U+0080 to U+009F, which some terminals take as CSI or
+///   OSC) and the bidirectional overrides and isolates (U+202A to U+202E,
+///   U+2066 to U+2069, which reorder what is shown) become `\u{NNNN}`;
+/// - a tab stays a tab (harmless, and tracebacks use it); a line feed
+///   stays or is escaped as `newlines` says;
+/// - a backslash is left alone, so `\x1b` in the output may also be the
+///   text itself: `--raw` and `--json` give the exact bytes.
+///
+/// Borrowed, without copying, when there is nothing to escape.
+pub fn escape(s: &str, newlines: Newlines) -> Cow<'_, str> {
+    let unsafe_char = |c: char| match c {
+        '\t' => false,
+        '\n' => newlines == Newlines::Escape,
+        c if c.is_ascii_control() => true,
+        '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => true,
+        _ => false,
+    };
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if c == '\n' {
+            out.push_str("\\n");
+        } else if c.is_ascii() {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`escape`] for a one-line field.
+fn one(s: &str) -> Cow<'_, str> {
+    escape(s, Newlines::Escape)
+}
 
 /// A compact duration: `45s`, `3m12s`, `3h12m`, `2d4h`.
 pub fn human_duration(secs: u64) -> String {
@@ -32,7 +93,7 @@ fn queues_line(queues: &[QueueStatus]) -> String {
     }
     queues
         .iter()
-        .map(|q| format!("{}={}", q.name, opt(q.backlog)))
+        .map(|q| format!("{}={}", one(&q.name), opt(q.backlog)))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -53,15 +114,17 @@ fn instance_row(i: &InstanceStatus) -> [String; 9] {
     let state = if i.pinned && i.state == "stopped" {
         "stopped(pinned)".to_string()
     } else {
-        i.state.clone()
+        one(&i.state).into_owned()
     };
     [
-        i.id.clone(),
+        one(&i.id).into_owned(),
         state,
         opt(i.pid),
         i.uptime_secs.map_or_else(|| "-".into(), human_duration),
         i.restarts.to_string(),
-        i.last_exit.clone().unwrap_or_else(|| "-".into()),
+        i.last_exit
+            .as_deref()
+            .map_or_else(|| "-".into(), |e| one(e).into_owned()),
         i.memory_bytes
             .map_or_else(|| "-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
         i.cpu_percent
@@ -79,21 +142,26 @@ pub fn status_table(status: &Status) -> String {
     let _ = writeln!(
         out,
         "clearify-workerd {}  pid {}  up {}  config {}",
-        d.version,
+        one(&d.version),
         d.pid,
         human_duration(d.uptime_secs),
-        d.config
+        one(&d.config)
     );
-    let mut broker = format!("broker {} {}", d.broker.state, d.broker.url);
+    let mut broker = format!("broker {} {}", one(&d.broker.state), one(&d.broker.url));
     if let Some(ms) = d.broker.latency_ms {
         let _ = write!(broker, " ({ms:.1} ms)");
     }
     if let Some(err) = &d.broker.error {
-        let _ = write!(broker, " error: {err}");
+        let _ = write!(broker, " error: {}", one(err));
     }
-    let _ = writeln!(out, "{broker}  device {}  limits {}", d.device_id, d.limits);
+    let _ = writeln!(
+        out,
+        "{broker}  device {}  limits {}",
+        one(&d.device_id),
+        one(&d.limits)
+    );
     if !d.summary.is_empty() {
-        let _ = writeln!(out, "{}", d.summary);
+        let _ = writeln!(out, "{}", one(&d.summary));
     }
 
     let rows: Vec<Vec<[String; 9]>> = status
@@ -121,7 +189,7 @@ pub fn status_table(status: &Status) -> String {
     let headers = HEADERS.map(String::from);
     for (g, rows) in status.groups.iter().zip(&rows) {
         let _ = writeln!(out);
-        let _ = writeln!(out, "{}  queues: {}", g.name, queues_line(&g.queues));
+        let _ = writeln!(out, "{}  queues: {}", one(&g.name), queues_line(&g.queues));
         let _ = writeln!(out, "{}", line(&headers));
         for row in rows {
             let _ = writeln!(out, "{}", line(row));
@@ -145,6 +213,7 @@ pub fn reload_report(r: &ReloadReport) -> String {
             ("unchanged", &r.unchanged),
         ] {
             if !items.is_empty() {
+                let items: Vec<Cow<str>> = items.iter().map(|i| one(i)).collect();
                 let _ = writeln!(out, "  {label}: {}", items.join(", "));
             }
         }
@@ -154,12 +223,12 @@ pub fn reload_report(r: &ReloadReport) -> String {
     } else {
         let _ = writeln!(out, "config errors:");
         for e in &r.errors {
-            let _ = writeln!(out, "  {e}");
+            let _ = writeln!(out, "  {}", escape(e, Newlines::Keep));
         }
         let _ = writeln!(out, "old config kept");
     }
     for w in &r.warnings {
-        let _ = writeln!(out, "warning: {w}");
+        let _ = writeln!(out, "warning: {}", escape(w, Newlines::Keep));
     }
     out
 }
@@ -172,26 +241,31 @@ pub fn test_report(t: &TestReport) -> String {
     } else {
         "NOT reachable"
     };
-    let _ = writeln!(out, "broker {}: {verdict}", t.url);
-    let name_w = t.steps.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let _ = writeln!(out, "broker {}: {verdict}", one(&t.url));
+    let name_w = t
+        .steps
+        .iter()
+        .map(|s| one(&s.name).chars().count())
+        .max()
+        .unwrap_or(0);
     for s in &t.steps {
         let _ = write!(
             out,
             "  {:<name_w$}  {}  {:.1} ms",
-            s.name,
+            one(&s.name),
             if s.ok { "ok  " } else { "FAIL" },
             s.millis
         );
         if let Some(d) = &s.detail {
-            let _ = write!(out, "  {d}");
+            let _ = write!(out, "  {}", one(d));
         }
         let _ = writeln!(out);
     }
     if let Some(e) = &t.error {
-        let _ = writeln!(out, "error: {e}");
+        let _ = writeln!(out, "error: {}", one(e));
     }
     if let Some(v) = &t.redis_version {
-        let _ = writeln!(out, "redis version: {v}");
+        let _ = writeln!(out, "redis version: {}", one(v));
     }
     if let Some(m) = t.used_memory_bytes {
         let _ = writeln!(out, "used memory: {:.1} MiB", m as f64 / 1048576.0);
@@ -202,14 +276,21 @@ pub fn test_report(t: &TestReport) -> String {
     if !t.heartbeats.is_empty() {
         let _ = writeln!(out, "heartbeats:");
         for h in &t.heartbeats {
-            let _ = writeln!(out, "  {}  {:.1}s ago", h.node, h.age_secs);
+            let _ = writeln!(out, "  {}  {:.1}s ago", one(&h.node), h.age_secs);
         }
     }
     out
 }
 
-/// One worker line: UTC time, instance, and `!` for stderr.
+/// One worker line: UTC time, instance, and `!` for stderr; the text
+/// [`escape`]d (a multi-line record keeps its line feeds).
 pub fn log_line(l: &LogLine) -> String {
+    log_line_with(l, false)
+}
+
+/// [`log_line`], or with `raw` the text exactly as the daemon sent it
+/// (`clearifyctl logs --raw`, for pipes).
+pub fn log_line_with(l: &LogLine, raw: bool) -> String {
     let ts = if l.ts.is_finite() && l.ts >= 0.0 {
         let t = UNIX_EPOCH + Duration::from_secs_f64(l.ts);
         humantime::format_rfc3339_seconds(t).to_string()
@@ -217,7 +298,15 @@ pub fn log_line(l: &LogLine) -> String {
         "-".into()
     };
     let mark = if l.stream == "stderr" { "!" } else { "" };
-    format!("{ts} {}{mark}: {}", l.instance, l.text)
+    if raw {
+        format!("{ts} {}{mark}: {}", l.instance, l.text)
+    } else {
+        format!(
+            "{ts} {}{mark}: {}",
+            one(&l.instance),
+            escape(&l.text, Newlines::Keep)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -308,5 +397,53 @@ mod tests {
             text: "boom".into(),
         };
         assert_eq!(log_line(&l), "2023-11-14T22:13:20Z text-1!: boom");
+    }
+
+    #[test]
+    fn escape_shows_every_control_character_and_keeps_plain_text() {
+        let plain = "Task ok: 3 → 4\tdone ünïcødé \\x1b stays";
+        assert!(matches!(escape(plain, Newlines::Escape), Cow::Borrowed(_)));
+        assert_eq!(
+            escape("\x1b[2J\x1b]0;pwned\x07\r\x08\x00\x7f", Newlines::Keep),
+            "\\x1b[2J\\x1b]0;pwned\\x07\\x0d\\x08\\x00\\x7f"
+        );
+        // C1 CSI / OSC and bidi overrides.
+        assert_eq!(
+            escape("a\u{9b}31m\u{9d}b\u{202e}c\u{2066}", Newlines::Escape),
+            "a\\u{009b}31m\\u{009d}b\\u{202e}c\\u{2066}"
+        );
+        assert_eq!(escape("l1\nl2", Newlines::Keep), "l1\nl2");
+        assert_eq!(escape("l1\nl2", Newlines::Escape), "l1\\nl2");
+        // Nothing in the output is a control character but \n and \t.
+        let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        for mode in [Newlines::Keep, Newlines::Escape] {
+            let e = escape(&all, mode);
+            assert!(
+                e.chars().all(|c| c == '\t'
+                    || (c == '\n' && mode == Newlines::Keep)
+                    || !(c.is_control()
+                        || ('\u{202a}'..='\u{202e}').contains(&c)
+                        || ('\u{2066}'..='\u{2069}').contains(&c))),
+                "{mode:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_lines_and_status_cells_are_escaped_raw_keeps_bytes() {
+        let l = LogLine {
+            ts: 1_700_000_000.5,
+            instance: "text-1".into(),
+            stream: "stdout".into(),
+            text: "\x1b]52;c;cHduZWQ=\x07ok\r".into(),
+        };
+        assert_eq!(
+            log_line(&l),
+            "2023-11-14T22:13:20Z text-1: \\x1b]52;c;cHduZWQ=\\x07ok\\x0d"
+        );
+        assert_eq!(
+            log_line_with(&l, true),
+            "2023-11-14T22:13:20Z text-1: \x1b]52;c;cHduZWQ=\x07ok\r"
+        );
     }
 }

@@ -145,7 +145,7 @@ impl FakeState {
         Ok(ids)
     }
 
-    fn set(&self, id: &str, f: impl FnOnce(&mut InstanceStatus)) {
+    pub fn set(&self, id: &str, f: impl FnOnce(&mut InstanceStatus)) {
         let mut st = self.status.lock().unwrap();
         for g in &mut st.groups {
             for i in &mut g.instances {
