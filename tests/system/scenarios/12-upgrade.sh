@@ -45,7 +45,7 @@ b = new.rindex("# End automatically added section") + len("# End automatically a
 src = open(old).read()
 open(built, "w").write(src.replace("#DEBHELPER#\n", new[a:b]))
 PY
-grep -q clearify-worker /root/old/DEBIAN/postinst && fail "the one-user postinst mentions clearify-worker"
+grep -qw clearify-worker /root/old/DEBIAN/postinst && fail "the one-user postinst mentions clearify-worker"
 install -m 0644 "$FIX/workers.toml" /root/old/etc/clearify/workers.toml
 sed -i 's/^Version: .*/Version: 0.1.0~oneuser/' /root/old/DEBIAN/control
 (cd /root/old && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | sort -z | xargs -0 md5sum >DEBIAN/md5sums)
