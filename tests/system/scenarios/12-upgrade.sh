@@ -58,8 +58,8 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y /root/old.deb || fail "apt ins
 assert_fails "no clearify-worker before the upgrade" getent passwd clearify-worker
 assert_fails "no clearify-admin before the upgrade" getent group clearify-admin
 write_env
-two_group_config
 # The admin's edit of the old file: no [celery] user (the old default).
+WORKER_USER=clearify two_group_config
 sed -i '/^user = /d' "$CONFIG"
 clearify-workerd --check --config "$CONFIG" >/dev/null || fail "--check rejects the one-user config"
 sum=$(sha256sum "$CONFIG")
