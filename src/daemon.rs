@@ -7,8 +7,12 @@
 //! 4. The cgroup subtree: the daemon moves itself into `supervisor/` before
 //!    anything is started and before READY=1.
 //! 5. Child subreaper, then the reaper task.
-//! 6. The control socket; then READY=1, so boot is never stalled by a
-//!    broker that is not up yet (the broker wait shows in STATUS=).
+//! 6. The control socket (binding it proves no other daemon serves it);
+//!    then the workers a previous daemon left running (it was SIGKILLed,
+//!    panicked or was OOM killed) are stopped warmly, found through the run
+//!    records in the state directory and the cgroup leaves, before any new
+//!    worker starts; then READY=1, so boot is never stalled by a broker
+//!    that is not up yet (the broker wait shows in STATUS=).
 //! 7. The supervisor actor, until shutdown.
 
 use std::path::{Path, PathBuf};
@@ -33,6 +37,9 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub struct Options {
     pub config: PathBuf,
     pub log_target: journal::LogTarget,
+    /// Where runs are recorded for the next daemon; `None`: `workers/`
+    /// next to the control socket.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Run the daemon until it is told to stop. Returns the process exit code.
@@ -149,6 +156,30 @@ pub async fn run(opts: Options) -> i32 {
             }
         }
     }
+    // 6b. Workers left by a previous daemon (SIGKILLed, panicked, OOM
+    // killed): stopped warmly before any of ours starts, so no node name
+    // runs twice. Only now: the bind above proved no other daemon serves
+    // this socket, so they are not a live daemon's workers.
+    let notifier = Notifier::from_env();
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| process::records::default_dir(&socket));
+    let records = match process::records::Records::open(&state_dir) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            error!(
+                "{e}; cannot record runs, so a daemon started after a crash of this one cannot find its workers"
+            );
+            None
+        }
+    };
+    let longest_stop = crate::plan::build(&config)
+        .instances()
+        .map(|s| s.timing.stop_timeout)
+        .max()
+        .unwrap_or(std::time::Duration::from_secs(10));
+    stop_previous_workers(records.as_ref(), cgroups.as_ref(), longest_stop, &notifier).await;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let server_task = tokio::spawn(server::serve_sockets(
@@ -171,7 +202,6 @@ pub async fn run(opts: Options) -> i32 {
         });
     }
 
-    let notifier = Notifier::from_env();
     let sink = match opts.log_target {
         journal::LogTarget::Journal => Sink::Journal(journal::JournalSender::new()),
         journal::LogTarget::Stderr => Sink::Stderr,
@@ -201,6 +231,7 @@ pub async fn run(opts: Options) -> i32 {
             limits_line,
             sink,
             notifier,
+            records,
         },
         tx,
     );
@@ -208,6 +239,26 @@ pub async fn run(opts: Options) -> i32 {
     let _ = stop_server.send(());
     let _ = server_task.await;
     code
+}
+
+/// Stop the workers a previous daemon left: those its run records name,
+/// and (with limits on) whatever is still in an instance leaf of the
+/// delegated tree. Warm first (SIGTERM, stop_timeout), then SIGKILL.
+async fn stop_previous_workers(
+    records: Option<&process::records::Records>,
+    cgroups: Option<&cgroup::CgroupTree>,
+    stop_timeout: std::time::Duration,
+    notifier: &Notifier,
+) {
+    if let Some(r) = records {
+        process::records::stop_previous(r, |d| {
+            notifier.extend_timeout(d);
+        })
+        .await;
+    }
+    if let Some(t) = cgroups {
+        cgroup::stop_leftover_leaves(t, stop_timeout).await;
+    }
 }
 
 fn spawn_signal_handlers(tx: mpsc::Sender<Msg>) -> std::io::Result<()> {

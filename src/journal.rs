@@ -1312,10 +1312,26 @@ pub fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
     matches!((d.parse::<u64>(), i.parse::<u64>()), (Ok(d), Ok(i)) if d == dev && i == ino)
 }
 
+/// Whether the daemon's stderr log may use colours: only on a terminal,
+/// and not when `NO_COLOR` is set to anything non-empty (no-color.org).
+pub fn stderr_colours() -> bool {
+    use std::io::IsTerminal;
+    use_colours(
+        io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+/// [`stderr_colours`] for given facts.
+pub fn use_colours(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Sets up the daemon's tracing subscriber: journald (tracing-journald,
 /// SYSLOG_IDENTIFIER=clearify-workerd, event fields as `CLEARIFY_<NAME>`, so
 /// an `instance = …` field lines up with the worker lines'
-/// `CLEARIFY_INSTANCE`) or human-readable text on stderr.
+/// `CLEARIFY_INSTANCE`) or human-readable text on stderr (coloured only
+/// per [`stderr_colours`]).
 /// The filter comes from `RUST_LOG`, default `info`. `Auto` falls back to
 /// stderr when the journal socket cannot be opened; `Journal` fails then.
 pub fn init_tracing(target: LogTarget) -> anyhow::Result<()> {
@@ -1343,7 +1359,11 @@ pub fn init_tracing(target: LogTarget) -> anyhow::Result<()> {
             .try_init()?,
         None => tracing_subscriber::registry()
             .with(filter())
-            .with(tracing_subscriber::fmt::layer().with_writer(io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(stderr_colours())
+                    .with_writer(io::stderr),
+            )
             .try_init()?,
     }
     Ok(())
@@ -1417,6 +1437,16 @@ line warning
 
     fn text(r: &Record) -> &str {
         std::str::from_utf8(&r.message).unwrap()
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colours(true, None));
+        assert!(use_colours(true, Some(OsStr::new(""))));
+        assert!(!use_colours(true, Some(OsStr::new("1"))));
+        assert!(!use_colours(false, None));
+        assert!(!use_colours(false, Some(OsStr::new("1"))));
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //!   signals never reach it and its main pid is also its process group and
 //!   session id. It joins its cgroup leaf *before* exec (a write of "0" to an
 //!   fd of the leaf's `cgroup.procs`, opened beforehand), and drops to the
-//!   worker user when the daemon runs as root. Everything `pre_exec` needs is
-//!   prepared before the fork: it only makes system calls.
+//!   worker user (as root, or with CAP_SETUID and CAP_SETGID). Everything `pre_exec` needs is
+//!   prepared before the fork: it only makes system calls. The worker is the
+//!   child subreaper of its own tree, so its descendants' orphans stay
+//!   below it while it lives (a worker that never reaps them keeps them as
+//!   zombies until it exits).
 //! * **Reap.** One reaper owns all reaping: on SIGCHLD it calls
 //!   `waitpid(-1, WNOHANG)` until nothing is left and reports every exit. The
 //!   daemon is a child subreaper, so orphaned pool children come back to it
@@ -14,8 +17,18 @@
 //!   children (no `tokio::process`).
 //! * **Kill tree.** The last step of a stop, and the clean-up after a crash:
 //!   SIGKILL to the run's process group, to its session, to every descendant
-//!   of those, and to adopted orphans that carry the run's marker in their
-//!   environment (grandchildren that called setsid), until none is left.
+//!   of those, and to every orphan that came back to the daemon and belongs
+//!   to no live run (a grandchild that called setsid and dropped its
+//!   environment is one), until none is left. Nothing is read from the
+//!   processes' environment. The kill is async and starts no thread or
+//!   process, so it works when none can be started. At exit the daemon
+//!   kills every descendant it still has.
+//! * **Capabilities and fds.** A worker starts with empty capability sets
+//!   (ambient cleared, then capset to zero) and with only fds 0, 1 and 2
+//!   (everything else close-on-exec).
+//! * **Records.** Each run is recorded (pid, start time, uid, node) in the
+//!   state directory, so a daemon started after one that died can stop the
+//!   workers it left before starting its own ([`records`]).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -37,7 +50,8 @@ use crate::plan::InstanceSpec;
 use crate::supervisor::machine::ExitReason;
 
 /// The environment variable that marks every process of one run of an
-/// instance: `<instance id>.<generation>@<daemon pid>`.
+/// instance: `<instance id>.<generation>@<daemon pid>`. Informational (a
+/// process can drop it): the kill path does not rely on it.
 pub const RUN_MARKER: &str = "CLEARIFY_RUN";
 
 /// The user a worker runs as, resolved once before spawning.
@@ -54,7 +68,7 @@ pub struct RunAs {
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
     #[error(
-        "clearify-workerd runs as root but [celery].user is not set: workers never run as root; set user = \"clearify\" (or another unprivileged user) in [celery]"
+        "clearify-workerd runs as root but [celery].user is not set: workers never run as root; set user = \"clearify-worker\" (or another unprivileged user) in [celery]"
     )]
     NoUser,
     #[error("[celery].user = {0:?}: no such user")]
@@ -63,18 +77,58 @@ pub enum UserError {
     Root(String),
     #[error("looking up user {0:?}: {1}")]
     Lookup(String, nix::Error),
+    #[error(
+        "[celery].user = {name:?} (uid {uid}): the daemon runs as uid {daemon_uid} without {missing}, so it cannot {what}; give it the capabilities (systemd: AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL), run it as root, or set [celery].user to the daemon's own user"
+    )]
+    MissingCaps {
+        name: String,
+        uid: u32,
+        daemon_uid: u32,
+        missing: String,
+        what: &'static str,
+    },
 }
 
-/// Decide who workers run as. As root, `user` must name an unprivileged
-/// user; otherwise workers simply run as the daemon's own user, and `user`
-/// is ignored (systemd already chose the user). The user and its groups come
-/// from /etc/passwd and /etc/group when they have it, else from NSS
-/// ([`Accounts`]).
+/// Capability numbers (linux/capability.h).
+const CAP_KILL: u32 = 5;
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+
+/// The daemon's effective capability set, from /proc/self/status (0 when
+/// it cannot be read: then nothing is assumed).
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Decide who workers run as.
+///
+/// * `user` set to another uid than the daemon's: workers drop to it. That
+///   takes root, or CAP_SETUID and CAP_SETGID (and CAP_KILL, to signal
+///   them); without those, a start-up error names the key and what is
+///   missing.
+/// * `user` set to the daemon's own uid, or not set while the daemon is not
+///   root: workers run as the daemon's user (no switch is needed).
+/// * Never root: `user` naming uid 0 is an error, and so is no `user` for a
+///   daemon that runs as root.
+///
+/// The user and its groups come from /etc/passwd and /etc/group when they
+/// have it, else from NSS ([`Accounts`]).
 pub fn resolve_user(user: Option<&str>) -> Result<Option<RunAs>, UserError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(None);
-    }
-    let name = user.ok_or(UserError::NoUser)?;
+    let euid = nix::unistd::geteuid();
+    let Some(name) = user else {
+        return if euid.is_root() {
+            Err(UserError::NoUser)
+        } else {
+            Ok(None)
+        };
+    };
     let accounts = Accounts::system();
     let u = accounts
         .user_by_name(name)
@@ -82,6 +136,37 @@ pub fn resolve_user(user: Option<&str>) -> Result<Option<RunAs>, UserError> {
         .ok_or_else(|| UserError::Unknown(name.to_string()))?;
     if u.uid.is_root() {
         return Err(UserError::Root(name.to_string()));
+    }
+    if u.uid == euid {
+        return Ok(None);
+    }
+    if !euid.is_root() {
+        let caps = effective_caps();
+        let lacks = |cap: u32| caps & (1u64 << cap) == 0;
+        let mut missing = Vec::new();
+        for (cap, cname) in [
+            (CAP_SETUID, "CAP_SETUID"),
+            (CAP_SETGID, "CAP_SETGID"),
+            (CAP_KILL, "CAP_KILL"),
+        ] {
+            if lacks(cap) {
+                missing.push(cname);
+            }
+        }
+        if !missing.is_empty() {
+            let what = if lacks(CAP_SETUID) || lacks(CAP_SETGID) {
+                "switch workers to that user"
+            } else {
+                "signal workers of another user"
+            };
+            return Err(UserError::MissingCaps {
+                name: name.to_string(),
+                uid: u.uid.as_raw(),
+                daemon_uid: euid.as_raw(),
+                missing: missing.join(", "),
+                what,
+            });
+        }
     }
     let groups = accounts
         .groups_of(&u)
@@ -141,9 +226,13 @@ pub fn spawn(
                 .collect::<Vec<_>>(),
         )
     });
+    // Everything the closure needs, prepared here: after the fork only
+    // system calls on this data are allowed.
+    let fd_limit = fd_scan_limit();
     // SAFETY: the closure runs between fork and exec. It only makes system
-    // calls (setsid, write, setgroups, setgid, setuid) on data prepared
-    // above; it allocates nothing and takes no lock.
+    // calls (setsid, write, setgroups, setgid, setuid, prctl, capset,
+    // close_range, fcntl, getuid) on data prepared above; it allocates
+    // nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -152,6 +241,13 @@ pub fn spawn(
             if let Some(fd) = cgroup_procs {
                 crate::cgroup::join_cgroup_fd(fd)?;
             }
+            // The worker is the subreaper of its own tree (this survives
+            // exec): while it lives, whatever its descendants orphan stays
+            // below it, so it is found and killed with its run; only once
+            // it has died do they come back to the daemon.
+            if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             if let Some((uid, gid, groups)) = &ids
                 && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
                     || libc::setgid(*gid) < 0
@@ -159,6 +255,12 @@ pub fn spawn(
             {
                 return Err(io::Error::last_os_error());
             }
+            // Never a worker as root, whatever the daemon was told.
+            if libc::getuid() == 0 || libc::geteuid() == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            drop_all_capabilities()?;
+            close_inherited_fds(fd_limit);
             Ok(())
         });
     }
@@ -177,12 +279,123 @@ pub fn spawn(
     })
 }
 
-/// Send `sig` to one process. A process that is already gone is not an error.
+/// The highest fd + 1 that [`close_inherited_fds`] walks when the kernel
+/// has no `close_range`: the soft RLIMIT_NOFILE, at most 65536.
+fn fd_scan_limit() -> i32 {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => soft.min(65_536) as i32,
+        Err(_) => 1024,
+    }
+}
+
+/// Mark every fd from 3 up close-on-exec, so the worker starts with 0, 1
+/// and 2 only, whatever the daemon inherited. Close-on-exec rather than
+/// close: std's exec-error pipe must stay open until the exec. Async-signal
+/// safe: `close_range` (Linux 5.11), else `fcntl` on each fd below `limit`.
+fn close_inherited_fds(limit: i32) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: system calls on integers only.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        for fd in 3..limit {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// `struct __user_cap_header_struct` (linux/capability.h).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empty the ambient, effective, permitted and inheritable capability sets
+/// of the calling process. Ambient capabilities survive a setuid between
+/// two non-root uids and pass through execve: a worker of a daemon with
+/// ambient CAP_SETUID/CAP_KILL would keep them. Dropping capabilities needs
+/// none. Async-signal safe (prctl and capset only, on stack data).
+fn drop_all_capabilities() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments; capset with pointers to
+    // initialised structs on the stack.
+    unsafe {
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) < 0
+        {
+            // EINVAL: a kernel before 4.3 has no ambient set to clear.
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Send `sig` to one process. A process that is already gone is not an
+/// error. EPERM (a worker of another uid, and the daemon lacks CAP_KILL)
+/// says so.
 pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
-    match kill(Pid::from_raw(pid as i32), sig) {
+    let target = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    match kill(Pid::from_raw(target), sig) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(Errno::EPERM) => Err(eperm(pid)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The error for a signal the kernel refused.
+fn eperm(pid: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "permission denied signalling pid {pid}: the daemon needs CAP_KILL (or root) to signal workers of another user"
+        ),
+    )
 }
 
 /// Make the daemon a child subreaper: orphans of its workers (pool children
@@ -275,13 +488,6 @@ fn read_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
-fn has_marker(pid: i32, marker: &[u8]) -> bool {
-    let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    env.split(|b| *b == 0).any(|kv| kv == marker)
-}
-
 /// CPU time and resident memory of a process and all its descendants.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TreeUsage {
@@ -358,41 +564,77 @@ fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
-/// The live processes that belong to one run: the main process (`pgid`) if
-/// it is still there, and the daemon's own children that are not the main
-/// process of another instance and are in the run's process group or
-/// session or carry its marker (orphans adopted by the subreaper), with all
-/// their descendants. Reads only those processes, not all of /proc.
-pub fn run_members(
-    pgid: Option<u32>,
-    marker: &str,
-    live_mains: &std::collections::HashSet<i32>,
-) -> Vec<i32> {
+/// The main pids of the runs that are live now, shared between the
+/// supervisor (which adds a pid right after the spawn and removes it when
+/// the exit is reaped) and the kill tasks (which must never touch another
+/// live run). Everything runs on the one runtime thread, so a kill task
+/// never sees a main that was forked but not yet added.
+#[derive(Debug, Clone, Default)]
+pub struct LiveMains(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<i32>>>);
+
+impl LiveMains {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn insert(&self, pid: u32) {
+        if let Ok(p) = i32::try_from(pid) {
+            self.lock().insert(p);
+        }
+    }
+    pub fn remove(&self, pid: u32) {
+        if let Ok(p) = i32::try_from(pid) {
+            self.lock().remove(&p);
+        }
+    }
+    pub fn snapshot(&self) -> std::collections::HashSet<i32> {
+        self.lock().clone()
+    }
+}
+
+/// The live processes that belong to one run, with all their descendants:
+///
+/// - the main process (`pgid`) while it is still that run's session leader;
+/// - every child of the daemon (the subreaper) that is not the main of a
+///   live run, nor in the process group or session of one. Each worker
+///   main is the subreaper of its own tree, so while it lives the orphans
+///   of its descendants stay below it: a process that comes back to the
+///   daemon is from a run whose main has died, i.e. one that is ending,
+///   even when it left its session and environment behind
+///   (`setsid env -i …`) and nothing else ties it to that run. It is killed
+///   with the run that ends now rather than left unsupervised.
+///
+/// Reads only those processes, not all of /proc.
+pub fn run_members(pgid: Option<u32>, live_mains: &std::collections::HashSet<i32>) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let marker_kv = format!("{RUN_MARKER}={marker}").into_bytes();
     let mut roots: Vec<i32> = Vec::new();
-    if let Some(g) = pgid {
+    let own = pgid.and_then(|g| i32::try_from(g).ok());
+    if let Some(g) = own {
         // Only while it is still that run's session leader: once reaped, its
         // pid may belong to an unrelated process.
-        let g = g as i32;
         if read_stat(g).is_some_and(|p| p.pgrp == g || p.session == g) {
             roots.push(g);
         }
     }
     for c in children_of(me) {
-        if Some(c) == pgid.map(|g| g as i32) || live_mains.contains(&c) {
+        if Some(c) == own || live_mains.contains(&c) {
             continue;
         }
-        let in_run = pgid.is_some_and(|g| {
-            read_stat(c).is_some_and(|p| p.pgrp == g as i32 || p.session == g as i32)
-        });
-        if in_run || has_marker(c, &marker_kv) {
+        let Some(st) = read_stat(c) else { continue };
+        let of_live_run = Some(st.pgrp) != own
+            && Some(st.session) != own
+            && (live_mains.contains(&st.pgrp) || live_mains.contains(&st.session));
+        if !of_live_run {
             roots.push(c);
         }
     }
+    descendants_alive(roots, me)
+}
+
+/// `roots` and all their descendants, without zombies and without `me`.
+fn descendants_alive(mut roots: Vec<i32>, me: i32) -> Vec<i32> {
     let mut seen: BTreeSet<i32> = BTreeSet::new();
     while let Some(pid) = roots.pop() {
-        if pid == me || !seen.insert(pid) {
+        if pid == me || pid <= 1 || !seen.insert(pid) {
             continue;
         }
         roots.extend(children_of(pid));
@@ -402,32 +644,446 @@ pub fn run_members(
         .collect()
 }
 
+/// What a kill left behind.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KillReport {
+    /// Processes still alive when the time was up (0: done).
+    pub left: usize,
+    /// Processes the kernel would not let the daemon signal (EPERM).
+    pub refused: Vec<i32>,
+}
+
+/// SIGKILL `pids`; those the kernel refuses (EPERM) go to `refused`.
+fn sigkill_all(pids: &[i32], refused: &mut Vec<i32>) {
+    for pid in pids {
+        if let Err(Errno::EPERM) = kill(Pid::from_raw(*pid), Signal::SIGKILL)
+            && !refused.contains(pid)
+        {
+            refused.push(*pid);
+        }
+    }
+}
+
 /// SIGKILL every process of one run until none is left, or `timeout`
-/// passes. Returns how many are left (0 on success). Blocking: call it from
-/// a blocking task.
-pub fn kill_run(
-    pgid: Option<u32>,
-    marker: &str,
-    live_mains: &std::collections::HashSet<i32>,
-    timeout: Duration,
-) -> usize {
+/// passes. Async and thread-free: it only makes system calls and sleeps on
+/// the runtime's timer, so it works when the system (or the daemon's uid)
+/// can start no thread and no process.
+pub async fn kill_run(pgid: Option<u32>, live: &LiveMains, timeout: Duration) -> KillReport {
     let start = Instant::now();
+    let mut refused = Vec::new();
     loop {
-        if let Some(g) = pgid {
+        if let Some(g) = pgid.and_then(|g| i32::try_from(g).ok()).filter(|g| *g > 1) {
             // The whole process group at once, even when its leader is gone.
-            let _ = kill(Pid::from_raw(-(g as i32)), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(-g), Signal::SIGKILL);
         }
-        let members = run_members(pgid, marker, live_mains);
+        let members = run_members(pgid, &live.snapshot());
         if members.is_empty() {
-            return 0;
+            return KillReport { left: 0, refused };
         }
-        for pid in &members {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-        }
+        sigkill_all(&members, &mut refused);
         if start.elapsed() >= timeout {
-            return members.len();
+            return KillReport {
+                left: members.len(),
+                refused,
+            };
         }
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// SIGKILL every descendant of the daemon until none is left or `timeout`
+/// passes: the last step before the daemon exits, so nothing it started
+/// (even an orphan that dropped its session and environment) outlives it.
+pub async fn kill_all_descendants(timeout: Duration) -> KillReport {
+    let me = std::process::id() as i32;
+    let start = Instant::now();
+    let mut refused = Vec::new();
+    loop {
+        let members = descendants_alive(children_of(me), me);
+        if members.is_empty() {
+            return KillReport { left: 0, refused };
+        }
+        sigkill_all(&members, &mut refused);
+        if start.elapsed() >= timeout {
+            return KillReport {
+                left: members.len(),
+                refused,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat, in clock
+/// ticks since boot): with the pid, it names one process, never a later
+/// one that reuses the pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = s.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(s.get(close + 1..)?).ok()?;
+    // rest: " <state> …": field 3 is index 0 here.
+    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The real uid of a process, from /proc/PID/status.
+fn real_uid(pid: i32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Every live process in session `sid` or process group `sid`, with their
+/// descendants: the tree of a worker that is not the daemon's child (one
+/// left by a previous daemon). Scans /proc.
+fn session_tree(sid: i32) -> Vec<i32> {
+    let mut roots = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if read_stat(pid).is_some_and(|s| s.session == sid || s.pgrp == sid) {
+                roots.push(pid);
+            }
+        }
+    }
+    descendants_alive(roots, std::process::id() as i32)
+}
+
+/// Records of the runs a daemon started, one file per instance, so that
+/// the next daemon can find the workers of one that died without stopping
+/// them (SIGKILL, panic, OOM kill) and stop them before it starts its own.
+pub mod records {
+    use std::fs;
+    use std::io::{self, Write};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tracing::{error, info, warn};
+
+    /// The longest stop_timeout a record may ask for at start-up.
+    const MAX_STOP_WAIT: Duration = Duration::from_secs(3600);
+    /// How long the final SIGKILL of an old run may take.
+    const KILL_WAIT: Duration = Duration::from_secs(5);
+    /// The largest record file read.
+    const MAX_RECORD: u64 = 4096;
+
+    /// The default state directory: `workers/` next to the control socket
+    /// (`/run/clearify-workerd/workers` with the packaged config).
+    pub fn default_dir(socket: &Path) -> PathBuf {
+        socket
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("workers")
+    }
+
+    /// One run of one instance, as recorded.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct RunRecord {
+        pub instance: String,
+        pub node: String,
+        pub pid: i32,
+        /// /proc/PID/stat start time of `pid`.
+        pub start: u64,
+        pub uid: u32,
+        pub stop_timeout: Duration,
+        /// The kernel's boot id when the run started: start times count
+        /// from boot, so a record from before a reboot names nothing.
+        pub boot_id: String,
+    }
+
+    /// This boot's id (/proc/sys/kernel/random/boot_id).
+    pub fn boot_id() -> String {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    impl RunRecord {
+        #[cfg(test)]
+        pub(crate) fn render_for_test(&self) -> String {
+            self.render()
+        }
+
+        fn render(&self) -> String {
+            format!(
+                "instance={}\nnode={}\npid={}\nstart={}\nuid={}\nstop_timeout_ms={}\nboot_id={}\n",
+                self.instance,
+                self.node,
+                self.pid,
+                self.start,
+                self.uid,
+                self.stop_timeout.as_millis(),
+                self.boot_id
+            )
+        }
+
+        /// Parse a record; `None` for anything malformed.
+        pub fn parse(text: &str) -> Option<RunRecord> {
+            let mut instance = None;
+            let mut node = None;
+            let mut pid = None;
+            let mut start = None;
+            let mut uid = None;
+            let mut stop = None;
+            let mut boot = None;
+            for line in text.lines() {
+                let (k, v) = line.split_once('=')?;
+                match k {
+                    "instance" if valid_name(v) => instance = Some(v.to_string()),
+                    "node" => node = Some(v.to_string()),
+                    "pid" => pid = v.parse::<i32>().ok().filter(|p| *p > 1),
+                    "start" => start = v.parse::<u64>().ok(),
+                    "uid" => uid = v.parse::<u32>().ok(),
+                    "stop_timeout_ms" => stop = v.parse::<u64>().ok().map(Duration::from_millis),
+                    "boot_id" => boot = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            Some(RunRecord {
+                instance: instance?,
+                node: node?,
+                pid: pid?,
+                start: start?,
+                uid: uid?,
+                stop_timeout: stop?.min(MAX_STOP_WAIT),
+                boot_id: boot?,
+            })
+        }
+    }
+
+    /// An instance id usable as a file name.
+    fn valid_name(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 255
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+    }
+
+    /// The state directory, owned by the daemon's uid and closed to others.
+    #[derive(Debug, Clone)]
+    pub struct Records {
+        dir: PathBuf,
+    }
+
+    impl Records {
+        /// Create (mode 0700) or open the directory. It must be a real
+        /// directory owned by the daemon's uid and not writable by others.
+        pub fn open(dir: &Path) -> io::Result<Records> {
+            match fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(dir)
+            {
+                Ok(()) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create the state directory {}: {e}", dir.display()),
+                    ));
+                }
+            }
+            let meta = fs::symlink_metadata(dir)?;
+            let euid = nix::unistd::geteuid().as_raw();
+            if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "state directory {}: must be a directory owned by uid {euid} and writable by it only",
+                        dir.display()
+                    ),
+                ));
+            }
+            if meta.mode() & 0o077 != 0 {
+                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+            }
+            Ok(Records {
+                dir: dir.to_path_buf(),
+            })
+        }
+
+        pub fn dir(&self) -> &Path {
+            &self.dir
+        }
+
+        fn path_of(&self, instance: &str) -> Option<PathBuf> {
+            valid_name(instance).then(|| self.dir.join(format!("{instance}.run")))
+        }
+
+        /// Write (atomically: a temporary file, then rename) the record of
+        /// a run that was just started.
+        pub fn write(&self, r: &RunRecord) -> io::Result<()> {
+            let path = self.path_of(&r.instance).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "invalid instance name")
+            })?;
+            let tmp = self.dir.join(format!(".{}.tmp", r.instance));
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(r.render().as_bytes())?;
+            drop(f);
+            fs::rename(&tmp, &path)
+        }
+
+        /// Remove the record of `instance` if it still names `pid`.
+        pub fn remove(&self, instance: &str, pid: u32) {
+            let Some(path) = self.path_of(instance) else {
+                return;
+            };
+            if read_record(&path).is_some_and(|r| r.pid as u32 == pid) {
+                let _ = fs::remove_file(&path);
+            }
+        }
+
+        /// Every record in the directory, with its path. Malformed files
+        /// are removed with a warning.
+        pub fn load(&self) -> Vec<(PathBuf, RunRecord)> {
+            let mut out = Vec::new();
+            let Ok(entries) = fs::read_dir(&self.dir) else {
+                return out;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+                if !name.ends_with(".run") {
+                    continue;
+                }
+                match read_record(&path) {
+                    Some(r) => out.push((path, r)),
+                    None => {
+                        warn!(path = %path.display(), "ignoring the malformed run record {}", path.display());
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    fn read_record(path: &Path) -> Option<RunRecord> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?;
+        let mut text = String::new();
+        io::Read::read_to_string(&mut io::Read::take(f, MAX_RECORD), &mut text).ok()?;
+        RunRecord::parse(&text)
+    }
+
+    /// Whether the process a record names is still that process: same
+    /// start time (a reused pid has another) and same real uid.
+    fn is_live(r: &RunRecord) -> bool {
+        r.pid != std::process::id() as i32
+            && r.boot_id == boot_id()
+            && super::start_time(r.pid) == Some(r.start)
+            && super::real_uid(r.pid) == Some(r.uid)
+            && super::read_stat(r.pid).is_some_and(|s| !s.zombie)
+    }
+
+    /// At start-up, before any worker of this daemon starts: stop the
+    /// workers a previous daemon left running, warmly, like a stop: SIGTERM
+    /// to the main process, up to its stop_timeout to exit, then SIGKILL to
+    /// its whole tree (process group, session, descendants). All at once;
+    /// returns when none is left. Records are removed once handled.
+    /// `extend` asks the service manager for the time the wait may take.
+    pub async fn stop_previous(records: &Records, extend: impl Fn(Duration)) {
+        let mut runs = Vec::new();
+        for (path, r) in records.load() {
+            if is_live(&r) {
+                info!(
+                    instance = %r.instance, pid = r.pid, node = %r.node,
+                    "{}: worker pid {} ({}) left by a previous run of the daemon; stopping it (SIGTERM, warm shutdown) before starting workers",
+                    r.instance, r.pid, r.node
+                );
+                if let Err(e) = kill(Pid::from_raw(r.pid), Signal::SIGTERM) {
+                    warn!(instance = %r.instance, pid = r.pid, "{}: cannot signal pid {}: {e}", r.instance, r.pid);
+                }
+                runs.push((path, r, false));
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        if runs.is_empty() {
+            return;
+        }
+        let longest = runs
+            .iter()
+            .map(|(_, r, _)| r.stop_timeout)
+            .max()
+            .unwrap_or_default();
+        extend(longest + KILL_WAIT + Duration::from_secs(5));
+        let start = Instant::now();
+        let mut killed = 0;
+        loop {
+            let mut waiting = false;
+            for (path, r, done) in runs.iter_mut().filter(|(_, _, d)| !*d) {
+                if is_live(r) && start.elapsed() < r.stop_timeout {
+                    waiting = true;
+                    continue;
+                }
+                if is_live(r) {
+                    warn!(instance = %r.instance, pid = r.pid, "{}: the old worker did not stop within {:?}; SIGKILL", r.instance, r.stop_timeout);
+                }
+                *done = true;
+                let _ = path;
+            }
+            if !waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // SIGKILL what is left of every old run: its process group and
+        // session (the main is its leader) and their descendants.
+        let kill_start = Instant::now();
+        for (path, r, _) in &runs {
+            loop {
+                let _ = kill(Pid::from_raw(-r.pid), Signal::SIGKILL);
+                let mut members = super::session_tree(r.pid);
+                if is_live(r) && !members.contains(&r.pid) {
+                    members.push(r.pid);
+                }
+                if members.is_empty() {
+                    break;
+                }
+                let mut refused = Vec::new();
+                super::sigkill_all(&members, &mut refused);
+                killed += members.len();
+                if !refused.is_empty() {
+                    error!(instance = %r.instance, ?refused, "{}: not allowed to kill pids {refused:?} of the old run (EPERM: the daemon needs CAP_KILL)", r.instance);
+                }
+                if kill_start.elapsed() >= KILL_WAIT {
+                    error!(instance = %r.instance, "{}: {} processes of the old run survived SIGKILL", r.instance, members.len());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = fs::remove_file(path);
+        }
+        info!(
+            runs = runs.len(),
+            "stopped {} worker(s) left by a previous run ({} process(es) killed after the warm stop)",
+            runs.len(),
+            killed
+        );
     }
 }
 
@@ -477,6 +1133,54 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(tree_usage(cpid), None, "a reaped pid has no usage");
+    }
+
+    #[test]
+    fn run_records_round_trip_and_reject_malformed_text() {
+        use records::RunRecord;
+        let r = RunRecord {
+            instance: "text-1".into(),
+            node: "text-1@dev".into(),
+            pid: 4242,
+            start: 987_654,
+            uid: 65534,
+            stop_timeout: Duration::from_secs(30),
+            boot_id: "b1".into(),
+        };
+        assert_eq!(RunRecord::parse(&r.render_for_test()), Some(r.clone()));
+        let text = r.render_for_test();
+        for (from, to) in [
+            ("pid=4242", "pid=1"),
+            ("pid=4242", "pid=-5"),
+            ("pid=4242", "pid=x"),
+            ("instance=text-1", "instance=../etc"),
+            ("start=987654", "start="),
+            ("boot_id=b1\n", ""),
+        ] {
+            assert_eq!(
+                RunRecord::parse(&text.replace(from, to)),
+                None,
+                "{from} -> {to}"
+            );
+        }
+        assert_eq!(RunRecord::parse("garbage"), None);
+        // A stop_timeout is bounded.
+        let long = text.replace(
+            "stop_timeout_ms=30000",
+            "stop_timeout_ms=18446744073709551615",
+        );
+        assert_eq!(
+            RunRecord::parse(&long).map(|r| r.stop_timeout),
+            Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn start_time_names_one_process() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).expect("own start time");
+        assert_eq!(start_time(me), Some(t));
+        assert_eq!(start_time(i32::MAX), None);
     }
 
     #[test]

@@ -840,3 +840,77 @@ fn doctor_on_this_hybrid_host() {
     assert_eq!(level_of(&checks, "own cgroup").0, Level::Ok);
     assert_eq!(checks.len(), 2, "{checks:?}");
 }
+
+// ------------------------------------------------- a previous daemon's leaves
+
+/// A child that notes SIGTERM in `term_file` and exits, or (with
+/// `ignore`) ignores it; the fake kernel (a thread) empties `leaf`'s
+/// cgroup.procs and marks it unpopulated once the child is gone.
+fn worker_in_leaf(
+    fake: &Fake,
+    leaf: &str,
+    term_file: &Path,
+    ignore: bool,
+) -> std::thread::JoinHandle<std::process::ExitStatus> {
+    let script = if ignore {
+        "trap '' TERM; while :; do sleep 0.05; done".to_string()
+    } else {
+        format!(
+            "trap 'touch {}; exit 0' TERM; while :; do sleep 0.05; done",
+            term_file.display()
+        )
+    };
+    let mut child = Command::new("sh").arg("-c").arg(script).spawn().unwrap();
+    fake.write(
+        &format!("{leaf}/cgroup.procs"),
+        &format!("{}\n", child.id()),
+    );
+    fake.write(&format!("{leaf}/cgroup.events"), "populated 1\nfrozen 0\n");
+    let procs = fake.path(&format!("{leaf}/cgroup.procs"));
+    let events = fake.path(&format!("{leaf}/cgroup.events"));
+    std::thread::spawn(move || {
+        let status = child.wait().unwrap();
+        fs::write(procs, "").unwrap();
+        fs::write(events, "populated 0\nfrozen 0\n").unwrap();
+        status
+    })
+}
+
+#[test]
+fn workers_left_in_leaves_by_a_previous_daemon_are_stopped_warmly_then_killed() {
+    let fake = Fake::new(ALL);
+    let tree = tree_with(&fake, ALL);
+    fake.cgroup(&format!("{OWN}/text"), ALL);
+    tree.prepare_group("text", &Limits::default()).unwrap();
+    let warm_leaf = format!("{OWN}/text/text-1");
+    let deaf_leaf = format!("{OWN}/text/text-2");
+    fake.cgroup(&warm_leaf, ALL);
+    fake.cgroup(&deaf_leaf, ALL);
+    let dir = tempfile::tempdir().unwrap();
+    let warm_term = dir.path().join("warm.term");
+    let warm = worker_in_leaf(&fake, &warm_leaf, &warm_term, false);
+    let deaf = worker_in_leaf(&fake, &deaf_leaf, &dir.path().join("deaf.term"), true);
+    // Let the shells set their traps.
+    std::thread::sleep(Duration::from_millis(200));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    rt.block_on(cgroup::stop_leftover_leaves(&tree, Duration::from_secs(1)));
+    let warm_status = warm.join().unwrap();
+    let deaf_status = deaf.join().unwrap();
+    assert!(warm_term.exists(), "text-1 got SIGTERM first");
+    assert_eq!(warm_status.code(), Some(0), "{warm_status:?}");
+    assert_eq!(deaf_status.signal(), Some(libc::SIGKILL), "{deaf_status:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "text-2 had its stop_timeout: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -713,3 +713,486 @@ fn an_idle_daemon_without_groups_says_so_in_status_at_once() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T), 0);
 }
+
+// ---- issue 12: hardening of the process side ----
+
+/// A config with `redis` as its broker, whose workers run
+/// `command`; `groups` is TOML for the `[group.*]` sections. `user` is the
+/// `[celery] user` line (or empty).
+fn script_config(
+    redis: &RedisServer,
+    command: &std::path::Path,
+    user: &str,
+    groups: &str,
+) -> String {
+    format!(
+        r#"[daemon]
+socket = "{{dir}}/control.sock"
+device_id = "testdev"
+
+[broker]
+url = "{}"
+check_interval = "1s"
+
+[celery]
+app = "demo.celery_app"
+command = "{}"
+workdir = "{{dir}}"
+{user}
+
+[defaults]
+stop_timeout = "2s"
+restart_delay = "50ms"
+restart_delay_max = "200ms"
+stable_after = "2s"
+env = {{ FAKE_RECORD_DIR = "{{records}}" }}
+
+{groups}
+"#,
+        redis.url(),
+        command.display()
+    )
+}
+
+/// A uid (and gid) that no account and no other test uses, for a daemon
+/// that runs unprivileged.
+const DAEMON_UID: u32 = 47_811;
+
+fn require_root(what: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{what} needs root (it starts the daemon under another uid); run the tests as root"
+    );
+}
+
+#[test]
+fn a_setsid_env_i_grandchild_dies_with_stop_and_with_the_daemon() {
+    let redis = RedisServer::start();
+    // Each worker leaves a grandchild in a session of its own, without the
+    // daemon's environment: one whose parent exits at once (so it comes
+    // back to the subreaper while the worker runs), one whose worker exits.
+    let dir = tempfile::tempdir().unwrap();
+    // Arguments unique to this test run, to find the grandchildren by.
+    let stays_arg = format!("3011.{}", std::process::id());
+    let leaves_arg = format!("3012.{}", std::process::id());
+    let script = write_script(
+        dir.path(),
+        "worker",
+        &format!(
+            "#!/bin/sh\nif [ \"$MODE\" = leaves ]; then\n    setsid env -i sleep {leaves_arg} &\n    sleep 0.3\n    exit 0\nfi\nsh -c 'setsid env -i sleep {stays_arg} &'\nexec sleep 100000\n"
+        ),
+    );
+    let user = format!("user = \"{WORKER_USER}\"");
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &script,
+        &user,
+        r#"
+[group.stays]
+queues = ["s"]
+
+[group.leaves]
+queues = ["l"]
+env = { MODE = "leaves" }
+"#,
+    ));
+    d.start();
+    d.running_pid("stays-1");
+    wait_for(T, "the detached grandchildren", || {
+        (!processes_with_arg(&stays_arg).is_empty() && !processes_with_arg(&leaves_arg).is_empty())
+            .then_some(())
+    });
+    // Stop: the run's grandchildren go with it.
+    let out = d.ctl(&["stop", "all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_state("stays-1", "stopped", T);
+    d.wait_state("leaves-1", "stopped", T);
+    wait_for(T, "no grandchild after stop", || {
+        (processes_with_arg(&stays_arg).is_empty() && processes_with_arg(&leaves_arg).is_empty())
+            .then_some(())
+    });
+    // Daemon exit: the same, even when the worker is still running.
+    assert!(d.ctl(&["start", "stays"]).status.success());
+    d.running_pid("stays-1");
+    wait_for(T, "a new grandchild", || {
+        (!processes_with_arg(&stays_arg).is_empty()).then_some(())
+    });
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0, "{}", d.log());
+    assert_eq!(
+        processes_with_arg(&stays_arg),
+        Vec::<i32>::new(),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        processes_with_arg(&leaves_arg),
+        Vec::<i32>::new(),
+        "{}",
+        d.log()
+    );
+}
+
+/// A worker that notes SIGTERM in FAKE_RECORD_DIR/<instance>.<pid>.term
+/// (then exits after a short drain), or ignores it when WORKER_IGNORE_TERM
+/// is set.
+const WARM_WORKER: &str = r#"#!/bin/sh
+if [ -n "$WORKER_IGNORE_TERM" ]; then
+    trap '' TERM
+else
+    trap 'touch "$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.term"; sleep 0.3; exit 0' TERM
+fi
+echo $$ > "$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.argv"
+while :; do
+    sleep 1 &
+    wait $!
+done
+"#;
+
+#[test]
+fn a_restarted_daemon_stops_the_workers_of_a_killed_one_before_starting_its_own() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let worker = write_script(dir.path(), "worker", WARM_WORKER);
+    let user = format!("user = \"{WORKER_USER}\"");
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &worker,
+        &user,
+        r#"
+[group.warm]
+queues = ["w"]
+
+[group.deaf]
+queues = ["d"]
+stop_timeout = "1s"
+env = { WORKER_IGNORE_TERM = "1" }
+"#,
+    ));
+    d.start();
+    let warm = d.running_pid("warm-1");
+    let deaf = d.running_pid("deaf-1");
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(T);
+    assert!(
+        alive(warm) && alive(deaf),
+        "the workers outlive a SIGKILLed daemon"
+    );
+    d.start();
+    let warm2 = d.running_pid("warm-1");
+    let deaf2 = d.running_pid("deaf-1");
+    assert!(warm2 != warm && deaf2 != deaf);
+    assert!(!alive(warm), "the old warm-1 is gone:\n{}", d.log());
+    assert!(!alive(deaf), "the old deaf-1 is gone:\n{}", d.log());
+    assert!(
+        d.records().join(format!("warm-1.{warm}.term")).exists(),
+        "the old warm-1 got SIGTERM first (a warm stop):\n{}",
+        d.log()
+    );
+    for node in ["warm-1@testdev", "deaf-1@testdev"] {
+        // One worker: one session (a child just forked, before its exec,
+        // still shows the worker's arguments).
+        let mine = processes_with_arg(&worker.display().to_string());
+        let mut sessions: Vec<String> = processes_with_arg(node)
+            .into_iter()
+            .filter(|p| mine.contains(p))
+            .filter_map(|p| {
+                let s = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                Some(s[s.rfind(')')? + 2..].split(' ').nth(3)?.to_string())
+            })
+            .collect();
+        sessions.sort();
+        sessions.dedup();
+        assert_eq!(sessions.len(), 1, "one worker per node name {node}");
+    }
+    let log = d.log();
+    assert!(log.contains("left by a previous run"), "{log}");
+    // An abort (what a panic is in the release build, panic = "abort")
+    // leaves the workers the same way; the next daemon stops them too.
+    d.signal(Signal::SIGABRT);
+    d.wait_exit(T);
+    assert!(alive(warm2), "the workers outlive an aborted daemon");
+    d.start();
+    let warm3 = d.running_pid("warm-1");
+    assert_ne!(warm3, warm2);
+    assert!(!alive(warm2), "the old warm-1 is gone:\n{}", d.log());
+    assert!(
+        d.records().join(format!("warm-1.{warm2}.term")).exists(),
+        "the old warm-1 got SIGTERM first:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_pid_record_whose_process_is_another_one_is_not_killed() {
+    let redis = RedisServer::start();
+    // A record that names a live process with another start time (a pid
+    // reused since) is dropped, and that process lives on.
+    let dir = tempfile::tempdir().unwrap();
+    let worker = write_script(dir.path(), "worker", WARM_WORKER);
+    let user = format!("user = \"{WORKER_USER}\"");
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &worker,
+        &user,
+        "[group.warm]\nqueues = [\"w\"]\n",
+    ));
+    d.start();
+    let warm = d.running_pid("warm-1");
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(T);
+    kill(warm, Signal::SIGKILL);
+    wait_for(T, "the old worker gone", || (!alive(warm)).then_some(()));
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("3013.5")
+        .spawn()
+        .unwrap();
+    let state = d.path("workers");
+    let rec = fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("warm-1"))
+        .expect("a record for warm-1")
+        .path();
+    let text = fs::read_to_string(&rec).unwrap();
+    let forged = text.replacen(
+        &format!("pid={warm}\n"),
+        &format!("pid={}\n", bystander.id()),
+        1,
+    );
+    assert_ne!(forged, text, "the record names the pid: {text}");
+    fs::write(&rec, forged).unwrap();
+    d.start();
+    d.running_pid("warm-1");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander lives"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
+
+#[test]
+fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running() {
+    let redis = RedisServer::start();
+    require_root("the fork bomb test");
+    // The daemon and its worker share a uid whose process limit the worker
+    // keeps exhausted (bash retries a refused fork), so the daemon can start
+    // no thread and no process. The worker ignores SIGTERM and SIGQUIT:
+    // only the kill path ends it.
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = write_script(
+        dir.path(),
+        "bomb",
+        "#!/bin/sh\ntrap '' TERM QUIT\nbash -c 'while :; do sleep 3014.5 & done' >/dev/null 2>&1 &\nexec sleep 3015.5\n",
+    );
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &bomb,
+        "",
+        "[group.bomb]\nqueues = [\"b\"]\nstop_timeout = \"1s\"\n",
+    ));
+    d.chown_to(DAEMON_UID, DAEMON_UID);
+    let mut cmd = d.command(std::process::Command::new(DAEMON));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let lim = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setgid(DAEMON_UID) < 0
+                || libc::setrlimit(libc::RLIMIT_NPROC, &lim) < 0
+                || libc::setuid(DAEMON_UID) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    d.spawn_command(cmd);
+    d.wait_ready();
+    let main = d.running_pid("bomb-1");
+    wait_for(T, "the fork bomb to fill the process limit", || {
+        (processes_with_arg("3014.5").len() >= 30).then_some(())
+    });
+    // Past the keep-alive of any thread the runtime started at start-up
+    // (10 s), so a kill path that needs a new thread cannot have one.
+    std::thread::sleep(Duration::from_secs(11));
+    let out = d.ctl(&["stop", "bomb"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_state("bomb-1", "stopped", T);
+    assert!(!alive(main));
+    wait_for(T, "the bomb's processes gone", || {
+        processes_with_arg("3014.5").is_empty().then_some(())
+    });
+    let child = d.child.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon lives:\n{}",
+        d.log()
+    );
+    assert!(d.ctl(&["version"]).status.success());
+    let log = d.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_daemon_with_ambient_capabilities_drops_workers_to_the_user_without_any() {
+    let redis = RedisServer::start();
+    require_root("the capability test");
+    let nobody = nix::unistd::User::from_name(WORKER_USER).unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The worker records whether it can signal its parent, the daemon.
+    let worker = write_script(
+        dir.path(),
+        "worker",
+        "#!/bin/sh\nif kill -0 $PPID 2>/dev/null; then r=yes; else r=no; fi\necho $r > \"$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.cansignal\"\nexec sleep 3016.5\n",
+    );
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &worker,
+        &format!("user = \"{WORKER_USER}\""),
+        "[group.g]\nqueues = [\"q\"]\n",
+    ));
+    d.chown_to(DAEMON_UID, DAEMON_UID);
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args([
+        &format!("--reuid={DAEMON_UID}"),
+        &format!("--regid={DAEMON_UID}"),
+        "--clear-groups",
+        "--inh-caps=+setuid,+setgid,+kill",
+        "--ambient-caps=+setuid,+setgid,+kill",
+        DAEMON,
+    ]);
+    let cmd = d.command(setpriv);
+    d.spawn_command(cmd);
+    d.wait_ready();
+    let pid = d.running_pid("g-1");
+    assert_eq!(
+        proc_status_field(d.pid(), "CapAmb").as_deref(),
+        Some("00000000000000e0"),
+        "the daemon runs with ambient CAP_KILL, CAP_SETGID, CAP_SETUID"
+    );
+    let uid = proc_status_field(pid, "Uid").unwrap();
+    assert!(
+        uid.split_whitespace().all(|u| u == nobody.uid.to_string()),
+        "the worker runs as {WORKER_USER}: Uid {uid}\n{}",
+        d.log()
+    );
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(
+            proc_status_field(pid, cap).as_deref(),
+            Some("0000000000000000"),
+            "{cap} of the worker"
+        );
+    }
+    let can = wait_for(T, "the worker's signal check", || {
+        let r = d.record("g-1", pid, "cansignal");
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(can.trim(), "no", "the worker cannot signal the daemon");
+    // And the daemon, with CAP_KILL, stops it.
+    assert!(d.ctl(&["stop", "g"]).status.success());
+    d.wait_state("g-1", "stopped", T);
+    assert!(!alive(pid));
+}
+
+#[test]
+fn an_unprivileged_daemon_without_setuid_refuses_another_worker_user() {
+    let redis = RedisServer::start();
+    require_root("the capability test");
+    let dir = tempfile::tempdir().unwrap();
+    let worker = write_script(dir.path(), "worker", WARM_WORKER);
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &worker,
+        &format!("user = \"{WORKER_USER}\""),
+        "[group.g]\nqueues = [\"q\"]\n",
+    ));
+    d.chown_to(DAEMON_UID, DAEMON_UID);
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args([
+        &format!("--reuid={DAEMON_UID}"),
+        &format!("--regid={DAEMON_UID}"),
+        "--clear-groups",
+        DAEMON,
+    ]);
+    let cmd = d.command(setpriv);
+    d.spawn_command(cmd);
+    let code = d.wait_exit(T);
+    assert_eq!(code, 1);
+    let log = d.log();
+    assert!(log.contains("[celery].user"), "{log}");
+    assert!(log.contains("CAP_SETUID"), "{log}");
+}
+
+#[test]
+fn workers_get_only_fds_0_1_2_whatever_the_daemon_inherited() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // exec: the worker's own fds are only those it inherited.
+    let worker = write_script(dir.path(), "worker", "#!/bin/sh\nexec sleep 3017.5\n");
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &worker,
+        &format!("user = \"{WORKER_USER}\""),
+        "[group.g]\nqueues = [\"q\"]\n",
+    ));
+    let extra = fs::File::create(d.path("inherited")).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&extra);
+    let mut cmd = d.command(std::process::Command::new(DAEMON));
+    // SAFETY: dup2 only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // fd 7, open on a file, without FD_CLOEXEC.
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    d.spawn_command(cmd);
+    d.wait_ready();
+    assert!(
+        fs::read_link(format!("/proc/{}/fd/7", d.pid())).is_ok(),
+        "the daemon inherited fd 7"
+    );
+    let pid = d.running_pid("g-1");
+    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, vec![0, 1, 2], "the worker's fds");
+}
+
+#[test]
+fn the_daemon_log_to_a_file_has_no_colour_codes() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let worker = write_script(dir.path(), "worker", WARM_WORKER);
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &worker,
+        &format!("user = \"{WORKER_USER}\""),
+        "[group.g]\nqueues = [\"q\"]\n",
+    ));
+    d.start();
+    d.running_pid("g-1");
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(T);
+    let log = d.log();
+    assert!(log.contains("all workers stopped"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI codes in a log file: {log:?}");
+}

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use clearify_workerd::{config, daemon, journal, plan};
@@ -47,6 +48,13 @@ struct Args {
     /// i.e. under systemd).
     #[arg(long, value_enum, default_value_t = Target::Auto, value_name = "TARGET")]
     log_target: Target,
+
+    /// Where the daemon records the workers it starts (pid, start time,
+    /// node), so that after a crash the next daemon stops them before it
+    /// starts its own. Default: `workers/` in the control socket's directory
+    /// (/run/clearify-workerd/workers).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,13 +74,22 @@ fn main() -> ExitCode {
         Target::Journal => journal::LogTarget::Journal,
         Target::Stderr => journal::LogTarget::Stderr,
     };
+    // Descriptors the daemon inherited (other than 0, 1, 2) must not reach
+    // workers: mark them close-on-exec before anything else runs.
+    cloexec_inherited_fds();
     if let Err(e) = journal::init_tracing(log_target) {
         eprintln!("clearify-workerd: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
+    // One thread, plus a blocking-pool thread started now and kept for the
+    // daemon's life: tokio panics when spawn_blocking finds no thread and
+    // cannot start one (a fork bomb of the workers' uid, a full pids
+    // limit), but queues the job when one exists. The kill path itself
+    // needs no thread at all.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
+        .thread_keep_alive(Duration::from_secs(100 * 365 * 24 * 3600))
         .build()
     {
         Ok(rt) => rt,
@@ -81,11 +98,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = rt.block_on(rt.spawn_blocking(|| ())) {
+        eprintln!("clearify-workerd: cannot start the runtime's blocking thread: {e}");
+        return ExitCode::FAILURE;
+    }
     let code = rt.block_on(daemon::run(daemon::Options {
         config: args.config,
         log_target,
+        state_dir: args.state_dir,
     }));
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Set FD_CLOEXEC on every open descriptor above 2, as listed in
+/// /proc/self/fd (before any other thread exists).
+fn cloexec_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on an integer; a closed fd (the directory's own)
+        // just fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

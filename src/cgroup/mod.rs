@@ -46,6 +46,84 @@ pub const SUPERVISOR: &str = "supervisor";
 /// Controllers the daemon enables when they are available, in this order.
 pub const WANTED_CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "io"];
 
+/// At start-up, before any worker starts: stop what a previous daemon left
+/// in the instance leaves of the tree (it died without stopping its
+/// workers). Warm first: SIGTERM to each leaf's top processes (those whose
+/// parent is not in the leaf: the main process), up to `stop_timeout` for
+/// the leaves to empty, then the final kill of each leaf. Never blocks the
+/// runtime for long and starts no thread.
+pub async fn stop_leftover_leaves(tree: &CgroupTree, stop_timeout: std::time::Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::time::{Duration, Instant};
+    use tracing::{info, warn};
+
+    let leaves: Vec<(String, String)> = match tree.leaves() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot list the cgroup leaves left by a previous run: {e}");
+            return;
+        }
+    };
+    let mut busy = Vec::new();
+    for (group, instance) in leaves {
+        let pids = tree.instance_pids(&group, &instance).unwrap_or_default();
+        if pids.is_empty() {
+            continue;
+        }
+        let tops: Vec<i32> = pids
+            .iter()
+            .copied()
+            .filter(|p| parent_of(*p).is_none_or(|pp| !pids.contains(&pp)))
+            .collect();
+        info!(
+            instance = %instance, pids = ?tops,
+            "{instance}: processes {tops:?} left in its cgroup by a previous run of the daemon; stopping them (SIGTERM, warm shutdown) before starting workers"
+        );
+        for p in &tops {
+            if *p > 1 {
+                let _ = kill(Pid::from_raw(*p), Signal::SIGTERM);
+            }
+        }
+        busy.push((group, instance));
+    }
+    let start = Instant::now();
+    while !busy.is_empty() && start.elapsed() < stop_timeout {
+        busy.retain(|(g, i)| !tree.instance_pids(g, i).unwrap_or_default().is_empty());
+        if !busy.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (group, instance) in busy {
+        warn!(instance = %instance, "{instance}: the old worker did not stop within {stop_timeout:?}; SIGKILL");
+        let kill_start = Instant::now();
+        loop {
+            match tree.kill_instance_step(&group, &instance) {
+                Ok(true) if kill_start.elapsed() < Duration::from_secs(2) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Ok(true) => {
+                    warn!(instance = %instance, "{instance}: the old cgroup is still populated after SIGKILL");
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    warn!(instance = %instance, error = %e, "{instance}: cannot kill the old cgroup: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The parent pid of a process, from /proc/PID/stat.
+fn parent_of(pid: i32) -> Option<i32> {
+    let s = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = s.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(s.get(close + 1..)?).ok()?;
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// An error of the cgroup layer. Each one names the path (and the data
 /// written), so a log line is enough to reproduce it by hand.
 #[derive(Debug, thiserror::Error)]

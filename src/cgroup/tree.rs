@@ -480,6 +480,54 @@ impl CgroupTree {
         remove_cgroup_dir(&dir)
     }
 
+    /// One non-blocking step of the final kill of an instance leaf:
+    /// `cgroup.kill`, or SIGKILL to every pid in `cgroup.procs` without it.
+    /// Returns whether the leaf is still populated; the caller polls again
+    /// (the kill path must not block or need a thread). A missing leaf is
+    /// empty.
+    pub fn kill_instance_step(&self, group: &str, instance: &str) -> Result<bool, CgroupError> {
+        let dir = self.instance_dir(group, instance)?;
+        if !dir.is_dir() {
+            return Ok(false);
+        }
+        let kill_file = dir.join("cgroup.kill");
+        if !(kill_file.exists() && write_file(&kill_file, "1").is_ok()) {
+            for pid in read_pids(&dir)? {
+                match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => {
+                        return Err(CgroupError::Kill {
+                            pid,
+                            path: dir.join("cgroup.procs"),
+                            source: e.into(),
+                        });
+                    }
+                }
+            }
+        }
+        is_populated(&dir)
+    }
+
+    /// Every instance leaf that exists now, as (group, instance).
+    pub fn leaves(&self) -> Result<Vec<(String, String)>, CgroupError> {
+        let mut out = Vec::new();
+        for g in self.groups()? {
+            for i in subdirs(&self.dir.join(&g))? {
+                out.push((g.clone(), i));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pids in an instance leaf's `cgroup.procs` (none when it is gone).
+    pub fn instance_pids(&self, group: &str, instance: &str) -> Result<Vec<i32>, CgroupError> {
+        let dir = self.instance_dir(group, instance)?;
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        read_pids(&dir)
+    }
+
     /// The group directories that exist now (e.g. to prune groups left
     /// from an earlier run that the plan no longer has).
     pub fn groups(&self) -> Result<Vec<String>, CgroupError> {

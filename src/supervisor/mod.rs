@@ -50,8 +50,12 @@ pub enum Msg {
     Reload,
     /// From the broker monitor.
     Broker(BrokerEvent),
-    /// A KillTree finished.
-    TreeCleared { id: String, seq: u64 },
+    /// A KillTree finished; `pid` was the run's main pid.
+    TreeCleared {
+        id: String,
+        seq: u64,
+        pid: Option<u32>,
+    },
 }
 
 /// The broker as the supervisor last heard of it.
@@ -73,6 +77,9 @@ pub struct Setup {
     pub limits_line: String,
     pub sink: Sink,
     pub notifier: Notifier,
+    /// Where each run is recorded for the next daemon; `None` when the
+    /// state directory could not be opened.
+    pub records: Option<process::records::Records>,
 }
 
 /// The usage sample of one instance, for the CPU% between two status calls.
@@ -108,6 +115,9 @@ pub struct Supervisor {
     usage: HashMap<String, Usage>,
     usage_at: Option<std::time::Instant>,
     exit_code: Option<i32>,
+    /// The main pids of the live runs, for the kill tasks.
+    live: process::LiveMains,
+    records: Option<process::records::Records>,
 }
 
 impl Supervisor {
@@ -147,6 +157,8 @@ impl Supervisor {
             usage: HashMap::new(),
             usage_at: None,
             exit_code: None,
+            live: process::LiveMains::default(),
+            records: setup.records,
             config: setup.config,
         }
     }
@@ -222,6 +234,18 @@ impl Supervisor {
         self.notifier.stopping();
         if let Some(m) = self.monitor.take() {
             m.shutdown().await;
+        }
+        // Whatever the daemon still has below it (an orphan that came back
+        // after its run's kill) goes now: nothing outlives supervision.
+        let r = process::kill_all_descendants(Duration::from_secs(2)).await;
+        if !r.refused.is_empty() {
+            error!(refused = ?r.refused, "not allowed to kill pids {:?} (EPERM: the daemon needs CAP_KILL)", r.refused);
+        }
+        if r.left > 0 {
+            error!(
+                left = r.left,
+                "{} processes survived SIGKILL at exit", r.left
+            );
         }
         if let Some(t) = &self.cgroups {
             for g in self.machine.plan().groups.iter() {
@@ -299,7 +323,12 @@ impl Supervisor {
                 let report = self.reload();
                 log_reload(&report);
             }
-            Msg::TreeCleared { id, seq } => self.machine.tree_cleared(&id, seq, now),
+            Msg::TreeCleared { id, seq, pid } => {
+                if let (Some(r), Some(pid)) = (&self.records, pid) {
+                    r.remove(&id, pid);
+                }
+                self.machine.tree_cleared(&id, seq, now)
+            }
             Msg::Broker(ev) => self.broker_event(ev, now),
             Msg::Control(c) => self.control(c),
         }
@@ -392,6 +421,7 @@ impl Supervisor {
     }
 
     fn exited(&mut self, exit: process::Exit) {
+        self.live.remove(exit.pid);
         let mut reason = exit.reason;
         if let (Some(spec), Some(t)) = (self.machine.instance_by_pid(exit.pid), &self.cgroups)
             && let Some(leaf) = self.leaves.get(&spec.id)
@@ -460,6 +490,8 @@ impl Supervisor {
                             self.sink.clone(),
                             self.logs.clone(),
                         ));
+                        self.live.insert(sp.pid);
+                        self.record_run(&spec, sp.pid);
                         if let Some(l) = leaf {
                             self.leaves.insert(spec.id.clone(), l);
                         }
@@ -484,27 +516,44 @@ impl Supervisor {
                 id,
                 group,
                 pgid,
-                generation,
+                generation: _,
                 seq,
                 whole_cgroup,
             } => {
                 let tree = self.cgroups.clone().filter(|_| whole_cgroup);
                 let tx = self.tx.clone();
-                let marker = process::run_marker(&id, generation);
-                let live: std::collections::HashSet<i32> =
-                    self.machine.live_pids().map(|p| p as i32).collect();
-                tokio::task::spawn_blocking(move || {
-                    if let Some(t) = &tree
-                        && let Err(e) = t.kill_instance(&group, &id)
-                        && !e.is_not_found()
-                    {
-                        warn!(instance = %id, error = %e, "{id}: cgroup kill failed ({e}); killing by pid");
+                let live = self.live.clone();
+                // No thread and no process: under a fork bomb (or a full
+                // pids limit) none can be started, and the kill must work.
+                tokio::spawn(async move {
+                    if let Some(t) = &tree {
+                        let start = std::time::Instant::now();
+                        loop {
+                            match t.kill_instance_step(&group, &id) {
+                                Ok(false) => break,
+                                Ok(true) if start.elapsed() < Duration::from_secs(2) => {
+                                    tokio::time::sleep(Duration::from_millis(10)).await
+                                }
+                                Ok(true) => {
+                                    warn!(instance = %id, "{id}: the cgroup is still populated after SIGKILL; killing by pid");
+                                    break;
+                                }
+                                Err(e) if e.is_not_found() => break,
+                                Err(e) => {
+                                    warn!(instance = %id, error = %e, "{id}: cgroup kill failed ({e}); killing by pid");
+                                    break;
+                                }
+                            }
+                        }
                     }
-                    let left = process::kill_run(pgid, &marker, &live, Duration::from_secs(2));
-                    if left > 0 {
-                        error!(instance = %id, left, "{id}: {left} processes survived SIGKILL");
+                    let r = process::kill_run(pgid, &live, Duration::from_secs(2)).await;
+                    if !r.refused.is_empty() {
+                        error!(instance = %id, refused = ?r.refused, "{id}: not allowed to kill pids {:?} (EPERM: the daemon needs CAP_KILL to signal workers of another user)", r.refused);
+                    }
+                    if r.left > 0 {
+                        error!(instance = %id, left = r.left, "{id}: {} processes survived SIGKILL", r.left);
                     } else {
-                        let _ = tx.blocking_send(Msg::TreeCleared { id, seq });
+                        let _ = tx.send(Msg::TreeCleared { id, seq, pid: pgid }).await;
                     }
                 });
             }
@@ -516,6 +565,32 @@ impl Supervisor {
                 }
             }
             Action::Exit => self.exit_code = Some(0),
+        }
+    }
+
+    /// Record a run that was just started, for the next daemon (see
+    /// [`process::records`]).
+    fn record_run(&self, spec: &plan::InstanceSpec, pid: u32) {
+        let Some(r) = &self.records else { return };
+        let Ok(p) = i32::try_from(pid) else { return };
+        let Some(start) = process::start_time(p) else {
+            return;
+        };
+        let uid = self
+            .run_as
+            .as_ref()
+            .map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.uid);
+        let rec = process::records::RunRecord {
+            instance: spec.id.clone(),
+            node: spec.node.clone(),
+            pid: p,
+            start,
+            uid,
+            stop_timeout: spec.timing.stop_timeout,
+            boot_id: process::records::boot_id(),
+        };
+        if let Err(e) = r.write(&rec) {
+            warn!(instance = %spec.id, error = %e, "{}: cannot write the run record in {}: {e}", spec.id, r.dir().display());
         }
     }
 

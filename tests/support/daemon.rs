@@ -103,9 +103,20 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
-        let log = fs::File::create(self.path("daemon.log")).unwrap();
-        let child = Command::new(DAEMON)
-            .arg("--config")
+        let cmd = self.command(Command::new(DAEMON));
+        self.spawn_command(cmd);
+    }
+
+    /// `cmd` (the daemon binary, or a wrapper such as setpriv that execs
+    /// it as its last arguments) with the daemon's arguments and
+    /// environment, stdin from /dev/null and stdout/stderr to `daemon.log`.
+    pub fn command(&self, mut cmd: Command) -> Command {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("daemon.log"))
+            .unwrap();
+        cmd.arg("--config")
             .arg(self.config_path())
             .arg("--log-target")
             .arg("stderr")
@@ -113,10 +124,22 @@ impl Daemon {
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start clearify-workerd");
+            .stderr(log);
+        cmd
+    }
+
+    /// Start the daemon with a command built by [`Daemon::command`].
+    pub fn spawn_command(&mut self, mut cmd: Command) {
+        let child = cmd.spawn().expect("start clearify-workerd");
         self.child = Some(child);
+    }
+
+    /// Hand the directory (and everything in it) to `uid`, for a daemon
+    /// that runs as that user.
+    pub fn chown_to(&self, uid: u32, gid: u32) {
+        for e in walk(self.dir.path()) {
+            std::os::unix::fs::lchown(&e, Some(uid), Some(gid)).unwrap();
+        }
     }
 
     pub fn wait_ready(&mut self) {
@@ -290,6 +313,58 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    if p.is_dir() && !p.is_symlink() {
+        for e in fs::read_dir(p).unwrap().flatten() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+/// Live (not zombie) processes whose command line contains `needle` as
+/// one whole argument.
+pub fn processes_with_arg(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some(i) = stat.rfind(')')
+            && matches!(stat.get(i + 2..i + 3), Some("Z") | Some("X"))
+        {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// One `Name:\tvalue` field of /proc/PID/status.
+pub fn proc_status_field(pid: u32, name: &str) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// Write an executable shell script `name` in `dir`.
+pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, body).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
 }
 
 /// Every live process whose environment carries the run marker of the
