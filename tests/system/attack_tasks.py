@@ -158,14 +158,29 @@ def probe(daemon_pid, other_group):
         if not os.path.lexists(path):
             raise RuntimeError(f"{path} is gone (an earlier attempt worked)")
         return path
-    for e in entries:
-        path = os.path.join(RUN_DIR, e)
+    # Every entry below the runtime directory (the sockets, the daemon's
+    # run records in workers/, ...), and a new file in every directory.
+    tree = []
+    for d, dirs, files in os.walk(RUN_DIR):
+        tree += [os.path.join(d, x) for x in sorted(dirs) + sorted(files)]
+        if d != RUN_DIR:
+            def plant(d=d):
+                fd = os.open(os.path.join(d, "evil"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.close(fd)
+                return f"created {d}/evil"
+            r.attempt(f"create a file in {d}", plant)
+    facts["run_dir_tree"] = tree
+    for path in tree:
+        if os.path.isfile(path) and not os.path.islink(path):
+            r.attempt(f"open {path} for writing", lambda path=path: open_for_write(present(path)))
+    for path in sorted(tree, key=lambda p: -p.count("/")):
         r.attempt(f"chmod 0777 {path}",
                   lambda path=path: (os.chmod(present(path), 0o777), f"chmod {path}")[1])
         r.attempt(f"rename {path}",
                   lambda path=path: (os.rename(present(path), path + ".moved"), f"renamed {path}")[1])
-        r.attempt(f"unlink {path}",
-                  lambda path=path: (os.unlink(present(path)), f"unlinked {path}")[1])
+        remove = os.rmdir if os.path.isdir(path) and not os.path.islink(path) else os.unlink
+        r.attempt(f"{remove.__name__} {path}",
+                  lambda path=path, remove=remove: (remove(present(path)), f"removed {path}")[1])
 
     def plant_socket():
         path = os.path.join(RUN_DIR, "control.sock.evil")

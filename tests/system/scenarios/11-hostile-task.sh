@@ -81,6 +81,7 @@ f, attempts = r["facts"], r["attempts"]
 print(f"task facts: uid {f['uid']} ({f['user']}), groups {f['groups']}, cgroup {f['cgroup']}")
 print(f"            caps {f['caps']}")
 print(f"            sockets {f['sockets']}, {f['cgroup_files_tried']} cgroup files tried")
+print(f"            runtime dir {f['run_dir_tree']}")
 bad = []
 for a in attempts:
     mark = "ok  " if a["ran"] and not a["succeeded"] else "FAIL"
@@ -106,7 +107,12 @@ required = [
     "open any file under",
 ]
 for s in f["sockets"]:
-    required += [f"connect {s}", f"clearifyctl stop billing via {s}"]
+    required += [f"connect {s}", f"clearifyctl stop billing via {s}",
+                 f"chmod 0777 {s}", f"rename {s}", f"unlink {s}"]
+for p in f["run_dir_tree"]:
+    required += [f"chmod 0777 {p}", f"rename {p}"]
+if not any(s.endswith("/admin.sock") for s in f["sockets"]):
+    bad.append(f"no admin.sock among {f['sockets']}: the two-socket control (issue 12, section 2) is missing")
 for need in required:
     if need not in names:
         bad.append(f"missing attempt: {need}")
