@@ -160,16 +160,19 @@ def probe(daemon_pid, other_group):
         return path
     # Every entry below the runtime directory (the sockets, the daemon's
     # run records in workers/, ...), and a new file in every directory.
+    # (A directory the worker may not list is still tried: os.walk lists
+    # it as an entry of its parent.)
     tree = []
     for d, dirs, files in os.walk(RUN_DIR):
         tree += [os.path.join(d, x) for x in sorted(dirs) + sorted(files)]
-        if d != RUN_DIR:
+    facts["run_dir_tree"] = tree
+    for d in tree:
+        if os.path.isdir(d) and not os.path.islink(d):
             def plant(d=d):
                 fd = os.open(os.path.join(d, "evil"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 os.close(fd)
                 return f"created {d}/evil"
             r.attempt(f"create a file in {d}", plant)
-    facts["run_dir_tree"] = tree
     for path in tree:
         if os.path.isfile(path) and not os.path.islink(path):
             r.attempt(f"open {path} for writing", lambda path=path: open_for_write(present(path)))
