@@ -144,6 +144,12 @@ pub async fn run(opts: Options) -> i32 {
         }
     }
     let admin_socket = server::admin_socket_path(&socket);
+    if auth.admin_gid.is_none()
+        && let Err(e) = server::clear_stale(&admin_socket)
+    {
+        // A left-over admin.sock of a run that had the group.
+        warn!("{e}");
+    }
     if let Some(gid) = auth.admin_gid {
         match server::bind(&admin_socket, Some(gid)) {
             Ok(l) => listeners.push(l),

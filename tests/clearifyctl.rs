@@ -1171,6 +1171,7 @@ fn a_readers_connection_flood_locks_out_neither_root_nor_an_admin() {
         let r = run();
         let took = t.elapsed();
         assert_eq!(r.code, 0, "{who}: {r:?}\n{}", d.log());
+        eprintln!("{who}: {took:?}");
         assert!(took < Duration::from_secs(1), "{who} took {took:?}");
     };
     // Root stops and starts the group within a second each.

@@ -493,7 +493,8 @@ fn wait_for(
     what: &str,
     done: impl Fn(&InstanceStatus) -> Result<bool, String>,
 ) -> Outcome {
-    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(timeout);
     loop {
         let s = ctx.status(targets)?;
         let mut pending = Vec::new();
@@ -516,7 +517,13 @@ fn wait_for(
                 ),
             ));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // Look often at first (a warm shutdown is often quick), then less.
+        let pause = if started.elapsed() < Duration::from_secs(2) {
+            50
+        } else {
+            200
+        };
+        std::thread::sleep(Duration::from_millis(pause));
     }
 }
 

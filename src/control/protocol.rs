@@ -381,6 +381,10 @@ pub enum FrameError {
     /// was allocated for it.
     #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
     TooLarge(usize),
+    /// A message to send would take more than [`MAX_FRAME`] bytes; it was
+    /// not encoded further.
+    #[error("message of more than {MAX_FRAME} bytes exceeds the frame limit")]
+    EncodeTooLarge,
     /// A request's length prefix announced more than [`MAX_REQUEST`]
     /// bytes. Nothing was allocated for it.
     #[error("request of {0} bytes exceeds the limit of {MAX_REQUEST} bytes")]
@@ -395,14 +399,40 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Encodes `msg` as one frame: 4-byte big-endian length, then JSON.
-pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut buf = vec![0u8; 4];
-    serde_json::to_writer(&mut buf, msg)?;
-    let len = buf.len() - 4;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
+/// A buffer that refuses to grow past one frame.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.0.len().saturating_add(b.len()) > MAX_FRAME + 4 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "frame limit",
+            ));
+        }
+        self.0.extend_from_slice(b);
+        Ok(b.len())
     }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes `msg` as one frame: 4-byte big-endian length, then JSON. Stops
+/// as soon as the JSON passes [`MAX_FRAME`] bytes
+/// ([`FrameError::EncodeTooLarge`]), so a big message never costs more
+/// than one frame of memory here.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut buf = Capped(vec![0u8; 4]);
+    if let Err(e) = serde_json::to_writer(&mut buf, msg) {
+        return Err(if e.is_io() {
+            FrameError::EncodeTooLarge
+        } else {
+            e.into()
+        });
+    }
+    let mut buf = buf.0;
+    let len = buf.len() - 4;
     buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(buf)
 }
@@ -717,6 +747,28 @@ mod tests {
         );
         let err = serde_json::from_str::<Envelope>(&long).unwrap_err();
         assert!(err.to_string().contains("at most 128"), "{err}");
+    }
+
+    #[test]
+    fn encoding_stops_at_the_frame_limit() {
+        let big = Response::Done {
+            messages: vec!["x".repeat(1024); 2048],
+        };
+        assert!(matches!(
+            encode_frame(&big),
+            Err(FrameError::EncodeTooLarge)
+        ));
+        let fits = Response::Done {
+            messages: vec!["x".repeat(1024); 1000],
+        };
+        let buf = encode_frame(&fits).unwrap();
+        assert!(buf.len() <= MAX_FRAME + 4);
+        assert_eq!(
+            read_frame_blocking::<_, Response>(&mut &buf[..])
+                .unwrap()
+                .unwrap(),
+            fits
+        );
     }
 
     #[test]

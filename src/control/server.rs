@@ -13,6 +13,9 @@
 //!   most [`MAX_TARGETS`](super::protocol::MAX_TARGETS) targets (checked
 //!   while parsing); replies go out in frames far below [`MAX_FRAME`]
 //!   (`logs` in as many frames as it needs);
+//! - at most [`ServeOptions::max_log_replies`] (2) `logs` answers, each
+//!   holding a copy of the ring buffers, are in the making at once, and
+//!   each must be taken within the idle timeout;
 //! - a malformed frame is answered [`ErrorKind::BadRequest`] and the
 //!   connection closed;
 //! - a client that does not finish a request within
@@ -54,7 +57,7 @@ use std::time::Duration;
 
 use nix::unistd::{Gid, Uid};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::protocol::{
@@ -180,6 +183,22 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlErro
             source,
         })?;
     }
+    clear_stale(path)?;
+    let fd = bind_fd(path, group)?;
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    let setup = |source| ControlError::Setup {
+        path: path.to_path_buf(),
+        source,
+    };
+    std_listener.set_nonblocking(true).map_err(setup)?;
+    UnixListener::from_std(std_listener).map_err(setup)
+}
+
+/// Removes a stale socket file at `path` (nobody accepts on it:
+/// `ECONNREFUSED`); a live one is [`ControlError::AlreadyRunning`], a path
+/// that is not a socket [`ControlError::NotASocket`] and is left alone; no
+/// file is fine.
+pub fn clear_stale(path: &Path) -> Result<(), ControlError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(ControlError::NotASocket {
@@ -221,14 +240,7 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener, ControlErro
             });
         }
     }
-    let fd = bind_fd(path, group)?;
-    let std_listener = std::os::unix::net::UnixListener::from(fd);
-    let setup = |source| ControlError::Setup {
-        path: path.to_path_buf(),
-        source,
-    };
-    std_listener.set_nonblocking(true).map_err(setup)?;
-    UnixListener::from_std(std_listener).map_err(setup)
+    Ok(())
 }
 
 /// The admin socket next to the reader socket `socket`: `admin.sock` in the
@@ -417,6 +429,9 @@ pub struct ServeOptions {
     pub max_per_uid: usize,
     /// Slots beyond `max_clients` that only admins may take.
     pub admin_reserve: usize,
+    /// `logs` answers in the making at once (each may hold a copy of every
+    /// ring buffer until the client has read it); others wait for a turn.
+    pub max_log_replies: usize,
     /// How long a client may take to send a whole request (also the idle
     /// time allowed between requests, and the time to take a reply).
     pub idle_timeout: Duration,
@@ -431,6 +446,8 @@ pub const MAX_CLIENTS: usize = 64;
 pub const MAX_PER_UID: usize = 8;
 /// Slots held back for admins beyond [`MAX_CLIENTS`].
 pub const ADMIN_RESERVE: usize = 8;
+/// `logs` answers in the making at once.
+pub const MAX_LOG_REPLIES: usize = 2;
 /// A client must send a whole request within this time.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -440,6 +457,7 @@ impl Default for ServeOptions {
             max_clients: MAX_CLIENTS,
             max_per_uid: MAX_PER_UID,
             admin_reserve: ADMIN_RESERVE,
+            max_log_replies: MAX_LOG_REPLIES,
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(2),
         }
@@ -604,6 +622,7 @@ pub async fn serve_sockets(
         })
         .collect();
     let slots = Arc::new(Mutex::new(Slots::default()));
+    let log_turns = Arc::new(Semaphore::new(opts.max_log_replies.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut turn = 0usize;
@@ -650,6 +669,7 @@ pub async fn serve_sockets(
             tx: tx.clone(),
             stop: stop_rx.clone(),
             idle_timeout: opts.idle_timeout,
+            log_turns: Arc::clone(&log_turns),
         };
         tokio::spawn(async move {
             conn.run(stream, peer).await;
@@ -684,6 +704,8 @@ pub async fn serve_sockets(
 }
 
 struct Connection {
+    /// Turns for `logs` answers ([`ServeOptions::max_log_replies`]).
+    log_turns: Arc<Semaphore>,
     auth: Authorizer,
     tx: mpsc::Sender<ControlMsg>,
     stop: watch::Receiver<bool>,
@@ -719,7 +741,8 @@ impl Connection {
                     return;
                 }
             };
-            let (response, keep_open) = self.handle(&body, &peer).await;
+            // A `logs` turn, when taken, is held until the answer is out.
+            let (response, keep_open, _turn) = self.handle(&body, &peer, stream.as_fd()).await;
             if !self.reply(&mut stream, response).await || !keep_open {
                 return;
             }
@@ -728,18 +751,64 @@ impl Connection {
 
     /// Answers one frame body; the flag says whether the connection may
     /// stay open.
-    async fn handle(&self, body: &[u8], peer: &Peer) -> (Response, bool) {
+    async fn handle(
+        &self,
+        body: &[u8],
+        peer: &Peer,
+        fd: BorrowedFd<'_>,
+    ) -> (Response, bool, Option<OwnedSemaphorePermit>) {
+        let (response, keep_open) = match self.check(body, peer) {
+            Ok(request) => {
+                let turn = if matches!(request, Request::Logs { .. }) {
+                    let wait = self.idle_timeout.saturating_mul(2);
+                    match tokio::time::timeout(wait, Arc::clone(&self.log_turns).acquire_owned())
+                        .await
+                    {
+                        // A client that left while it waited costs no copy.
+                        Ok(Ok(_)) if peer_gone(fd) => {
+                            return (
+                                Response::error(ErrorKind::Refused, "client gone"),
+                                false,
+                                None,
+                            );
+                        }
+                        Ok(Ok(turn)) => Some(turn),
+                        _ => {
+                            return (
+                                Response::error(
+                                    ErrorKind::Busy,
+                                    "clearify-workerd is busy sending other logs answers; try again",
+                                ),
+                                true,
+                                None,
+                            );
+                        }
+                    }
+                } else {
+                    None
+                };
+                let (response, keep_open) = self.forward(request, peer).await;
+                return (response, keep_open, turn);
+            }
+            Err(refusal) => *refusal,
+        };
+        (response, keep_open, None)
+    }
+
+    /// Parses and authorises one frame body: the request, or the answer
+    /// that refuses it and whether the connection may stay open.
+    fn check(&self, body: &[u8], peer: &Peer) -> Result<Request, Box<(Response, bool)>> {
         let version = match serde_json::from_slice::<EnvelopeVersion>(body) {
             Ok(v) => v.version,
             Err(e) => {
-                return (
+                return Err(Box::new((
                     Response::error(ErrorKind::BadRequest, format!("malformed request: {e}")),
                     false,
-                );
+                )));
             }
         };
         if version != PROTOCOL_VERSION {
-            return (
+            return Err(Box::new((
                 Response::error(
                     ErrorKind::Version,
                     format!(
@@ -748,15 +817,15 @@ impl Connection {
                     ),
                 ),
                 false,
-            );
+            )));
         }
         let request = match serde_json::from_slice::<Envelope>(body) {
             Ok(env) => env.request,
             Err(e) => {
-                return (
+                return Err(Box::new((
                     Response::error(ErrorKind::BadRequest, format!("malformed request: {e}")),
                     false,
-                );
+                )));
             }
         };
         if request.is_mutating() && !self.auth.allows(peer) {
@@ -773,7 +842,7 @@ impl Connection {
                 peer.groups,
                 peer.pid
             );
-            return (
+            return Err(Box::new((
                 Response::error(
                     ErrorKind::PermissionDenied,
                     format!(
@@ -785,8 +854,14 @@ impl Connection {
                     ),
                 ),
                 true,
-            );
+            )));
         }
+        Ok(request)
+    }
+
+    /// Sends an authorised request to the supervisor and waits for its
+    /// answer; the flag says whether the connection may stay open.
+    async fn forward(&self, request: Request, peer: &Peer) -> (Response, bool) {
         let (reply, rx) = oneshot::channel();
         let msg = ControlMsg {
             request,
@@ -817,27 +892,38 @@ impl Connection {
         let Response::Logs { lines } = response else {
             return self.reply_frame(stream, &response).await;
         };
-        for frame in log_frames(lines) {
-            if !self.reply_frame(stream, &frame).await {
-                return false;
+        // The whole answer, not just each frame, within the idle timeout:
+        // a client that reads slowly holds a `logs` turn no longer.
+        let frames = log_frames(lines);
+        let big = frames.len() > 1;
+        let all = async {
+            for frame in frames {
+                if !self.reply_frame(stream, &frame).await {
+                    return false;
+                }
             }
+            true
+        };
+        let sent = tokio::time::timeout(self.idle_timeout, all)
+            .await
+            .unwrap_or(false);
+        if big {
+            give_back_freed_memory();
         }
-        true
+        sent
     }
 
     /// Writes one frame within the idle timeout; false if it could not.
     async fn reply_frame(&self, stream: &mut UnixStream, response: &Response) -> bool {
         match tokio::time::timeout(self.idle_timeout, write_frame(stream, response)).await {
             Ok(Ok(())) => true,
-            Ok(Err(FrameError::TooLarge(n))) => {
-                warn!(
-                    bytes = n,
-                    limit = MAX_FRAME,
-                    "control socket: reply too large"
-                );
+            Ok(Err(FrameError::TooLarge(_) | FrameError::EncodeTooLarge)) => {
+                warn!(limit = MAX_FRAME, "control socket: reply too large");
                 let err = Response::error(
                     ErrorKind::Refused,
-                    format!("the reply ({n} bytes) exceeds the frame limit; narrow the request"),
+                    format!(
+                        "the reply exceeds the frame limit of {MAX_FRAME} bytes; narrow the request (e.g. clearifyctl status GROUP)"
+                    ),
                 );
                 matches!(
                     tokio::time::timeout(self.idle_timeout, write_frame(stream, &err)).await,
@@ -853,6 +939,33 @@ impl Connection {
                 false
             }
         }
+    }
+}
+
+/// Whether the peer of a connected socket has closed it (or it failed):
+/// a peek that does not wait and takes nothing.
+fn peer_gone(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the data queued.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock)
+}
+
+/// Returns the heap's free pages to the system after a big `logs` answer
+/// (a copy of the ring buffers, freed in many small pieces that glibc would
+/// otherwise keep), so the daemon's RSS goes back to its idle size.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
