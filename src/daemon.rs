@@ -99,8 +99,11 @@ pub async fn run(opts: Options) -> i32 {
     }
 
     // 5. Reaping.
+    // Before any worker exists: orphans must come back to the daemon, or
+    // they would escape supervision.
     if let Err(e) = process::become_subreaper() {
-        warn!(error = %e, "cannot become a child subreaper ({e}); orphaned worker processes go to PID 1");
+        error!(error = %e, "cannot become a child subreaper ({e}): orphaned worker processes would escape supervision; not starting");
+        return 1;
     }
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
     if let Err(e) = process::spawn_reaper(exit_tx) {

@@ -463,7 +463,6 @@ pub fn spawn_reaper(tx: mpsc::UnboundedSender<Exit>) -> io::Result<tokio::task::
 struct ProcStat {
     #[cfg_attr(not(test), allow(dead_code))]
     pid: i32,
-    #[cfg_attr(not(test), allow(dead_code))]
     ppid: i32,
     pgrp: i32,
     session: i32,
@@ -604,16 +603,21 @@ impl LiveMains {
 ///   with the run that ends now rather than left unsupervised.
 ///
 /// Reads only those processes, not all of /proc.
-pub fn run_members(pgid: Option<u32>, live_mains: &std::collections::HashSet<i32>) -> Vec<i32> {
+pub fn run_members(
+    pgid: Option<u32>,
+    main_start: Option<u64>,
+    live_mains: &std::collections::HashSet<i32>,
+) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut roots: Vec<i32> = Vec::new();
     let own = pgid.and_then(|g| i32::try_from(g).ok());
-    if let Some(g) = own {
-        // Only while it is still that run's session leader: once reaped, its
-        // pid may belong to an unrelated process.
-        if read_stat(g).is_some_and(|p| p.pgrp == g || p.session == g) {
-            roots.push(g);
-        }
+    if let Some(g) = own
+        && main_start.is_some()
+        && is_main(g, main_start)
+    {
+        // Only while it is still that run's main: once reaped, its pid may
+        // belong to an unrelated process.
+        roots.push(g);
     }
     for c in children_of(me) {
         if Some(c) == own || live_mains.contains(&c) {
@@ -644,6 +648,19 @@ fn descendants_alive(mut roots: Vec<i32>, me: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether process group (and session) id `g`, that of a run whose main
+/// had pid `g`, still names that run. While any process is in the group or
+/// session, the kernel does not hand its id out as a pid again; so when no
+/// process has pid `g`, what is left in group `g` is the run's. When one
+/// has, it must be the run's main itself (`is_main`): else the pid was
+/// reused, the old group is empty, and `-g` would name someone else's.
+fn group_id_is_the_runs(g: i32, is_main: impl Fn(&ProcStat) -> bool) -> bool {
+    match read_stat(g) {
+        None => true,
+        Some(st) => is_main(&st),
+    }
+}
+
 /// What a kill left behind.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KillReport {
@@ -664,19 +681,44 @@ fn sigkill_all(pids: &[i32], refused: &mut Vec<i32>) {
     }
 }
 
-/// SIGKILL every process of one run until none is left, or `timeout`
-/// passes. Async and thread-free: it only makes system calls and sleeps on
+/// Async and thread-free: it only makes system calls and sleeps on
 /// the runtime's timer, so it works when the system (or the daemon's uid)
 /// can start no thread and no process.
-pub async fn kill_run(pgid: Option<u32>, live: &LiveMains, timeout: Duration) -> KillReport {
+/// The identity of a run's main process when a kill is decided: its start
+/// time while it is still the daemon's child (a zombie included), `None`
+/// once it has been reaped.
+pub fn main_identity(pgid: Option<u32>) -> Option<u64> {
+    let g = i32::try_from(pgid?).ok()?;
+    let st = read_stat(g)?;
+    (st.ppid == std::process::id() as i32).then(|| start_time(g))?
+}
+
+/// Whether pid `g` is still the main process identified by `main_start`.
+fn is_main(g: i32, main_start: Option<u64>) -> bool {
+    main_start.is_some()
+        && read_stat(g).is_some_and(|st| st.ppid == std::process::id() as i32)
+        && start_time(g) == main_start
+}
+
+/// SIGKILL every process of one run until none is left, or `timeout`
+/// passes. `main_start` is [`main_identity`] of `pgid`, taken when the
+/// kill was decided.
+pub async fn kill_run(
+    pgid: Option<u32>,
+    main_start: Option<u64>,
+    live: &LiveMains,
+    timeout: Duration,
+) -> KillReport {
     let start = Instant::now();
     let mut refused = Vec::new();
     loop {
-        if let Some(g) = pgid.and_then(|g| i32::try_from(g).ok()).filter(|g| *g > 1) {
+        if let Some(g) = pgid.and_then(|g| i32::try_from(g).ok()).filter(|g| *g > 1)
+            && group_id_is_the_runs(g, |_| is_main(g, main_start))
+        {
             // The whole process group at once, even when its leader is gone.
             let _ = kill(Pid::from_raw(-g), Signal::SIGKILL);
         }
-        let members = run_members(pgid, &live.snapshot());
+        let members = run_members(pgid, main_start, &live.snapshot());
         if members.is_empty() {
             return KillReport { left: 0, refused };
         }
@@ -1035,7 +1077,7 @@ pub mod records {
         let mut killed = 0;
         loop {
             let mut waiting = false;
-            for (path, r, done) in runs.iter_mut().filter(|(_, _, d)| !*d) {
+            for (_, r, done) in runs.iter_mut().filter(|(_, _, d)| !*d) {
                 if is_live(r) && start.elapsed() < r.stop_timeout {
                     waiting = true;
                     continue;
@@ -1044,7 +1086,6 @@ pub mod records {
                     warn!(instance = %r.instance, pid = r.pid, "{}: the old worker did not stop within {:?}; SIGKILL", r.instance, r.stop_timeout);
                 }
                 *done = true;
-                let _ = path;
             }
             if !waiting {
                 break;
@@ -1056,6 +1097,11 @@ pub mod records {
         let kill_start = Instant::now();
         for (path, r, _) in &runs {
             loop {
+                // Never the group or session of a process that reuses the
+                // old main's pid (see group_id_is_the_runs).
+                if !super::group_id_is_the_runs(r.pid, |_| is_live(r)) {
+                    break;
+                }
                 let _ = kill(Pid::from_raw(-r.pid), Signal::SIGKILL);
                 let mut members = super::session_tree(r.pid);
                 if is_live(r) && !members.contains(&r.pid) {
@@ -1173,6 +1219,31 @@ mod tests {
             RunRecord::parse(&long).map(|r| r.stop_timeout),
             Some(Duration::from_secs(3600))
         );
+    }
+
+    #[test]
+    fn a_main_is_identified_until_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let id = main_identity(Some(pid));
+        assert!(id.is_some());
+        assert!(is_main(pid as i32, id));
+        assert!(
+            !is_main(pid as i32, id.map(|t| t + 1)),
+            "another start time"
+        );
+        assert!(!is_main(pid as i32, None));
+        // Not a child of this process: never a main.
+        assert_eq!(main_identity(Some(1)), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(main_identity(Some(pid)), None, "reaped");
+        assert!(!is_main(pid as i32, id));
+        // A free pid: what is left in its group can only be the run's.
+        assert!(group_id_is_the_runs(pid as i32, |_| false) || read_stat(pid as i32).is_some());
     }
 
     #[test]

@@ -757,6 +757,40 @@ env = {{ FAKE_RECORD_DIR = "{{records}}" }}
 /// A uid (and gid) that no account and no other test uses, for a daemon
 /// that runs unprivileged.
 const DAEMON_UID: u32 = 47_811;
+/// The uid of the fork bomb test: a process limit counts every process of
+/// a uid, so each test that fills one has its own.
+const BOMB_UID: u32 = 47_812;
+/// The uid of the refused-fork test.
+const NPROC_UID: u32 = 47_813;
+
+/// At drop, SIGKILL every process of `uid` (a uid only one test uses) until
+/// none is left: a failing test leaves no fork loop behind.
+struct KillUidOnDrop(u32);
+
+impl Drop for KillUidOnDrop {
+    fn drop(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let pids: Vec<u32> = fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| {
+                    proc_status_field(*p, "Uid")
+                        .is_some_and(|u| u.split_whitespace().next() == Some(&self.0.to_string()))
+                })
+                .collect();
+            if pids.is_empty() {
+                return;
+            }
+            for p in pids {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
 
 fn require_root(what: &str) {
     assert!(
@@ -976,6 +1010,127 @@ fn a_pid_record_whose_process_is_another_one_is_not_killed() {
     bystander.wait().unwrap();
 }
 
+/// Start `d` as `uid` (its directory handed over) with RLIMIT_NPROC =
+/// `nproc`, and wait until it answers.
+fn spawn_unprivileged_with_nproc(d: &mut Daemon, uid: u32, nproc: u64) {
+    d.chown_to(uid, uid);
+    let mut cmd = d.command(std::process::Command::new(DAEMON));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            let lim = libc::rlimit {
+                rlim_cur: nproc,
+                rlim_max: nproc,
+            };
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setgid(uid) < 0
+                || libc::setrlimit(libc::RLIMIT_NPROC, &lim) < 0
+                || libc::setuid(uid) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    d.spawn_command(cmd);
+    d.wait_ready();
+}
+
+/// `n` processes of `uid` that only wait (forked as root, so the daemon's
+/// process limit does not stop them), to fill that uid's limit.
+fn fillers(uid: u32, n: u64) -> Vec<i32> {
+    (0..n)
+        .map(|_| {
+            // SAFETY: the child makes async-signal-safe calls only.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                unsafe {
+                    if libc::setgroups(0, std::ptr::null()) < 0
+                        || libc::setgid(uid) < 0
+                        || libc::setuid(uid) < 0
+                    {
+                        libc::_exit(1);
+                    }
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            pid
+        })
+        .collect()
+}
+
+fn kill_fillers(pids: &[i32]) {
+    for p in pids {
+        // SAFETY: plain system calls on our own children.
+        unsafe {
+            libc::kill(*p, libc::SIGKILL);
+            libc::waitpid(*p, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// The live processes (threads count too) of `uid`.
+fn tasks_of_uid(uid: u32) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if proc_status_field(pid, "Uid")
+            .is_some_and(|u| u.split_whitespace().next() == Some(&uid.to_string()))
+        {
+            n += proc_status_field(pid, "Threads")
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(1);
+        }
+    }
+    n
+}
+
+#[test]
+fn a_refused_fork_is_logged_and_retried_not_fatal() {
+    let redis = RedisServer::start();
+    require_root("the process limit test");
+    let dir = tempfile::tempdir().unwrap();
+    let arg = format!("3018.{}", std::process::id());
+    let worker = write_script(
+        dir.path(),
+        "worker",
+        &format!("#!/bin/sh\nexec sleep {arg}\n"),
+    );
+    let mut d = Daemon::new(&script_config(
+        &redis,
+        &worker,
+        "",
+        "[group.g]\nqueues = [\"q\"]\n",
+    ));
+    let _cleanup = KillUidOnDrop(NPROC_UID);
+    spawn_unprivileged_with_nproc(&mut d, NPROC_UID, 40);
+    let pid = d.running_pid("g-1");
+    // No room for one more process of the daemon's uid (limit 40), even
+    // once the worker is gone: its restart is refused (EAGAIN).
+    let n = tasks_of_uid(NPROC_UID);
+    let filled = fillers(NPROC_UID, 41u64.saturating_sub(n));
+    kill(pid, Signal::SIGKILL);
+    wait_for(T, "a refused restart in the log", || {
+        d.log()
+            .contains("Resource temporarily unavailable")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let child = d.child.as_mut().unwrap();
+    let alive_daemon = child.try_wait().unwrap().is_none();
+    // Room again: the next retry starts it.
+    kill_fillers(&filled);
+    assert!(alive_daemon, "the daemon lives:\n{}", d.log());
+    let again = d.running_pid("g-1");
+    assert_ne!(again, pid);
+    assert_eq!(processes_with_arg(&arg), vec![again as i32]);
+}
+
 #[test]
 fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running() {
     let redis = RedisServer::start();
@@ -985,10 +1140,13 @@ fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running()
     // no thread and no process. The worker ignores SIGTERM and SIGQUIT:
     // only the kill path ends it.
     let dir = tempfile::tempdir().unwrap();
+    let sleeper = format!("3014.{}", std::process::id());
     let bomb = write_script(
         dir.path(),
         "bomb",
-        "#!/bin/sh\ntrap '' TERM QUIT\nbash -c 'while :; do sleep 3014.5 & done' >/dev/null 2>&1 &\nexec sleep 3015.5\n",
+        &format!(
+            "#!/bin/sh\ntrap '' TERM QUIT\nbash -c 'while :; do sleep {sleeper} & done' >/dev/null 2>&1 &\nexec sleep 100000\n"
+        ),
     );
     let mut d = Daemon::new(&script_config(
         &redis,
@@ -996,30 +1154,11 @@ fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running()
         "",
         "[group.bomb]\nqueues = [\"b\"]\nstop_timeout = \"1s\"\n",
     ));
-    d.chown_to(DAEMON_UID, DAEMON_UID);
-    let mut cmd = d.command(std::process::Command::new(DAEMON));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            let lim = libc::rlimit {
-                rlim_cur: 40,
-                rlim_max: 40,
-            };
-            if libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setgid(DAEMON_UID) < 0
-                || libc::setrlimit(libc::RLIMIT_NPROC, &lim) < 0
-                || libc::setuid(DAEMON_UID) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    d.spawn_command(cmd);
-    d.wait_ready();
+    let _cleanup = KillUidOnDrop(BOMB_UID);
+    spawn_unprivileged_with_nproc(&mut d, BOMB_UID, 40);
     let main = d.running_pid("bomb-1");
     wait_for(T, "the fork bomb to fill the process limit", || {
-        (processes_with_arg("3014.5").len() >= 30).then_some(())
+        (processes_with_arg(&sleeper).len() >= 30).then_some(())
     });
     // Past the keep-alive of any thread the runtime started at start-up
     // (10 s), so a kill path that needs a new thread cannot have one.
@@ -1033,7 +1172,7 @@ fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running()
     d.wait_state("bomb-1", "stopped", T);
     assert!(!alive(main));
     wait_for(T, "the bomb's processes gone", || {
-        processes_with_arg("3014.5").is_empty().then_some(())
+        processes_with_arg(&sleeper).is_empty().then_some(())
     });
     let child = d.child.as_mut().unwrap();
     assert!(
@@ -1052,11 +1191,12 @@ fn a_daemon_with_ambient_capabilities_drops_workers_to_the_user_without_any() {
     require_root("the capability test");
     let nobody = nix::unistd::User::from_name(WORKER_USER).unwrap().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // The worker records whether it can signal its parent, the daemon.
+    // The worker records whether it can signal its parent, the daemon, and
+    // read its environment.
     let worker = write_script(
         dir.path(),
         "worker",
-        "#!/bin/sh\nif kill -0 $PPID 2>/dev/null; then r=yes; else r=no; fi\necho $r > \"$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.cansignal\"\nexec sleep 3016.5\n",
+        "#!/bin/sh\nif kill -0 $PPID 2>/dev/null; then r=yes; else r=no; fi\necho $r > \"$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.cansignal\"\nif cat /proc/$PPID/environ >/dev/null 2>&1; then r=yes; else r=no; fi\necho $r > \"$FAKE_RECORD_DIR/$CLEARIFY_INSTANCE.$$.canreadenv\"\nexec sleep 3016.5\n",
     );
     let mut d = Daemon::new(&script_config(
         &redis,
@@ -1101,6 +1241,15 @@ fn a_daemon_with_ambient_capabilities_drops_workers_to_the_user_without_any() {
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(can.trim(), "no", "the worker cannot signal the daemon");
+    let env = wait_for(T, "the worker's environ check", || {
+        let r = d.record("g-1", pid, "canreadenv");
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(
+        env.trim(),
+        "no",
+        "the worker cannot read the daemon's environment"
+    );
     // And the daemon, with CAP_KILL, stops it.
     assert!(d.ctl(&["stop", "g"]).status.success());
     d.wait_state("g-1", "stopped", T);

@@ -523,6 +523,9 @@ impl Supervisor {
                 let tree = self.cgroups.clone().filter(|_| whole_cgroup);
                 let tx = self.tx.clone();
                 let live = self.live.clone();
+                // Which process the main is, now: its pid may be reused
+                // once it is reaped, and must then never be signalled.
+                let main_start = process::main_identity(pgid);
                 // No thread and no process: under a fork bomb (or a full
                 // pids limit) none can be started, and the kill must work.
                 tokio::spawn(async move {
@@ -546,7 +549,8 @@ impl Supervisor {
                             }
                         }
                     }
-                    let r = process::kill_run(pgid, &live, Duration::from_secs(2)).await;
+                    let r =
+                        process::kill_run(pgid, main_start, &live, Duration::from_secs(2)).await;
                     if !r.refused.is_empty() {
                         error!(instance = %id, refused = ?r.refused, "{id}: not allowed to kill pids {:?} (EPERM: the daemon needs CAP_KILL to signal workers of another user)", r.refused);
                     }
