@@ -150,7 +150,7 @@ app = "demo.celery_app"
 command = "/usr/local/bin/celery"
 workdir = "$APP_DIR"
 env_file = "/etc/clearify/worker.env"
-user = "clearify"
+user = "$WORKER_USER"
 loglevel = "info"
 
 [defaults]
@@ -172,6 +172,10 @@ TOML
 
 # Extra [daemon] keys for two_group_config (e.g. admin_group = "...").
 DAEMON_EXTRA=${DAEMON_EXTRA:-}
+# The daemon's user and the workers' user, as the package creates them and
+# the shipped workers.toml sets them (issue 12).
+DAEMON_USER=clearify
+WORKER_USER=${WORKER_USER:-clearify-worker}
 
 # setup_service [TEXT_EXTRA] [BILLING_EXTRA]: the common start of a scenario:
 # the example app, Redis, the package, the two-group config; the service
@@ -245,6 +249,13 @@ start_service_and_wait() {
 # celery_ready NODE: the node answers a Celery ping (it consumes).
 celery_ready() {
     (cd "$APP_DIR" && timeout 20 python3 -m celery -A demo.celery_app inspect ping -d "$1" -t 3) >/dev/null 2>&1
+}
+
+# install_attack_tasks: the hostile task module (attack_tasks.py) next to the
+# example app, for a group with extra_args = ["--include", "attack_tasks"].
+install_attack_tasks() {
+    install -m 0644 "$SYSTEST_SHARE/systest/attack_tasks.py" "$APP_DIR/attack_tasks.py"
+    (cd "$APP_DIR" && python3 -c 'import attack_tasks') || fail "attack_tasks does not import from $APP_DIR"
 }
 
 # tasks.py: send tasks with the example app and check their results.

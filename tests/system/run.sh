@@ -193,7 +193,7 @@ for name in "${scenarios[@]}"; do
     dir=$run_dir/$name
     share=$dir/share
     mkdir -p "$share/systest" "$share/results" "$share/deb" "$share/examples"
-    cp -a "$here/guest-runner.sh" "$here/lib.sh" "$here/tasks.py" "$here/scenarios" "$share/systest/"
+    cp -a "$here/guest-runner.sh" "$here/lib.sh" "$here/tasks.py" "$here/attack_tasks.py" "$here/fixtures" "$here/scenarios" "$share/systest/"
     cp -a "$repo/examples/demo_app" "$share/examples/"
     [ -n "$deb" ] && cp "$deb" "$share/deb/"
     chmod -R a+rX "$share"
