@@ -1204,18 +1204,7 @@ fn a_daemon_with_ambient_capabilities_drops_workers_to_the_user_without_any() {
         &format!("user = \"{WORKER_USER}\""),
         "[group.g]\nqueues = [\"q\"]\n",
     ));
-    d.chown_to(DAEMON_UID, DAEMON_UID);
-    let mut setpriv = std::process::Command::new("setpriv");
-    setpriv.args([
-        &format!("--reuid={DAEMON_UID}"),
-        &format!("--regid={DAEMON_UID}"),
-        "--clear-groups",
-        "--inh-caps=+setuid,+setgid,+kill",
-        "--ambient-caps=+setuid,+setgid,+kill",
-        DAEMON,
-    ]);
-    let cmd = d.command(setpriv);
-    d.spawn_command(cmd);
+    spawn_as_daemon_uid(&mut d, "+setuid,+setgid,+kill");
     d.wait_ready();
     let pid = d.running_pid("g-1");
     assert_eq!(
@@ -1256,6 +1245,28 @@ fn a_daemon_with_ambient_capabilities_drops_workers_to_the_user_without_any() {
     assert!(!alive(pid));
 }
 
+/// Starts `d` as the unprivileged `DAEMON_UID` (no groups), through
+/// `setpriv`, with `caps` (e.g. "+setuid,+kill") inheritable and ambient,
+/// or none when empty.
+fn spawn_as_daemon_uid(d: &mut Daemon, caps: &str) {
+    d.chown_to(DAEMON_UID, DAEMON_UID);
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args([
+        format!("--reuid={DAEMON_UID}"),
+        format!("--regid={DAEMON_UID}"),
+        "--clear-groups".to_string(),
+    ]);
+    if !caps.is_empty() {
+        setpriv.args([
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+        ]);
+    }
+    setpriv.arg(DAEMON);
+    let cmd = d.command(setpriv);
+    d.spawn_command(cmd);
+}
+
 #[test]
 fn an_unprivileged_daemon_without_setuid_refuses_another_worker_user() {
     let redis = RedisServer::start();
@@ -1268,16 +1279,7 @@ fn an_unprivileged_daemon_without_setuid_refuses_another_worker_user() {
         &format!("user = \"{WORKER_USER}\""),
         "[group.g]\nqueues = [\"q\"]\n",
     ));
-    d.chown_to(DAEMON_UID, DAEMON_UID);
-    let mut setpriv = std::process::Command::new("setpriv");
-    setpriv.args([
-        &format!("--reuid={DAEMON_UID}"),
-        &format!("--regid={DAEMON_UID}"),
-        "--clear-groups",
-        DAEMON,
-    ]);
-    let cmd = d.command(setpriv);
-    d.spawn_command(cmd);
+    spawn_as_daemon_uid(&mut d, "");
     let code = d.wait_exit(T);
     assert_eq!(code, 1);
     let log = d.log();
