@@ -1166,8 +1166,9 @@ fn stopping_a_term_ignoring_worker_under_a_fork_bomb_leaves_the_daemon_running()
     let out = d.ctl(&["stop", "bomb"]);
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
     );
     d.wait_state("bomb-1", "stopped", T);
     assert!(!alive(main));
