@@ -20,6 +20,7 @@ use crate::VERSION;
 use crate::config::{self, Config, ConfigError, Severity};
 use crate::control::client::{ClientError, Connection};
 use crate::control::protocol::{PROTOCOL_VERSION, Request, Response};
+use crate::ctl::render::{Newlines, escape};
 use crate::plan::{self, shell_quote};
 
 pub use crate::cgroup::Level;
@@ -164,21 +165,25 @@ pub fn exit_code(checks: &[Check]) -> i32 {
 
 /// The report: one aligned line per check (`level  name  detail`), detail
 /// continuation lines indented under the detail, a `hint:` line under
-/// warn and fail, and a summary line.
+/// warn and fail, and a summary line. Control characters are escaped
+/// ([`escape`]).
 pub fn render(checks: &[Check]) -> String {
     let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     let mut out = String::new();
+    // Details and hints quote text from outside (`celery report`, the
+    // daemon's replies, file names): escaped, one line at a time.
+    let esc = |s| escape(s, Newlines::Escape);
     for c in checks {
         let mut lines = c.detail.lines();
-        let first = lines.next().unwrap_or("");
+        let first = esc(lines.next().unwrap_or(""));
         let _ = writeln!(out, "{:<4}  {:<width$}  {first}", c.level, c.name);
         for l in lines {
-            let _ = writeln!(out, "{:<4}  {:<width$}  {l}", "", "");
+            let _ = writeln!(out, "{:<4}  {:<width$}  {}", "", "", esc(l));
         }
         if c.level != Level::Ok
             && let Some(h) = &c.hint
         {
-            let _ = writeln!(out, "      hint: {h}");
+            let _ = writeln!(out, "      hint: {}", esc(h));
         }
     }
     let count = |l: Level| checks.iter().filter(|c| c.level == l).count();
@@ -965,6 +970,28 @@ mod tests {
         assert_eq!(exit_code(&checks), 1);
         assert_eq!(exit_code(&checks[..1]), 0);
         assert_eq!(exit_code(&[checks[0].clone(), checks[2].clone()]), 0);
+    }
+
+    #[test]
+    fn render_escapes_control_characters_from_outside() {
+        // `celery report` output and the daemon's replies are text from
+        // outside (the app, a worker, a peer): no escape sequence may reach
+        // the terminal raw (issue 12 §6).
+        let checks = vec![Check::fail(
+            "celery",
+            "report:\n\x1b]0;owned\x07\x1b[2Jtitle\rgone",
+            "fix \x1b[31mit",
+        )];
+        let out = render(&checks);
+        assert!(
+            !out.contains('\x1b') && !out.contains('\x07') && !out.contains('\r'),
+            "{out:?}"
+        );
+        assert!(
+            out.contains("\\x1b]0;owned\\x07\\x1b[2Jtitle\\x0dgone"),
+            "{out}"
+        );
+        assert!(out.contains("hint: fix \\x1b[31mit"), "{out}");
     }
 
     #[test]
