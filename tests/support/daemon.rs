@@ -328,27 +328,27 @@ fn walk(p: &Path) -> Vec<PathBuf> {
 /// Live (not zombie) processes whose command line contains `needle` as
 /// one whole argument.
 pub fn processes_with_arg(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some(i) = stat.rfind(')')
-            && matches!(stat.get(i + 2..i + 3), Some("Z") | Some("X"))
-        {
-            continue;
-        }
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if cmdline.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
+    live_pids()
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// The pids of live (not zombie) processes.
+fn live_pids() -> impl Iterator<Item = i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            stat.rfind(')')
+                .is_some_and(|i| !matches!(stat.get(i + 2..i + 3), Some("Z") | Some("X")))
+        })
 }
 
 /// One `Name:\tvalue` field of /proc/PID/status.
@@ -371,30 +371,14 @@ pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
 /// daemon with pid `daemon_pid` (`CLEARIFY_RUN=…@<pid>`).
 pub fn processes_of_daemon(daemon_pid: u32) -> Vec<i32> {
     let suffix = format!("@{daemon_pid}");
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some(i) = stat.rfind(')')
-            && matches!(stat.get(i + 2..i + 3), Some("Z") | Some("X"))
-        {
-            continue;
-        }
-        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env
-            .split(|b| *b == 0)
-            .any(|kv| kv.starts_with(b"CLEARIFY_RUN=") && kv.ends_with(suffix.as_bytes()))
-        {
-            out.push(pid);
-        }
-    }
-    out
+    live_pids()
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|kv| kv.starts_with(b"CLEARIFY_RUN=") && kv.ends_with(suffix.as_bytes()))
+            })
+        })
+        .collect()
 }
 
 /// A minimal config for the fake celery: `groups` is TOML for the
