@@ -10,53 +10,12 @@
 
 use std::time::{Duration, Instant};
 
-use clearify_workerd::journal::{Grouper, Line, LineFramer, MAX_HOLD, MAX_RECORD, QUIET};
+use clearify_workerd::journal::{Grouper, MAX_HOLD, MAX_RECORD, QUIET};
 use proptest::prelude::*;
 
-/// What the framer must produce for `stream` with chunks of `max` bytes.
-fn model(stream: &[u8], max: usize) -> Vec<Line> {
-    let mut parts: Vec<&[u8]> = stream.split(|&b| b == b'\n').collect();
-    let last = parts.pop().unwrap_or_default();
-    let mut logical: Vec<&[u8]> = parts
-        .into_iter()
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .collect();
-    if !last.is_empty() {
-        logical.push(last);
-    }
-    let mut out = Vec::new();
-    for l in logical {
-        if l.is_empty() {
-            out.push(Line {
-                bytes: Vec::new(),
-                continued: false,
-            });
-        }
-        for (i, chunk) in l.chunks(max).enumerate() {
-            out.push(Line {
-                bytes: chunk.to_vec(),
-                continued: i > 0,
-            });
-        }
-    }
-    out
-}
-
-/// Frames `stream` fed in the pieces that the offsets `cuts` make.
-fn frame(stream: &[u8], max: usize, cuts: &[usize]) -> Vec<Line> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(stream.len())).collect();
-    cuts.sort_unstable();
-    let mut f = LineFramer::new(max);
-    let mut out = Vec::new();
-    let mut from = 0;
-    for c in cuts.into_iter().chain(std::iter::once(stream.len())) {
-        out.extend(f.feed(&stream[from..c]));
-        assert!(f.pending() <= max + 1, "{} bytes held", f.pending());
-        from = c;
-    }
-    out.extend(f.finish());
-    out
-}
+#[path = "support/framing_model.rs"]
+mod framing_model;
+use framing_model::{expected_lines as model, frame_in_pieces as frame};
 
 /// The bytes a stream of worker output is made of: real log lines,
 /// tracebacks, warnings, line ends of all kinds, and arbitrary bytes.

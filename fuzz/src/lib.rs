@@ -18,9 +18,13 @@ use clearify_workerd::control::protocol::{
     Envelope, EnvelopeVersion, FrameError, MAX_FRAME, Request, Response, encode_frame,
     read_frame_blocking, read_frame_bytes,
 };
-use clearify_workerd::journal::{self, Grouper, Line, LineFramer, LogStore, Record};
+use clearify_workerd::journal::{self, Grouper, LogStore, Record};
 use clearify_workerd::plan;
 use clearify_workerd::supervisor::machine::{Action, ExitReason, Machine};
+
+#[path = "../../tests/support/framing_model.rs"]
+mod framing_model;
+use framing_model::{expected_lines, frame_in_pieces};
 
 /// `FUZZ_DEBUG=1`: the targets say what they did with an input (on
 /// stderr), e.g. why a config was rejected.
@@ -380,55 +384,9 @@ fn round_trip_response(resp: &Response) {
 // ---------------------------------------------------------------------------
 // framer: the line framer, the grouper, the journal encoding, the ring buffer
 
-/// What the framer must produce for `stream` with chunks of `max` bytes:
-/// the lines split on `\n`, a `\r` right before a `\n` removed, each line
-/// cut into chunks of `max` bytes (the second and later ones `continued`).
-pub fn expected_lines(stream: &[u8], max: usize) -> Vec<Line> {
-    let mut out = Vec::new();
-    let mut parts: Vec<&[u8]> = stream.split(|&b| b == b'\n').collect();
-    let last = parts.pop().unwrap_or_default();
-    let mut logical: Vec<&[u8]> = parts
-        .into_iter()
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .collect();
-    if !last.is_empty() {
-        logical.push(last);
-    }
-    for l in logical {
-        if l.is_empty() {
-            out.push(Line {
-                bytes: Vec::new(),
-                continued: false,
-            });
-        }
-        for (i, chunk) in l.chunks(max).enumerate() {
-            out.push(Line {
-                bytes: chunk.to_vec(),
-                continued: i > 0,
-            });
-        }
-    }
-    out
-}
-
-/// Frames `stream`, fed in the pieces that `cuts` (sorted offsets) make.
-pub fn frame_in_pieces(stream: &[u8], max: usize, cuts: &[usize]) -> Vec<Line> {
-    let mut f = LineFramer::new(max);
-    let mut out = Vec::new();
-    let mut from = 0;
-    for &c in cuts.iter().chain(std::iter::once(&stream.len())) {
-        let c = c.clamp(from, stream.len());
-        out.extend(f.feed(&stream[from..c]));
-        assert!(f.pending() <= max + 1, "{} bytes held", f.pending());
-        from = c;
-    }
-    out.extend(f.finish());
-    assert_eq!(f.pending(), 0);
-    out
-}
-
 /// Input: one byte for the chunk size, one seed byte, then the stream.
-/// The framer's lines must be exactly [`expected_lines`] however the
+/// The framer's lines must be exactly `expected_lines` (the model in
+/// tests/support/framing_model.rs) however the
 /// stream is cut; the grouper must keep every non-empty line, in order,
 /// within its cap; journald's encoding must decode back; the ring buffer
 /// must keep short lines whole and mark the shortened ones.
