@@ -709,28 +709,16 @@ pub async fn kill_run(
     live: &LiveMains,
     timeout: Duration,
 ) -> KillReport {
-    let start = Instant::now();
-    let mut refused = Vec::new();
-    loop {
+    sigkill_until_gone(timeout, || {
         if let Some(g) = pgid.and_then(|g| i32::try_from(g).ok()).filter(|g| *g > 1)
             && group_id_is_the_runs(g, |_| is_main(g, main_start))
         {
             // The whole process group at once, even when its leader is gone.
             let _ = kill(Pid::from_raw(-g), Signal::SIGKILL);
         }
-        let members = run_members(pgid, main_start, &live.snapshot());
-        if members.is_empty() {
-            return KillReport { left: 0, refused };
-        }
-        sigkill_all(&members, &mut refused);
-        if start.elapsed() >= timeout {
-            return KillReport {
-                left: members.len(),
-                refused,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        run_members(pgid, main_start, &live.snapshot())
+    })
+    .await
 }
 
 /// SIGKILL every descendant of the daemon until none is left or `timeout`
@@ -738,17 +726,26 @@ pub async fn kill_run(
 /// (even an orphan that dropped its session and environment) outlives it.
 pub async fn kill_all_descendants(timeout: Duration) -> KillReport {
     let me = std::process::id() as i32;
+    sigkill_until_gone(timeout, || descendants_alive(children_of(me), me)).await
+}
+
+/// SIGKILLs the processes `members` finds, every 5 ms, until it finds
+/// none or `timeout` passes. Starts no thread or process.
+async fn sigkill_until_gone(
+    timeout: Duration,
+    mut members: impl FnMut() -> Vec<i32>,
+) -> KillReport {
     let start = Instant::now();
     let mut refused = Vec::new();
     loop {
-        let members = descendants_alive(children_of(me), me);
-        if members.is_empty() {
+        let found = members();
+        if found.is_empty() {
             return KillReport { left: 0, refused };
         }
-        sigkill_all(&members, &mut refused);
+        sigkill_all(&found, &mut refused);
         if start.elapsed() >= timeout {
             return KillReport {
-                left: members.len(),
+                left: found.len(),
                 refused,
             };
         }
