@@ -3,23 +3,19 @@
 //! The daemon's state has one owner, the supervisor actor
 //! ([`supervisor`]). Everything else sends it messages: signals, the control
 //! socket ([`control`]), the broker monitor ([`broker`]) and the reaper
-//! ([`process`]). The supervision logic itself is a pure state machine
+//! ([`sys::process`]). The supervision logic itself is a pure state machine
 //! ([`supervisor::machine`]); the OS effects live in thin modules around it:
-//! [`process`], [`cgroup`], [`journal`], [`notify`].
+//! [`sys`] and [`logs`]. See docs/ARCHITECTURE.md.
 
-pub mod accounts;
+pub mod app;
 pub mod broker;
-pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod control;
-pub mod ctl;
-pub mod daemon;
-pub mod journal;
-pub mod notify;
+pub mod logs;
 pub mod plan;
-pub mod process;
 pub mod supervisor;
-pub mod ticker;
+pub mod sys;
 
 /// The version of this build, as shown by `--version` and `clearifyctl version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

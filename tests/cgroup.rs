@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clearify_workerd::cgroup::{
+use clearify_workerd::plan::Limits;
+use clearify_workerd::sys::cgroup::{
     self, Availability, CgroupError, CgroupTree, DoctorEnv, FsKind, KillMethod, Layout, Level,
     OomCounts, Probe, Stats,
 };
-use clearify_workerd::plan::Limits;
 
 const OWN: &str = "/system.slice/clearify-workerd.service";
 const ALL: &str = "cpuset cpu io memory hugetlb pids rdma misc";

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clearify_workerd::cgroup::{self, Layout};
+use clearify_workerd::cli::doctor::{self, Level};
 use clearify_workerd::config;
-use clearify_workerd::ctl::doctor::{self, Level};
+use clearify_workerd::sys::cgroup::{self, Layout};
 use redis_support::RedisServer;
 
 const CTL: &str = env!("CARGO_BIN_EXE_clearifyctl");

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use clearify_workerd::journal::{Grouper, MAX_HOLD, MAX_RECORD, QUIET};
+use clearify_workerd::logs::{Grouper, MAX_HOLD, MAX_RECORD, QUIET};
 use proptest::prelude::*;
 
 #[path = "support/framing_model.rs"]

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clearify_workerd::journal::{
+use clearify_workerd::logs::{
     JournalSender, LogStore, MAX_RECORD, Sink, WorkerMeta, decode_entry, pump,
 };
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
@@ -637,7 +637,7 @@ async fn without_journald_the_pump_still_finishes_and_keeps_lines() {
 
 #[test]
 fn tracing_setup_explicit_targets() {
-    use clearify_workerd::journal::{LogTarget, init_tracing};
+    use clearify_workerd::logs::{LogTarget, init_tracing};
     // Journal fails exactly when there is no journald socket (as here, in
     // a container without systemd), and then installs nothing.
     let journald = Path::new("/run/systemd/journal/socket").exists();

@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use clearify_workerd::notify::Notifier;
+use clearify_workerd::sys::notify::Notifier;
 
 fn recv(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];

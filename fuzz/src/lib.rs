@@ -18,7 +18,7 @@ use clearify_workerd::control::protocol::{
     Envelope, EnvelopeVersion, FrameError, MAX_FRAME, Request, Response, encode_frame,
     read_frame_blocking, read_frame_bytes,
 };
-use clearify_workerd::journal::{self, Grouper, LogStore, Record};
+use clearify_workerd::logs::{self, Grouper, LogStore, Record};
 use clearify_workerd::plan;
 use clearify_workerd::supervisor::machine::{Action, ExitReason, Machine};
 
@@ -395,7 +395,7 @@ pub fn framer(data: &[u8]) {
         return;
     };
     let max = if head & 0x80 != 0 {
-        journal::MAX_RECORD
+        logs::MAX_RECORD
     } else {
         1 + usize::from(head % 64)
     };
@@ -409,7 +409,7 @@ pub fn framer(data: &[u8]) {
     assert_eq!(lines, expected, "max {max}, cuts {cuts:?}");
 
     // Grouping, with a clock that moves 0 to 150 ms per line.
-    let mut g = Grouper::new(max, journal::QUIET, journal::MAX_HOLD);
+    let mut g = Grouper::new(max, logs::QUIET, logs::MAX_HOLD);
     let t0 = Instant::now();
     let mut now = t0;
     let mut records: Vec<Record> = Vec::new();
@@ -445,15 +445,15 @@ pub fn framer(data: &[u8]) {
     }
 
     // journald's native encoding round-trips every record.
-    let meta = journal::WorkerMeta {
+    let meta = logs::WorkerMeta {
         group: "g".into(),
         instance: "g-1".into(),
         node: "g-1@fuzz".into(),
         pid: 1,
     };
     for r in &records {
-        let entry = journal::encode_record(&meta, journal::Stream::Stderr, r);
-        let fields = journal::decode_entry(&entry).expect("an encoded entry decodes");
+        let entry = logs::encode_record(&meta, logs::Stream::Stderr, r);
+        let fields = logs::decode_entry(&entry).expect("an encoded entry decodes");
         let message = fields
             .iter()
             .find(|(k, _)| k == "MESSAGE")
@@ -464,17 +464,17 @@ pub fn framer(data: &[u8]) {
     // The ring buffer: the whole stream as one line, then the records.
     let store = LogStore::with_limits(4, 64 * 1024);
     for msg in std::iter::once(stream).chain(records.iter().map(|r| r.message.as_slice())) {
-        store.push(&meta, journal::Stream::Stderr, msg);
+        store.push(&meta, logs::Stream::Stderr, msg);
         let tail = store.tail(Some("g-1"), 1, None);
         let [last] = tail.as_slice() else {
             panic!("tail of 1 gave {} lines", tail.len());
         };
-        if msg.len() <= journal::MAX_STORED_LINE {
+        if msg.len() <= logs::MAX_STORED_LINE {
             assert_eq!(last.text, String::from_utf8_lossy(msg));
         } else {
             let note = format!(
                 " … [{} more bytes in the journal]",
-                msg.len() - journal::MAX_STORED_LINE
+                msg.len() - logs::MAX_STORED_LINE
             );
             assert!(last.text.ends_with(&note), "a shortened line is not marked");
         }

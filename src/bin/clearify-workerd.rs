@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use clearify_workerd::{config, daemon, journal, plan};
+use clearify_workerd::{app, config, logs, plan};
 
 /// Supervise Celery workers: one or more `celery worker` processes per queue
 /// group, gated on the Redis broker, restarted with backoff, limited with
@@ -70,14 +70,14 @@ fn main() -> ExitCode {
         return check(&args.config);
     }
     let log_target = match args.log_target {
-        Target::Auto => journal::LogTarget::Auto,
-        Target::Journal => journal::LogTarget::Journal,
-        Target::Stderr => journal::LogTarget::Stderr,
+        Target::Auto => logs::LogTarget::Auto,
+        Target::Journal => logs::LogTarget::Journal,
+        Target::Stderr => logs::LogTarget::Stderr,
     };
     // Descriptors the daemon inherited (other than 0, 1, 2) must not reach
     // workers: mark them close-on-exec before anything else runs.
     cloexec_inherited_fds();
-    if let Err(e) = journal::init_tracing(log_target) {
+    if let Err(e) = logs::init_tracing(log_target) {
         eprintln!("clearify-workerd: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
         eprintln!("clearify-workerd: cannot start the runtime's blocking thread: {e}");
         return ExitCode::FAILURE;
     }
-    let code = rt.block_on(daemon::run(daemon::Options {
+    let code = rt.block_on(app::run(app::Options {
         config: args.config,
         log_target,
         state_dir: args.state_dir,

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use clearify_workerd::VERSION;
+use clearify_workerd::cli::{self, DEFAULT_CONFIG, exit, render};
 use clearify_workerd::control::client::{ClientError, request_blocking};
 use clearify_workerd::control::protocol::{
     ErrorKind, InstanceStatus, PROTOCOL_VERSION, Request, Response, Status,
 };
-use clearify_workerd::ctl::{self, DEFAULT_CONFIG, exit, render};
 
 const ABOUT: &str = "Inspect and control clearify-workerd, the Celery worker supervisor";
 
@@ -236,7 +236,7 @@ impl Failure {
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
-        Failure::new(ctl::exit_code_for_client(&e), e.to_string())
+        Failure::new(cli::exit_code_for_client(&e), e.to_string())
     }
 }
 
@@ -250,13 +250,13 @@ struct Ctx {
 
 impl Ctx {
     /// One request, on the admin or the reader socket
-    /// ([`ctl::socket_candidates`]): the next is tried when one cannot be
+    /// ([`cli::socket_candidates`]): the next is tried when one cannot be
     /// opened. When none can, the first one's error, or, when every one
     /// refused permission, a message naming both groups.
     fn send(&self, req: &Request) -> Result<Response, Failure> {
         let mut first: Option<ClientError> = None;
         let mut denied = Vec::new();
-        for sock in ctl::socket_candidates(&self.socket, req.is_mutating()) {
+        for sock in cli::socket_candidates(&self.socket, req.is_mutating()) {
             match request_blocking(&sock, req.clone(), self.timeout) {
                 Ok(r) => return Ok(r),
                 Err(
@@ -321,7 +321,7 @@ impl Ctx {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Response::Error { kind, message } => {
-                    return Err(Failure::new(ctl::exit_code_for(kind), message));
+                    return Err(Failure::new(cli::exit_code_for(kind), message));
                 }
                 other => return Ok(other),
             }
@@ -330,7 +330,7 @@ impl Ctx {
 
     fn status(&self, targets: &[String]) -> Result<Status, Failure> {
         match self.call(Request::Status {
-            targets: ctl::status_targets(targets),
+            targets: cli::status_targets(targets),
         })? {
             Response::Status(s) => Ok(s),
             other => Err(unexpected(&other)),
@@ -354,7 +354,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let ctx = Ctx {
-        socket: ctl::resolve_socket(cli.socket.as_deref(), &cli.config),
+        socket: cli::resolve_socket(cli.socket.as_deref(), &cli.config),
         timeout: Duration::from_secs_f64(cli.request_timeout),
     };
     let outcome = match cli.command {
@@ -686,11 +686,11 @@ fn test(ctx: &Ctx) -> Outcome {
 }
 
 fn doctor(config: &Path, socket: Option<&Path>, timeout: Duration) -> Outcome {
-    let mut opts = ctl::doctor::Options::new(config, socket);
+    let mut opts = cli::doctor::Options::new(config, socket);
     opts.request_timeout = timeout;
-    let checks = ctl::doctor::run(&opts);
-    print!("{}", ctl::doctor::render(&checks));
-    Ok(ctl::doctor::exit_code(&checks))
+    let checks = cli::doctor::run(&opts);
+    print!("{}", cli::doctor::render(&checks));
+    Ok(cli::doctor::exit_code(&checks))
 }
 
 fn version(ctx: &Ctx) -> Outcome {

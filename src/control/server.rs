@@ -379,12 +379,12 @@ impl Authorizer {
     }
 
     /// The daemon's effective uid and the named admin group, looked up now
-    /// (in /etc/group, else NSS: [`Accounts`](crate::accounts::Accounts)).
+    /// (in /etc/group, else NSS: [`Accounts`](crate::sys::accounts::Accounts)).
     /// `None` means only root and the daemon's uid may change anything.
     pub fn for_current_process(admin_group: Option<&str>) -> Result<Self, ControlError> {
         let admin_gid = match admin_group {
             None => None,
-            Some(name) => match crate::accounts::Accounts::system().group_by_name(name) {
+            Some(name) => match crate::sys::accounts::Accounts::system().group_by_name(name) {
                 Ok(Some(gid)) => Some(gid),
                 Ok(None) => {
                     return Err(ControlError::UnknownGroup {

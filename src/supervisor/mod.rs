@@ -7,10 +7,10 @@
 //! out the [`Action`]s it returns through the effect modules ([`process`],
 //! [`cgroup`], [`journal`], [`notify`]). Nothing else touches the state.
 //!
-//! [`process`]: crate::process
-//! [`cgroup`]: crate::cgroup
-//! [`journal`]: crate::journal
-//! [`notify`]: crate::notify
+//! [`process`]: crate::sys::process
+//! [`cgroup`]: crate::sys::cgroup
+//! [`journal`]: crate::logs
+//! [`notify`]: crate::sys::notify
 
 pub mod backoff;
 pub mod machine;
@@ -25,18 +25,18 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::broker::{self, BrokerEvent, BrokerSettings, Monitor};
-use crate::cgroup::{CgroupTree, Leaf};
 use crate::config::{self, Config, OnTimeout};
 use crate::control::protocol::{
     BrokerStatus, DaemonStatus, ErrorKind, GroupStatus, HeartbeatSeen, InstanceStatus, QueueStatus,
     ReloadReport, Request, Response, Status,
 };
 use crate::control::server::ControlMsg;
-use crate::journal::{self, LogStore, Sink, WorkerMeta};
-use crate::notify::Notifier;
+use crate::logs::{self, LogStore, Sink, WorkerMeta};
 use crate::plan;
-use crate::process::{self, RunAs};
-use crate::ticker::Ticker;
+use crate::sys::cgroup::{CgroupTree, Leaf};
+use crate::sys::notify::Notifier;
+use crate::sys::process::{self, RunAs};
+use crate::sys::ticker::Ticker;
 pub use machine::{Action, ExitReason, Machine, StopSignal};
 
 /// What the supervisor is told.
@@ -483,7 +483,7 @@ impl Supervisor {
                             node: spec.node.clone(),
                             pid: sp.pid,
                         });
-                        tokio::spawn(journal::pump(
+                        tokio::spawn(logs::pump(
                             sp.stdout,
                             sp.stderr,
                             meta,

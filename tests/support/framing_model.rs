@@ -2,7 +2,7 @@
 //! property tests (tests/framing.rs) and the `framer` fuzz target
 //! (fuzz/src/lib.rs), which both include this file with `#[path]`.
 
-use clearify_workerd::journal::{Line, LineFramer};
+use clearify_workerd::logs::{Line, LineFramer};
 
 /// What the framer must produce for `stream` with chunks of `max` bytes:
 /// the lines split on `\n`, a `\r` right before a `\n` removed, each line

@@ -21,13 +21,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::cgroup;
 use crate::config;
 use crate::control::server::{self, Authorizer};
-use crate::journal::{self, Sink};
-use crate::notify::Notifier;
-use crate::process;
+use crate::logs::{self, Sink};
 use crate::supervisor::{Msg, Setup, Supervisor};
+use crate::sys::cgroup;
+use crate::sys::notify::Notifier;
+use crate::sys::process;
 
 /// Where the delegated cgroup v2 tree is looked for.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -36,7 +36,7 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 #[derive(Debug, Clone)]
 pub struct Options {
     pub config: PathBuf,
-    pub log_target: journal::LogTarget,
+    pub log_target: logs::LogTarget,
     /// Where runs are recorded for the next daemon; `None`: `workers/`
     /// next to the control socket.
     pub state_dir: Option<PathBuf>,
@@ -213,9 +213,9 @@ pub async fn run(opts: Options) -> i32 {
     }
 
     let sink = match opts.log_target {
-        journal::LogTarget::Journal => Sink::Journal(journal::JournalSender::new()),
-        journal::LogTarget::Stderr => Sink::Stderr,
-        journal::LogTarget::Auto => Sink::auto(),
+        logs::LogTarget::Journal => Sink::Journal(logs::JournalSender::new()),
+        logs::LogTarget::Stderr => Sink::Stderr,
+        logs::LogTarget::Auto => Sink::auto(),
     };
     info!(
         version = crate::VERSION,

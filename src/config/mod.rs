@@ -179,7 +179,7 @@ pub const MAX_CPUS: f64 = 1024.0;
 /// Longest group name: it is a cgroup directory and part of the node name.
 pub const MAX_GROUP_NAME: usize = 64;
 /// Group names the daemon uses itself (its own cgroup leaf).
-pub const RESERVED_GROUP_NAMES: &[&str] = &[crate::cgroup::SUPERVISOR];
+pub const RESERVED_GROUP_NAMES: &[&str] = &[crate::sys::cgroup::SUPERVISOR];
 /// Most elements of a list of strings (`queues`, `extra_args`, `command`)
 /// and most variables of an `env` table.
 pub const MAX_LIST: usize = 256;
@@ -1833,7 +1833,7 @@ impl<'a> Checker<'a> {
     }
 
     fn check_user(&mut self, name: &str, v: &Val<'_>, key: &str) -> bool {
-        match crate::accounts::Accounts::system().user_by_name(name) {
+        match crate::sys::accounts::Accounts::system().user_by_name(name) {
             Ok(Some(u)) if u.uid.is_root() => {
                 self.error(
                     &v.span(),

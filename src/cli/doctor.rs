@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::VERSION;
+use crate::cli::render::{Newlines, escape};
 use crate::config::{self, Config, ConfigError, Severity};
 use crate::control::client::{ClientError, Connection};
 use crate::control::protocol::{PROTOCOL_VERSION, Request, Response};
-use crate::ctl::render::{Newlines, escape};
 use crate::plan::{self, shell_quote};
 
-pub use crate::cgroup::Level;
+pub use crate::sys::cgroup::Level;
 
 /// journald's socket for native-protocol datagrams.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -114,7 +114,7 @@ pub fn run(opts: &Options) -> Vec<Check> {
     let (config_checks, loaded) = config_check(&opts.config);
     checks.extend(config_checks);
     let require_limits = loaded.as_ref().is_ok_and(|c| c.daemon.require_limits);
-    checks.extend(cgroup_checks(crate::cgroup::doctor(), require_limits));
+    checks.extend(cgroup_checks(crate::sys::cgroup::doctor(), require_limits));
     checks.push(journald_check(&opts.journal_socket));
     let socket = super::resolve_socket(opts.socket.as_deref(), &opts.config);
     let mut sock_checks = socket_checks(&socket, opts.request_timeout);
@@ -323,11 +323,11 @@ fn whoami() -> String {
 // ---------------------------------------------------------------------------
 // cgroup
 
-/// The cgroup checks of [`crate::cgroup::doctor`], with the "Fix: …" part
+/// The cgroup checks of [`crate::sys::cgroup::doctor`], with the "Fix: …" part
 /// of each detail moved into the hint. Without delegated cgroup v2 the
 /// daemon runs without limits, which is only an error with
 /// `require_limits = true`: otherwise failures become warnings.
-pub fn cgroup_checks(checks: Vec<crate::cgroup::Check>, require_limits: bool) -> Vec<Check> {
+pub fn cgroup_checks(checks: Vec<crate::sys::cgroup::Check>, require_limits: bool) -> Vec<Check> {
     checks
         .into_iter()
         .map(|c| {
@@ -661,7 +661,7 @@ pub fn celery_check(config: &Config, timeout: Duration) -> Check {
     let app = config.celery.app.clone().unwrap_or_default();
     let mut args = config.celery.command_args.clone();
     args.extend(["-A".to_string(), app.clone(), "report".to_string()]);
-    let run_as = match crate::process::resolve_user(spec.user.as_deref()) {
+    let run_as = match crate::sys::process::resolve_user(spec.user.as_deref()) {
         Ok(r) => r,
         Err(e) => {
             return Check::fail(NAME, e.to_string(), "set [celery].user to the worker user");
@@ -847,8 +847,8 @@ fn tail(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn cg(name: &str, level: Level, detail: &str) -> crate::cgroup::Check {
-        crate::cgroup::Check {
+    fn cg(name: &str, level: Level, detail: &str) -> crate::sys::cgroup::Check {
+        crate::sys::cgroup::Check {
             name: name.into(),
             level,
             detail: detail.into(),

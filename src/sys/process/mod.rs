@@ -45,9 +45,9 @@ use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
-use crate::accounts::Accounts;
 use crate::plan::InstanceSpec;
 use crate::supervisor::machine::ExitReason;
+use crate::sys::accounts::Accounts;
 
 /// The environment variable that marks every process of one run of an
 /// instance: `<instance id>.<generation>@<daemon pid>`. Informational (a
@@ -239,7 +239,7 @@ pub fn spawn(
                 return Err(io::Error::last_os_error());
             }
             if let Some(fd) = cgroup_procs {
-                crate::cgroup::join_cgroup_fd(fd)?;
+                crate::sys::cgroup::join_cgroup_fd(fd)?;
             }
             // The worker is the subreaper of its own tree (this survives
             // exec): while it lives, whatever its descendants orphan stays
