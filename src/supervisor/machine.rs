@@ -23,7 +23,6 @@
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::backoff;
+pub use crate::model::ExitReason;
 use crate::plan::{self, InstanceSpec, Limits, Plan, PlanDiff};
 
 /// How long Celery gets to act on SIGQUIT (cold shutdown) before the whole
@@ -93,32 +93,6 @@ pub enum Action {
     RemoveGroup { group: String },
     /// Everything is stopped after a shutdown: the daemon may exit.
     Exit,
-}
-
-/// Why a worker ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitReason {
-    Code(i32),
-    Signal(i32),
-    /// Killed by the kernel's OOM killer inside its cgroup.
-    OomKilled,
-    SpawnFailed(String),
-}
-
-impl fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExitReason::Code(c) => write!(f, "exit {c}"),
-            ExitReason::Signal(s) => {
-                let name = nix::sys::signal::Signal::try_from(*s)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|_| format!("signal {s}"));
-                write!(f, "killed by {name}")
-            }
-            ExitReason::OomKilled => f.write_str("oom-killed"),
-            ExitReason::SpawnFailed(e) => write!(f, "spawn failed: {e}"),
-        }
-    }
 }
 
 /// A target that names no group or instance.

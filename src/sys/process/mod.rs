@@ -45,8 +45,8 @@ use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
+use crate::model::ExitReason;
 use crate::plan::InstanceSpec;
-use crate::supervisor::machine::ExitReason;
 use crate::sys::accounts::Accounts;
 
 /// The environment variable that marks every process of one run of an

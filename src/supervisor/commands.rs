@@ -1,0 +1,121 @@
+//! The control requests, answered by the actor.
+
+use super::*;
+
+impl Supervisor {
+    pub(super) fn control(&mut self, c: ControlMsg) {
+        let now = Instant::now();
+        let ControlMsg { request, reply, .. } = c;
+        let resp = match request {
+            Request::Status { targets } => match targets.iter().find(|t| !self.is_target(t)) {
+                Some(t) => Response::Error {
+                    kind: ErrorKind::UnknownTarget,
+                    message: format!(
+                        "unknown target {t:?}: name a group, an instance id such as text-1, or \"all\""
+                    ),
+                },
+                None => {
+                    // Fresh backlog for the next look (this one shows the
+                    // last known figures).
+                    if let Some(m) = &self.monitor {
+                        m.refresh_backlog();
+                    }
+                    Response::Status(self.status(&targets))
+                }
+            },
+            Request::Start { targets } => done(self.machine.start(&targets, now)),
+            Request::Stop { targets } => done(self.machine.stop(&targets, now)),
+            Request::Restart { targets, rolling } => {
+                done(self.machine.restart(&targets, rolling, now))
+            }
+            Request::Reload => {
+                let r = self.reload();
+                log_reload(&r);
+                Response::Reloaded(r)
+            }
+            Request::Logs {
+                target,
+                lines,
+                since,
+            } => {
+                if let Some(t) = &target
+                    && !self.is_target(t)
+                {
+                    Response::Error {
+                        kind: ErrorKind::UnknownTarget,
+                        message: format!("unknown target {t:?}"),
+                    }
+                } else {
+                    let target = target.filter(|t| t != "all");
+                    Response::Logs {
+                        lines: self.logs.tail(target.as_deref(), lines, since),
+                    }
+                }
+            }
+            Request::Test => {
+                self.test(reply);
+                return;
+            }
+            Request::Version => Response::Version {
+                version: crate::VERSION.to_string(),
+                protocol: crate::control::protocol::PROTOCOL_VERSION,
+            },
+        };
+        let _ = reply.send(resp);
+    }
+
+    pub(super) fn is_target(&self, t: &str) -> bool {
+        t == "all" || !self.target_instances(t).is_empty()
+    }
+
+    pub(super) fn target_instances(&self, t: &str) -> Vec<String> {
+        self.machine
+            .snapshot(Instant::now())
+            .into_iter()
+            .filter(|v| t == "all" || v.id == t || v.group == t)
+            .map(|v| v.id)
+            .collect()
+    }
+
+    /// `clearifyctl test` runs off the actor: it may take seconds.
+    pub(super) fn test(&mut self, reply: oneshot::Sender<Response>) {
+        let Some(b) = &self.config.broker else {
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::Refused,
+                message: "no [broker] configured in the config file".into(),
+            });
+            return;
+        };
+        let settings = broker_settings(b);
+        let queues = self.queues();
+        let heartbeats: Vec<HeartbeatSeen> = self
+            .machine
+            .snapshot(Instant::now())
+            .into_iter()
+            .filter_map(|v| {
+                Some(HeartbeatSeen {
+                    node: v.node,
+                    age_secs: v.heartbeat_age?.as_secs_f64(),
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            let report = broker::test_report(&settings, &queues, heartbeats).await;
+            let _ = reply.send(Response::Test(report));
+        });
+    }
+}
+
+pub(super) fn done(r: Result<Vec<String>, machine::CommandError>) -> Response {
+    match r {
+        Ok(messages) => Response::Done { messages },
+        Err(e @ machine::CommandError::ShuttingDown) => Response::Error {
+            kind: ErrorKind::Refused,
+            message: e.to_string(),
+        },
+        Err(e) => Response::Error {
+            kind: ErrorKind::UnknownTarget,
+            message: e.to_string(),
+        },
+    }
+}
