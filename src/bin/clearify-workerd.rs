@@ -102,11 +102,18 @@ fn main() -> ExitCode {
         eprintln!("clearify-workerd: cannot start the runtime's blocking thread: {e}");
         return ExitCode::FAILURE;
     }
-    let code = rt.block_on(app::run(app::Options {
+    let opts = app::Options {
         config: args.config,
         log_target,
         state_dir: args.state_dir,
-    }));
+    };
+    // Signals (SIGTERM, SIGINT, SIGHUP) are the daemon's own: nothing else
+    // stops it.
+    let code = rt.block_on(app::run(
+        opts,
+        app::Host::system(),
+        std::future::pending::<()>(),
+    ));
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 

@@ -29,9 +29,8 @@ impl Supervisor {
                 done(self.machine.restart(&targets, rolling, now))
             }
             Request::Reload => {
-                let r = self.reload();
-                log_reload(&r);
-                Response::Reloaded(r)
+                self.begin_reload(Some(reply));
+                return;
             }
             Request::Logs {
                 target,
@@ -79,7 +78,7 @@ impl Supervisor {
 
     /// `clearifyctl test` runs off the actor: it may take seconds.
     pub(super) fn test(&mut self, reply: oneshot::Sender<Response>) {
-        let Some(b) = &self.config.broker else {
+        let Some(b) = &self.running.broker else {
             let _ = reply.send(Response::Error {
                 kind: ErrorKind::Refused,
                 message: "no [broker] configured in the config file".into(),

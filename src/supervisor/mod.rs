@@ -14,33 +14,36 @@
 
 pub mod backoff;
 mod commands;
+pub mod effects;
 pub mod machine;
+#[cfg(test)]
+mod recording;
 mod reload;
-use reload::log_reload;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::broker::{self, BrokerEvent, BrokerSettings, Monitor};
-use crate::config::{self, Config, OnTimeout};
+use crate::broker::{self, BrokerEvent, BrokerSettings};
+use crate::config::{self, BrokerConfig, Config, OnTimeout};
 use crate::control::protocol::{
     BrokerStatus, DaemonStatus, ErrorKind, GroupStatus, HeartbeatSeen, InstanceStatus, QueueStatus,
     ReloadReport, Request, Response, Status,
 };
 use crate::control::server::ControlMsg;
-use crate::logs::{self, LogStore, Sink, WorkerMeta};
+use crate::logs::LogStore;
 use crate::plan;
-use crate::sys::cgroup::{CgroupTree, Leaf};
-use crate::sys::notify::Notifier;
-use crate::sys::process::{self, RunAs};
+use crate::sys::process;
 use crate::sys::ticker::Ticker;
+use effects::{BrokerMonitor, Effects, Kill, Notice};
 pub use machine::{Action, ExitReason, Machine, StopSignal};
 
 /// What the supervisor is told.
@@ -52,6 +55,12 @@ pub enum Msg {
     Shutdown,
     /// SIGHUP: reload the config file.
     Reload,
+    /// The config file, read off the actor for a reload; `reply` is the
+    /// control client that asked, if one did.
+    Loaded {
+        loaded: Result<Box<config::Loaded>, Vec<String>>,
+        reply: Option<oneshot::Sender<Response>>,
+    },
     /// From the broker monitor.
     Broker(BrokerEvent),
     /// A KillTree finished; `pid` was the run's main pid.
@@ -71,19 +80,22 @@ struct BrokerView {
     latency: Option<Duration>,
 }
 
+/// What the daemon was started with and keeps until it restarts, whatever
+/// a reload says: the broker it watches and the socket it serves.
+#[derive(Debug, Clone)]
+struct Running {
+    broker: Option<BrokerConfig>,
+    socket: PathBuf,
+}
+
 /// Everything the supervisor needs from the start-up sequence.
 pub struct Setup {
     pub config: Config,
-    pub run_as: Option<RunAs>,
-    /// `None` when limits are off.
-    pub cgroups: Option<CgroupTree>,
     /// "on" or "off (reason)", for status.
     pub limits_line: String,
-    pub sink: Sink,
-    pub notifier: Notifier,
-    /// Where each run is recorded for the next daemon; `None` when the
-    /// state directory could not be opened.
-    pub records: Option<process::records::Records>,
+    /// The ring buffers of worker output (the effects' log pumps fill it).
+    pub logs: LogStore,
+    pub effects: Box<dyn Effects>,
 }
 
 /// The usage sample of one instance, for the CPU% between two status calls.
@@ -99,16 +111,13 @@ struct Usage {
 pub struct Supervisor {
     machine: Machine,
     config: Config,
-    run_as: Option<RunAs>,
-    cgroups: Option<Arc<CgroupTree>>,
+    running: Running,
     limits_line: String,
-    leaves: HashMap<String, Leaf>,
-    sink: Arc<Sink>,
+    effects: Box<dyn Effects>,
     logs: LogStore,
-    notifier: Notifier,
     started: SystemTime,
     broker: BrokerView,
-    monitor: Option<Monitor>,
+    monitor: Option<Box<dyn BrokerMonitor>>,
     tx: mpsc::Sender<Msg>,
     last_status_line: String,
     /// The machine revision and broker view revision the STATUS= line was
@@ -119,33 +128,29 @@ pub struct Supervisor {
     usage: HashMap<String, Usage>,
     usage_at: Option<std::time::Instant>,
     exit_code: Option<i32>,
-    /// The main pids of the live runs, for the kill tasks.
-    live: process::LiveMains,
-    records: Option<process::records::Records>,
+    /// Taken by each reload's reader in turn, so reloads apply in the
+    /// order they read the file.
+    reload_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Supervisor {
     /// Build the supervisor. `tx` is the sender of its own mailbox (for the
-    /// broker monitor and the kill tasks).
+    /// broker monitor, the kill tasks and the reload reader).
     pub fn new(setup: Setup, tx: mpsc::Sender<Msg>) -> Self {
         let plan = plan::build(&setup.config);
         let has_work = !plan.groups.is_empty();
         // Without groups there is nothing to gate.
         let gate_open = !has_work || setup.config.broker.is_none();
-        let machine = Machine::new(
-            plan,
-            gate_open,
-            Box::new(|| rand::random::<f64>() * 2.0 - 1.0),
-        );
+        let machine = Machine::new(plan, gate_open, setup.effects.jitter());
         Supervisor {
             machine,
-            run_as: setup.run_as,
-            cgroups: setup.cgroups.map(Arc::new),
+            running: Running {
+                broker: setup.config.broker.clone(),
+                socket: setup.config.daemon.socket.clone(),
+            },
             limits_line: setup.limits_line,
-            leaves: HashMap::new(),
-            sink: Arc::new(setup.sink),
-            logs: LogStore::new(),
-            notifier: setup.notifier,
+            effects: setup.effects,
+            logs: setup.logs,
             started: SystemTime::now(),
             broker: BrokerView {
                 state: if has_work { "waiting" } else { "unknown" },
@@ -161,15 +166,9 @@ impl Supervisor {
             usage: HashMap::new(),
             usage_at: None,
             exit_code: None,
-            live: process::LiveMains::default(),
-            records: setup.records,
+            reload_turn: Arc::default(),
             config: setup.config,
         }
-    }
-
-    /// The ring buffers of worker output.
-    pub fn logs(&self) -> LogStore {
-        self.logs.clone()
     }
 
     /// Run until shutdown. Returns the exit code.
@@ -179,7 +178,7 @@ impl Supervisor {
         mut exits: mpsc::UnboundedReceiver<process::Exit>,
     ) -> i32 {
         // The systemd watchdog's pings, on a timerfd (one wake-up each).
-        let watchdog_tick = match self.notifier.watchdog_interval().map(Ticker::new) {
+        let watchdog_tick = match self.effects.watchdog_interval().map(Ticker::new) {
             None => None,
             Some(Ok(t)) => Some(t),
             Some(Err(e)) => {
@@ -195,7 +194,7 @@ impl Supervisor {
         // for a long time.
         self.update_status_line();
         if watchdog_tick.is_some() {
-            self.notifier.watchdog();
+            self.effects.notify(Notice::Watchdog);
         }
         // The next deadline, recomputed (O(instances)) only when the machine
         // says something changed: the routine events of an idle daemon
@@ -217,7 +216,7 @@ impl Supervisor {
             };
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg).await,
+                    Some(msg) => self.handle(msg),
                     None => self.machine.shutdown(Instant::now()),
                 },
                 Some(exit) = exits.recv() => self.exited(exit),
@@ -226,7 +225,7 @@ impl Supervisor {
                 }
                 _ = tick_of(&watchdog_tick), if watchdog_tick.is_some() => {
                     // Sent from the loop itself: a hung loop stops the pings.
-                    self.notifier.watchdog();
+                    self.effects.notify(Notice::Watchdog);
                 }
             }
             self.apply();
@@ -235,42 +234,32 @@ impl Supervisor {
     }
 
     async fn finish(&mut self) {
-        self.notifier.stopping();
+        self.effects.notify(Notice::Stopping);
         if let Some(m) = self.monitor.take() {
             m.shutdown().await;
         }
-        // Whatever the daemon still has below it (an orphan that came back
-        // after its run's kill) goes now: nothing outlives supervision.
-        let r = process::kill_all_descendants(Duration::from_secs(2)).await;
-        if !r.refused.is_empty() {
-            error!(refused = ?r.refused, "not allowed to kill pids {:?} (EPERM: the daemon needs CAP_KILL)", r.refused);
-        }
-        if r.left > 0 {
-            error!(
-                left = r.left,
-                "{} processes survived SIGKILL at exit", r.left
-            );
-        }
-        if let Some(t) = &self.cgroups {
-            for g in self.machine.plan().groups.iter() {
-                if let Err(e) = t.remove_group(&g.name) {
-                    warn!(group = %g.name, error = %e, "could not remove the cgroup of group {}: {e}", g.name);
-                }
-            }
-        }
-        info!("all workers stopped; exiting");
+        let groups = self
+            .machine
+            .plan()
+            .groups
+            .iter()
+            .map(|g| g.name.clone())
+            .collect();
+        self.effects.finish(groups).await;
     }
 
     fn start_broker_monitor(&mut self) {
-        let Some(b) = &self.config.broker else {
+        let Some(b) = &self.running.broker else {
             return;
         };
         if self.machine.plan().groups.is_empty() {
             return;
         }
         let settings = broker_settings(b);
+        let url = config::redact_url(&b.url);
         let (btx, mut brx) = mpsc::channel(256);
-        self.monitor = Some(broker::spawn_monitor(settings, self.watched(), btx));
+        let watched = self.watched();
+        self.monitor = Some(self.effects.start_monitor(settings, watched, btx));
         let tx = self.tx.clone();
         tokio::spawn(async move {
             while let Some(ev) = brx.recv().await {
@@ -279,10 +268,7 @@ impl Supervisor {
                 }
             }
         });
-        info!(
-            broker = %config::redact_url(&b.url),
-            "waiting for the broker before starting workers"
-        );
+        info!(broker = %url, "waiting for the broker before starting workers");
     }
 
     fn queues(&self) -> Vec<String> {
@@ -311,25 +297,23 @@ impl Supervisor {
         }
     }
 
-    async fn handle(&mut self, msg: Msg) {
+    fn handle(&mut self, msg: Msg) {
         let now = Instant::now();
         match msg {
             Msg::Shutdown => {
                 if self.machine.is_shutting_down() {
                     info!("already shutting down; waiting for workers to stop");
                 } else {
-                    self.notifier.stopping();
+                    self.effects.notify(Notice::Stopping);
                     self.extend_stop_timeout();
                 }
                 self.machine.shutdown(now);
             }
-            Msg::Reload => {
-                let report = self.reload();
-                log_reload(&report);
-            }
+            Msg::Reload => self.begin_reload(None),
+            Msg::Loaded { loaded, reply } => self.finish_reload(loaded, reply),
             Msg::TreeCleared { id, seq, pid } => {
-                if let (Some(r), Some(pid)) = (&self.records, pid) {
-                    r.remove(&id, pid);
+                if let Some(pid) = pid {
+                    self.effects.run_cleared(&id, pid);
                 }
                 self.machine.tree_cleared(&id, seq, now)
             }
@@ -393,29 +377,7 @@ impl Supervisor {
                     self.exit_code = Some(1);
                 }
             }
-            BrokerEvent::GateTimeout => {
-                let on = self
-                    .config
-                    .broker
-                    .as_ref()
-                    .map(|b| b.on_timeout)
-                    .unwrap_or_default();
-                match on {
-                    OnTimeout::Wait => {
-                        warn!("broker wait_timeout passed; still waiting (on_timeout = \"wait\")")
-                    }
-                    OnTimeout::Start => {
-                        warn!(
-                            "broker wait_timeout passed; starting workers anyway (on_timeout = \"start\")"
-                        );
-                        self.machine.open_gate(now);
-                    }
-                    OnTimeout::Fail => {
-                        error!("broker wait_timeout passed; exiting (on_timeout = \"fail\")");
-                        self.exit_code = Some(1);
-                    }
-                }
-            }
+            BrokerEvent::GateTimeout => self.gate_timeout(now),
             BrokerEvent::Backlog(b) => self.machine.backlog(b, now),
             BrokerEvent::Heartbeat(h) => {
                 self.machine
@@ -424,15 +386,33 @@ impl Supervisor {
         }
     }
 
-    fn exited(&mut self, exit: process::Exit) {
-        self.live.remove(exit.pid);
-        let mut reason = exit.reason;
-        if let (Some(spec), Some(t)) = (self.machine.instance_by_pid(exit.pid), &self.cgroups)
-            && let Some(leaf) = self.leaves.get(&spec.id)
-            && t.was_oom_killed(&spec.group, &spec.id, &leaf.oom_baseline())
-        {
-            reason = ExitReason::OomKilled;
+    fn gate_timeout(&mut self, now: Instant) {
+        let on = self
+            .running
+            .broker
+            .as_ref()
+            .map(|b| b.on_timeout)
+            .unwrap_or_default();
+        match on {
+            OnTimeout::Wait => {
+                warn!("broker wait_timeout passed; still waiting (on_timeout = \"wait\")")
+            }
+            OnTimeout::Start => {
+                warn!(
+                    "broker wait_timeout passed; starting workers anyway (on_timeout = \"start\")"
+                );
+                self.machine.open_gate(now);
+            }
+            OnTimeout::Fail => {
+                error!("broker wait_timeout passed; exiting (on_timeout = \"fail\")");
+                self.exit_code = Some(1);
+            }
         }
+    }
+
+    fn exited(&mut self, exit: process::Exit) {
+        let spec = self.machine.instance_by_pid(exit.pid);
+        let reason = self.effects.exited(spec, &exit);
         self.machine.exited(exit.pid, reason, Instant::now());
     }
 
@@ -452,70 +432,15 @@ impl Supervisor {
     fn effect(&mut self, action: Action) {
         let now = Instant::now();
         match action {
-            Action::PrepareGroup { group, limits } => {
-                if let Some(t) = &self.cgroups {
-                    match t.prepare_group(&group, &limits) {
-                        Ok(warnings) => {
-                            for w in warnings {
-                                warn!(%group, "{w}");
-                            }
-                        }
-                        Err(e) => {
-                            error!(%group, error = %e, "could not set up the cgroup of group {group}: {e}")
-                        }
-                    }
+            Action::PrepareGroup { group, limits } => self.effects.prepare_group(&group, &limits),
+            Action::Spawn { spec, generation } => match self.effects.spawn(&spec, generation) {
+                Ok(pid) => {
+                    self.usage.remove(&spec.id);
+                    self.machine.spawned(&spec.id, generation, pid, now);
                 }
-            }
-            Action::Spawn { spec, generation } => {
-                let leaf = match &self.cgroups {
-                    Some(t) => match t.prepare_instance(&spec.group, &spec.id) {
-                        Ok(leaf) => Some(leaf),
-                        Err(e) => {
-                            let msg = format!("cgroup: {e}");
-                            self.machine.spawn_failed(&spec.id, generation, msg, now);
-                            return;
-                        }
-                    },
-                    None => None,
-                };
-                let fd = leaf.as_ref().map(|l| l.procs_fd());
-                match process::spawn(&spec, generation, self.run_as.as_ref(), fd) {
-                    Ok(sp) => {
-                        let meta = Arc::new(WorkerMeta {
-                            group: spec.group.clone(),
-                            instance: spec.id.clone(),
-                            node: spec.node.clone(),
-                            pid: sp.pid,
-                        });
-                        tokio::spawn(logs::pump(
-                            sp.stdout,
-                            sp.stderr,
-                            meta,
-                            self.sink.clone(),
-                            self.logs.clone(),
-                        ));
-                        self.live.insert(sp.pid);
-                        self.record_run(&spec, sp.pid);
-                        if let Some(l) = leaf {
-                            self.leaves.insert(spec.id.clone(), l);
-                        }
-                        self.usage.remove(&spec.id);
-                        self.machine.spawned(&spec.id, generation, sp.pid, now);
-                    }
-                    Err(e) => self
-                        .machine
-                        .spawn_failed(&spec.id, generation, e.to_string(), now),
-                }
-            }
-            Action::Signal { id, pid, signal } => {
-                let sig = match signal {
-                    StopSignal::Term => Signal::SIGTERM,
-                    StopSignal::Quit => Signal::SIGQUIT,
-                };
-                if let Err(e) = process::signal(pid, sig) {
-                    warn!(instance = %id, pid, error = %e, "{id}: could not signal pid {pid}: {e}");
-                }
-            }
+                Err(e) => self.machine.spawn_failed(&spec.id, generation, e, now),
+            },
+            Action::Signal { id, pid, signal } => self.effects.signal(&id, pid, signal),
             Action::KillTree {
                 id,
                 group,
@@ -524,87 +449,23 @@ impl Supervisor {
                 seq,
                 whole_cgroup,
             } => {
-                let tree = self.cgroups.clone().filter(|_| whole_cgroup);
-                let tx = self.tx.clone();
-                let live = self.live.clone();
-                // Which process the main is, now: its pid may be reused
-                // once it is reaped, and must then never be signalled.
-                let main_start = process::main_identity(pgid);
-                // No thread and no process: under a fork bomb (or a full
-                // pids limit) none can be started, and the kill must work.
-                tokio::spawn(async move {
-                    if let Some(t) = &tree {
-                        let start = std::time::Instant::now();
-                        loop {
-                            match t.kill_instance_step(&group, &id) {
-                                Ok(false) => break,
-                                Ok(true) if start.elapsed() < Duration::from_secs(2) => {
-                                    tokio::time::sleep(Duration::from_millis(10)).await
-                                }
-                                Ok(true) => {
-                                    warn!(instance = %id, "{id}: the cgroup is still populated after SIGKILL; killing by pid");
-                                    break;
-                                }
-                                Err(e) if e.is_not_found() => break,
-                                Err(e) => {
-                                    warn!(instance = %id, error = %e, "{id}: cgroup kill failed ({e}); killing by pid");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    let r =
-                        process::kill_run(pgid, main_start, &live, Duration::from_secs(2)).await;
-                    if !r.refused.is_empty() {
-                        error!(instance = %id, refused = ?r.refused, "{id}: not allowed to kill pids {:?} (EPERM: the daemon needs CAP_KILL to signal workers of another user)", r.refused);
-                    }
-                    if r.left > 0 {
-                        error!(instance = %id, left = r.left, "{id}: {} processes survived SIGKILL", r.left);
-                    } else {
-                        let _ = tx.send(Msg::TreeCleared { id, seq, pid: pgid }).await;
-                    }
-                });
+                let kill = Kill {
+                    id,
+                    group,
+                    pgid,
+                    seq,
+                    whole_cgroup,
+                };
+                self.effects.kill_tree(kill, self.tx.clone());
             }
-            Action::RemoveGroup { group } => {
-                if let Some(t) = &self.cgroups
-                    && let Err(e) = t.remove_group(&group)
-                {
-                    warn!(%group, error = %e, "could not remove the cgroup of group {group}: {e}");
-                }
-            }
+            Action::RemoveGroup { group } => self.effects.remove_group(&group),
             Action::Exit => self.exit_code = Some(0),
-        }
-    }
-
-    /// Record a run that was just started, for the next daemon (see
-    /// [`process::records`]).
-    fn record_run(&self, spec: &plan::InstanceSpec, pid: u32) {
-        let Some(r) = &self.records else { return };
-        let Ok(p) = i32::try_from(pid) else { return };
-        let Some(start) = process::start_time(p) else {
-            return;
-        };
-        let uid = self
-            .run_as
-            .as_ref()
-            .map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.uid);
-        let rec = process::records::RunRecord {
-            instance: spec.id.clone(),
-            node: spec.node.clone(),
-            pid: p,
-            start,
-            uid,
-            stop_timeout: spec.timing.stop_timeout,
-            boot_id: process::records::boot_id(),
-        };
-        if let Err(e) = r.write(&rec) {
-            warn!(instance = %spec.id, error = %e, "{}: cannot write the run record in {}: {e}", spec.id, r.dir().display());
         }
     }
 
     /// Ask systemd for more time while workers drain (warm shutdown may
     /// take stop_timeout + the SIGQUIT grace).
-    fn extend_stop_timeout(&self) {
+    fn extend_stop_timeout(&mut self) {
         let longest = self
             .machine
             .plan()
@@ -612,8 +473,9 @@ impl Supervisor {
             .map(|s| s.timing.stop_timeout)
             .max()
             .unwrap_or_default();
-        self.notifier
-            .extend_timeout(longest + machine::QUIT_GRACE + machine::KILL_GRACE);
+        self.effects.notify(Notice::ExtendTimeout(
+            longest + machine::QUIT_GRACE + machine::KILL_GRACE,
+        ));
     }
 }
 

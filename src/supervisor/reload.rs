@@ -1,99 +1,105 @@
 //! SIGHUP and `clearifyctl reload`: read the config again and apply the
 //! difference.
+//!
+//! The file is read off the actor (on the blocking pool: a config on a slow
+//! or stuck file system must not stall supervision); the actor applies the
+//! loaded [`Config`] when [`Msg::Loaded`] comes back. The broker and the
+//! socket the daemon runs with ([`Running`]) stay until it restarts.
 
 use super::*;
 
 impl Supervisor {
-    pub(super) fn reload(&mut self) -> ReloadReport {
+    /// Start a reload: tell systemd, and read the file off the actor.
+    pub(super) fn begin_reload(&mut self, reply: Option<oneshot::Sender<Response>>) {
+        self.effects.notify(Notice::Reloading);
         let path = self.config.path.clone();
-        self.notifier.reloading();
-        let report = match config::load(&path) {
-            Err(e) => ReloadReport {
-                applied: false,
-                added: vec![],
-                removed: vec![],
-                changed: vec![],
-                unchanged: vec![],
-                warnings: vec![],
-                errors: e.to_string().lines().map(str::to_string).collect(),
-            },
-            Ok(loaded) if self.machine.is_shutting_down() => {
-                let _ = loaded;
-                ReloadReport {
-                    applied: false,
-                    added: vec![],
-                    removed: vec![],
-                    changed: vec![],
-                    unchanged: vec![],
-                    warnings: vec![],
-                    errors: vec!["the daemon is shutting down".into()],
-                }
+        let tx = self.tx.clone();
+        let turn = self.reload_turn.clone();
+        tokio::spawn(async move {
+            // One read at a time, sent in the order read: the last reload
+            // applied is the one that read the file last.
+            let _turn = turn.lock().await;
+            let loaded = tokio::task::spawn_blocking(move || {
+                config::load(&path)
+                    .map(Box::new)
+                    .map_err(|e| e.to_string().lines().map(str::to_string).collect())
+            })
+            .await
+            .unwrap_or_else(|e| Err(vec![format!("reading the config failed: {e}")]));
+            let _ = tx.send(Msg::Loaded { loaded, reply }).await;
+        });
+    }
+
+    /// Apply a config read by [`Supervisor::begin_reload`], answer the
+    /// client that asked and log the outcome.
+    pub(super) fn finish_reload(
+        &mut self,
+        loaded: Result<Box<config::Loaded>, Vec<String>>,
+        reply: Option<oneshot::Sender<Response>>,
+    ) {
+        let report = match loaded {
+            Err(errors) => rejected(errors),
+            Ok(_) if self.machine.is_shutting_down() => {
+                rejected(vec!["the daemon is shutting down".into()])
             }
-            Ok(loaded) => {
-                let new = loaded.config;
-                let mut warnings: Vec<String> =
-                    loaded.warnings.iter().map(|w| w.to_string()).collect();
-                for (what, old, newv) in [
-                    (
-                        "[daemon].socket",
-                        self.config.daemon.socket.display().to_string(),
-                        new.daemon.socket.display().to_string(),
-                    ),
-                    (
-                        "[daemon].device_id",
-                        self.config.daemon.device_id.clone(),
-                        new.daemon.device_id.clone(),
-                    ),
-                    (
-                        "[broker]",
-                        format!("{:?}", self.config.broker),
-                        format!("{:?}", new.broker),
-                    ),
-                ] {
-                    if old != newv && what != "[daemon].device_id" {
-                        warnings.push(format!(
-                            "{what} changed: this takes effect when the daemon restarts (systemctl restart clearify-workerd)"
-                        ));
-                    }
-                }
-                let mut new_plan = plan::build(&new);
-                if new.daemon.device_id != self.config.daemon.device_id {
-                    warnings.push(
-                        "[daemon].device_id changed: node names change, so every instance restarts"
-                            .into(),
-                    );
-                }
-                if new.broker != self.config.broker {
-                    // Keep the running broker settings until restart.
-                    new_plan.device_id = new.daemon.device_id.clone();
-                }
-                let d = self.machine.reload(new_plan, Instant::now());
-                let mut keep = new;
-                keep.broker = self.config.broker.clone();
-                keep.daemon.socket = self.config.daemon.socket.clone();
-                self.config = keep;
-                if let Some(m) = &self.monitor {
-                    m.set_queues(self.watched());
-                } else if !self.machine.plan().groups.is_empty() {
-                    self.start_broker_monitor();
-                }
-                ReloadReport {
-                    applied: true,
-                    added: d.added,
-                    removed: d.removed,
-                    changed: d.changed,
-                    unchanged: d.unchanged,
-                    warnings,
-                    errors: vec![],
-                }
-            }
+            Ok(loaded) => self.apply_config(loaded),
         };
-        self.notifier.ready();
-        report
+        self.effects.notify(Notice::Ready);
+        log_reload(&report);
+        if let Some(reply) = reply {
+            let _ = reply.send(Response::Reloaded(report));
+        }
+    }
+
+    fn apply_config(&mut self, loaded: Box<config::Loaded>) -> ReloadReport {
+        let new = loaded.config;
+        let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        let restart_needed = [
+            ("[daemon].socket", new.daemon.socket != self.running.socket),
+            ("[broker]", new.broker != self.running.broker),
+        ];
+        for (what, _) in restart_needed.iter().filter(|(_, changed)| *changed) {
+            warnings.push(format!(
+                "{what} changed: this takes effect when the daemon restarts (systemctl restart clearify-workerd)"
+            ));
+        }
+        if new.daemon.device_id != self.config.daemon.device_id {
+            warnings.push(
+                "[daemon].device_id changed: node names change, so every instance restarts".into(),
+            );
+        }
+        let d = self.machine.reload(plan::build(&new), Instant::now());
+        self.config = new;
+        if let Some(m) = &self.monitor {
+            m.set_queues(self.watched());
+        } else if !self.machine.plan().groups.is_empty() {
+            self.start_broker_monitor();
+        }
+        ReloadReport {
+            applied: true,
+            added: d.added,
+            removed: d.removed,
+            changed: d.changed,
+            unchanged: d.unchanged,
+            warnings,
+            errors: vec![],
+        }
     }
 }
 
-pub(super) fn log_reload(r: &ReloadReport) {
+fn rejected(errors: Vec<String>) -> ReloadReport {
+    ReloadReport {
+        applied: false,
+        added: vec![],
+        removed: vec![],
+        changed: vec![],
+        unchanged: vec![],
+        warnings: vec![],
+        errors,
+    }
+}
+
+fn log_reload(r: &ReloadReport) {
     if r.applied {
         info!(
             added = ?r.added,

@@ -73,7 +73,7 @@ impl Supervisor {
                 broker: BrokerStatus {
                     state: self.broker.state.to_string(),
                     url: self
-                        .config
+                        .running
                         .broker
                         .as_ref()
                         .map(|b| config::redact_url(&b.url))
@@ -83,13 +83,13 @@ impl Supervisor {
                     latency_ms: self
                         .monitor
                         .as_ref()
-                        .and_then(Monitor::latency)
+                        .and_then(|m| m.latency())
                         .or(self.broker.latency)
                         .map(|d| d.as_secs_f64() * 1000.0),
                 },
                 limits: self.limits_line.clone(),
                 summary: self.summary(&self.machine.summary_facts(now)),
-                logs_to_journal: matches!(*self.sink, Sink::Journal(_)),
+                logs_to_journal: self.effects.logs_to_journal(),
             },
             groups,
         }
@@ -109,21 +109,12 @@ impl Supervisor {
         }
         self.usage_at = Some(now);
         let mut fresh: HashMap<String, (u64, Option<u64>)> = HashMap::new();
-        if let Some(t) = &self.cgroups {
-            for v in views.iter().filter(|v| v.pid.is_some()) {
-                if let Some(s) = t.stats(&v.group, &v.id) {
-                    fresh.insert(
-                        v.id.clone(),
-                        (s.cpu_usage_usec.unwrap_or(0), s.memory_current),
-                    );
-                }
-            }
-        } else {
-            // Without cgroups: each worker's process tree, from /proc.
-            for v in views {
-                if let Some(u) = v.pid.and_then(process::tree_usage) {
-                    fresh.insert(v.id.clone(), (u.cpu_usec, Some(u.rss_bytes)));
-                }
+        for v in views {
+            if let Some(s) = v
+                .pid
+                .and_then(|pid| self.effects.usage(&v.id, &v.group, pid))
+            {
+                fresh.insert(v.id.clone(), (s.cpu_usec, s.memory));
             }
         }
         let mut next = HashMap::new();
@@ -157,7 +148,7 @@ impl Supervisor {
         }
         if f.waiting_for_broker {
             let url = self
-                .config
+                .running
                 .broker
                 .as_ref()
                 .map(|b| config::redact_url(&b.url))
@@ -190,7 +181,7 @@ impl Supervisor {
     }
 
     pub(super) fn update_status_line(&mut self) {
-        if !self.notifier.is_enabled() {
+        if !self.effects.notify_enabled() {
             return;
         }
         let key = (self.machine.revision(), self.broker_rev);
@@ -200,7 +191,7 @@ impl Supervisor {
         self.status_for = Some(key);
         let line = self.summary(&self.machine.summary_facts(Instant::now()));
         if line != self.last_status_line {
-            self.notifier.status(&line);
+            self.effects.notify(Notice::Status(line.clone()));
             self.last_status_line = line;
         }
     }
