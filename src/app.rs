@@ -174,22 +174,11 @@ impl Started {
         tx: mpsc::Sender<Msg>,
         shutdown: impl Future,
     ) -> i32 {
-        let Started {
-            config,
-            run_as,
-            cgroups,
-            limits_line,
-            exits,
-            listeners,
-            auth,
-            notifier,
-            records,
-        } = self;
         let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
         let (stop_server, server_stopped) = oneshot::channel::<()>();
         let server_task = tokio::spawn(server::serve_sockets(
-            listeners,
-            auth,
+            self.listeners,
+            self.auth,
             ctl_tx,
             async {
                 let _ = server_stopped.await;
@@ -211,6 +200,7 @@ impl Started {
             logs::LogTarget::Stderr => Sink::Stderr,
             logs::LogTarget::Auto => Sink::auto(),
         };
+        let config = self.config;
         let socket = &config.daemon.socket;
         info!(
             version = crate::VERSION,
@@ -225,17 +215,24 @@ impl Started {
             config.daemon.device_id,
             config.groups.len()
         );
-        notifier.ready();
+        self.notifier.ready();
 
         let logs = LogStore::new();
-        let effects = SysEffects::new(run_as, cgroups, sink, logs.clone(), notifier, records);
+        let effects = SysEffects::new(
+            self.run_as,
+            self.cgroups,
+            sink,
+            logs.clone(),
+            self.notifier,
+            self.records,
+        );
         let setup = Setup {
             config,
-            limits_line,
+            limits_line: self.limits_line,
             logs,
             effects: Box::new(effects),
         };
-        let actor = Supervisor::new(setup, tx.clone()).run(rx, exits);
+        let actor = Supervisor::new(setup, tx.clone()).run(rx, self.exits);
         tokio::pin!(actor);
         let code = tokio::select! {
             code = &mut actor => code,

@@ -67,6 +67,14 @@ pub struct Sample {
     pub memory: Option<u64>,
 }
 
+/// What the broker monitor is started with.
+pub struct MonitorStart {
+    pub settings: BrokerSettings,
+    pub watched: Watched,
+    /// Where it sends its events.
+    pub events: mpsc::Sender<BrokerEvent>,
+}
+
 /// The running broker monitor, as the actor uses it.
 pub trait BrokerMonitor: Send {
     /// The queues whose backlog is reported changed.
@@ -122,13 +130,8 @@ pub trait Effects: Send {
     fn notify_enabled(&self) -> bool;
     /// How often systemd wants a watchdog ping.
     fn watchdog_interval(&self) -> Option<Duration>;
-    /// Start the broker monitor; it sends its events on `events`.
-    fn start_monitor(
-        &mut self,
-        settings: BrokerSettings,
-        watched: Watched,
-        events: mpsc::Sender<BrokerEvent>,
-    ) -> Box<dyn BrokerMonitor>;
+    /// Start the broker monitor.
+    fn start_monitor(&mut self, start: MonitorStart) -> Box<dyn BrokerMonitor>;
     /// Whether worker output goes to journald (for status).
     fn logs_to_journal(&self) -> bool;
     /// The restart delays' jitter source, numbers in `[-1, 1]`.
@@ -349,12 +352,12 @@ impl Effects for SysEffects {
         self.notifier.watchdog_interval()
     }
 
-    fn start_monitor(
-        &mut self,
-        settings: BrokerSettings,
-        watched: Watched,
-        events: mpsc::Sender<BrokerEvent>,
-    ) -> Box<dyn BrokerMonitor> {
+    fn start_monitor(&mut self, start: MonitorStart) -> Box<dyn BrokerMonitor> {
+        let MonitorStart {
+            settings,
+            watched,
+            events,
+        } = start;
         Box::new(broker::spawn_monitor(settings, watched, events))
     }
 

@@ -43,7 +43,7 @@ use crate::logs::LogStore;
 use crate::plan;
 use crate::sys::process;
 use crate::sys::ticker::Ticker;
-use effects::{BrokerMonitor, Effects, Kill, Notice};
+use effects::{BrokerMonitor, Effects, Kill, MonitorStart, Notice};
 pub use machine::{Action, ExitReason, Machine, StopSignal};
 
 /// What the supervisor is told.
@@ -259,7 +259,12 @@ impl Supervisor {
         let url = config::redact_url(&b.url);
         let (btx, mut brx) = mpsc::channel(256);
         let watched = self.watched();
-        self.monitor = Some(self.effects.start_monitor(settings, watched, btx));
+        let start = MonitorStart {
+            settings,
+            watched,
+            events: btx,
+        };
+        self.monitor = Some(self.effects.start_monitor(start));
         let tx = self.tx.clone();
         tokio::spawn(async move {
             while let Some(ev) = brx.recv().await {

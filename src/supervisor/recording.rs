@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Msg;
-use super::effects::{BoxFuture, BrokerMonitor, Effects, Kill, Notice, Sample};
+use super::effects::{BoxFuture, BrokerMonitor, Effects, Kill, MonitorStart, Notice, Sample};
 use super::machine::StopSignal;
-use crate::broker::{BrokerEvent, BrokerSettings, Watched};
+use crate::broker::{BrokerEvent, Watched};
 use crate::model::ExitReason;
 use crate::plan::{InstanceSpec, Limits};
 use crate::sys::process::Exit;
@@ -40,10 +40,7 @@ pub enum Call {
         pid: u32,
         signal: StopSignal,
     },
-    KillTree {
-        id: String,
-        pgid: Option<u32>,
-    },
+    KillTree(Kill),
     RunCleared {
         id: String,
         pid: u32,
@@ -103,6 +100,12 @@ impl Recorder {
     /// Every call so far, with when it was made.
     pub fn calls(&self) -> Vec<(Instant, Call)> {
         self.world().calls.clone()
+    }
+
+    /// The calls after the first `n`, without their times.
+    pub fn calls_after(&self, n: usize) -> Vec<Call> {
+        let w = self.world();
+        w.calls.iter().skip(n).map(|(_, c)| c.clone()).collect()
     }
 
     /// The pids `id` was started with, in order, and when.
@@ -253,10 +256,7 @@ impl Effects for RecordingEffects {
     }
 
     fn kill_tree(&mut self, kill: Kill, done: mpsc::Sender<Msg>) {
-        self.0.record(Call::KillTree {
-            id: kill.id.clone(),
-            pgid: kill.pgid,
-        });
+        self.0.record(Call::KillTree(kill.clone()));
         if let Some(pid) = kill.pgid {
             self.0.exit(pid, ExitReason::Signal(libc::SIGKILL));
         }
@@ -300,16 +300,11 @@ impl Effects for RecordingEffects {
         None
     }
 
-    fn start_monitor(
-        &mut self,
-        settings: BrokerSettings,
-        watched: Watched,
-        events: mpsc::Sender<BrokerEvent>,
-    ) -> Box<dyn BrokerMonitor> {
-        self.0.world().broker_events = Some(events);
+    fn start_monitor(&mut self, start: MonitorStart) -> Box<dyn BrokerMonitor> {
+        self.0.world().broker_events = Some(start.events);
         self.0.record(Call::MonitorStarted {
-            url: settings.url,
-            queues: watched.queues,
+            url: start.settings.url,
+            queues: start.watched.queues,
         });
         Box::new(FakeMonitor(self.0.clone()))
     }

@@ -75,26 +75,29 @@ impl Supervisor {
         } else if !self.machine.plan().groups.is_empty() {
             self.start_broker_monitor();
         }
-        ReloadReport {
-            applied: true,
-            added: d.added,
-            removed: d.removed,
-            changed: d.changed,
-            unchanged: d.unchanged,
-            warnings,
-            errors: vec![],
-        }
+        report(Ok((d, warnings)))
     }
 }
 
 fn rejected(errors: Vec<String>) -> ReloadReport {
+    report(Err(errors))
+}
+
+/// The report of a reload: applied with its diff and warnings, or
+/// rejected with its errors.
+fn report(outcome: Result<(plan::PlanDiff, Vec<String>), Vec<String>>) -> ReloadReport {
+    let applied = outcome.is_ok();
+    let (d, warnings, errors) = match outcome {
+        Ok((d, warnings)) => (d, warnings, vec![]),
+        Err(errors) => (plan::PlanDiff::default(), vec![], errors),
+    };
     ReloadReport {
-        applied: false,
-        added: vec![],
-        removed: vec![],
-        changed: vec![],
-        unchanged: vec![],
-        warnings: vec![],
+        applied,
+        added: d.added,
+        removed: d.removed,
+        changed: d.changed,
+        unchanged: d.unchanged,
+        warnings,
         errors,
     }
 }

@@ -278,7 +278,7 @@ async fn a_crash_restarts_after_the_backoff_delay_and_ends_in_crash_loop() {
         .rec
         .calls()
         .into_iter()
-        .filter(|(_, c)| matches!(c, Call::KillTree { id, .. } if id == "bad-1"))
+        .filter(|(_, c)| matches!(c, Call::KillTree(k) if k.id == "bad-1"))
         .count();
     assert_eq!(kills, 4);
     // After the third quick failure: crash-loop, also between starts.
@@ -397,29 +397,26 @@ async fn an_instance_stopped_during_its_backoff_stays_stopped() {
     assert_eq!(a.shutdown().await, 0);
 }
 
-const FOUR_GROUPS: &str = r#"
-[group.text]
-queues = ["text"]
-instances = 2
-
-[group.billing]
-queues = ["payments"]
-
+/// TWO_GROUPS and two more.
+fn four_groups() -> String {
+    TWO_GROUPS.to_string()
+        + r#"
 [group.old]
 queues = ["old"]
 
 [group.same]
 queues = ["same"]
-"#;
+"#
+}
 
 #[tokio::test(start_paused = true)]
 async fn reload_applies_the_diff_and_restarts_changed_groups_one_instance_at_a_time() {
-    let a = Actor::start(FOUR_GROUPS).await;
+    let a = Actor::start(&four_groups()).await;
     for id in ["text-1", "text-2", "billing-1", "old-1", "same-1"] {
         a.wait_state(id, "running", 2 * UP).await;
     }
     let billing = a.rec.pid_of("billing-1").unwrap();
-    let new = FOUR_GROUPS
+    let new = four_groups()
         .replace("instances = 2", "instances = 2\nconcurrency = 3")
         .replace("[group.old]\nqueues = [\"old\"]\n", "")
         .replace("[\"payments\"]", "[\"payments\", \"webhooks\"]")
@@ -438,10 +435,7 @@ async fn reload_applies_the_diff_and_restarts_changed_groups_one_instance_at_a_t
         a.wait_state(id, "running", 5 * UP).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after: Vec<Call> = a.rec.calls()[before..]
-        .iter()
-        .map(|(_, c)| c.clone())
-        .collect();
+    let after = a.rec.calls_after(before);
     // Unchanged: untouched. Removed: stopped and its cgroup removed.
     assert!(
         !after.iter().any(
@@ -549,10 +543,7 @@ async fn a_broken_config_is_rejected_and_the_old_one_keeps_running() {
     );
     assert!(errors.contains("queues"), "{errors}");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after: Vec<Call> = a.rec.calls()[before..]
-        .iter()
-        .map(|(_, c)| c.clone())
-        .collect();
+    let after = a.rec.calls_after(before);
     // Only systemd heard of it: RELOADING=1, then READY=1.
     assert_eq!(
         after,
