@@ -3,14 +3,15 @@
 //! [`machine`] is the pure state machine and [`backoff`] its restart
 //! schedule. This module is the actor around them: one task that owns the
 //! [`Machine`], receives [`Msg`]s (control requests, signals, broker events,
-//! process exits, finished kills), feeds them to the machine, and carries
-//! out the [`Action`]s it returns through the effect modules ([`process`],
-//! [`cgroup`], [`journal`], [`notify`]). Nothing else touches the state.
+//! process exits, finished kills, config files read for a reload), feeds
+//! them to the machine, and carries out the [`Action`]s it returns through
+//! [`Effects`] ([`effects`]: the real [`effects::SysEffects`] over
+//! `sys`, `logs` and `broker`; a recording fake in the tests). Nothing
+//! else touches the state. `commands` answers the control
+//! requests, `status` presents, `reload` applies a new config.
 //!
-//! [`process`]: crate::sys::process
-//! [`cgroup`]: crate::sys::cgroup
-//! [`journal`]: crate::logs
-//! [`notify`]: crate::sys::notify
+//! The actor's tests (`tests.rs`) run it in-process against the fake on
+//! tokio's paused clock.
 
 pub mod backoff;
 mod commands;

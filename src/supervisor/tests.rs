@@ -721,3 +721,93 @@ async fn status_limits_targets_and_refuses_unknown_ones() {
     assert_eq!(e["kind"], "unknown_target");
     assert_eq!(a.shutdown().await, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_killed_worker_is_replaced_and_its_run_killed() {
+    let a = Actor::start("[group.text]\nqueues = [\"q\"]\n").await;
+    a.wait_state("text-1", "running", 2 * UP).await;
+    let old = a.rec.pid_of("text-1").unwrap();
+    a.rec.crash("text-1", ExitReason::Signal(libc::SIGKILL));
+    settle().await;
+    // The rest of its run (children, setsid escapees) is killed.
+    let kill = a.rec.calls().into_iter().find_map(|(_, c)| match c {
+        Call::KillTree(k) => Some(k),
+        _ => None,
+    });
+    assert_eq!(kill.unwrap().pgid, Some(old));
+    let i = a.wait_state("text-1", "running", 3 * UP).await;
+    assert_ne!(i["pid"], old);
+    assert_eq!(i["restarts"], 1);
+    assert_eq!(i["last_exit"], "killed by SIGKILL");
+    assert_eq!(a.shutdown().await, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_and_stalled_workers_are_restarted_gracefully() {
+    let a = Actor::start(
+        r#"
+[group.silent]
+queues = ["silentq"]
+heartbeat_timeout = "2s"
+
+[group.stalled]
+queues = ["stallq"]
+heartbeat_timeout = "0s"
+stall_timeout = "2s"
+
+[group.healthy]
+queues = ["healthyq"]
+heartbeat_timeout = "2s"
+stall_timeout = "2s"
+"#,
+    )
+    .await;
+    let first = |id: &str| a.rec.spawns(id)[0].1;
+    let (silent, stalled, healthy) = (first("silent-1"), first("stalled-1"), first("healthy-1"));
+    let heartbeat = |node: &str| {
+        BrokerEvent::Heartbeat(crate::broker::Heartbeat {
+            hostname: format!("{node}@testdev"),
+            pid: 0,
+            active: 0,
+            processed: 5,
+            freq: 2.0,
+            timestamp: 0.0,
+        })
+    };
+    // Work waits in the stalled group's queue; nothing in the others'.
+    let backlog: std::collections::BTreeMap<String, u64> =
+        [("stallq", 3), ("healthyq", 0), ("silentq", 0)]
+            .map(|(q, n)| (q.to_string(), n))
+            .into();
+    for second in 0..6 {
+        a.rec.broker(BrokerEvent::Backlog(backlog.clone())).await;
+        a.rec.broker(heartbeat("stalled-1")).await;
+        a.rec.broker(heartbeat("healthy-1")).await;
+        // The silent one sends two heartbeats, then no more.
+        if second < 2 {
+            a.rec.broker(heartbeat("silent-1")).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Gracefully: SIGTERM, then a new run.
+    for (id, old) in [("silent-1", silent), ("stalled-1", stalled)] {
+        let signals = a.rec.signals(id);
+        assert!(!signals.is_empty(), "{id} was not stopped");
+        assert!(
+            signals.iter().all(|s| *s == StopSignal::Term),
+            "{id}: {signals:?}"
+        );
+        assert_ne!(a.rec.pid_of(id).unwrap(), old, "{id} restarted");
+    }
+    // An idle worker with heartbeats and no backlog is left alone.
+    assert_eq!(a.rec.pid_of("healthy-1"), Some(healthy));
+    assert!(a.rec.signals("healthy-1").is_empty());
+    // Backlog and heartbeats show in status.
+    let s = a
+        .ask(json!({"type": "status", "targets": ["stalled"]}))
+        .await;
+    assert_eq!(s["groups"][0]["queues"][0]["name"], "stallq");
+    assert_eq!(s["groups"][0]["queues"][0]["backlog"], 3);
+    assert!(!a.instance("healthy-1").await["heartbeat_age_secs"].is_null());
+    assert_eq!(a.shutdown().await, 0);
+}
