@@ -25,8 +25,8 @@
 //!   process, so it works when none can be started. At exit the daemon
 //!   kills every descendant it still has.
 //! * **Capabilities and fds.** A worker starts with empty capability sets
-//!   (ambient cleared, then capset to zero: [`crate::sys::privdrop`]) and with only fds 0, 1 and 2
-//!   (everything else close-on-exec).
+//!   (ambient cleared, then capset to zero: [`crate::sys::privdrop`]) and
+//!   with only fds 0, 1 and 2 (everything else close-on-exec).
 //! * **Records.** Each run is recorded (pid, start time, uid, node) in the
 //!   state directory, so a daemon started after one that died can stop the
 //!   workers it left before starting its own ([`records`]).
