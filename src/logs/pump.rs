@@ -257,7 +257,7 @@ fn arm(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Option<Instan
 /// one does not stop the other. A read error ends a stream like EOF does.
 ///
 /// One task per instance, without a read buffer of its own (see
-/// [`SHARED_READ_BUF`]) and with one timer, for the earlier of the two
+/// `SHARED_READ_BUF`) and with one timer, for the earlier of the two
 /// streams' grouping deadlines, that exists only while a record is open.
 /// A pipe that has something to read is read before its quiet time may end
 /// a record; each round reads at most one buffer from each ready pipe, so
