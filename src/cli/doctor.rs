@@ -719,20 +719,11 @@ pub fn celery_check(config: &Config, timeout: Duration) -> Check {
         cmd.env("HOME", &u.home)
             .env("USER", &u.name)
             .env("LOGNAME", &u.name);
-        let (uid, gid) = (u.uid as libc::uid_t, u.gid as libc::gid_t);
-        let groups: Vec<libc::gid_t> = u.groups.iter().map(|g| *g as libc::gid_t).collect();
+        let ids = crate::sys::privdrop::Ids::of(u);
         // SAFETY: runs between fork and exec; only system calls on data
         // prepared above, no allocation, no lock.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || crate::sys::privdrop::drop_to(Some(&ids)));
         }
     }
     let started = Instant::now();

@@ -33,7 +33,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
@@ -120,43 +120,45 @@ impl Accounts {
         }
     }
 
-    fn user_from_files(&self, name: &str) -> Option<UserEntry> {
-        if !self.files_first("passwd") {
+    /// Reads `path` when nsswitch.conf lets the files answer for
+    /// `database`, and gives `decide` each line until it returns a verdict
+    /// (`Some`): the verdict's answer, or `None` (the files do not decide).
+    fn scan_files<R>(
+        &self,
+        database: &str,
+        path: &Path,
+        decide: impl FnMut(&[u8]) -> Option<Option<R>>,
+    ) -> Option<R> {
+        if !self.files_first(database) {
             return None;
         }
-        let text = std::fs::read(&self.passwd).ok()?;
-        for line in text.split(|&b| b == b'\n') {
+        let text = std::fs::read(path).ok()?;
+        text.split(|&b| b == b'\n').find_map(decide).flatten()
+    }
+
+    fn user_from_files(&self, name: &str) -> Option<UserEntry> {
+        self.scan_files("passwd", &self.passwd, |line| {
             match parse_passwd_line(line) {
-                Line::Entry(e) if e.name == name.as_bytes() => {
-                    return Some(UserEntry {
-                        name: name.to_string(),
-                        uid: Uid::from_raw(e.uid),
-                        gid: Gid::from_raw(e.gid),
-                        home: PathBuf::from(OsStr::from_bytes(e.home)),
-                        source: Source::Files,
-                    });
-                }
+                Line::Entry(e) if e.name == name.as_bytes() => Some(Some(UserEntry {
+                    name: name.to_string(),
+                    uid: Uid::from_raw(e.uid),
+                    gid: Gid::from_raw(e.gid),
+                    home: PathBuf::from(OsStr::from_bytes(e.home)),
+                    source: Source::Files,
+                })),
                 // glibc might read this line differently: let it decide.
-                Line::Malformed { name: n } if n == name.as_bytes() => return None,
-                _ => {}
+                Line::Malformed { name: n } if n == name.as_bytes() => Some(None),
+                _ => None,
             }
-        }
-        None
+        })
     }
 
     fn group_from_files(&self, name: &str) -> Option<Gid> {
-        if !self.files_first("group") {
-            return None;
-        }
-        let text = std::fs::read(&self.group).ok()?;
-        for line in text.split(|&b| b == b'\n') {
-            match parse_group_line(line) {
-                Line::Entry(e) if e.name == name.as_bytes() => return Some(Gid::from_raw(e.gid)),
-                Line::Malformed { name: n } if n == name.as_bytes() => return None,
-                _ => {}
-            }
-        }
-        None
+        self.scan_files("group", &self.group, |line| match parse_group_line(line) {
+            Line::Entry(e) if e.name == name.as_bytes() => Some(Some(Gid::from_raw(e.gid))),
+            Line::Malformed { name: n } if n == name.as_bytes() => Some(None),
+            _ => None,
+        })
     }
 
     fn groups_from_files(&self, user: &str, primary: Gid) -> Option<Vec<Gid>> {
@@ -253,16 +255,28 @@ fn id_field(field: &[u8]) -> Option<u32> {
         .filter(|&id| id != u32::MAX)
 }
 
-/// `name:password:uid:gid:gecos:home:shell` (passwd(5)).
-fn parse_passwd_line(line: &[u8]) -> Line<'_, PasswdLine<'_>> {
+/// The `:`-separated fields of a database line that has exactly `n`
+/// fields and a non-empty name (the first); else what the line is (a line
+/// to skip, or a malformed one).
+fn fields_of<T>(line: &[u8], n: usize) -> Result<Vec<&[u8]>, Line<'_, T>> {
     let Some(line) = content(line) else {
-        return Line::Skip;
+        return Err(Line::Skip);
     };
     let fields: Vec<&[u8]> = line.split(|&b| b == b':').collect();
-    let name = fields[0];
-    if fields.len() != 7 || name.is_empty() {
-        return Line::Malformed { name };
+    let name = fields.first().copied().unwrap_or_default();
+    if fields.len() != n || name.is_empty() {
+        return Err(Line::Malformed { name });
     }
+    Ok(fields)
+}
+
+/// `name:password:uid:gid:gecos:home:shell` (passwd(5)).
+fn parse_passwd_line(line: &[u8]) -> Line<'_, PasswdLine<'_>> {
+    let fields = match fields_of(line, 7) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
+    let name = fields[0];
     match (id_field(fields[2]), id_field(fields[3])) {
         (Some(uid), Some(gid)) => Line::Entry(PasswdLine {
             name,
@@ -276,14 +290,11 @@ fn parse_passwd_line(line: &[u8]) -> Line<'_, PasswdLine<'_>> {
 
 /// `name:password:gid:member,member,...` (group(5)).
 fn parse_group_line(line: &[u8]) -> Line<'_, GroupLine<'_>> {
-    let Some(line) = content(line) else {
-        return Line::Skip;
+    let fields = match fields_of(line, 4) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
     };
-    let fields: Vec<&[u8]> = line.split(|&b| b == b':').collect();
     let name = fields[0];
-    if fields.len() != 4 || name.is_empty() {
-        return Line::Malformed { name };
-    }
     match id_field(fields[2]) {
         Some(gid) => Line::Entry(GroupLine {
             name,
@@ -462,18 +473,18 @@ bobs:x:4500:bob
                 home: b"/h"
             })
         );
-        assert_eq!(
-            parse_passwd_line(b"a:x:-1:2:g:/h:/s"),
-            Line::Malformed { name: b"a" }
-        );
-        assert_eq!(
-            parse_passwd_line(b"a:x: 1:2:g:/h:/s"),
-            Line::Malformed { name: b"a" }
-        );
-        assert_eq!(
-            parse_passwd_line(b"a:x:99999999999:2:g:/h:/s"),
-            Line::Malformed { name: b"a" }
-        );
+        for bad_id in [
+            &b"a:x:-1:2:g:/h:/s"[..],
+            b"a:x: 1:2:g:/h:/s",
+            b"a:x:99999999999:2:g:/h:/s",
+        ] {
+            assert_eq!(
+                parse_passwd_line(bad_id),
+                Line::Malformed { name: b"a" },
+                "{}",
+                String::from_utf8_lossy(bad_id)
+            );
+        }
         assert_eq!(
             parse_passwd_line(b"garbage"),
             Line::Malformed { name: b"garbage" }

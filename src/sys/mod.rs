@@ -1,5 +1,5 @@
-//! The operating system, behind thin modules: worker processes and their
-//! privilege drop ([`process`]), cgroup v2 ([`cgroup`]), user and group
+//! The operating system, behind thin modules: worker processes
+//! ([`process`]), the one privilege drop ([`privdrop`]), cgroup v2 ([`cgroup`]), user and group
 //! look-ups ([`accounts`]), the systemd notify socket ([`notify`]) and a
 //! timerfd for idle-time periods ([`ticker`]).
 //!
@@ -8,5 +8,6 @@
 pub mod accounts;
 pub mod cgroup;
 pub mod notify;
+pub mod privdrop;
 pub mod process;
 pub mod ticker;

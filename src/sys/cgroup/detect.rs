@@ -239,11 +239,7 @@ pub fn setup_with(probe: &Probe) -> Availability {
             FIX_MEMORY,
         );
     }
-    let missing: Vec<&str> = REQUIRED_CONTROLLERS
-        .iter()
-        .copied()
-        .filter(|c| !root_controllers.iter().any(|r| r == c))
-        .collect();
+    let missing = required_missing_from(&root_controllers);
     if !missing.is_empty() {
         return Availability::disabled(
             format!(
@@ -304,11 +300,7 @@ pub fn setup_with(probe: &Probe) -> Availability {
         Ok(t) => parse_controllers(&t),
         Err(e) => return Availability::disabled(e.to_string(), FIX_DELEGATE),
     };
-    let missing: Vec<&str> = REQUIRED_CONTROLLERS
-        .iter()
-        .copied()
-        .filter(|c| !own_controllers.iter().any(|o| o == c))
-        .collect();
+    let missing = required_missing_from(&own_controllers);
     if !missing.is_empty() {
         return Availability::disabled(
             format!(
@@ -393,4 +385,12 @@ pub(crate) fn plus_list(controllers: &[String]) -> String {
         .map(|c| format!("+{c}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+/// The [`REQUIRED_CONTROLLERS`] that `have` lacks.
+fn required_missing_from(have: &[String]) -> Vec<&'static str> {
+    REQUIRED_CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| !have.iter().any(|h| h == c))
+        .collect()
 }

@@ -238,9 +238,9 @@ fn read_record(path: &Path) -> Option<RunRecord> {
 fn is_live(r: &RunRecord) -> bool {
     r.pid != std::process::id() as i32
         && r.boot_id == boot_id()
-        && super::start_time(r.pid) == Some(r.start)
-        && super::real_uid(r.pid) == Some(r.uid)
-        && super::read_stat(r.pid).is_some_and(|s| !s.zombie)
+        && super::procfs::start_time(r.pid) == Some(r.start)
+        && super::procfs::real_uid(r.pid) == Some(r.uid)
+        && super::procfs::read_stat(r.pid).is_some_and(|s| !s.zombie)
 }
 
 /// At start-up, before any worker of this daemon starts: stop the
@@ -301,11 +301,11 @@ pub async fn stop_previous(records: &Records, extend: impl Fn(Duration)) {
         loop {
             // Never the group or session of a process that reuses the
             // old main's pid (see group_id_is_the_runs).
-            if !super::group_id_is_the_runs(r.pid, |_| is_live(r)) {
+            if !super::kill::group_id_is_the_runs(r.pid, |_| is_live(r)) {
                 break;
             }
             let _ = kill(Pid::from_raw(-r.pid), Signal::SIGKILL);
-            let mut members = super::session_tree(r.pid);
+            let mut members = super::procfs::session_tree(r.pid);
             if is_live(r) && !members.contains(&r.pid) {
                 members.push(r.pid);
             }
@@ -313,7 +313,7 @@ pub async fn stop_previous(records: &Records, extend: impl Fn(Duration)) {
                 break;
             }
             let mut refused = Vec::new();
-            super::sigkill_all(&members, &mut refused);
+            super::kill::sigkill_all(&members, &mut refused);
             killed += members.len();
             if !refused.is_empty() {
                 error!(instance = %r.instance, ?refused, "{}: not allowed to kill pids {refused:?} of the old run (EPERM: the daemon needs CAP_KILL)", r.instance);
@@ -332,4 +332,48 @@ pub async fn stop_previous(records: &Records, extend: impl Fn(Duration)) {
         runs.len(),
         killed
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_records_round_trip_and_reject_malformed_text() {
+        let r = RunRecord {
+            instance: "text-1".into(),
+            node: "text-1@dev".into(),
+            pid: 4242,
+            start: 987_654,
+            uid: 65534,
+            stop_timeout: Duration::from_secs(30),
+            boot_id: "b1".into(),
+        };
+        assert_eq!(RunRecord::parse(&r.render_for_test()), Some(r.clone()));
+        let text = r.render_for_test();
+        for (from, to) in [
+            ("pid=4242", "pid=1"),
+            ("pid=4242", "pid=-5"),
+            ("pid=4242", "pid=x"),
+            ("instance=text-1", "instance=../etc"),
+            ("start=987654", "start="),
+            ("boot_id=b1\n", ""),
+        ] {
+            assert_eq!(
+                RunRecord::parse(&text.replace(from, to)),
+                None,
+                "{from} -> {to}"
+            );
+        }
+        assert_eq!(RunRecord::parse("garbage"), None);
+        // A stop_timeout is bounded.
+        let long = text.replace(
+            "stop_timeout_ms=30000",
+            "stop_timeout_ms=18446744073709551615",
+        );
+        assert_eq!(
+            RunRecord::parse(&long).map(|r| r.stop_timeout),
+            Some(Duration::from_secs(3600))
+        );
+    }
 }
