@@ -1236,3 +1236,185 @@ fn a_readers_connection_flood_locks_out_neither_root_nor_an_admin() {
         "{busy:?}"
     );
 }
+
+/// One status document per broker state, between them every instance state,
+/// a pinned instance, a crash-loop exit text and every optional field both
+/// set and null.
+fn golden_statuses() -> Vec<(Status, bool)> {
+    use clearify_workerd::control::protocol::{BrokerStatus, GroupStatus, QueueStatus};
+    let inst = |id: &str, state: &str| {
+        let mut i = control_support::instance(id, 0);
+        i.state = state.into();
+        i
+    };
+    let mut running = inst("text-1", "running");
+    running.pid = Some(4242);
+    running.cpu_percent = Some(12.375);
+    running.heartbeat_age_secs = Some(2.5);
+    let mut starting = inst("text-2", "starting");
+    starting.pid = Some(4243);
+    starting.uptime_secs = Some(0);
+    starting.heartbeat_age_secs = None;
+    starting.active = None;
+    starting.processed = None;
+    let mut backoff = inst("text-3", "backoff");
+    backoff.pid = None;
+    backoff.uptime_secs = None;
+    backoff.restarts = 1;
+    backoff.last_exit = Some("killed by SIGSEGV".into());
+    backoff.memory_bytes = None;
+    backoff.cpu_percent = None;
+    backoff.heartbeat_age_secs = None;
+    let mut crash = backoff.clone();
+    crash.id = "text-4".into();
+    crash.node = "text-4@dev".into();
+    crash.state = "crash-loop".into();
+    crash.restarts = 7;
+    crash.last_exit = Some("exit 1 (5 quick failures in a row)".into());
+    let mut stopping = inst("webhook-1", "stopping");
+    stopping.pid = Some(5001);
+    stopping.active = Some(3);
+    stopping.processed = Some(0);
+    let mut stopped = backoff.clone();
+    stopped.id = "webhook-2".into();
+    stopped.node = "webhook-2@dev".into();
+    stopped.state = "stopped".into();
+    stopped.restarts = 0;
+    stopped.last_exit = Some("exit 0".into());
+    stopped.pinned = true;
+    let mut oom = stopped.clone();
+    oom.id = "webhook-3".into();
+    oom.node = "webhook-3@dev".into();
+    oom.last_exit = Some("oom-killed".into());
+    oom.pinned = false;
+    let mut waiting = backoff.clone();
+    waiting.id = "mail-1".into();
+    waiting.node = "mail-1@dev".into();
+    waiting.state = "waiting-for-broker".into();
+    waiting.restarts = 0;
+    waiting.last_exit = None;
+    let broker = |state: &str, error: Option<&str>, since, latency_ms| BrokerStatus {
+        state: state.into(),
+        url: "redis://:***@127.0.0.1:6379/0".into(),
+        error: error.map(String::from),
+        since,
+        latency_ms,
+    };
+    let full = |b: BrokerStatus, summary: &str, groups: Vec<GroupStatus>| {
+        let mut s = control_support::canned_status();
+        s.daemon.version = "0.0.0-golden".into();
+        s.daemon.broker = b;
+        s.daemon.summary = summary.into();
+        s.groups = groups;
+        s
+    };
+    let text = GroupStatus {
+        name: "text".into(),
+        queues: vec![
+            QueueStatus {
+                name: "text".into(),
+                backlog: Some(12),
+            },
+            QueueStatus {
+                name: "text.priority".into(),
+                backlog: None,
+            },
+        ],
+        instances: vec![running, starting, backoff, crash],
+    };
+    let webhook = GroupStatus {
+        name: "webhook".into(),
+        queues: vec![],
+        instances: vec![stopping, stopped, oom],
+    };
+    let mail = GroupStatus {
+        name: "mail".into(),
+        queues: vec![QueueStatus {
+            name: "mail".into(),
+            backlog: Some(0),
+        }],
+        instances: vec![waiting],
+    };
+    let mut idle = full(
+        broker("unknown", None, None, None),
+        "idle: no worker groups configured",
+        vec![],
+    );
+    idle.daemon.broker.url = String::new();
+    idle.daemon.limits = "off (no cgroup v2)".into();
+    vec![
+        (
+            full(
+                broker("ok", None, Some(1_700_000_000.25), Some(0.42)),
+                "4/8 running, text-4 crash-loop (exit 1 (5 quick failures in a row)), broker ok",
+                vec![text, webhook],
+            ),
+            true,
+        ),
+        (
+            full(
+                broker(
+                    "waiting",
+                    Some("connect: Connection refused (os error 111)"),
+                    Some(1_700_000_100.5),
+                    None,
+                ),
+                "waiting for broker redis://:***@127.0.0.1:6379/0",
+                vec![mail.clone()],
+            ),
+            false,
+        ),
+        (
+            full(
+                broker(
+                    "unreachable",
+                    Some("timed out"),
+                    Some(1_700_000_200.0),
+                    None,
+                ),
+                "1/1 running, broker unreachable",
+                vec![mail],
+            ),
+            false,
+        ),
+        (idle, false),
+    ]
+}
+
+/// `status --json` (and the compact lines of `status --watch --json`) is a
+/// contract: the same situation gives the same bytes, release after
+/// release. The golden file was made by the code before the typed core;
+/// `CLEARIFY_BLESS=1` rewrites it (only for a deliberate, documented change).
+#[test]
+fn status_json_is_byte_identical_to_the_golden_file() {
+    let env = Env::start();
+    let mut out = String::new();
+    for (status, journal) in golden_statuses() {
+        *env.fake.state.status.lock().unwrap() = status;
+        env.fake
+            .state
+            .logs_to_journal
+            .store(journal, Ordering::SeqCst);
+        let r = env.run(&["status", "--json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        out.push_str(&r.stdout);
+        let r = run_for(
+            env.cmd(&["status", "--watch", "60", "--json"]),
+            Duration::from_millis(700),
+        );
+        let first = r.stdout.lines().next().unwrap_or_default();
+        assert!(!first.is_empty(), "{r:?}");
+        out.push_str(first);
+        out.push('\n');
+    }
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/status.json");
+    if std::env::var_os("CLEARIFY_BLESS").is_some() {
+        std::fs::write(&golden, &out).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).expect("tests/fixtures/status.json");
+    assert!(
+        out == want,
+        "status --json differs from {}:\n--- got\n{out}--- want\n{want}",
+        golden.display()
+    );
+}

@@ -629,6 +629,66 @@ mod tests {
         assert_eq!(back, env);
     }
 
+    /// The wire form of every request that names targets: clients of
+    /// other versions and scripts speak it, so it must not move.
+    #[test]
+    fn target_requests_keep_their_wire_form() {
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let cases = [
+            (
+                Request::Status { targets: t(&[]) },
+                r#"{"version":2,"request":{"type":"status","targets":[]}}"#,
+            ),
+            (
+                Request::Status {
+                    targets: t(&["text", "webhook-1"]),
+                },
+                r#"{"version":2,"request":{"type":"status","targets":["text","webhook-1"]}}"#,
+            ),
+            (
+                Request::Start {
+                    targets: t(&["all"]),
+                },
+                r#"{"version":2,"request":{"type":"start","targets":["all"]}}"#,
+            ),
+            (
+                Request::Stop {
+                    targets: t(&["text-1", "text"]),
+                },
+                r#"{"version":2,"request":{"type":"stop","targets":["text-1","text"]}}"#,
+            ),
+            (
+                Request::Restart {
+                    targets: t(&["text"]),
+                    rolling: false,
+                },
+                r#"{"version":2,"request":{"type":"restart","targets":["text"],"rolling":false}}"#,
+            ),
+            (
+                Request::Logs {
+                    target: Some("all".into()),
+                    lines: 50,
+                    since: None,
+                },
+                r#"{"version":2,"request":{"type":"logs","target":"all","lines":50}}"#,
+            ),
+            (
+                Request::Logs {
+                    target: None,
+                    lines: 5,
+                    since: Some(1.5),
+                },
+                r#"{"version":2,"request":{"type":"logs","target":null,"lines":5,"since":1.5}}"#,
+            ),
+        ];
+        for (req, wire) in cases {
+            let env = Envelope::new(req);
+            assert_eq!(serde_json::to_string(&env).unwrap(), wire);
+            let back: Envelope = serde_json::from_str(wire).unwrap();
+            assert_eq!(back, env, "{wire}");
+        }
+    }
+
     #[test]
     fn only_changing_requests_are_mutating() {
         assert!(Request::Reload.is_mutating());
