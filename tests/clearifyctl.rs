@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use clearify_workerd::control::protocol::{Request, Status};
+use clearify_workerd::control::protocol::{InstanceState, Request, Status};
 use clearify_workerd::control::server::{Authorizer, ServeOptions};
 use control_support::{Fake, canned_status, root_only};
 use nix::unistd::{Gid, Uid};
@@ -103,7 +103,7 @@ fn state_of(env: &Env, id: &str) -> (String, Option<u32>) {
         .flat_map(|g| &g.instances)
         .find(|i| i.id == id)
         .unwrap();
-    (i.state.clone(), i.pid)
+    (i.state.to_string(), i.pid)
 }
 
 #[test]
@@ -333,7 +333,7 @@ fn no_wait_returns_at_once_and_a_stuck_stop_times_out() {
 #[test]
 fn restart_into_a_crash_loop_fails_fast() {
     let env = Env::start();
-    *env.fake.state.end_override.lock().unwrap() = Some("crash-loop".into());
+    *env.fake.state.end_override.lock().unwrap() = Some(InstanceState::CrashLoop);
     let t = Instant::now();
     let r = env.run(&["restart", "text-2"]);
     assert_eq!(r.code, 1, "{r:?}");
@@ -693,7 +693,7 @@ fn worker_and_daemon_text_is_escaped_for_the_terminal_and_raw_keeps_it() {
     env.fake.state.push_log("text-1", HOSTILE);
     env.fake.state.set("text-2", |i| {
         i.last_exit = Some(format!("exit 1 {HOSTILE}"));
-        i.state = "crash-loop".into();
+        i.state = InstanceState::CrashLoop;
     });
 
     let r = env.run(&["logs", "-n", "1"]);
@@ -1242,22 +1242,23 @@ fn a_readers_connection_flood_locks_out_neither_root_nor_an_admin() {
 /// set and null.
 fn golden_statuses() -> Vec<(Status, bool)> {
     use clearify_workerd::control::protocol::{BrokerStatus, GroupStatus, QueueStatus};
-    let inst = |id: &str, state: &str| {
+    use clearify_workerd::model::{BrokerState, InstanceState::*};
+    let inst = |id: &str, state| {
         let mut i = control_support::instance(id, 0);
-        i.state = state.into();
+        i.state = state;
         i
     };
-    let mut running = inst("text-1", "running");
+    let mut running = inst("text-1", Running);
     running.pid = Some(4242);
     running.cpu_percent = Some(12.375);
     running.heartbeat_age_secs = Some(2.5);
-    let mut starting = inst("text-2", "starting");
+    let mut starting = inst("text-2", Starting);
     starting.pid = Some(4243);
     starting.uptime_secs = Some(0);
     starting.heartbeat_age_secs = None;
     starting.active = None;
     starting.processed = None;
-    let mut backoff = inst("text-3", "backoff");
+    let mut backoff = inst("text-3", Backoff);
     backoff.pid = None;
     backoff.uptime_secs = None;
     backoff.restarts = 1;
@@ -1268,17 +1269,17 @@ fn golden_statuses() -> Vec<(Status, bool)> {
     let mut crash = backoff.clone();
     crash.id = "text-4".into();
     crash.node = "text-4@dev".into();
-    crash.state = "crash-loop".into();
+    crash.state = CrashLoop;
     crash.restarts = 7;
     crash.last_exit = Some("exit 1 (5 quick failures in a row)".into());
-    let mut stopping = inst("webhook-1", "stopping");
+    let mut stopping = inst("webhook-1", Stopping);
     stopping.pid = Some(5001);
     stopping.active = Some(3);
     stopping.processed = Some(0);
     let mut stopped = backoff.clone();
     stopped.id = "webhook-2".into();
     stopped.node = "webhook-2@dev".into();
-    stopped.state = "stopped".into();
+    stopped.state = Stopped;
     stopped.restarts = 0;
     stopped.last_exit = Some("exit 0".into());
     stopped.pinned = true;
@@ -1290,11 +1291,11 @@ fn golden_statuses() -> Vec<(Status, bool)> {
     let mut waiting = backoff.clone();
     waiting.id = "mail-1".into();
     waiting.node = "mail-1@dev".into();
-    waiting.state = "waiting-for-broker".into();
+    waiting.state = WaitingForBroker;
     waiting.restarts = 0;
     waiting.last_exit = None;
-    let broker = |state: &str, error: Option<&str>, since, latency_ms| BrokerStatus {
-        state: state.into(),
+    let broker = |state, error: Option<&str>, since, latency_ms| BrokerStatus {
+        state,
         url: "redis://:***@127.0.0.1:6379/0".into(),
         error: error.map(String::from),
         since,
@@ -1336,7 +1337,7 @@ fn golden_statuses() -> Vec<(Status, bool)> {
         instances: vec![waiting],
     };
     let mut idle = full(
-        broker("unknown", None, None, None),
+        broker(BrokerState::Unknown, None, None, None),
         "idle: no worker groups configured",
         vec![],
     );
@@ -1345,7 +1346,7 @@ fn golden_statuses() -> Vec<(Status, bool)> {
     vec![
         (
             full(
-                broker("ok", None, Some(1_700_000_000.25), Some(0.42)),
+                broker(BrokerState::Ok, None, Some(1_700_000_000.25), Some(0.42)),
                 "4/8 running, text-4 crash-loop (exit 1 (5 quick failures in a row)), broker ok",
                 vec![text, webhook],
             ),
@@ -1354,7 +1355,7 @@ fn golden_statuses() -> Vec<(Status, bool)> {
         (
             full(
                 broker(
-                    "waiting",
+                    BrokerState::Waiting,
                     Some("connect: Connection refused (os error 111)"),
                     Some(1_700_000_100.5),
                     None,
@@ -1367,7 +1368,7 @@ fn golden_statuses() -> Vec<(Status, bool)> {
         (
             full(
                 broker(
-                    "unreachable",
+                    BrokerState::Unreachable,
                     Some("timed out"),
                     Some(1_700_000_200.0),
                     None,

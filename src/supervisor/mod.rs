@@ -36,6 +36,7 @@ use crate::control::protocol::{
 };
 use crate::control::server::ControlMsg;
 use crate::logs::{self, LogStore, Sink, WorkerMeta};
+use crate::model::BrokerState;
 use crate::plan;
 use crate::sys::cgroup::{CgroupTree, Leaf};
 use crate::sys::notify::Notifier;
@@ -65,7 +66,7 @@ pub enum Msg {
 /// The broker as the supervisor last heard of it.
 #[derive(Debug, Clone)]
 struct BrokerView {
-    state: &'static str,
+    state: BrokerState,
     error: Option<String>,
     since: Option<SystemTime>,
     latency: Option<Duration>,
@@ -148,7 +149,11 @@ impl Supervisor {
             notifier: setup.notifier,
             started: SystemTime::now(),
             broker: BrokerView {
-                state: if has_work { "waiting" } else { "unknown" },
+                state: if has_work {
+                    BrokerState::Waiting
+                } else {
+                    BrokerState::Unknown
+                },
                 error: None,
                 since: Some(SystemTime::now()),
                 latency: None,
@@ -342,7 +347,7 @@ impl Supervisor {
         // The summary shows the broker's state and, while waiting, its error:
         // everything but the routine events changes it.
         let routine = match &ev {
-            BrokerEvent::Up { .. } => self.broker.state == "ok",
+            BrokerEvent::Up { .. } => self.broker.state == BrokerState::Ok,
             BrokerEvent::Backlog(_) | BrokerEvent::Heartbeat(_) => true,
             _ => false,
         };
@@ -352,18 +357,18 @@ impl Supervisor {
         match ev {
             BrokerEvent::Waiting { error, since } => {
                 self.broker = BrokerView {
-                    state: "waiting",
+                    state: BrokerState::Waiting,
                     error: Some(error),
                     since: Some(since),
                     latency: None,
                 };
             }
             BrokerEvent::Up { latency } => {
-                if self.broker.state != "ok" {
+                if self.broker.state != BrokerState::Ok {
                     info!(latency = ?latency, "broker is reachable ({latency:?})");
                     self.broker.since = Some(SystemTime::now());
                 }
-                self.broker.state = "ok";
+                self.broker.state = BrokerState::Ok;
                 self.broker.error = None;
                 self.broker.latency = Some(latency);
                 if !self.machine.gate_open() {
@@ -373,11 +378,11 @@ impl Supervisor {
                 self.machine.broker_health(true, now);
             }
             BrokerEvent::Down { error, since } => {
-                if self.broker.state != "unreachable" {
+                if self.broker.state != BrokerState::Unreachable {
                     warn!(%error, "broker unreachable ({error}); workers keep running and will reconnect");
                 }
                 self.broker = BrokerView {
-                    state: "unreachable",
+                    state: BrokerState::Unreachable,
                     error: Some(error),
                     since: Some(since),
                     latency: None,
@@ -386,7 +391,7 @@ impl Supervisor {
             }
             BrokerEvent::Fatal { error } => {
                 error!(%error, "broker configuration error: {error}");
-                self.broker.state = "unreachable";
+                self.broker.state = BrokerState::Unreachable;
                 self.broker.error = Some(error);
                 if !self.machine.gate_open() {
                     // Nothing was started: this is a configuration error.

@@ -1,9 +1,14 @@
-//! What `status` and systemd's STATUS= line show.
+//! What `status` and systemd's STATUS= line show: the edge where the
+//! machine's typed views become the status document and plain words.
 
 use super::*;
+use crate::model::InstanceState;
+use crate::model::target::{self, Member, Target};
 
 impl Supervisor {
-    pub(super) fn status(&mut self, targets: &[String]) -> Status {
+    /// The status document, limited to the instances `targets` take in
+    /// (all of them when it is empty).
+    pub(super) fn status(&mut self, targets: &[Target]) -> Status {
         let now = Instant::now();
         let views = self.machine.snapshot(now);
         self.refresh_usage(&views);
@@ -30,21 +35,25 @@ impl Supervisor {
                 .iter()
                 .filter(|v| v.group == name)
                 .filter(|v| {
-                    targets.is_empty()
-                        || targets
-                            .iter()
-                            .any(|t| t == "all" || t == &v.id || t == &v.group)
+                    let m = Member {
+                        id: &v.id,
+                        group: &v.group,
+                    };
+                    target::covered(targets, m)
                 })
                 .map(|v| {
                     let u = self.usage.get(&v.id);
                     InstanceStatus {
                         id: v.id.clone(),
                         node: v.node.clone(),
-                        state: v.state.to_string(),
+                        state: v.state,
                         pid: v.pid,
                         uptime_secs: v.uptime.map(|d| d.as_secs()),
                         restarts: v.restarts,
-                        last_exit: v.last_exit.clone(),
+                        last_exit: v
+                            .last_exit
+                            .as_ref()
+                            .map(|r| exit_text(r, v.state, v.quick_failures)),
                         memory_bytes: u.and_then(|u| u.memory),
                         cpu_percent: u.and_then(|u| u.cpu_percent),
                         heartbeat_age_secs: v.heartbeat_age.map(|d| d.as_secs_f64()),
@@ -71,7 +80,7 @@ impl Supervisor {
                 device_id: self.config.daemon.device_id.clone(),
                 config: self.config.path.display().to_string(),
                 broker: BrokerStatus {
-                    state: self.broker.state.to_string(),
+                    state: self.broker.state,
                     url: self
                         .config
                         .broker
@@ -173,18 +182,28 @@ impl Supervisor {
             };
         }
         let running = f.running;
-        let broker = match self.broker.state {
-            "ok" => "broker ok".to_string(),
-            s => format!("broker {s}"),
-        };
+        let broker = format!("broker {}", self.broker.state);
         if running == total {
             format!("{running}/{total} workers running, {broker}")
         } else if f.troubled.is_empty() {
             format!("{running}/{total} running, {broker}")
         } else {
+            let troubled: Vec<String> = f
+                .troubled
+                .iter()
+                .map(|t| match &t.last_exit {
+                    Some(r) => format!(
+                        "{} {} ({})",
+                        t.id,
+                        t.state,
+                        exit_text(r, t.state, t.quick_failures)
+                    ),
+                    None => format!("{} {}", t.id, t.state),
+                })
+                .collect();
             format!(
                 "{running}/{total} running, {}, {broker}",
-                f.troubled.join(", ")
+                troubled.join(", ")
             )
         }
     }
@@ -203,6 +222,16 @@ impl Supervisor {
             self.notifier.status(&line);
             self.last_status_line = line;
         }
+    }
+}
+
+/// How the last exit reads in status: in a crash loop, with the count of
+/// quick failures ("exit 1 (4 quick failures in a row)").
+pub(super) fn exit_text(reason: &ExitReason, state: InstanceState, quick_failures: u32) -> String {
+    if state == InstanceState::CrashLoop {
+        format!("{reason} ({quick_failures} quick failures in a row)")
+    } else {
+        reason.to_string()
     }
 }
 
