@@ -178,6 +178,14 @@ impl Machine {
         info!("shutting down: stopping all workers");
         self.shutting_down = true;
         self.rolling.clear();
+        // From here on instances only move towards stopped (nothing
+        // launches), so these are all that check_done waits for.
+        self.unstopped = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.phase != Phase::Stopped)
+            .map(|(id, _)| id.clone())
+            .collect();
         let ids: Vec<String> = self.instances.keys().cloned().collect();
         for id in ids {
             self.begin_stop(&id, After::Stay, "daemon shutting down", now);

@@ -176,6 +176,7 @@ impl Machine {
 
     pub(super) fn finish_stop(&mut self, id: &str, now: Instant) {
         self.set_pid(id, None);
+        self.unstopped.remove(id);
         let inst = self.instances.get_mut(id).expect("present");
         inst.phase = Phase::Stopped;
         match inst.after {
@@ -299,9 +300,13 @@ impl Machine {
         self.check_done();
     }
 
+    /// After a shutdown: [`Action::Exit`] once every instance is stopped.
+    /// The full scan runs only once none is left in `unstopped`, so a mass
+    /// shutdown stays linear.
     pub(super) fn check_done(&mut self) {
         if self.shutting_down
             && !self.exit_sent
+            && self.unstopped.is_empty()
             && self.instances.values().all(|i| i.phase == Phase::Stopped)
         {
             self.exit_sent = true;

@@ -30,7 +30,7 @@
 //! an instance moves between phases; [`instance`] one instance's data and
 //! health checks. The tests (`tests.rs`) drive it on tokio's paused clock.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +141,9 @@ pub struct Machine {
     broker_up: bool,
     shutting_down: bool,
     exit_sent: bool,
+    /// After a shutdown: the instances not yet stopped (see
+    /// [`Machine::check_done`]).
+    unstopped: HashSet<String>,
     rolling: BTreeMap<String, Rolling>,
     backlog: BTreeMap<String, u64>,
     kill_seq: u64,
@@ -168,6 +171,7 @@ impl Machine {
             broker_up: gate_open,
             shutting_down: false,
             exit_sent: false,
+            unstopped: HashSet::new(),
             rolling: BTreeMap::new(),
             backlog: BTreeMap::new(),
             kill_seq: 0,

@@ -786,3 +786,36 @@ async fn a_mass_crash_routes_each_exit_by_pid_without_scanning() {
         "the old pid is forgotten"
     );
 }
+
+/// A mass shutdown: the check for "everything stopped" after each of 4096
+/// stops costs O(1) until the last, where a scan per event took seconds
+/// (instances stopping in id order were the worst case).
+#[tokio::test(start_paused = true)]
+async fn a_mass_shutdown_exits_after_the_last_stop_without_rescanning() {
+    const N: u32 = 4096;
+    let mut m = machine(plan(vec![group("big", &["big"], N, 1)]));
+    let pids = boot_all(&mut m);
+    m.shutdown(Instant::now());
+    assert_eq!(signals(&m.take_actions()).len(), N as usize);
+    let started = std::time::Instant::now();
+    let mut exits = 0;
+    for (id, pid) in &pids {
+        exits += finish(&mut m, id, *pid)
+            .iter()
+            .filter(|a| **a == Action::Exit)
+            .count();
+    }
+    let took = started.elapsed();
+    assert_eq!(exits, 1);
+    assert_eq!(
+        m.snapshot(Instant::now())
+            .iter()
+            .filter(|v| v.state != InstanceState::Stopped)
+            .count(),
+        0
+    );
+    assert!(
+        took < Duration::from_millis(300),
+        "{N} stops took {took:?}: each rescans every instance"
+    );
+}
