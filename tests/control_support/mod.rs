@@ -17,6 +17,7 @@ use clearify_workerd::control::protocol::{
 use clearify_workerd::control::server::{
     self, Authorizer, ControlMsg, Peer, ServeOptions, serve_with,
 };
+use clearify_workerd::model::target::{self, Member};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long the fake takes, by default, to stop or restart an instance.
@@ -126,24 +127,25 @@ impl FakeState {
         }
     }
 
-    /// Instance ids a target list names, or None when one is unknown.
+    /// Instance ids a target list names (resolved as the daemon does), or
+    /// the first unknown name.
     fn resolve(&self, targets: &[String]) -> Result<Vec<String>, String> {
         let st = self.status.lock().unwrap();
-        let mut ids = Vec::new();
-        for t in targets {
-            let before = ids.len();
-            for g in &st.groups {
-                for i in &g.instances {
-                    if t == "all" || *t == g.name || *t == i.id {
-                        ids.push(i.id.clone());
-                    }
-                }
-            }
-            if ids.len() == before {
-                return Err(t.clone());
-            }
-        }
-        Ok(ids)
+        let members: Vec<Member> = st
+            .groups
+            .iter()
+            .flat_map(|g| {
+                g.instances.iter().map(|i| Member {
+                    id: &i.id,
+                    group: &g.name,
+                })
+            })
+            .collect();
+        let resolved = target::resolve_all(targets, &members)?;
+        Ok(target::select(&resolved, &members)
+            .into_iter()
+            .map(String::from)
+            .collect())
     }
 
     pub fn set(&self, id: &str, f: impl FnOnce(&mut InstanceStatus)) {
