@@ -1309,19 +1309,10 @@ fn golden_statuses() -> Vec<(Status, bool)> {
         s.groups = groups;
         s
     };
+    // The canned "text" group's queues: one with a backlog, one unknown.
     let text = GroupStatus {
-        name: "text".into(),
-        queues: vec![
-            QueueStatus {
-                name: "text".into(),
-                backlog: Some(12),
-            },
-            QueueStatus {
-                name: "text.priority".into(),
-                backlog: None,
-            },
-        ],
         instances: vec![running, starting, backoff, crash],
+        ..control_support::canned_status().groups[0].clone()
     };
     let webhook = GroupStatus {
         name: "webhook".into(),
