@@ -603,7 +603,8 @@ fn now_epoch() -> f64 {
 }
 
 fn logs(ctx: &Ctx, target: Option<String>, lines: usize, follow: bool, raw: bool) -> Outcome {
-    let target = target.filter(|t| t != "all");
+    // "all" is no filter.
+    let target = target.filter(|t| t != clearify_workerd::model::target::ALL);
     if follow {
         let s = ctx.status(&[])?;
         if s.daemon.logs_to_journal {
