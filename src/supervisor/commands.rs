@@ -10,9 +10,9 @@ impl Supervisor {
         let ControlMsg { request, reply, .. } = c;
         let resp = match request {
             Request::Status { targets } => match self.machine.targets(&targets) {
-                Err(e) => Response::Error {
+                Err(t) => Response::Error {
                     kind: ErrorKind::UnknownTarget,
-                    message: e.to_string(),
+                    message: CommandError::UnknownTarget(t).to_string(),
                 },
                 Ok(targets) => {
                     // Fresh backlog for the next look (this one shows the
@@ -38,13 +38,9 @@ impl Supervisor {
                 lines,
                 since,
             } => match self.machine.targets(target.as_slice()) {
-                Err(CommandError::UnknownTarget(t)) => Response::Error {
+                Err(t) => Response::Error {
                     kind: ErrorKind::UnknownTarget,
                     message: format!("unknown target {t:?}"),
-                },
-                Err(e) => Response::Error {
-                    kind: ErrorKind::UnknownTarget,
-                    message: e.to_string(),
                 },
                 Ok(targets) => {
                     // The ring buffers are kept by instance and group name.

@@ -567,9 +567,10 @@ impl Machine {
     }
 
     /// What the target names mean: [`target::resolve_all`] against the
-    /// instances there are now. An empty list stays empty.
-    pub fn targets(&self, names: &[String]) -> Result<Vec<Target>, CommandError> {
-        target::resolve_all(names, &self.members()).map_err(CommandError::UnknownTarget)
+    /// instances there are now. An empty list stays empty; the error is
+    /// the first name that names nothing.
+    pub fn targets(&self, names: &[String]) -> Result<Vec<Target>, String> {
+        target::resolve_all(names, &self.members())
     }
 
     /// The status of every instance, in the order of [`Machine::members`].
