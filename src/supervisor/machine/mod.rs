@@ -26,9 +26,10 @@
 //! the status code (`supervisor::status`) turns it into text.
 //!
 //! Files: this one holds the types, the events and the views;
-//! [`commands`] the operator's commands and the reload; [`lifecycle`] how
-//! an instance moves between phases; [`instance`] one instance's data and
-//! health checks. The tests (`tests.rs`) drive it on tokio's paused clock.
+//! `commands.rs` the operator's commands and the reload; `lifecycle.rs`
+//! how an instance moves between phases; `instance.rs` one instance's data
+//! and health checks. The tests (`tests.rs`) drive it on tokio's paused
+//! clock.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
