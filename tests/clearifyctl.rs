@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use clearify_workerd::control::protocol::{Request, Status};
+use clearify_workerd::control::protocol::{InstanceState, Request, Status};
 use clearify_workerd::control::server::{Authorizer, ServeOptions};
 use control_support::{Fake, canned_status, root_only};
 use nix::unistd::{Gid, Uid};
@@ -103,7 +103,7 @@ fn state_of(env: &Env, id: &str) -> (String, Option<u32>) {
         .flat_map(|g| &g.instances)
         .find(|i| i.id == id)
         .unwrap();
-    (i.state.clone(), i.pid)
+    (i.state.to_string(), i.pid)
 }
 
 #[test]
@@ -333,7 +333,7 @@ fn no_wait_returns_at_once_and_a_stuck_stop_times_out() {
 #[test]
 fn restart_into_a_crash_loop_fails_fast() {
     let env = Env::start();
-    *env.fake.state.end_override.lock().unwrap() = Some("crash-loop".into());
+    *env.fake.state.end_override.lock().unwrap() = Some(InstanceState::CrashLoop);
     let t = Instant::now();
     let r = env.run(&["restart", "text-2"]);
     assert_eq!(r.code, 1, "{r:?}");
@@ -693,7 +693,7 @@ fn worker_and_daemon_text_is_escaped_for_the_terminal_and_raw_keeps_it() {
     env.fake.state.push_log("text-1", HOSTILE);
     env.fake.state.set("text-2", |i| {
         i.last_exit = Some(format!("exit 1 {HOSTILE}"));
-        i.state = "crash-loop".into();
+        i.state = InstanceState::CrashLoop;
     });
 
     let r = env.run(&["logs", "-n", "1"]);
@@ -1234,5 +1234,179 @@ fn a_readers_connection_flood_locks_out_neither_root_nor_an_admin() {
         busy.iter()
             .any(|m| m.contains("too many connections from uid")),
         "{busy:?}"
+    );
+}
+
+/// One status document per broker state, between them every instance state,
+/// a pinned instance, a crash-loop exit text and every optional field both
+/// set and null.
+fn golden_statuses() -> Vec<(Status, bool)> {
+    use clearify_workerd::control::protocol::{BrokerStatus, GroupStatus, QueueStatus};
+    use clearify_workerd::model::{BrokerState, InstanceState::*};
+    let inst = |id: &str, state| {
+        let mut i = control_support::instance(id, 0);
+        i.state = state;
+        i
+    };
+    let mut running = inst("text-1", Running);
+    running.pid = Some(4242);
+    running.cpu_percent = Some(12.375);
+    running.heartbeat_age_secs = Some(2.5);
+    let mut starting = inst("text-2", Starting);
+    starting.pid = Some(4243);
+    starting.uptime_secs = Some(0);
+    starting.heartbeat_age_secs = None;
+    starting.active = None;
+    starting.processed = None;
+    let mut backoff = inst("text-3", Backoff);
+    backoff.pid = None;
+    backoff.uptime_secs = None;
+    backoff.restarts = 1;
+    backoff.last_exit = Some("killed by SIGSEGV".into());
+    backoff.memory_bytes = None;
+    backoff.cpu_percent = None;
+    backoff.heartbeat_age_secs = None;
+    let mut crash = backoff.clone();
+    crash.id = "text-4".into();
+    crash.node = "text-4@dev".into();
+    crash.state = CrashLoop;
+    crash.restarts = 7;
+    crash.last_exit = Some("exit 1 (5 quick failures in a row)".into());
+    let mut stopping = inst("webhook-1", Stopping);
+    stopping.pid = Some(5001);
+    stopping.active = Some(3);
+    stopping.processed = Some(0);
+    let mut stopped = backoff.clone();
+    stopped.id = "webhook-2".into();
+    stopped.node = "webhook-2@dev".into();
+    stopped.state = Stopped;
+    stopped.restarts = 0;
+    stopped.last_exit = Some("exit 0".into());
+    stopped.pinned = true;
+    let mut oom = stopped.clone();
+    oom.id = "webhook-3".into();
+    oom.node = "webhook-3@dev".into();
+    oom.last_exit = Some("oom-killed".into());
+    oom.pinned = false;
+    let mut waiting = backoff.clone();
+    waiting.id = "mail-1".into();
+    waiting.node = "mail-1@dev".into();
+    waiting.state = WaitingForBroker;
+    waiting.restarts = 0;
+    waiting.last_exit = None;
+    let broker = |state, error: Option<&str>, since, latency_ms| BrokerStatus {
+        state,
+        url: "redis://:***@127.0.0.1:6379/0".into(),
+        error: error.map(String::from),
+        since,
+        latency_ms,
+    };
+    let full = |b: BrokerStatus, summary: &str, groups: Vec<GroupStatus>| {
+        let mut s = control_support::canned_status();
+        s.daemon.version = "0.0.0-golden".into();
+        s.daemon.broker = b;
+        s.daemon.summary = summary.into();
+        s.groups = groups;
+        s
+    };
+    // The canned "text" group's queues: one with a backlog, one unknown.
+    let text = GroupStatus {
+        instances: vec![running, starting, backoff, crash],
+        ..control_support::canned_status().groups[0].clone()
+    };
+    let webhook = GroupStatus {
+        name: "webhook".into(),
+        queues: vec![],
+        instances: vec![stopping, stopped, oom],
+    };
+    let mail = GroupStatus {
+        name: "mail".into(),
+        queues: vec![QueueStatus {
+            name: "mail".into(),
+            backlog: Some(0),
+        }],
+        instances: vec![waiting],
+    };
+    let mut idle = full(
+        broker(BrokerState::Unknown, None, None, None),
+        "idle: no worker groups configured",
+        vec![],
+    );
+    idle.daemon.broker.url = String::new();
+    idle.daemon.limits = "off (no cgroup v2)".into();
+    vec![
+        (
+            full(
+                broker(BrokerState::Ok, None, Some(1_700_000_000.25), Some(0.42)),
+                "4/8 running, text-4 crash-loop (exit 1 (5 quick failures in a row)), broker ok",
+                vec![text, webhook],
+            ),
+            true,
+        ),
+        (
+            full(
+                broker(
+                    BrokerState::Waiting,
+                    Some("connect: Connection refused (os error 111)"),
+                    Some(1_700_000_100.5),
+                    None,
+                ),
+                "waiting for broker redis://:***@127.0.0.1:6379/0",
+                vec![mail.clone()],
+            ),
+            false,
+        ),
+        (
+            full(
+                broker(
+                    BrokerState::Unreachable,
+                    Some("timed out"),
+                    Some(1_700_000_200.0),
+                    None,
+                ),
+                "1/1 running, broker unreachable",
+                vec![mail],
+            ),
+            false,
+        ),
+        (idle, false),
+    ]
+}
+
+/// `status --json` (and the compact lines of `status --watch --json`) is a
+/// contract: the same situation gives the same bytes, release after
+/// release. The golden file was made by the code before the typed core;
+/// `CLEARIFY_BLESS=1` rewrites it (only for a deliberate, documented change).
+#[test]
+fn status_json_is_byte_identical_to_the_golden_file() {
+    let env = Env::start();
+    let mut out = String::new();
+    for (status, journal) in golden_statuses() {
+        *env.fake.state.status.lock().unwrap() = status;
+        env.fake
+            .state
+            .logs_to_journal
+            .store(journal, Ordering::SeqCst);
+        let r = env.run(&["status", "--json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        out.push_str(&r.stdout);
+        let r = run_for(
+            env.cmd(&["status", "--watch", "60", "--json"]),
+            Duration::from_millis(700),
+        );
+        let first = r.stdout.lines().next().unwrap_or_default();
+        assert!(!first.is_empty(), "{r:?}");
+        out.push_str(first);
+        out.push('\n');
+    }
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/status.json");
+    if std::env::var_os("CLEARIFY_BLESS").is_some() {
+        std::fs::write(&golden, &out).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).expect("tests/fixtures/status.json");
+    assert!(
+        out == want,
+        "status --json differs from {}:\n--- got\n{out}--- want\n{want}",
+        golden.display()
     );
 }

@@ -14,6 +14,7 @@ use clearify_workerd::control::client::{ClientError, request_blocking};
 use clearify_workerd::control::protocol::{
     ErrorKind, InstanceStatus, PROTOCOL_VERSION, Request, Response, Status,
 };
+use clearify_workerd::model::{InstanceState, target};
 
 const ABOUT: &str = "Inspect and control clearify-workerd, the Celery worker supervisor";
 
@@ -535,23 +536,23 @@ fn stop(ctx: &Ctx, targets: Vec<String>, no_wait: bool, timeout: f64) -> Outcome
         return Ok(exit::OK);
     }
     wait_for(ctx, &targets, timeout, "instances to stop", |i| {
-        Ok(i.state == "stopped")
+        Ok(i.state == InstanceState::Stopped)
     })?;
     println!("stopped: {}", targets.join(" "));
     Ok(exit::OK)
 }
 
 fn restart(ctx: &Ctx, targets: Vec<String>, rolling: bool, no_wait: bool, timeout: f64) -> Outcome {
-    if rolling && (targets.len() != 1 || targets[0] == "all") {
+    if rolling && (targets.len() != 1 || target::names_all(&targets)) {
         usage_error("restart --rolling takes exactly one GROUP");
     }
     // Remember the pids, to tell a restarted instance from one not yet
     // restarted. Instances that were stopped are not waited for.
-    let before: HashMap<String, (Option<u32>, String)> = if no_wait {
+    let before: HashMap<String, (Option<u32>, Option<InstanceState>)> = if no_wait {
         HashMap::new()
     } else {
         instances(&ctx.status(&targets)?)
-            .map(|i| (i.id.clone(), (i.pid, i.state.clone())))
+            .map(|i| (i.id.clone(), (i.pid, Some(i.state))))
             .collect()
     };
     print_done(ctx.call(Request::Restart {
@@ -562,16 +563,16 @@ fn restart(ctx: &Ctx, targets: Vec<String>, rolling: bool, no_wait: bool, timeou
         return Ok(exit::OK);
     }
     wait_for(ctx, &targets, timeout, "instances to run again", |i| {
-        let (old_pid, old_state) = before.get(&i.id).cloned().unwrap_or((None, String::new()));
-        match i.state.as_str() {
-            "crash-loop" => Err(format!(
+        let (old_pid, old_state) = before.get(&i.id).cloned().unwrap_or((None, None));
+        match i.state {
+            InstanceState::CrashLoop => Err(format!(
                 "{} is in crash-loop (last exit: {})",
                 i.id,
                 i.last_exit.as_deref().unwrap_or("unknown")
             )),
-            "running" => Ok(old_pid.is_none() || i.pid != old_pid),
-            "waiting-for-broker" => Ok(true),
-            "stopped" => Ok(old_state == "stopped"),
+            InstanceState::Running => Ok(old_pid.is_none() || i.pid != old_pid),
+            InstanceState::WaitingForBroker => Ok(true),
+            InstanceState::Stopped => Ok(old_state == Some(InstanceState::Stopped)),
             _ => Ok(false),
         }
     })?;
@@ -602,7 +603,8 @@ fn now_epoch() -> f64 {
 }
 
 fn logs(ctx: &Ctx, target: Option<String>, lines: usize, follow: bool, raw: bool) -> Outcome {
-    let target = target.filter(|t| t != "all");
+    // "all" is no filter.
+    let target = target.filter(|t| t != clearify_workerd::model::target::ALL);
     if follow {
         let s = ctx.status(&[])?;
         if s.daemon.logs_to_journal {

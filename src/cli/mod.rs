@@ -121,7 +121,7 @@ pub fn socket_candidates(reader: &Path, mutating: bool) -> Vec<PathBuf> {
 
 /// Targets for a status query: "all" means everything (no filter).
 pub fn status_targets(targets: &[String]) -> Vec<String> {
-    if targets.iter().any(|t| t == "all") {
+    if crate::model::target::names_all(targets) {
         Vec::new()
     } else {
         targets.to_vec()

@@ -13,6 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::control::protocol::{
     InstanceStatus, LogLine, QueueStatus, ReloadReport, Status, TestReport,
 };
+use crate::model::InstanceState;
 
 /// What [`escape`] does with a line feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,10 +112,10 @@ const HEADERS: [&str; 9] = [
 ];
 
 fn instance_row(i: &InstanceStatus) -> [String; 9] {
-    let state = if i.pinned && i.state == "stopped" {
+    let state = if i.pinned && i.state == InstanceState::Stopped {
         "stopped(pinned)".to_string()
     } else {
-        one(&i.state).into_owned()
+        i.state.to_string()
     };
     [
         one(&i.id).into_owned(),
@@ -147,7 +148,7 @@ pub fn status_table(status: &Status) -> String {
         human_duration(d.uptime_secs),
         one(&d.config)
     );
-    let mut broker = format!("broker {} {}", one(&d.broker.state), one(&d.broker.url));
+    let mut broker = format!("broker {} {}", d.broker.state, one(&d.broker.url));
     if let Some(ms) = d.broker.latency_ms {
         let _ = write!(broker, " ({ms:.1} ms)");
     }
@@ -328,7 +329,7 @@ mod tests {
         let inst = |id: &str, pid| InstanceStatus {
             id: id.into(),
             node: format!("{id}@dev"),
-            state: "running".into(),
+            state: InstanceState::Running,
             pid,
             uptime_secs: Some(11_520),
             restarts: 2,
@@ -348,7 +349,7 @@ mod tests {
                 device_id: "dev-1".into(),
                 config: "/etc/clearify/workers.toml".into(),
                 broker: BrokerStatus {
-                    state: "ok".into(),
+                    state: crate::model::BrokerState::Ok,
                     url: "redis://:***@127.0.0.1:6379/0".into(),
                     error: None,
                     since: None,
@@ -386,6 +387,31 @@ mod tests {
             .find(|l| l.trim_start().starts_with("ID"))
             .unwrap();
         assert_eq!(header.find("STATE").unwrap(), col(rows[0]));
+    }
+
+    #[test]
+    fn a_pinned_stopped_instance_says_so_and_states_read_as_on_the_wire() {
+        let mut i = InstanceStatus {
+            id: "text-1".into(),
+            node: "text-1@dev".into(),
+            state: InstanceState::Stopped,
+            pid: None,
+            uptime_secs: None,
+            restarts: 0,
+            last_exit: None,
+            memory_bytes: None,
+            cpu_percent: None,
+            heartbeat_age_secs: None,
+            active: None,
+            processed: None,
+            pinned: true,
+        };
+        assert_eq!(instance_row(&i)[1], "stopped(pinned)");
+        for state in InstanceState::ALL {
+            i.state = state;
+            i.pinned = false;
+            assert_eq!(instance_row(&i)[1], state.as_str());
+        }
     }
 
     #[test]

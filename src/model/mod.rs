@@ -2,8 +2,18 @@
 //! shared by the pure core (`plan`, `supervisor::machine`), the effect
 //! modules (`sys`) and the protocol (`control`).
 //!
+//! - [`exit`]: how a worker ended ([`ExitReason`]);
+//! - [`state`]: the instance and broker states status shows, with their
+//!   wire spelling;
+//! - [`target`]: what a target name (`all`, a group, an instance id)
+//!   means, resolved in one place.
+//!
 //! Nothing here imports from any other module of the crate.
 
 pub mod exit;
+pub mod state;
+pub mod target;
 
 pub use exit::ExitReason;
+pub use state::{BrokerState, InstanceState};
+pub use target::{Member, Target};

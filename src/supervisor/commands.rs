@@ -1,20 +1,20 @@
 //! The control requests, answered by the actor.
 
 use super::*;
+use crate::model::Target;
+use machine::CommandError;
 
 impl Supervisor {
     pub(super) fn control(&mut self, c: ControlMsg) {
         let now = Instant::now();
         let ControlMsg { request, reply, .. } = c;
         let resp = match request {
-            Request::Status { targets } => match targets.iter().find(|t| !self.is_target(t)) {
-                Some(t) => Response::Error {
+            Request::Status { targets } => match self.machine.targets(&targets) {
+                Err(t) => Response::Error {
                     kind: ErrorKind::UnknownTarget,
-                    message: format!(
-                        "unknown target {t:?}: name a group, an instance id such as text-1, or \"all\""
-                    ),
+                    message: CommandError::UnknownTarget(t).to_string(),
                 },
-                None => {
+                Ok(targets) => {
                     // Fresh backlog for the next look (this one shows the
                     // last known figures).
                     if let Some(m) = &self.monitor {
@@ -36,21 +36,19 @@ impl Supervisor {
                 target,
                 lines,
                 since,
-            } => {
-                if let Some(t) = &target
-                    && !self.is_target(t)
-                {
-                    Response::Error {
-                        kind: ErrorKind::UnknownTarget,
-                        message: format!("unknown target {t:?}"),
-                    }
-                } else {
-                    let target = target.filter(|t| t != "all");
+            } => match self.machine.targets(target.as_slice()) {
+                Err(t) => Response::Error {
+                    kind: ErrorKind::UnknownTarget,
+                    message: format!("unknown target {t:?}"),
+                },
+                Ok(targets) => {
+                    // The ring buffers are kept by instance and group name.
+                    let name = targets.first().filter(|t| **t != Target::All);
                     Response::Logs {
-                        lines: self.logs.tail(target.as_deref(), lines, since),
+                        lines: self.logs.tail(name.map(Target::name), lines, since),
                     }
                 }
-            }
+            },
             Request::Test => {
                 self.test(reply);
                 return;
@@ -61,19 +59,6 @@ impl Supervisor {
             },
         };
         let _ = reply.send(resp);
-    }
-
-    pub(super) fn is_target(&self, t: &str) -> bool {
-        t == "all" || !self.target_instances(t).is_empty()
-    }
-
-    pub(super) fn target_instances(&self, t: &str) -> Vec<String> {
-        self.machine
-            .snapshot(Instant::now())
-            .into_iter()
-            .filter(|v| t == "all" || v.id == t || v.group == t)
-            .map(|v| v.id)
-            .collect()
     }
 
     /// `clearifyctl test` runs off the actor: it may take seconds.

@@ -41,6 +41,7 @@ use crate::control::protocol::{
 };
 use crate::control::server::ControlMsg;
 use crate::logs::LogStore;
+use crate::model::BrokerState;
 use crate::plan;
 use crate::sys::process;
 use crate::sys::ticker::Ticker;
@@ -75,7 +76,7 @@ pub enum Msg {
 /// The broker as the supervisor last heard of it.
 #[derive(Debug, Clone)]
 struct BrokerView {
-    state: &'static str,
+    state: BrokerState,
     error: Option<String>,
     since: Option<SystemTime>,
     latency: Option<Duration>,
@@ -154,7 +155,11 @@ impl Supervisor {
             logs: setup.logs,
             started: SystemTime::now(),
             broker: BrokerView {
-                state: if has_work { "waiting" } else { "unknown" },
+                state: if has_work {
+                    BrokerState::Waiting
+                } else {
+                    BrokerState::Unknown
+                },
                 error: None,
                 since: Some(SystemTime::now()),
                 latency: None,
@@ -332,7 +337,7 @@ impl Supervisor {
         // The summary shows the broker's state and, while waiting, its error:
         // everything but the routine events changes it.
         let routine = match &ev {
-            BrokerEvent::Up { .. } => self.broker.state == "ok",
+            BrokerEvent::Up { .. } => self.broker.state == BrokerState::Ok,
             BrokerEvent::Backlog(_) | BrokerEvent::Heartbeat(_) => true,
             _ => false,
         };
@@ -342,18 +347,18 @@ impl Supervisor {
         match ev {
             BrokerEvent::Waiting { error, since } => {
                 self.broker = BrokerView {
-                    state: "waiting",
+                    state: BrokerState::Waiting,
                     error: Some(error),
                     since: Some(since),
                     latency: None,
                 };
             }
             BrokerEvent::Up { latency } => {
-                if self.broker.state != "ok" {
+                if self.broker.state != BrokerState::Ok {
                     info!(latency = ?latency, "broker is reachable ({latency:?})");
                     self.broker.since = Some(SystemTime::now());
                 }
-                self.broker.state = "ok";
+                self.broker.state = BrokerState::Ok;
                 self.broker.error = None;
                 self.broker.latency = Some(latency);
                 if !self.machine.gate_open() {
@@ -363,11 +368,11 @@ impl Supervisor {
                 self.machine.broker_health(true, now);
             }
             BrokerEvent::Down { error, since } => {
-                if self.broker.state != "unreachable" {
+                if self.broker.state != BrokerState::Unreachable {
                     warn!(%error, "broker unreachable ({error}); workers keep running and will reconnect");
                 }
                 self.broker = BrokerView {
-                    state: "unreachable",
+                    state: BrokerState::Unreachable,
                     error: Some(error),
                     since: Some(since),
                     latency: None,
@@ -376,7 +381,7 @@ impl Supervisor {
             }
             BrokerEvent::Fatal { error } => {
                 error!(%error, "broker configuration error: {error}");
-                self.broker.state = "unreachable";
+                self.broker.state = BrokerState::Unreachable;
                 self.broker.error = Some(error);
                 if !self.machine.gate_open() {
                     // Nothing was started: this is a configuration error.

@@ -1,9 +1,14 @@
-//! What `status` and systemd's STATUS= line show.
+//! What `status` and systemd's STATUS= line show: the edge where the
+//! machine's typed views become the status document and plain words.
 
 use super::*;
+use crate::model::InstanceState;
+use crate::model::target::{self, Member, Target};
 
 impl Supervisor {
-    pub(super) fn status(&mut self, targets: &[String]) -> Status {
+    /// The status document, limited to the instances `targets` take in
+    /// (all of them when it is empty).
+    pub(super) fn status(&mut self, targets: &[Target]) -> Status {
         let now = Instant::now();
         let views = self.machine.snapshot(now);
         self.refresh_usage(&views);
@@ -30,29 +35,13 @@ impl Supervisor {
                 .iter()
                 .filter(|v| v.group == name)
                 .filter(|v| {
-                    targets.is_empty()
-                        || targets
-                            .iter()
-                            .any(|t| t == "all" || t == &v.id || t == &v.group)
+                    let m = Member {
+                        id: &v.id,
+                        group: &v.group,
+                    };
+                    target::covered(targets, m)
                 })
-                .map(|v| {
-                    let u = self.usage.get(&v.id);
-                    InstanceStatus {
-                        id: v.id.clone(),
-                        node: v.node.clone(),
-                        state: v.state.to_string(),
-                        pid: v.pid,
-                        uptime_secs: v.uptime.map(|d| d.as_secs()),
-                        restarts: v.restarts,
-                        last_exit: v.last_exit.clone(),
-                        memory_bytes: u.and_then(|u| u.memory),
-                        cpu_percent: u.and_then(|u| u.cpu_percent),
-                        heartbeat_age_secs: v.heartbeat_age.map(|d| d.as_secs_f64()),
-                        active: v.active,
-                        processed: v.processed,
-                        pinned: v.pinned,
-                    }
-                })
+                .map(|v| instance_status(v, self.usage.get(&v.id)))
                 .collect();
             if !targets.is_empty() && instances.is_empty() {
                 continue;
@@ -71,7 +60,7 @@ impl Supervisor {
                 device_id: self.config.daemon.device_id.clone(),
                 config: self.config.path.display().to_string(),
                 broker: BrokerStatus {
-                    state: self.broker.state.to_string(),
+                    state: self.broker.state,
                     url: self
                         .running
                         .broker
@@ -164,18 +153,16 @@ impl Supervisor {
             };
         }
         let running = f.running;
-        let broker = match self.broker.state {
-            "ok" => "broker ok".to_string(),
-            s => format!("broker {s}"),
-        };
+        let broker = format!("broker {}", self.broker.state);
         if running == total {
             format!("{running}/{total} workers running, {broker}")
         } else if f.troubled.is_empty() {
             format!("{running}/{total} running, {broker}")
         } else {
+            let troubled: Vec<String> = f.troubled.iter().map(trouble_text).collect();
             format!(
                 "{running}/{total} running, {}, {broker}",
-                f.troubled.join(", ")
+                troubled.join(", ")
             )
         }
     }
@@ -194,6 +181,52 @@ impl Supervisor {
             self.effects.notify(Notice::Status(line.clone()));
             self.last_status_line = line;
         }
+    }
+}
+
+/// One instance's entry in the status document.
+pub(super) fn instance_status(v: &machine::InstanceView, u: Option<&Usage>) -> InstanceStatus {
+    InstanceStatus {
+        id: v.id.clone(),
+        node: v.node.clone(),
+        state: v.state,
+        pid: v.pid,
+        uptime_secs: v.uptime.map(|d| d.as_secs()),
+        restarts: v.restarts,
+        last_exit: v
+            .last_exit
+            .as_ref()
+            .map(|r| exit_text(r, v.state, v.quick_failures)),
+        memory_bytes: u.and_then(|u| u.memory),
+        cpu_percent: u.and_then(|u| u.cpu_percent),
+        heartbeat_age_secs: v.heartbeat_age.map(|d| d.as_secs_f64()),
+        active: v.active,
+        processed: v.processed,
+        pinned: v.pinned,
+    }
+}
+
+/// One troubled instance in the summary: "text-1 crash-loop (exit 1 (4
+/// quick failures in a row))".
+fn trouble_text(t: &machine::Trouble) -> String {
+    match &t.last_exit {
+        Some(r) => format!(
+            "{} {} ({})",
+            t.id,
+            t.state,
+            exit_text(r, t.state, t.quick_failures)
+        ),
+        None => format!("{} {}", t.id, t.state),
+    }
+}
+
+/// How the last exit reads in status: in a crash loop, with the count of
+/// quick failures ("exit 1 (4 quick failures in a row)").
+pub(super) fn exit_text(reason: &ExitReason, state: InstanceState, quick_failures: u32) -> String {
+    if state == InstanceState::CrashLoop {
+        format!("{reason} ({quick_failures} quick failures in a row)")
+    } else {
+        reason.to_string()
     }
 }
 
@@ -218,5 +251,110 @@ pub(super) fn clock_time(t: SystemTime) -> String {
     } else {
         let s = secs as u64 % 86400;
         format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::plan::{GroupPlan, InstanceSpec, Limits, Plan, Timing};
+
+    fn machine() -> Machine {
+        let spec = |i: u32| {
+            Arc::new(InstanceSpec {
+                id: format!("text-{i}"),
+                group: "text".into(),
+                index: i,
+                node: format!("text-{i}@dev"),
+                program: "/usr/bin/celery".into(),
+                args: vec![],
+                env: BTreeMap::new(),
+                cwd: "/".into(),
+                user: None,
+                timing: Timing {
+                    stop_timeout: Duration::from_secs(60),
+                    restart_delay: Duration::from_millis(100),
+                    restart_delay_max: Duration::from_secs(60),
+                    stable_after: Duration::from_secs(30),
+                    heartbeat_timeout: None,
+                    stall_timeout: None,
+                },
+            })
+        };
+        let plan = Plan {
+            device_id: "dev".into(),
+            groups: vec![GroupPlan {
+                name: "text".into(),
+                queues: vec!["text".into()],
+                limits: Limits::default(),
+                instances: vec![spec(1), spec(2)],
+            }],
+        };
+        Machine::new(plan, true, Box::new(|| 0.0))
+    }
+
+    /// The machine's typed views, rendered here, give the document's text:
+    /// a crash loop with its count, a pinned stop with its exit, in the
+    /// spelling of tests/fixtures/status.json.
+    #[tokio::test(start_paused = true)]
+    async fn views_render_to_the_documented_json_and_summary() {
+        let mut m = machine();
+        m.boot(Instant::now());
+        let mut pid = 100;
+        for a in m.take_actions() {
+            if let Action::Spawn { spec, generation } = a {
+                pid += 1;
+                m.spawned(&spec.id, generation, pid, Instant::now());
+            }
+        }
+        // text-1 fails quickly until it is in a crash loop.
+        let mut pid1 = 101;
+        for _ in 0..backoff::CRASH_LOOP_AFTER {
+            m.exited(pid1, ExitReason::Code(1), Instant::now());
+            tokio::time::advance(Duration::from_secs(120)).await;
+            m.tick(Instant::now());
+            for a in m.take_actions() {
+                if let Action::Spawn { spec, generation } = a {
+                    pid1 += 10;
+                    m.spawned(&spec.id, generation, pid1, Instant::now());
+                }
+            }
+        }
+        m.exited(pid1, ExitReason::Code(1), Instant::now());
+        // text-2 is stopped by the operator and exits on SIGTERM.
+        m.stop(&["text-2".into()], Instant::now()).unwrap();
+        m.exited(102, ExitReason::Signal(15), Instant::now());
+        let seq = m
+            .take_actions()
+            .into_iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::KillTree { id, seq, .. } if id == "text-2" => Some(seq),
+                _ => None,
+            })
+            .unwrap();
+        m.tree_cleared("text-2", seq, Instant::now());
+
+        let views = m.snapshot(Instant::now());
+        let json: Vec<String> = views
+            .iter()
+            .map(|v| serde_json::to_string(&instance_status(v, None)).unwrap())
+            .collect();
+        assert_eq!(
+            json,
+            [
+                r#"{"id":"text-1","node":"text-1@dev","state":"crash-loop","pid":null,"uptime_secs":null,"restarts":4,"last_exit":"exit 1 (4 quick failures in a row)","memory_bytes":null,"cpu_percent":null,"heartbeat_age_secs":null,"active":null,"processed":null,"pinned":false}"#,
+                r#"{"id":"text-2","node":"text-2@dev","state":"stopped","pid":null,"uptime_secs":null,"restarts":0,"last_exit":"killed by SIGTERM","memory_bytes":null,"cpu_percent":null,"heartbeat_age_secs":null,"active":null,"processed":null,"pinned":true}"#,
+            ]
+        );
+        let f = m.summary_facts(Instant::now());
+        let troubled: Vec<String> = f.troubled.iter().map(trouble_text).collect();
+        assert_eq!(
+            troubled,
+            ["text-1 crash-loop (exit 1 (4 quick failures in a row))"]
+        );
+        assert_eq!((f.total, f.running, f.waiting_for_broker), (2, 0, false));
     }
 }

@@ -10,12 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clearify_workerd::control::protocol::{
-    BrokerStatus, DaemonStatus, ErrorKind, GroupStatus, HeartbeatSeen, InstanceStatus, LogLine,
-    QueueStatus, ReloadReport, Request, Response, Status, TestReport, TestStep,
+    BrokerState, BrokerStatus, DaemonStatus, ErrorKind, GroupStatus, HeartbeatSeen, InstanceState,
+    InstanceStatus, LogLine, QueueStatus, ReloadReport, Request, Response, Status, TestReport,
+    TestStep,
 };
 use clearify_workerd::control::server::{
     self, Authorizer, ControlMsg, Peer, ServeOptions, serve_with,
 };
+use clearify_workerd::model::target::{self, Member};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long the fake takes, by default, to stop or restart an instance.
@@ -34,14 +36,14 @@ pub struct FakeState {
     /// How long start/stop/restart take, in milliseconds.
     pub transition_ms: AtomicU64,
     /// When set, the state start/restart end in (e.g. "crash-loop").
-    pub end_override: Mutex<Option<String>>,
+    pub end_override: Mutex<Option<InstanceState>>,
 }
 
 pub fn instance(id: &str, pid: u32) -> InstanceStatus {
     InstanceStatus {
         id: id.into(),
         node: format!("{id}@dev"),
-        state: "running".into(),
+        state: InstanceState::Running,
         pid: Some(pid),
         uptime_secs: Some(11_520),
         restarts: 1,
@@ -64,7 +66,7 @@ pub fn canned_status() -> Status {
             device_id: "dev-test".into(),
             config: "/etc/clearify/workers.toml".into(),
             broker: BrokerStatus {
-                state: "ok".into(),
+                state: BrokerState::Ok,
                 url: "redis://:***@127.0.0.1:6379/0".into(),
                 error: None,
                 since: Some(1.7e9),
@@ -125,24 +127,25 @@ impl FakeState {
         }
     }
 
-    /// Instance ids a target list names, or None when one is unknown.
+    /// Instance ids a target list names (resolved as the daemon does), or
+    /// the first unknown name.
     fn resolve(&self, targets: &[String]) -> Result<Vec<String>, String> {
         let st = self.status.lock().unwrap();
-        let mut ids = Vec::new();
-        for t in targets {
-            let before = ids.len();
-            for g in &st.groups {
-                for i in &g.instances {
-                    if t == "all" || *t == g.name || *t == i.id {
-                        ids.push(i.id.clone());
-                    }
-                }
-            }
-            if ids.len() == before {
-                return Err(t.clone());
-            }
-        }
-        Ok(ids)
+        let members: Vec<Member> = st
+            .groups
+            .iter()
+            .flat_map(|g| {
+                g.instances.iter().map(|i| Member {
+                    id: &i.id,
+                    group: &g.name,
+                })
+            })
+            .collect();
+        let resolved = target::resolve_all(targets, &members)?;
+        Ok(target::select(&resolved, &members)
+            .into_iter()
+            .map(String::from)
+            .collect())
     }
 
     pub fn set(&self, id: &str, f: impl FnOnce(&mut InstanceStatus)) {
@@ -202,30 +205,30 @@ impl FakeState {
                         );
                     }
                 };
+                use InstanceState::{CrashLoop, Running, Starting, Stopped, Stopping};
                 let (verb, mid, end) = match request {
-                    Request::Start { .. } => ("starting", "starting", "running"),
-                    Request::Stop { .. } => ("stopping", "stopping", "stopped"),
-                    _ => ("restarting", "stopping", "running"),
+                    Request::Start { .. } => ("starting", Starting, Running),
+                    Request::Stop { .. } => ("stopping", Stopping, Stopped),
+                    _ => ("restarting", Stopping, Running),
                 };
                 let delay = Duration::from_millis(self.transition_ms.load(Ordering::SeqCst));
-                let end: String = match self.end_override.lock().unwrap().clone() {
-                    Some(state) if end == "running" => state,
-                    _ => end.to_string(),
+                let end = match *self.end_override.lock().unwrap() {
+                    Some(state) if end == Running => state,
+                    _ => end,
                 };
                 for id in &ids {
                     self.set(id, |i| {
-                        i.state = mid.into();
-                        i.pinned = end == "stopped";
+                        i.state = mid;
+                        i.pinned = end == Stopped;
                     });
                     let me = Arc::clone(self);
                     let id = id.clone();
-                    let end = end.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let pid = me.next_pid.fetch_add(1, Ordering::SeqCst);
                         me.set(&id, |i| {
-                            i.pid = (end == "running").then_some(pid);
-                            if end == "crash-loop" {
+                            i.pid = (end == Running).then_some(pid);
+                            if end == CrashLoop {
                                 i.last_exit = Some("exit status 1".into());
                             }
                             i.state = end;

@@ -88,12 +88,21 @@ fn kills(actions: &[Action]) -> Vec<(String, Option<u32>, u64)> {
         .collect()
 }
 
+/// The state's wire spelling, as status shows it.
 fn state(m: &Machine, id: &str) -> &'static str {
     m.snapshot(Instant::now())
         .into_iter()
         .find(|v| v.id == id)
         .unwrap_or_else(|| panic!("no instance {id}"))
         .state
+        .as_str()
+}
+
+/// The last exit as status shows it.
+fn last_exit(v: &InstanceView) -> Option<String> {
+    v.last_exit
+        .as_ref()
+        .map(|r| crate::supervisor::status::exit_text(r, v.state, v.quick_failures))
 }
 
 fn view(m: &Machine, id: &str) -> InstanceView {
@@ -209,9 +218,13 @@ async fn quick_failures_back_off_exponentially_and_report_crash_loop() {
     advance(10 * MS).await;
     m.exited(pid, ExitReason::Signal(9), Instant::now());
     let v = view(&m, "text-1");
-    assert_eq!(v.state, "crash-loop");
+    assert_eq!(v.state, InstanceState::CrashLoop);
     assert_eq!(
-        v.last_exit.as_deref(),
+        (v.last_exit.clone(), v.quick_failures),
+        (Some(ExitReason::Signal(9)), 7)
+    );
+    assert_eq!(
+        last_exit(&v).as_deref(),
         Some("killed by SIGKILL (7 quick failures in a row)")
     );
     assert_eq!(v.restarts, 7);
@@ -261,8 +274,8 @@ async fn spawn_failure_counts_as_a_quick_failure() {
     let acts = m.take_actions();
     assert!(kills(&acts).is_empty(), "nothing ran, nothing to kill");
     let v = view(&m, "text-1");
-    assert_eq!(v.state, "backoff");
-    assert_eq!(v.last_exit.as_deref(), Some("spawn failed: No such file"));
+    assert_eq!(v.state, InstanceState::Backoff);
+    assert_eq!(last_exit(&v).as_deref(), Some("spawn failed: No such file"));
     advance(100 * MS).await;
     assert_eq!(spawns(&tick(&mut m)).len(), 1);
 }
@@ -305,7 +318,7 @@ async fn stop_sequence_is_term_then_quit_then_kill_tree() {
     m.tree_cleared("text-1", k2[0].2, Instant::now());
     assert_eq!(state(&m, "text-1"), "stopped");
     assert_eq!(
-        view(&m, "text-1").last_exit.as_deref(),
+        last_exit(&view(&m, "text-1")).as_deref(),
         Some("killed by SIGKILL")
     );
 }
@@ -726,4 +739,83 @@ async fn huge_durations_never_overflow_the_clock() {
     assert_eq!(state(&m, "text-1"), "backoff", "still waiting");
     m.shutdown(Instant::now());
     tick(&mut m);
+}
+
+/// A mass crash (every worker of a big box dying at once, e.g. the broker's
+/// host rebooting into an OOM) costs each exit O(1) to route: 4096
+/// instances crash and are routed by pid in well under a second, where a
+/// scan of every instance per exit took seconds.
+#[tokio::test(start_paused = true)]
+async fn a_mass_crash_routes_each_exit_by_pid_without_scanning() {
+    const N: u32 = 4096;
+    let mut m = machine(plan(vec![group("big", &["big"], N, 1)]));
+    let pids = boot_all(&mut m);
+    assert_eq!(pids.len(), N as usize);
+    advance(60 * S).await;
+    tick(&mut m);
+    let started = std::time::Instant::now();
+    for (id, pid) in &pids {
+        assert_eq!(
+            m.exited(*pid, ExitReason::Code(1), Instant::now())
+                .as_deref(),
+            Some(id.as_str())
+        );
+    }
+    let took = started.elapsed();
+    // The same pid again (an adopted orphan, or a late duplicate) is nobody's.
+    let (_, first) = pids.iter().next().unwrap();
+    assert_eq!(m.exited(*first, ExitReason::Code(1), Instant::now()), None);
+    assert!(m.instance_by_pid(*first).is_none());
+    assert!(
+        took < Duration::from_millis(300),
+        "{N} exits took {took:?}: each exit scans every instance"
+    );
+    // Every instance restarts with a new pid, and is found by it.
+    advance(S).await;
+    let respawns = spawns(&tick(&mut m));
+    assert_eq!(respawns.len(), N as usize);
+    for (n, (id, generation)) in respawns.iter().enumerate() {
+        m.spawned(id, *generation, 100_000 + n as u32, Instant::now());
+    }
+    assert_eq!(
+        m.instance_by_pid(100_000 + 7).map(|s| s.id.as_str()),
+        Some(respawns[7].0.as_str())
+    );
+    assert!(
+        m.instance_by_pid(*first).is_none(),
+        "the old pid is forgotten"
+    );
+}
+
+/// A mass shutdown: the check for "everything stopped" after each of 4096
+/// stops costs O(1) until the last, where a scan per event took seconds
+/// (instances stopping in id order were the worst case).
+#[tokio::test(start_paused = true)]
+async fn a_mass_shutdown_exits_after_the_last_stop_without_rescanning() {
+    const N: u32 = 4096;
+    let mut m = machine(plan(vec![group("big", &["big"], N, 1)]));
+    let pids = boot_all(&mut m);
+    m.shutdown(Instant::now());
+    assert_eq!(signals(&m.take_actions()).len(), N as usize);
+    let started = std::time::Instant::now();
+    let mut exits = 0;
+    for (id, pid) in &pids {
+        exits += finish(&mut m, id, *pid)
+            .iter()
+            .filter(|a| **a == Action::Exit)
+            .count();
+    }
+    let took = started.elapsed();
+    assert_eq!(exits, 1);
+    assert_eq!(
+        m.snapshot(Instant::now())
+            .iter()
+            .filter(|v| v.state != InstanceState::Stopped)
+            .count(),
+        0
+    );
+    assert!(
+        took < Duration::from_millis(300),
+        "{N} stops took {took:?}: each rescans every instance"
+    );
 }
