@@ -112,15 +112,15 @@ impl Connection {
     /// Parses and authorises one frame body: the request, or the answer
     /// that refuses it and whether the connection may stay open.
     fn check(&self, body: &[u8], peer: &Peer) -> Result<Request, Box<(Response, bool)>> {
-        let version = match serde_json::from_slice::<EnvelopeVersion>(body) {
-            Ok(v) => v.version,
-            Err(e) => {
-                return Err(Box::new((
-                    Response::error(ErrorKind::BadRequest, format!("malformed request: {e}")),
-                    false,
-                )));
-            }
+        let malformed = |e: serde_json::Error| {
+            Box::new((
+                Response::error(ErrorKind::BadRequest, format!("malformed request: {e}")),
+                false,
+            ))
         };
+        let version = serde_json::from_slice::<EnvelopeVersion>(body)
+            .map_err(malformed)?
+            .version;
         if version != PROTOCOL_VERSION {
             return Err(Box::new((
                 Response::error(
@@ -133,15 +133,9 @@ impl Connection {
                 false,
             )));
         }
-        let request = match serde_json::from_slice::<Envelope>(body) {
-            Ok(env) => env.request,
-            Err(e) => {
-                return Err(Box::new((
-                    Response::error(ErrorKind::BadRequest, format!("malformed request: {e}")),
-                    false,
-                )));
-            }
-        };
+        let request = serde_json::from_slice::<Envelope>(body)
+            .map_err(malformed)?
+            .request;
         if request.is_mutating() && !self.auth.allows(peer) {
             warn!(
                 uid = peer.uid,

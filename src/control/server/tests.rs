@@ -29,27 +29,24 @@ fn slots_cap_each_uid_and_hold_some_back_for_admins() {
     };
     let slots = Arc::new(Mutex::new(Slots::default()));
     let reader = |uid| peer(uid, 100, &[]);
+    let take = |p: Peer, admin: bool| take_slot(&slots, &p, admin, &opts);
     // One uid gets 2, whatever is free.
-    let a1 = take_slot(&slots, &reader(1000), false, &opts).unwrap();
-    let _a2 = take_slot(&slots, &reader(1000), false, &opts).unwrap();
-    let why = take_slot(&slots, &reader(1000), false, &opts)
-        .err()
-        .unwrap();
+    let a1 = take(reader(1000), false).unwrap();
+    let _a2 = take(reader(1000), false).unwrap();
+    let why = take(reader(1000), false).err().unwrap();
     assert!(why.contains("too many connections from uid 1000"), "{why}");
     // Others fill the rest; then readers are refused ...
-    let _b = take_slot(&slots, &reader(1001), false, &opts).unwrap();
-    let _c = take_slot(&slots, &reader(1002), false, &opts).unwrap();
-    let why = take_slot(&slots, &reader(1003), false, &opts)
-        .err()
-        .unwrap();
+    let _b = take(reader(1001), false).unwrap();
+    let _c = take(reader(1002), false).unwrap();
+    let why = take(reader(1003), false).err().unwrap();
     assert!(why.contains("serving 4 clients"), "{why}");
     // ... but admins get the reserve, root beyond its per-uid cap.
-    let _r1 = take_slot(&slots, &peer(0, 0, &[]), true, &opts).unwrap();
-    let _r2 = take_slot(&slots, &peer(0, 0, &[]), true, &opts).unwrap();
-    assert!(take_slot(&slots, &peer(0, 0, &[]), true, &opts).is_err());
+    let _r1 = take(peer(0, 0, &[]), true).unwrap();
+    let _r2 = take(peer(0, 0, &[]), true).unwrap();
+    assert!(take(peer(0, 0, &[]), true).is_err());
     // A slot given back is free again.
     drop(a1);
-    let _d = take_slot(&slots, &reader(1003), false, &opts).unwrap();
+    let _d = take(reader(1003), false).unwrap();
     let s = slots.lock().unwrap();
     assert_eq!((s.general, s.reserve), (4, 2));
     assert_eq!(s.per_uid.get(&1000), Some(&1));
