@@ -64,6 +64,8 @@ Prints one line per check with ok, warn or fail; under each warn or fail, a hint
   journald        /run/systemd/journal/socket accepts datagrams (warn when absent)
   control socket  exists, is a socket, its mode and group, this user can connect
   daemon          answers `version`, with the same version as clearifyctl
+  admin socket    once the daemon answers: admin.sock exists when [daemon].admin_group
+                  does, mode 0660, that group (warn when there is no such group)
   broker          the [broker] URL answers PING
   celery          `<command> -A <app> report` exits 0 in the workdir with the worker's
                   environment, as the worker user when run as root (30 s timeout)

@@ -352,11 +352,11 @@ fn test(ctx: &Ctx) -> Outcome {
 }
 
 fn doctor(config: &Path, socket: Option<&Path>, timeout: Duration) -> Outcome {
-    let mut opts = super::doctor::Options::new(config, socket);
-    opts.request_timeout = timeout;
-    let checks = super::doctor::run(&opts);
-    print!("{}", super::doctor::render(&checks));
-    Ok(super::doctor::exit_code(&checks))
+    let mut host = super::doctor::Host::new(config, socket);
+    host.request_timeout = timeout;
+    let findings = super::doctor::run(&host);
+    print!("{}", super::doctor::render(&findings));
+    Ok(super::doctor::exit_code(&findings))
 }
 
 fn version(ctx: &Ctx) -> Outcome {
