@@ -765,7 +765,7 @@ fn an_unreadable_config_is_a_warning_and_skips_broker_and_celery() {
     assert!(
         sock.contains(&format!(
             "{} does not exist (the default: [daemon].socket could not be read from {})",
-            clearify_workerd::control::DEFAULT_SOCKET,
+            clearify_workerd::config::DEFAULT_SOCKET,
             case.config_path().display()
         )),
         "{sock}"

@@ -17,7 +17,7 @@ pub use exit::{exit_code_for, exit_code_for_client};
 
 use std::path::{Path, PathBuf};
 
-use crate::control::DEFAULT_SOCKET;
+use crate::config::DEFAULT_SOCKET;
 
 /// The control socket to use: `--socket`/`CLEARIFY_SOCKET` (`explicit`),
 /// else `[daemon].socket` from the config file, else [`DEFAULT_SOCKET`].
