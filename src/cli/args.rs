@@ -100,7 +100,7 @@ pub struct Args {
         long,
         global = true,
         value_name = "SECS",
-        default_value_t = 10.0,
+        default_value_t = REQUEST_TIMEOUT_SECS,
         value_parser = positive_secs
     )]
     pub request_timeout: f64,
@@ -198,6 +198,9 @@ pub enum Command {
     )]
     Doctor,
 }
+
+/// Default of `--request-timeout`: seconds to wait for each answer.
+pub const REQUEST_TIMEOUT_SECS: f64 = 10.0;
 
 /// Longest time any SECS option accepts: one day.
 pub const MAX_SECS: f64 = 86_400.0;

@@ -131,7 +131,7 @@ impl Host {
         Host {
             config: config.to_path_buf(),
             socket: socket.map(Path::to_path_buf),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs_f64(super::args::REQUEST_TIMEOUT_SECS),
             celery_timeout: CELERY_TIMEOUT,
             journal_socket: PathBuf::from(JOURNAL_SOCKET),
             cgroup_layout: cg::detect_layout(&root),
