@@ -512,28 +512,8 @@ fn without_a_daemon_the_socket_check_fails_with_the_systemctl_hint() {
 fn with_the_real_daemon_the_socket_and_versions_are_ok() {
     let redis = RedisServer::start();
     let case = Case::new(&redis.url(), false, CELERY_OK);
-    let log = fs::File::create(case.path("daemon.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_clearify-workerd"))
-        .arg("--config")
-        .arg(case.config_path())
-        .args(["--log-target", "stderr"])
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start clearify-workerd");
-    let daemon = Guard(child);
     let sock = case.path("control.sock");
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the daemon did not create its socket:\n{}",
-            fs::read_to_string(case.path("daemon.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = start_daemon(&case, &sock);
 
     let run = case.doctor();
     let block = run.expect("control socket", Level::Ok);
