@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use super::Peer;
 
-/// Limits of [`serve_with`]. [`serve`] uses the defaults.
+/// Limits of [`serve_with`](super::serve_with). [`serve`](super::serve)
+/// uses the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
-    /// Clients served at once; the next one gets [`ErrorKind::Busy`]
+    /// Clients served at once; the next one gets
+    /// [`ErrorKind::Busy`](crate::control::protocol::ErrorKind::Busy)
     /// (unless it is an admin and the admin reserve has room).
     pub max_clients: usize,
     /// Connections at once from one uid (root excepted).
@@ -23,8 +25,8 @@ pub struct ServeOptions {
     /// How long a client may take to send a whole request (also the idle
     /// time allowed between requests, and the time to take a reply).
     pub idle_timeout: Duration,
-    /// How long [`serve_with`] waits, after `shutdown`, for connections that
-    /// are in the middle of a request.
+    /// How long [`serve_with`](super::serve_with) waits, after `shutdown`,
+    /// for connections that are in the middle of a request.
     pub drain_timeout: Duration,
 }
 

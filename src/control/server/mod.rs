@@ -11,7 +11,8 @@
 //!   [`MAX_REQUEST`](super::protocol::MAX_REQUEST) (64 KiB) bytes, checked on
 //!   the length prefix before anything is allocated for it, and names at
 //!   most [`MAX_TARGETS`](super::protocol::MAX_TARGETS) targets (checked
-//!   while parsing); replies go out in frames far below [`MAX_FRAME`]
+//!   while parsing); replies go out in frames far below
+//!   [`MAX_FRAME`](super::protocol::MAX_FRAME)
 //!   (`logs` in as many frames as it needs);
 //! - at most [`ServeOptions::max_log_replies`] (2) `logs` answers, each
 //!   holding a copy of the ring buffers, are in the making at once, and
