@@ -12,7 +12,7 @@ use crate::VERSION;
 use crate::config;
 use crate::control::client::{ClientError, Connection};
 use crate::control::protocol::{PROTOCOL_VERSION, Request, Response};
-use crate::control::server::{ADMIN_SOCKET_NAME, admin_socket_path};
+use crate::control::server::{ADMIN_SOCKET_NAME, SOCKET_MODE, admin_socket_path};
 use crate::sys::accounts::Accounts;
 
 const SYSTEMCTL_HINT: &str = "is clearify-workerd running? check with `systemctl status clearify-workerd`, \
@@ -173,9 +173,8 @@ pub fn admin_socket_check(socket: &Path, admin_group: &str) -> Finding {
     let admin = admin_socket_path(socket);
     let shown = admin.display();
     let restart = format!(
-        "restart the daemon (systemctl restart clearify-workerd): it creates {} with mode 0660 \
-         and group {admin_group} ([daemon].admin_group) when it starts",
-        ADMIN_SOCKET_NAME
+        "restart the daemon (systemctl restart clearify-workerd): it creates {ADMIN_SOCKET_NAME} \
+         with mode {SOCKET_MODE:04o} and group {admin_group} ([daemon].admin_group) when it starts"
     );
     let gid = match Accounts::system().group_by_name(admin_group) {
         Ok(Some(gid)) => gid,
