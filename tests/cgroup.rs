@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clearify_workerd::cli::doctor::{self, Finding, Host, Status as Level};
 use clearify_workerd::plan::Limits;
 use clearify_workerd::sys::cgroup::{
-    self, Availability, CgroupError, CgroupTree, DoctorEnv, FsKind, KillMethod, Layout, Level,
-    OomCounts, Probe, Stats,
+    self, Availability, CgroupError, CgroupTree, FsKind, KillMethod, Layout, OomCounts, Probe,
+    Stats,
 };
 
 const OWN: &str = "/system.slice/clearify-workerd.service";
@@ -741,22 +742,26 @@ fn removing_a_group_removes_its_leaves() {
 
 // ---------------------------------------------------------------- doctor
 
-fn doctor_env(fake: &Fake, layout: Layout, cmdline: &str) -> DoctorEnv {
-    DoctorEnv {
-        root: fake.root(),
-        layout,
-        proc_self_cgroup: Some("0::/user.slice/user-0.slice/session-1.scope\n".into()),
-        proc_cmdline: Some(cmdline.into()),
-        service_cgroup: OWN.into(),
-    }
+/// The cgroup findings of `clearifyctl doctor` on the fake cgroupfs, with
+/// `require_limits = true`, so a failure stays a failure.
+fn doctor_with(fake: &Fake, layout: Layout, cmdline: &str) -> Vec<Finding> {
+    let mut host = Host::new(Path::new("/nonexistent/workers.toml"), None);
+    host.cgroup_root = fake.root();
+    host.cgroup_layout = layout;
+    host.proc_self_cgroup = Some("0::/user.slice/user-0.slice/session-1.scope\n".into());
+    host.proc_cmdline = Some(cmdline.into());
+    host.service_cgroup = OWN.into();
+    doctor::cgroup_checks(&host, true)
 }
 
-fn level_of(checks: &[cgroup::Check], name: &str) -> (Level, String) {
+/// The status of check `name`, and its detail and fix.
+fn level_of(checks: &[Finding], name: &str) -> (Level, String) {
     let c = checks
         .iter()
-        .find(|c| c.name == name)
+        .find(|c| c.check == name)
         .unwrap_or_else(|| panic!("no check {name:?} in {checks:?}"));
-    (c.level, c.detail.clone())
+    let fix = c.fix.as_deref().unwrap_or_default();
+    (c.status, format!("{}\nfix: {fix}", c.detail))
 }
 
 #[test]
@@ -767,8 +772,8 @@ fn doctor_all_ok_on_a_delegated_service() {
         &format!("{OWN}/cgroup.subtree_control"),
         "cpu io memory pids\n",
     );
-    let checks = cgroup::doctor_with(&doctor_env(&fake, Layout::Unified, "quiet"));
-    let names: Vec<_> = checks.iter().map(|c| c.name.as_str()).collect();
+    let checks = doctor_with(&fake, Layout::Unified, "quiet");
+    let names: Vec<_> = checks.iter().map(|c| c.check.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -781,7 +786,7 @@ fn doctor_all_ok_on_a_delegated_service() {
         ]
     );
     for c in &checks {
-        assert_eq!(c.level, Level::Ok, "{c:?}");
+        assert_eq!(c.status, Level::Ok, "{c:?}");
     }
     assert!(
         level_of(&checks, "own cgroup")
@@ -793,11 +798,11 @@ fn doctor_all_ok_on_a_delegated_service() {
 #[test]
 fn doctor_raspberry_pi_without_memory_controller() {
     let fake = Fake::new("cpuset cpu io pids");
-    let checks = cgroup::doctor_with(&doctor_env(
+    let checks = doctor_with(
         &fake,
         Layout::Unified,
         "console=tty1 cgroup_disable=memory rootwait",
-    ));
+    );
     let (level, detail) = level_of(&checks, "memory controller");
     assert_eq!(level, Level::Fail);
     assert!(detail.contains("cgroup_enable=memory"), "{detail}");
@@ -813,7 +818,7 @@ fn doctor_raspberry_pi_without_memory_controller() {
 fn doctor_service_without_delegation() {
     let fake = Fake::new("cpu memory pids");
     fake.cgroup(OWN, "cpu");
-    let checks = cgroup::doctor_with(&doctor_env(&fake, Layout::Unified, ""));
+    let checks = doctor_with(&fake, Layout::Unified, "");
     assert_eq!(
         level_of(&checks, "controllers").0,
         Level::Warn,
@@ -829,7 +834,10 @@ fn doctor_service_without_delegation() {
 
 #[test]
 fn doctor_on_this_hybrid_host() {
-    let checks = cgroup::doctor();
+    let checks = doctor::cgroup_checks(
+        &Host::new(Path::new("/nonexistent/workers.toml"), None),
+        true,
+    );
     let (level, detail) = level_of(&checks, "cgroup v2");
     assert_eq!(
         level,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clearify_workerd::cli::doctor::{self, Level};
+use clearify_workerd::cli::doctor::{self, Host, Status as Level};
 use clearify_workerd::config;
 use clearify_workerd::sys::cgroup::{self, Layout};
 use redis_support::RedisServer;
@@ -244,14 +244,18 @@ fn record(case: &Case, name: &str) -> String {
 /// What doctor must say about cgroups on this host, from the library's own
 /// view: failures are warnings unless require_limits.
 fn assert_cgroup_lines(run: &Run, require_limits: bool) {
-    let host = cgroup::doctor();
+    // With require_limits the library keeps each failure a failure.
+    let host = doctor::cgroup_checks(
+        &Host::new(Path::new("/nonexistent/workers.toml"), None),
+        true,
+    );
     assert!(!host.is_empty());
     for c in &host {
-        let want = match (c.level, require_limits) {
+        let want = match (c.status, require_limits) {
             (Level::Fail, false) => Level::Warn,
             (l, _) => l,
         };
-        let block = run.expect(&c.name, want);
+        let block = run.expect(&c.check, want);
         if want != Level::Ok {
             assert!(block.contains("\n      hint: "), "{block}");
         }
@@ -508,28 +512,8 @@ fn without_a_daemon_the_socket_check_fails_with_the_systemctl_hint() {
 fn with_the_real_daemon_the_socket_and_versions_are_ok() {
     let redis = RedisServer::start();
     let case = Case::new(&redis.url(), false, CELERY_OK);
-    let log = fs::File::create(case.path("daemon.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_clearify-workerd"))
-        .arg("--config")
-        .arg(case.config_path())
-        .args(["--log-target", "stderr"])
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start clearify-workerd");
-    let daemon = Guard(child);
     let sock = case.path("control.sock");
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the daemon did not create its socket:\n{}",
-            fs::read_to_string(case.path("daemon.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = start_daemon(&case, &sock);
 
     let run = case.doctor();
     let block = run.expect("control socket", Level::Ok);
@@ -554,6 +538,109 @@ fn with_the_real_daemon_the_socket_and_versions_are_ok() {
     assert_journald_line(&run);
     // Nothing fails: exit 0 (warnings are allowed).
     assert_eq!(run.code, 0, "{run:?}");
+    drop(daemon);
+}
+
+/// Starts the real daemon on `case`'s config and waits until `socket`
+/// exists.
+fn start_daemon(case: &Case, socket: &Path) -> Guard {
+    let log = fs::File::create(case.path("daemon.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_clearify-workerd"))
+        .arg("--config")
+        .arg(case.config_path())
+        .args(["--log-target", "stderr"])
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start clearify-workerd");
+    let daemon = Guard(child);
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the daemon did not create {}:\n{}",
+            socket.display(),
+            fs::read_to_string(case.path("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
+}
+
+#[test]
+fn the_admin_socket_is_checked_for_its_mode_and_group() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test must run as root: the daemon creates admin.sock with the group nogroup"
+    );
+    let redis = RedisServer::start();
+    let case = Case::new(&redis.url(), false, CELERY_OK);
+    let text = fs::read_to_string(case.config_path()).unwrap().replace(
+        "device_id = \"testdev\"",
+        "device_id = \"testdev\"\nadmin_group = \"nogroup\"",
+    );
+    case.write_config(&text);
+    let admin = case.path("admin.sock");
+    let daemon = start_daemon(&case, &admin);
+    let shown = admin.display();
+
+    // As the daemon made it: mode 0660, group nogroup.
+    let run = case.doctor();
+    let block = run.expect("admin socket", Level::Ok);
+    assert!(
+        block.contains(&format!(
+            "{shown} (srw-rw----, mode 0660, root:nogroup): for group nogroup ([daemon].admin_group)"
+        )),
+        "{block}"
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // Anyone may connect: a warning (changing requests still need the group).
+    fs::set_permissions(&admin, fs::Permissions::from_mode(0o666)).unwrap();
+    let block = case.doctor().expect("admin socket", Level::Warn);
+    assert!(block.contains("mode 0666"), "{block}");
+    assert!(block.contains("anyone may connect"), "{block}");
+    assert!(
+        block.contains("hint: something changed its mode; restart the daemon"),
+        "{block}"
+    );
+
+    // The group may not connect.
+    fs::set_permissions(&admin, fs::Permissions::from_mode(0o600)).unwrap();
+    let run = case.doctor();
+    let block = run.expect("admin socket", Level::Fail);
+    assert!(
+        block.contains("the group nogroup may not connect"),
+        "{block}"
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+
+    // Another group.
+    fs::set_permissions(&admin, fs::Permissions::from_mode(0o660)).unwrap();
+    nix::unistd::chown(&admin, None, Some(nix::unistd::Gid::from_raw(0))).unwrap();
+    let block = case.doctor().expect("admin socket", Level::Fail);
+    assert!(
+        block.contains("its group is root, not the admin group nogroup"),
+        "{block}"
+    );
+    assert!(
+        block.contains("hint: restart the daemon (systemctl restart clearify-workerd)"),
+        "{block}"
+    );
+
+    // Gone, though the group exists: admins are locked out.
+    fs::remove_file(&admin).unwrap();
+    let run = case.doctor();
+    let block = run.expect("admin socket", Level::Fail);
+    assert!(
+        block.contains(&format!(
+            "{shown} does not exist, though group nogroup does"
+        )),
+        "{block}"
+    );
+    assert_eq!(run.code, 1, "{run:?}");
     drop(daemon);
 }
 
@@ -583,7 +670,7 @@ fn a_hanging_report_times_out_and_its_process_group_is_killed() {
     let start = Instant::now();
     let check = doctor::celery_check(&loaded.config, Duration::from_secs(1));
     assert!(start.elapsed() < Duration::from_secs(10), "{check:?}");
-    assert_eq!(check.level, Level::Fail, "{check:?}");
+    assert_eq!(check.status, Level::Fail, "{check:?}");
     assert!(
         check.detail.contains("timed out after 1s; killed it"),
         "{check:?}"
@@ -658,7 +745,7 @@ fn an_unreadable_config_is_a_warning_and_skips_broker_and_celery() {
     assert!(
         sock.contains(&format!(
             "{} does not exist (the default: [daemon].socket could not be read from {})",
-            clearify_workerd::control::DEFAULT_SOCKET,
+            clearify_workerd::config::DEFAULT_SOCKET,
             case.config_path().display()
         )),
         "{sock}"

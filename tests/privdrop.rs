@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clearify_workerd::cli::doctor::{self, Level};
+use clearify_workerd::cli::doctor::{self, Status};
 use clearify_workerd::{config, plan, sys};
 
 const CTL: &str = env!("CARGO_BIN_EXE_clearifyctl");
@@ -179,7 +179,7 @@ fn the_doctor_and_the_worker_spawn_drop_to_the_same_ids_without_capabilities() {
 
     // The doctor's path: its celery check.
     let check = doctor::celery_check(&config, Duration::from_secs(10));
-    assert_eq!(check.level, Level::Ok, "{check:?}");
+    assert_eq!(check.status, Status::Ok, "{check:?}");
     let by_doctor = case.record("doctor");
 
     // The worker's path: the daemon's spawn, on a runtime (its pipes are

@@ -1,55 +1,23 @@
-//! The library half of `clearifyctl`: where the socket is, exit codes, and
-//! how answers are rendered for people. The binary only parses arguments
-//! and drives the requests.
+//! `clearifyctl`: everything but `main`. The binary parses [`Args`] with
+//! clap and calls [`run`]; here are the arguments ([`args`]), where the
+//! socket is, how requests are driven ([`socket`], `commands`), exit codes
+//! ([`exit`]), how answers are rendered for people ([`render`]) and the
+//! doctor ([`doctor`]).
 
+pub mod args;
+mod commands;
 pub mod doctor;
+pub mod exit;
 pub mod render;
+pub mod socket;
+
+pub use args::{Args, Command};
+pub use commands::run;
+pub use exit::{exit_code_for, exit_code_for_client};
 
 use std::path::{Path, PathBuf};
 
-use crate::control::DEFAULT_SOCKET;
-use crate::control::client::ClientError;
-use crate::control::protocol::ErrorKind;
-
-/// The config file read for `[daemon].socket` unless `--config` says
-/// otherwise.
-pub const DEFAULT_CONFIG: &str = "/etc/clearify/workers.toml";
-
-/// clearifyctl's exit codes (documented in `--help` and the man page).
-pub mod exit {
-    /// Success.
-    pub const OK: i32 = 0;
-    /// The daemon refused, or a target is unknown (also: timeouts, broker
-    /// unreachable for `test`, reload with config errors).
-    pub const REFUSED: i32 = 1;
-    /// Usage error (clap's own code).
-    pub const USAGE: i32 = 2;
-    /// The daemon is not running, or the socket is missing.
-    pub const NOT_RUNNING: i32 = 3;
-    /// Permission denied (opening the socket, or a changing request).
-    pub const PERMISSION: i32 = 4;
-}
-
-/// The exit code for an error answer from the daemon.
-pub fn exit_code_for(kind: ErrorKind) -> i32 {
-    match kind {
-        ErrorKind::PermissionDenied => exit::PERMISSION,
-        ErrorKind::BadRequest
-        | ErrorKind::Version
-        | ErrorKind::UnknownTarget
-        | ErrorKind::Refused
-        | ErrorKind::Busy => exit::REFUSED,
-    }
-}
-
-/// The exit code for a failure to get an answer at all.
-pub fn exit_code_for_client(err: &ClientError) -> i32 {
-    match err {
-        ClientError::NotRunning { .. } => exit::NOT_RUNNING,
-        ClientError::PermissionDenied { .. } => exit::PERMISSION,
-        ClientError::Protocol { .. } | ClientError::Timeout { .. } => exit::REFUSED,
-    }
-}
+use crate::config::DEFAULT_SOCKET;
 
 /// The control socket to use: `--socket`/`CLEARIFY_SOCKET` (`explicit`),
 /// else `[daemon].socket` from the config file, else [`DEFAULT_SOCKET`].
@@ -131,6 +99,7 @@ pub fn status_targets(targets: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::protocol::ErrorKind;
 
     #[test]
     fn socket_comes_from_the_daemon_table() {

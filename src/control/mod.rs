@@ -36,7 +36,3 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
-
-/// Where the control socket lives unless `[daemon].socket`,
-/// `clearifyctl --socket` or `CLEARIFY_SOCKET` say otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/clearify-workerd/control.sock";

@@ -13,21 +13,22 @@
 //! [`setup`] returns [`Availability::Disabled`] with a reason and a fix
 //! when there is no delegated cgroup v2 (no systemd, a v1/hybrid host, a
 //! missing controller); the daemon then runs without limits.
-//! [`doctor()`] checks the same things for `clearifyctl doctor`.
+//! [`CgroupFacts`] reads the same things for `clearifyctl doctor`.
 //!
 //! Everything here is plain blocking file I/O on cgroupfs, so it also works
 //! against a fake cgroupfs in a tempdir (see `tests/cgroup.rs`): every
 //! function takes the cgroupfs root as a path.
 
 mod detect;
-mod doctor;
+mod facts;
 mod tree;
 
 pub use detect::{
     Availability, FsKind, Layout, Probe, REQUIRED_CONTROLLERS, classify_layout, detect_layout,
     parse_own_cgroup, setup, setup_with,
 };
-pub use doctor::{Check, DoctorEnv, Level, SERVICE_CGROUP, doctor, doctor_with};
+pub(crate) use detect::{FIX_DELEGATE, FIX_MEMORY, FIX_UNIFIED};
+pub use facts::{CgroupFacts, SERVICE_CGROUP, ServiceFacts};
 pub use tree::{
     CPU_PERIOD_USEC, CgroupTree, KillMethod, KillOutcome, Leaf, LimitWrite, OomCounts, Stats,
     cpu_max_value, join_cgroup_fd, limit_writes,
