@@ -1,6 +1,8 @@
 //! How a worker process ended.
-
-use std::fmt;
+//!
+//! Its text ("exit 1", "killed by SIGKILL", ...) is written in
+//! `sys::process::reaper`, which knows the signal names: this module does no
+//! I/O and imports no OS crate.
 
 /// Why a worker ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,20 +12,4 @@ pub enum ExitReason {
     /// Killed by the kernel's OOM killer inside its cgroup.
     OomKilled,
     SpawnFailed(String),
-}
-
-impl fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExitReason::Code(c) => write!(f, "exit {c}"),
-            ExitReason::Signal(s) => {
-                let name = nix::sys::signal::Signal::try_from(*s)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|_| format!("signal {s}"));
-                write!(f, "killed by {name}")
-            }
-            ExitReason::OomKilled => f.write_str("oom-killed"),
-            ExitReason::SpawnFailed(e) => write!(f, "spawn failed: {e}"),
-        }
-    }
 }

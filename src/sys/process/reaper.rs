@@ -70,3 +70,21 @@ pub fn spawn_reaper(tx: mpsc::UnboundedSender<Exit>) -> io::Result<tokio::task::
         }
     }))
 }
+
+/// The text of an exit, as status and the journal show it. Here rather
+/// than in `model`, because the signal names come from the OS crate.
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Code(c) => write!(f, "exit {c}"),
+            ExitReason::Signal(s) => {
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("signal {s}"));
+                write!(f, "killed by {name}")
+            }
+            ExitReason::OomKilled => f.write_str("oom-killed"),
+            ExitReason::SpawnFailed(e) => write!(f, "spawn failed: {e}"),
+        }
+    }
+}
