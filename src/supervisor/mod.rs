@@ -48,6 +48,10 @@ use crate::sys::ticker::Ticker;
 use effects::{BrokerMonitor, Effects, Kill, MonitorStart, Notice};
 pub use machine::{Action, ExitReason, Machine, StopSignal};
 
+/// At most this many reaped exits are fed to the machine between two
+/// recomputations of the next deadline and the STATUS= line.
+const EXIT_BATCH: usize = 1024;
+
 /// What the supervisor is told.
 #[derive(Debug)]
 pub enum Msg {
@@ -225,7 +229,18 @@ impl Supervisor {
                     Some(msg) => self.handle(msg),
                     None => self.machine.shutdown(Instant::now()),
                 },
-                Some(exit) = exits.recv() => self.exited(exit),
+                Some(exit) = exits.recv() => {
+                    self.exited(exit);
+                    // A mass crash arrives as many exits at once: take the
+                    // ones already waiting before the O(instances) deadline
+                    // and STATUS= recomputation below, not one by one.
+                    for _ in 0..EXIT_BATCH {
+                        match exits.try_recv() {
+                            Ok(exit) => self.exited(exit),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.machine.tick(Instant::now());
                 }
