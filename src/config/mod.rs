@@ -23,7 +23,7 @@
 //! ## `[broker]` (required when at least one group exists)
 //! | key | type | default | meaning |
 //! |---|---|---|---|
-//! | `url` | string | — | `redis://[user][:password@]host[:port][/db]`, `rediss://…`, `unix:///path.sock[?db=N]`, `redis+unix://…` |
+//! | `url` | string | — | `redis://[user][:password@]host[:port][/db]`, `rediss://…`, `redis+socket:///path.sock[?virtual_host=N]`, `socket://…`, `unix:///path.sock[?db=N]`, `redis+unix://…`, `valkey://…`, `valkeys://…` ([`broker_url`]) |
 //! | `url_env` | string | — | name of a variable holding the URL, looked up in `celery.env_file` first, then in the daemon's environment |
 //! | `wait_timeout` | duration or `"infinite"` | `"infinite"` | how long to wait for the broker at start |
 //! | `on_timeout` | `"wait"`, `"start"`, `"fail"` | `"wait"` | what to do once `wait_timeout` is exceeded |
@@ -138,6 +138,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::plan::{Limits, Timing};
+
+pub mod broker_url;
 
 /// Where the daemon looks for its config unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/clearify/workers.toml";
@@ -503,48 +505,8 @@ pub fn load_str(text: &str, path: &Path, env: &Environment) -> Result<Loaded, Co
     }
 }
 
-/// `url` with its password (and a `password=` query parameter) replaced by
-/// `***`. Use it wherever a broker URL is shown or logged.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..rest_start]);
-    let after_userinfo = match rest.rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            match userinfo.find(':') {
-                Some(colon) => {
-                    out.push_str(&userinfo[..colon]);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push('@');
-            &rest[at + 1..]
-        }
-        None => rest,
-    };
-    match after_userinfo.split_once('?') {
-        Some((before, query)) => {
-            out.push_str(before);
-            out.push('?');
-            let params: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => p.to_string(),
-                })
-                .collect();
-            out.push_str(&params.join("&"));
-        }
-        None => out.push_str(after_userinfo),
-    }
-    out
-}
+/// `url` with its password replaced by `***` ([`broker_url::redact`]).
+pub use broker_url::redact as redact_url;
 
 /// Parse a size: an integer number of bytes, or a number with a binary unit
 /// (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`; powers of 1024),
@@ -821,87 +783,11 @@ fn control_char(s: &str, allowed: &[char]) -> Option<String> {
     ))
 }
 
-/// Check a broker URL's shape (scheme, host or socket path, port, db), then
-/// run it through the broker's own parser ([`crate::broker::check_url`]), so
-/// that a URL `--check` accepts is one the daemon can use.
+/// Whether the daemon can use `url` as its broker ([`broker_url::check`]):
+/// the very parser the broker monitor runs, so that a URL `--check`
+/// accepts is one the daemon can use.
 pub fn check_broker_url(url: &str) -> Result<(), String> {
-    check_broker_url_shape(url)?;
-    crate::broker::check_url(url)
-}
-
-fn check_broker_url_shape(url: &str) -> Result<(), String> {
-    const HINT: &str =
-        "expected e.g. redis://:password@host:6379/0 or unix:///run/redis/redis.sock";
-    if let Some(why) = control_char(url, &[]) {
-        return Err(format!("the URL {why}"));
-    }
-    if url.chars().any(char::is_whitespace) {
-        return Err(format!("the URL contains whitespace; {HINT}"));
-    }
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!("not a URL; {HINT}"));
-    };
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let after_userinfo = match rest.rfind('@') {
-        Some(at) => &rest[at + 1..],
-        None => rest,
-    };
-    let db_from_query = || -> Result<(), String> {
-        for p in query.unwrap_or("").split('&') {
-            if let Some(db) = p.strip_prefix("db=")
-                && db.parse::<u32>().is_err()
-            {
-                return Err(format!("db `{db}` is not a number"));
-            }
-        }
-        Ok(())
-    };
-    match scheme {
-        "redis" | "rediss" => {
-            let (hostport, path) = match after_userinfo.find('/') {
-                Some(i) => (&after_userinfo[..i], &after_userinfo[i + 1..]),
-                None => (after_userinfo, ""),
-            };
-            let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-                match v6.split_once(']') {
-                    Some((h, p)) => (h, p.strip_prefix(':')),
-                    None => return Err(format!("unclosed `[` in the host; {HINT}")),
-                }
-            } else {
-                match hostport.rsplit_once(':') {
-                    Some((h, p)) => (h, Some(p)),
-                    None => (hostport, None),
-                }
-            };
-            if host.is_empty() {
-                return Err(format!("the URL has no host; {HINT}"));
-            }
-            if let Some(p) = port
-                && p.parse::<u16>().is_err()
-            {
-                return Err(format!("port `{p}` is not a number from 0 to 65535"));
-            }
-            let path = path.trim_end_matches('/');
-            if !path.is_empty() && path.parse::<u32>().is_err() {
-                return Err(format!("database `{path}` is not a number"));
-            }
-            db_from_query()
-        }
-        "unix" | "redis+unix" => {
-            if !after_userinfo.starts_with('/') || after_userinfo.len() < 2 {
-                return Err(format!(
-                    "a {scheme}:// URL needs an absolute socket path, e.g. unix:///run/redis/redis.sock"
-                ));
-            }
-            db_from_query()
-        }
-        other => Err(format!(
-            "unsupported scheme `{other}`; use redis, rediss, unix or redis+unix"
-        )),
-    }
+    broker_url::check(url)
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,6 +70,27 @@ impl RedisServer {
             }
         }
         panic!("could not start redis-server on a free port: {last_err}");
+    }
+
+    /// Starts a server that listens only on its unix socket
+    /// ([`RedisServer::socket_path`]): no TCP port at all (`--port 0`), so
+    /// a client reaches it only through the socket.
+    pub fn start_unix_only() -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("clearify-redis-")
+            .tempdir()
+            .expect("create tempdir for redis-server");
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            password: None,
+            dir,
+            extra_args: Vec::new(),
+        };
+        if let Err(e) = server.spawn_and_wait(&[]) {
+            panic!("could not start redis-server on a unix socket: {e}");
+        }
+        server
     }
 
     /// A server that is not running yet, with a port reserved for it (free a
@@ -184,21 +206,45 @@ impl RedisServer {
     /// Runs one command over a fresh RESP connection (authenticating when a
     /// password is set) and returns the reply rendered as text; an error
     /// reply is an `Err`.
+    /// A server started with [`RedisServer::start_unix_only`] is reached
+    /// through its unix socket.
     pub fn command(&self, args: &[&str]) -> Result<String, String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))
+        if self.port == 0 {
+            let path = self.socket_path();
+            let stream = UnixStream::connect(&path)
+                .map_err(|e| format!("connect {}: {e}", path.display()))?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+            let reply = self.exchange(&stream, reader, args);
+            let _ = stream.shutdown(Shutdown::Both);
+            return reply;
+        }
+        let stream = TcpStream::connect(("127.0.0.1", self.port))
             .map_err(|e| format!("connect 127.0.0.1:{}: {e}", self.port))?;
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let reply = self.exchange(&stream, reader, args);
+        let _ = stream.shutdown(Shutdown::Both);
+        reply
+    }
+
+    /// AUTH when a password is set, then `args`; the reply as text.
+    fn exchange(
+        &self,
+        mut stream: impl Write,
+        mut reader: impl BufRead,
+        args: &[&str],
+    ) -> Result<String, String> {
         if let Some(p) = &self.password {
             write_command(&mut stream, &["AUTH", p])?;
             read_reply(&mut reader)?;
         }
         write_command(&mut stream, args)?;
-        let reply = read_reply(&mut reader);
-        let _ = stream.shutdown(Shutdown::Both);
-        reply
+        read_reply(&mut reader)
     }
 
     fn kill_child(&mut self) {
@@ -209,11 +255,11 @@ impl RedisServer {
     }
 
     fn base_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--port".to_string(),
-            self.port.to_string(),
-            "--bind".to_string(),
-            "127.0.0.1".to_string(),
+        let mut args = vec!["--port".to_string(), self.port.to_string()];
+        if self.port != 0 {
+            args.extend(["--bind".to_string(), "127.0.0.1".to_string()]);
+        }
+        args.extend([
             "--save".to_string(),
             String::new(),
             "--appendonly".to_string(),
@@ -228,7 +274,7 @@ impl RedisServer {
             self.socket_path().display().to_string(),
             "--unixsocketperm".to_string(),
             "700".to_string(),
-        ];
+        ]);
         if let Some(p) = &self.password {
             args.push("--requirepass".to_string());
             args.push(p.clone());
@@ -317,7 +363,7 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-fn write_command(stream: &mut TcpStream, args: &[&str]) -> Result<(), String> {
+fn write_command(stream: &mut impl Write, args: &[&str]) -> Result<(), String> {
     let mut buf = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
