@@ -137,7 +137,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::plan::{Limits, Timing};
+use crate::model::spec::{Limits, Timing};
 
 pub mod broker_url;
 
@@ -3119,9 +3119,10 @@ io_weight = 10000
     #[test]
     fn broker_url_check_agrees_with_the_broker() {
         // The shape is fine, but the daemon's parser refuses it: --check
-        // must refuse it too.
+        // must refuse it too. Both run broker_url (the broker through
+        // BrokerUrl::parse and BrokerUrl::client).
         let url = "rediss://:pw@h:6379/0?ssl_certfile=/etc/hostname";
-        assert!(crate::broker::check_url(url).is_err());
+        assert!(broker_url::BrokerUrl::parse(url).is_err());
         let e = check_broker_url(url).unwrap_err();
         assert_eq!(e, "ssl_certfile and ssl_keyfile must be given together");
         assert!(!e.contains("pw"), "{e}");

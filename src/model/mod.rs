@@ -5,5 +5,6 @@
 //! Nothing here imports from any other module of the crate.
 
 pub mod exit;
+pub mod spec;
 
 pub use exit::ExitReason;
