@@ -783,6 +783,51 @@ fn control_char(s: &str, allowed: &[char]) -> Option<String> {
     ))
 }
 
+/// `[daemon].socket` as written in a config file's text, or `None` when it
+/// is not set (or not a non-empty string). Lenient, for clearifyctl: TOML
+/// errors elsewhere in the file (the daemon reports them) do not hide it,
+/// as the same recoverable parser [`load_str`] uses reads what it can.
+pub fn daemon_socket(text: &str) -> Option<PathBuf> {
+    let (doc, _errors) = DeTable::parse_recoverable(text);
+    let doc = doc.into_inner();
+    let (_, daemon) = doc.iter().find(|(k, _)| k.get_ref() == "daemon")?;
+    let DeValue::Table(daemon) = daemon.get_ref() else {
+        return None;
+    };
+    let (_, socket) = daemon.iter().find(|(k, _)| k.get_ref() == "socket")?;
+    match socket.get_ref() {
+        DeValue::String(s) if !s.is_empty() => Some(PathBuf::from(s.as_ref())),
+        _ => None,
+    }
+}
+
+/// The control socket the daemon binds with the config file at `path`:
+/// its `[daemon].socket`, resolved against the file's directory as the
+/// daemon resolves it, or `None` when the file cannot be read (or is
+/// larger than [`MAX_CONFIG_FILE`]) or does not set it.
+pub fn daemon_socket_of(path: &Path) -> Option<PathBuf> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_FILE).read_to_string(&mut text))
+        .ok()?;
+    Some(resolve_against(path, &daemon_socket(&text)?))
+}
+
+/// `p` resolved against the directory of the config file `config_path`
+/// (unchanged when absolute), with `.` components dropped.
+fn resolve_against(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let base_dir = std::path::absolute(config_path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    // Lexically drop `.` components: "./x" → "<dir>/x".
+    base_dir.join(p).components().collect()
+}
+
 /// Whether the daemon can use `url` as its broker ([`broker_url::check`]):
 /// the very parser the broker monitor runs, so that a URL `--check`
 /// accepts is one the daemon can use.
@@ -913,7 +958,6 @@ struct RawGroup {
 
 struct Checker<'a> {
     path: &'a Path,
-    base_dir: PathBuf,
     src: Source<'a>,
     env: &'a Environment,
     diags: Vec<Diagnostic>,
@@ -956,13 +1000,8 @@ fn distance(a: &str, b: &str) -> usize {
 
 impl<'a> Checker<'a> {
     fn new(path: &'a Path, text: &'a str, env: &'a Environment) -> Checker<'a> {
-        let base_dir = std::path::absolute(path)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("/"));
         Checker {
             path,
-            base_dir,
             src: Source::new(text),
             env,
             diags: Vec::new(),
@@ -994,13 +1033,7 @@ impl<'a> Checker<'a> {
     }
 
     fn resolve_path(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            // Lexically drop `.` components: "./x" → "<dir>/x".
-            self.base_dir.join(p).components().collect()
-        }
+        resolve_against(self.path, Path::new(p))
     }
 
     fn unknown_key(&mut self, span: &Range<usize>, prefix: &str, name: &str, known: &[&str]) {
@@ -3114,6 +3147,40 @@ io_weight = 10000
         assert!(!is_valid_group_name("supervisor"));
         assert!(!is_valid_group_name(&long));
         assert!(is_valid_group_name(&ok));
+    }
+
+    /// clearifyctl reads `[daemon].socket` through config (one TOML
+    /// reader) and resolves a relative one as the daemon does: against the
+    /// config file's directory, not clearifyctl's working directory.
+    #[test]
+    fn clearifyctl_finds_the_socket_the_daemon_binds() {
+        let fx = Fx::new();
+        let text = "[daemon]\nsocket = \"./run/ctl.sock\"\n";
+        fx.file("workers.toml", text);
+        let bound = fx.ok(text).config.daemon.socket;
+        assert_eq!(bound, fx.dir.path().join("run/ctl.sock"));
+        assert_eq!(daemon_socket_of(&fx.path()), Some(bound));
+        assert_eq!(
+            daemon_socket(text),
+            Some(PathBuf::from("./run/ctl.sock")),
+            "as written"
+        );
+        // Not set, not a string, empty, or no file: none.
+        for text in [
+            "",
+            "[daemon]\nsocket = 3\n",
+            "[daemon]\nsocket = \"\"\n",
+            "daemon = 1\n",
+            "[other]\nsocket = \"/a\"\n",
+        ] {
+            assert_eq!(daemon_socket(text), None, "{text:?}");
+        }
+        assert_eq!(daemon_socket_of(&fx.dir.path().join("missing.toml")), None);
+        // A TOML error elsewhere does not hide it.
+        assert_eq!(
+            daemon_socket("[daemon]\nsocket = '/run/y.sock'\n[group.text\nbroken = = =\n"),
+            Some(PathBuf::from("/run/y.sock"))
+        );
     }
 
     #[test]

@@ -38,5 +38,6 @@ pub mod protocol;
 pub mod server;
 
 /// Where the control socket lives unless `[daemon].socket`,
-/// `clearifyctl --socket` or `CLEARIFY_SOCKET` say otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/clearify-workerd/control.sock";
+/// `clearifyctl --socket` or `CLEARIFY_SOCKET` say otherwise (defined once,
+/// in the config schema).
+pub use crate::config::DEFAULT_SOCKET;
