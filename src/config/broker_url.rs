@@ -25,7 +25,7 @@ use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo as _, ProtocolVersion, RedisConnectionInfo,
 };
 
-use super::control_char;
+use super::schema::control_char;
 
 /// The port of `redis://host` without one.
 pub const DEFAULT_PORT: u16 = 6379;
