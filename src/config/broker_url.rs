@@ -165,6 +165,16 @@ impl BrokerUrl {
             Some(p) => decode(p, "password")?,
             None => param(&["password"]).map(|(_, v)| v.to_string()),
         };
+        // redis-rs refuses an unknown `protocol=`; the daemon speaks RESP2
+        // whatever it says.
+        if let Some((_, p)) = param(&["protocol"])
+            && !matches!(p, "2" | "resp2" | "3" | "resp3")
+        {
+            return Err(format!(
+                "protocol `{}` is not 2, resp2, 3 or resp3",
+                p.escape_debug()
+            ));
+        }
         let unix = matches!(
             scheme.as_str(),
             "unix" | "redis+unix" | "redis+socket" | "socket"

@@ -238,6 +238,10 @@ fn old_parser_cases() {
         ("redis+socket://", "needs an absolute socket path"),
         ("socket://host/x.sock", "needs an absolute socket path"),
         ("redis://h /0", "whitespace"),
+        (
+            "redis://h/0?protocol=4",
+            "protocol `4` is not 2, resp2, 3 or resp3",
+        ),
         ("redis://h\u{7}/0", "U+0007"),
         (
             "rediss://:pw@h:6379/0?ssl_certfile=/etc/hostname",

@@ -3,6 +3,7 @@
 //! into positions.
 
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
 
 use super::Config;
@@ -128,4 +129,13 @@ impl<'a> Source<'a> {
         }
         (line + 1, self.text[start..end].chars().count() + 1)
     }
+}
+
+/// A value with where it came from: its span in the config text and its
+/// dotted key.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct At<T> {
+    pub(super) v: T,
+    pub(super) span: Range<usize>,
+    pub(super) key: String,
 }

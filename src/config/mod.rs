@@ -61,24 +61,9 @@
 //! `supervisor` (the daemon's own cgroup leaf); a group name may not equal
 //! an instance id of another group (`text-1`). At most 1024 groups.
 //!
-//! | key | type | default | meaning |
-//! |---|---|---|---|
-//! | `queues` | non-empty list of queue names | — (required) | `-Q`; a queue consumed by two groups is a warning |
-//! | `concurrency` | integer 1..=1024 | `1` | `-c` |
-//! | `instances` | integer 1..=1024, ≤ 4096 in all groups | `1` | worker processes of the group, ids `<group>-1` … |
-//! | `stop_timeout` | duration | `"60s"` | SIGTERM (warm shutdown) → SIGQUIT after this long |
-//! | `restart_delay` | duration | `"100ms"` | first restart delay |
-//! | `restart_delay_max` | duration ≥ `restart_delay` | `"60s"` | cap of the doubling restart delay |
-//! | `stable_after` | duration | `"30s"` | a run this long resets the backoff |
-//! | `heartbeat_timeout` | duration, `0` = off | `"60s"` | restart when Celery heartbeats stop this long |
-//! | `stall_timeout` | duration, `0` = off | `"300s"` | restart when backlog waits and nothing progresses this long |
-//! | `extra_args` | list of strings | `[]` | appended after `celery.extra_args` |
-//! | `env` | table of strings | `{}` | extra environment, over `env_file` |
-//! | `memory_max`, `memory_high`, `memory_swap_max` | size or `"max"` | none | cgroup v2 memory limits of the group |
-//! | `cpu_max` | number of CPUs 0.01..=1024 (e.g. `1.5`) or `"max"` | none | cgroup `cpu.max` |
-//! | `cpu_weight` | 1..=10000 | none | cgroup `cpu.weight` |
-//! | `pids_max` | integer 1..=4194304 or `"max"` | none | cgroup `pids.max` |
-//! | `io_weight` | 1..=10000 | none | cgroup `io.weight` |
+//! The per-group keys, each with its type, bound, default and meaning, are
+//! declared once, in [`keys::GROUP_KEYS`]; workers.toml(5) says each at
+//! length.
 //!
 //! Durations are humantime strings: `"100ms"`, `"60s"`, `"1m 30s"`, `"2h"`,
 //! at most `"1y"` (365.25 days).
@@ -135,6 +120,7 @@ pub mod broker_url;
 mod checker;
 mod diagnostics;
 mod envfile;
+mod keys;
 mod schema;
 mod units;
 

@@ -214,26 +214,6 @@ pub(super) const CELERY_KEYS: &[&str] = &[
     "loglevel",
     "extra_args",
 ];
-pub(super) const GROUP_KEYS: &[&str] = &[
-    "queues",
-    "concurrency",
-    "instances",
-    "stop_timeout",
-    "restart_delay",
-    "restart_delay_max",
-    "stable_after",
-    "heartbeat_timeout",
-    "stall_timeout",
-    "extra_args",
-    "env",
-    "memory_max",
-    "memory_high",
-    "memory_swap_max",
-    "cpu_max",
-    "cpu_weight",
-    "pids_max",
-    "io_weight",
-];
 pub(super) const LOGLEVELS: &[&str] = &["debug", "info", "warning", "error", "critical", "fatal"];
 /// The control characters an environment value may hold (`env`,
 /// `env_file`): tab and newline, e.g. for a PEM key. NUL cannot be passed at

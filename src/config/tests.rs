@@ -1302,3 +1302,46 @@ fn load_reads_the_file_and_names_it_on_io_errors() {
     assert_eq!(err.diagnostics()[0].line, 2);
     assert!(err.to_string().contains("not valid UTF-8"), "{err}");
 }
+
+/// Each per-group key of [`super::keys::GROUP_KEYS`] has its entry in
+/// workers.toml(5), which states its built-in default: adding a key is one
+/// table entry, its man page entry and a test.
+#[test]
+fn every_group_key_is_in_the_man_page() {
+    let man = include_str!("../../packaging/man/workers.toml.5");
+    let lines: Vec<&str> = man.lines().collect();
+    for k in super::keys::GROUP_KEYS {
+        assert!(!k.doc.is_empty(), "{} has no doc", k.name);
+        // `.B name`, or `.BR a ", " name ...` for keys described together.
+        let at = (1..lines.len())
+            .find(|&i| {
+                let l = lines[i];
+                lines[i - 1] == ".TP"
+                    && (l.starts_with(".B ") || l.starts_with(".BR "))
+                    && l.split([' ', '"']).any(|w| w == k.name)
+            })
+            .unwrap_or_else(|| panic!("workers.toml(5) has no entry for `{}`", k.name));
+        let Some(default) = k.default else {
+            continue;
+        };
+        let entry: Vec<&str> = lines[at + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with(".TP") && !l.starts_with(".PP") && !l.starts_with(".SH"))
+            .copied()
+            .collect();
+        let entry = entry.join("\n");
+        let shown = default.replace('"', "\\(dq");
+        let after = entry
+            .split_once("Default:")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("the entry of `{}` states no default:\n{entry}", k.name));
+        assert!(
+            after
+                .trim_start_matches(['\n', ' '])
+                .trim_start_matches(".BR ")
+                .starts_with(&shown),
+            "the man page gives `{}` another default than {default}:\n{entry}",
+            k.name
+        );
+    }
+}

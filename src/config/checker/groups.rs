@@ -7,34 +7,20 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
+use super::super::diagnostics::At;
 use super::super::envfile::is_env_name;
+use super::super::keys::{GROUP_KEYS, Kind, Value, group_key_names};
 use super::super::schema::*;
-use super::{At, Checker, join};
+use super::{Checker, Val, join};
 use crate::model::spec::{Limits, Timing};
 
 /// The per-group keys as written in one table ([defaults] or a group).
 #[derive(Debug, Clone, Default)]
 pub(super) struct RawGroup {
-    /// `queues` was written (even if invalid).
-    pub(super) queues_written: bool,
-    pub(super) queues: Option<At<Vec<At<String>>>>,
-    pub(super) concurrency: Option<At<u32>>,
-    pub(super) instances: Option<At<u32>>,
-    pub(super) stop_timeout: Option<At<Duration>>,
-    pub(super) restart_delay: Option<At<Duration>>,
-    pub(super) restart_delay_max: Option<At<Duration>>,
-    pub(super) stable_after: Option<At<Duration>>,
-    pub(super) heartbeat_timeout: Option<At<Option<Duration>>>,
-    pub(super) stall_timeout: Option<At<Option<Duration>>>,
-    pub(super) extra_args: Option<At<Vec<String>>>,
-    pub(super) env: Option<At<BTreeMap<String, String>>>,
-    pub(super) memory_max: Option<At<Option<u64>>>,
-    pub(super) memory_high: Option<At<Option<u64>>>,
-    pub(super) memory_swap_max: Option<At<Option<u64>>>,
-    pub(super) cpu_max: Option<At<Option<f64>>>,
-    pub(super) cpu_weight: Option<At<u32>>,
-    pub(super) pids_max: Option<At<Option<u64>>>,
-    pub(super) io_weight: Option<At<u32>>,
+    /// The keys written, valid or not.
+    pub(super) written: HashSet<&'static str>,
+    /// The valid values, by key name.
+    pub(super) values: HashMap<&'static str, At<Value>>,
 }
 
 impl Checker<'_> {
@@ -44,184 +30,201 @@ impl Checker<'_> {
         for (k, v) in t.iter() {
             let name = k.get_ref().as_ref();
             let key = join(prefix, name);
-            match name {
-                "queues" => {
-                    g.queues_written = true;
-                    if let Some(list) = self.string_list(v, &key) {
-                        if list.is_empty() {
-                            self.error(&v.span(), &key, "must list at least one queue");
-                            continue;
-                        }
-                        let mut good = true;
-                        let mut seen: HashSet<&str> = HashSet::new();
-                        for q in &list {
-                            if q.v.trim().is_empty() {
-                                self.error(&q.span, &q.key, "a queue name must not be empty");
-                                good = false;
-                            } else if q.v.contains(',') || q.v.chars().any(char::is_whitespace) {
-                                self.error(
-                                    &q.span,
-                                    &q.key,
-                                    format!(
-                                        "queue name `{}` must not contain `,` or whitespace",
-                                        q.v
-                                    ),
-                                );
-                                good = false;
-                            } else if !seen.insert(&q.v) {
-                                self.warning(
-                                    &q.span,
-                                    &q.key,
-                                    format!("queue `{}` is listed twice", q.v),
-                                );
-                            }
-                        }
-                        if good {
-                            let mut kept: HashSet<String> = HashSet::new();
-                            let uniq: Vec<At<String>> = list
-                                .into_iter()
-                                .filter(|q| kept.insert(q.v.clone()))
-                                .collect();
-                            g.queues = Some(self.at(uniq, v, &key));
-                        }
-                    }
+            let Some(spec) = GROUP_KEYS.iter().find(|s| s.name == name) else {
+                self.unknown_key(&k.span(), prefix, name, &group_key_names());
+                continue;
+            };
+            g.written.insert(spec.name);
+            if let Some(value) = self.group_value(spec.kind, v, &key) {
+                g.values.insert(spec.name, self.at(value, v, &key));
+            }
+        }
+        g
+    }
+
+    /// Read one per-group value of kind `kind`, or report why not.
+    fn group_value(&mut self, kind: Kind, v: &Val<'_>, key: &str) -> Option<Value> {
+        match kind {
+            Kind::Queues => self.queues(v, key).map(Value::Queues),
+            Kind::Int { min, max } => self.u32_in(v, key, min, max).map(Value::Int),
+            Kind::Duration { off: false } => self
+                .plain_duration(v, key)
+                .map(|d| Value::Duration(Some(d))),
+            Kind::Duration { off: true } => self.duration(v, key, true).map(Value::Duration),
+            Kind::Size { zero_ok } => self.size(v, key, zero_ok).map(Value::Size),
+            Kind::Cpus => self.cpus(v, key).map(Value::Cpus),
+            Kind::Pids => match v.get_ref() {
+                DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => {
+                    Some(Value::Pids(None))
                 }
-                "concurrency" => {
-                    g.concurrency = self
-                        .u32_in(v, &key, 1, MAX_CONCURRENCY)
-                        .map(|n| self.at(n, v, &key))
+                DeValue::Integer(_) => self
+                    .int_in(v, key, 1, MAX_PIDS as i64)
+                    .map(|n| Value::Pids(Some(n.unsigned_abs()))),
+                _ => {
+                    self.wrong_type(v, key, "an integer (or \"max\")");
+                    None
                 }
-                "instances" => {
-                    g.instances = self
-                        .u32_in(v, &key, 1, MAX_INSTANCES)
-                        .map(|n| self.at(n, v, &key))
+            },
+            Kind::Args => {
+                let args = self.string_list(v, key)?;
+                self.check_worker_args(&args);
+                Some(Value::Args(args.into_iter().map(|a| a.v).collect()))
+            }
+            Kind::Env => self.env_table(v, key).map(Value::Env),
+        }
+    }
+
+    /// A non-empty list of queue names without `,` or whitespace; a name
+    /// listed twice is a warning and kept once.
+    fn queues(&mut self, v: &Val<'_>, key: &str) -> Option<Vec<At<String>>> {
+        let list = self.string_list(v, key)?;
+        if list.is_empty() {
+            self.error(&v.span(), key, "must list at least one queue");
+            return None;
+        }
+        let mut good = true;
+        let mut seen: HashSet<&str> = HashSet::new();
+        for q in &list {
+            if q.v.trim().is_empty() {
+                self.error(&q.span, &q.key, "a queue name must not be empty");
+                good = false;
+            } else if q.v.contains(',') || q.v.chars().any(char::is_whitespace) {
+                self.error(
+                    &q.span,
+                    &q.key,
+                    format!("queue name `{}` must not contain `,` or whitespace", q.v),
+                );
+                good = false;
+            } else if !seen.insert(&q.v) {
+                self.warning(&q.span, &q.key, format!("queue `{}` is listed twice", q.v));
+            }
+        }
+        if !good {
+            return None;
+        }
+        let mut kept: HashSet<String> = HashSet::new();
+        Some(
+            list.into_iter()
+                .filter(|q| kept.insert(q.v.clone()))
+                .collect(),
+        )
+    }
+
+    /// A table of environment variables: valid names, not one the daemon
+    /// sets, values with no control character but tab and newline.
+    fn env_table(&mut self, v: &Val<'_>, key: &str) -> Option<BTreeMap<String, String>> {
+        let et = self.table(v, key)?;
+        if et.len() > MAX_LIST {
+            self.error(
+                &v.span(),
+                key,
+                format!("has {} variables; at most {MAX_LIST} are allowed", et.len()),
+            );
+            return None;
+        }
+        let mut env = BTreeMap::new();
+        for (ek, ev) in et.iter() {
+            let var = ek.get_ref().to_string();
+            let vkey = join(key, &var.escape_debug().to_string());
+            if !is_env_name(&var) {
+                self.error(&ek.span(), &vkey, format!("invalid variable name `{}` (use letters, digits and `_`, not starting with a digit)", var.escape_debug()));
+                continue;
+            }
+            if RESERVED_ENV.contains(&var.as_str()) {
+                self.error(
+                    &ek.span(),
+                    &vkey,
+                    format!("`{var}` is set by clearify-workerd for each worker"),
+                );
+                continue;
+            }
+            if let Some(s) = self.string_allowing(ev, &vkey, ENV_VALUE_CONTROLS) {
+                env.insert(var, s);
+            }
+        }
+        Some(env)
+    }
+
+    /// A number of CPUs, 0.01..=MAX_CPUS, or `"max"` (`None`).
+    fn cpus(&mut self, v: &Val<'_>, key: &str) -> Option<Option<f64>> {
+        let parsed = match v.get_ref() {
+            DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => Some(None),
+            DeValue::Float(f) => match f.as_str().parse::<f64>() {
+                Ok(x) if x.is_finite() => Some(Some(x)),
+                _ => {
+                    self.error(&v.span(), key, format!("invalid number {f}"));
+                    None
                 }
-                "stop_timeout" => {
-                    g.stop_timeout = self.plain_duration(v, &key).map(|d| self.at(d, v, &key))
-                }
-                "restart_delay" => {
-                    g.restart_delay = self.plain_duration(v, &key).map(|d| self.at(d, v, &key))
-                }
-                "restart_delay_max" => {
-                    g.restart_delay_max = self.plain_duration(v, &key).map(|d| self.at(d, v, &key))
-                }
-                "stable_after" => {
-                    g.stable_after = self.plain_duration(v, &key).map(|d| self.at(d, v, &key))
-                }
-                "heartbeat_timeout" => {
-                    g.heartbeat_timeout = self.duration(v, &key, true).map(|d| self.at(d, v, &key))
-                }
-                "stall_timeout" => {
-                    g.stall_timeout = self.duration(v, &key, true).map(|d| self.at(d, v, &key))
-                }
-                "extra_args" => {
-                    if let Some(args) = self.string_list(v, &key) {
-                        self.check_worker_args(&args);
-                        g.extra_args =
-                            Some(self.at(args.into_iter().map(|a| a.v).collect(), v, &key));
-                    }
-                }
-                "env" => {
-                    let Some(et) = self.table(v, &key) else {
-                        continue;
-                    };
-                    let mut env = BTreeMap::new();
-                    if et.len() > MAX_LIST {
-                        self.error(
-                            &v.span(),
-                            &key,
-                            format!("has {} variables; at most {MAX_LIST} are allowed", et.len()),
-                        );
-                        continue;
-                    }
-                    for (ek, ev) in et.iter() {
-                        let var = ek.get_ref().to_string();
-                        let vkey = join(&key, &var.escape_debug().to_string());
-                        if !is_env_name(&var) {
-                            self.error(&ek.span(), &vkey, format!("invalid variable name `{}` (use letters, digits and `_`, not starting with a digit)", var.escape_debug()));
-                            continue;
-                        }
-                        if RESERVED_ENV.contains(&var.as_str()) {
-                            self.error(
-                                &ek.span(),
-                                &vkey,
-                                format!("`{var}` is set by clearify-workerd for each worker"),
-                            );
-                            continue;
-                        }
-                        if let Some(s) = self.string_allowing(ev, &vkey, ENV_VALUE_CONTROLS) {
-                            env.insert(var, s);
-                        }
-                    }
-                    g.env = Some(self.at(env, v, &key));
-                }
-                "memory_max" => {
-                    g.memory_max = self.size(v, &key, false).map(|s| self.at(s, v, &key))
-                }
-                "memory_high" => {
-                    g.memory_high = self.size(v, &key, false).map(|s| self.at(s, v, &key))
-                }
-                "memory_swap_max" => {
-                    g.memory_swap_max = self.size(v, &key, true).map(|s| self.at(s, v, &key))
-                }
-                "cpu_max" => {
-                    let parsed = match v.get_ref() {
-                        DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => Some(None),
-                        DeValue::Float(f) => match f.as_str().parse::<f64>() {
-                            Ok(x) if x.is_finite() => Some(Some(x)),
-                            _ => {
-                                self.error(&v.span(), &key, format!("invalid number {f}"));
-                                None
-                            }
-                        },
-                        DeValue::Integer(_) => self
-                            .int_in(v, &key, i64::MIN, i64::MAX)
-                            .map(|n| Some(n as f64)),
-                        _ => {
-                            self.wrong_type(v, &key, "a number of CPUs, e.g. 1.5 (or \"max\")");
-                            None
-                        }
-                    };
-                    match parsed {
-                        Some(Some(x)) if x < 0.01 => {
-                            self.error(
-                                &v.span(),
-                                &key,
-                                format!("must be at least 0.01 CPUs, found {x}"),
-                            );
-                        }
-                        Some(Some(x)) if x > MAX_CPUS => {
-                            self.error(
-                                &v.span(),
-                                &key,
-                                format!("must be at most {MAX_CPUS} CPUs, found {x}"),
-                            );
-                        }
-                        Some(p) => g.cpu_max = Some(self.at(p, v, &key)),
-                        None => {}
-                    }
-                }
-                "cpu_weight" => {
-                    g.cpu_weight = self.u32_in(v, &key, 1, 10_000).map(|n| self.at(n, v, &key))
-                }
-                "io_weight" => {
-                    g.io_weight = self.u32_in(v, &key, 1, 10_000).map(|n| self.at(n, v, &key))
-                }
-                "pids_max" => {
-                    g.pids_max = match v.get_ref() {
-                        DeValue::String(s) if s.trim().eq_ignore_ascii_case("max") => {
-                            Some(self.at(None, v, &key))
-                        }
-                        DeValue::Integer(_) => self
-                            .int_in(v, &key, 1, MAX_PIDS as i64)
-                            .map(|n| self.at(Some(n.unsigned_abs()), v, &key)),
-                        _ => {
-                            self.wrong_type(v, &key, "an integer (or \"max\")");
-                            None
-                        }
-                    }
-                }
-                _ => self.unknown_key(&k.span(), prefix, name, GROUP_KEYS),
+            },
+            DeValue::Integer(_) => self
+                .int_in(v, key, i64::MIN, i64::MAX)
+                .map(|n| Some(n as f64)),
+            _ => {
+                self.wrong_type(v, key, "a number of CPUs, e.g. 1.5 (or \"max\")");
+                None
+            }
+        };
+        match parsed {
+            Some(Some(x)) if x < 0.01 => {
+                self.error(
+                    &v.span(),
+                    key,
+                    format!("must be at least 0.01 CPUs, found {x}"),
+                );
+                None
+            }
+            Some(Some(x)) if x > MAX_CPUS => {
+                self.error(
+                    &v.span(),
+                    key,
+                    format!("must be at most {MAX_CPUS} CPUs, found {x}"),
+                );
+                None
+            }
+            p => p,
+        }
+    }
+
+    /// A group with every built-in default of [`GROUP_KEYS`], each read
+    /// through the same checks as a written value.
+    fn builtin_group(&mut self) -> GroupConfig {
+        let mut g = GroupConfig {
+            name: String::new(),
+            queues: Vec::new(),
+            concurrency: 0,
+            instances: 0,
+            timing: Timing {
+                stop_timeout: Duration::ZERO,
+                restart_delay: Duration::ZERO,
+                restart_delay_max: Duration::ZERO,
+                stable_after: Duration::ZERO,
+                heartbeat_timeout: None,
+                stall_timeout: None,
+            },
+            limits: Limits::default(),
+            extra_args: Vec::new(),
+            env: BTreeMap::new(),
+        };
+        for k in GROUP_KEYS {
+            let Some(text) = k.default else {
+                continue;
+            };
+            let line = format!("{} = {text}", k.name);
+            let value = match DeTable::parse(&line) {
+                Ok(t) => t
+                    .get_ref()
+                    .iter()
+                    .next()
+                    .and_then(|(_, v)| self.group_value(k.kind, v, k.name)),
+                Err(_) => None,
+            };
+            match value {
+                Some(v) => (k.apply)(&mut g, v),
+                None => self.error(
+                    &(0..0),
+                    k.name,
+                    format!("the built-in default `{text}` is invalid (a bug)"),
+                ),
             }
         }
         g
@@ -234,17 +237,19 @@ impl Checker<'_> {
         defaults: &RawGroup,
         raws: &[(At<String>, Range<usize>, RawGroup)],
     ) -> Vec<GroupConfig> {
-        fn pick<T: Clone>(g: &Option<At<T>>, d: &Option<At<T>>) -> Option<At<T>> {
-            g.clone().or_else(|| d.clone())
-        }
-        let builtin = Timing::default();
+        let builtin = self.builtin_group();
         let mut out = Vec::new();
         let mut total_instances: u64 = 0;
         let mut queue_owner: HashMap<String, (String, usize)> = HashMap::new();
         for (name, table_span, g) in raws {
-            let Some(queues) = pick(&g.queues, &defaults.queues) else {
+            let pick = |key: &str| g.values.get(key).or_else(|| defaults.values.get(key));
+            let Some(At {
+                v: Value::Queues(queues),
+                ..
+            }) = pick("queues")
+            else {
                 // Only report a missing key when it was absent, not invalid.
-                if !g.queues_written && !defaults.queues_written {
+                if !g.written.contains("queues") && !defaults.written.contains("queues") {
                     self.error(
                         table_span,
                         &name.key,
@@ -253,7 +258,7 @@ impl Checker<'_> {
                 }
                 continue;
             };
-            for q in &queues.v {
+            for q in queues {
                 if let Some((other, line)) = queue_owner.get(&q.v) {
                     if other != &name.v {
                         self.warning(
@@ -270,20 +275,28 @@ impl Checker<'_> {
                     queue_owner.insert(q.v.clone(), (name.v.clone(), line));
                 }
             }
-            let val = |o: Option<At<Duration>>, dflt: Duration| o.map_or(dflt, |a| a.v);
-            let restart_delay = pick(&g.restart_delay, &defaults.restart_delay);
-            let restart_delay_max = pick(&g.restart_delay_max, &defaults.restart_delay_max);
-            let rd = val(restart_delay.clone(), builtin.restart_delay);
-            let rdm = val(restart_delay_max.clone(), builtin.restart_delay_max);
+            let mut cfg = builtin.clone();
+            cfg.name = name.v.clone();
+            for k in GROUP_KEYS {
+                if k.kind == Kind::Env {
+                    // Merged key by key: [defaults], then the group.
+                    for raw in [defaults, g] {
+                        if let Some(a) = raw.values.get(k.name) {
+                            (k.apply)(&mut cfg, a.v.clone());
+                        }
+                    }
+                } else if let Some(a) = pick(k.name) {
+                    (k.apply)(&mut cfg, a.v.clone());
+                }
+            }
+            let (rd, rdm) = (cfg.timing.restart_delay, cfg.timing.restart_delay_max);
             if rdm < rd {
-                let at = restart_delay_max.or(restart_delay).unwrap_or(At {
-                    v: Duration::ZERO,
-                    span: table_span.clone(),
-                    key: name.key.clone(),
-                });
+                let (span, key) = pick("restart_delay_max")
+                    .or_else(|| pick("restart_delay"))
+                    .map_or((table_span, &name.key), |a| (&a.span, &a.key));
                 self.error(
-                    &at.span,
-                    &at.key,
+                    span,
+                    key,
                     format!(
                         "group `{}`: restart_delay_max ({}) is shorter than restart_delay ({})",
                         name.v,
@@ -292,88 +305,38 @@ impl Checker<'_> {
                     ),
                 );
             }
-            let memory_max = pick(&g.memory_max, &defaults.memory_max).and_then(|a| a.v);
-            let memory_high = pick(&g.memory_high, &defaults.memory_high);
-            if let (
-                Some(max),
-                Some(At {
-                    v: Some(high),
-                    span,
-                    key,
-                }),
-            ) = (memory_max, &memory_high)
-                && *high > max
+            if let (Some(max), Some(high), Some(at)) = (
+                cfg.limits.memory_max,
+                cfg.limits.memory_high,
+                pick("memory_high"),
+            ) && high > max
             {
                 self.warning(
-                    span,
-                    key,
+                    &at.span,
+                    &at.key,
                     format!(
                         "group `{}`: memory_high is above memory_max, so it has no effect",
                         name.v
                     ),
                 );
             }
-            let instances = pick(&g.instances, &defaults.instances).map_or(1, |a| a.v);
             let before = total_instances;
-            total_instances = total_instances.saturating_add(u64::from(instances));
+            total_instances = total_instances.saturating_add(u64::from(cfg.instances));
             if before <= MAX_TOTAL_INSTANCES && total_instances > MAX_TOTAL_INSTANCES {
-                let (span, key) = match &g.instances {
-                    Some(a) => (a.span.clone(), a.key.clone()),
-                    None => (name.span.clone(), name.key.clone()),
+                let (span, key) = match g.values.get("instances") {
+                    Some(a) => (&a.span, &a.key),
+                    None => (&name.span, &name.key),
                 };
                 self.error(
-                    &span,
-                    &key,
+                    span,
+                    key,
                     format!(
                         "group `{}` brings the number of worker processes to {total_instances}; at most {MAX_TOTAL_INSTANCES} instances in total are allowed",
                         name.v
                     ),
                 );
             }
-            let mut env = defaults
-                .env
-                .as_ref()
-                .map(|a| a.v.clone())
-                .unwrap_or_default();
-            if let Some(ge) = &g.env {
-                env.extend(ge.v.clone());
-            }
-            out.push(GroupConfig {
-                name: name.v.clone(),
-                queues: queues.v.into_iter().map(|q| q.v).collect(),
-                concurrency: pick(&g.concurrency, &defaults.concurrency).map_or(1, |a| a.v),
-                instances,
-                timing: Timing {
-                    stop_timeout: val(
-                        pick(&g.stop_timeout, &defaults.stop_timeout),
-                        builtin.stop_timeout,
-                    ),
-                    restart_delay: rd,
-                    restart_delay_max: rdm,
-                    stable_after: val(
-                        pick(&g.stable_after, &defaults.stable_after),
-                        builtin.stable_after,
-                    ),
-                    heartbeat_timeout: pick(&g.heartbeat_timeout, &defaults.heartbeat_timeout)
-                        .map_or(builtin.heartbeat_timeout, |a| a.v),
-                    stall_timeout: pick(&g.stall_timeout, &defaults.stall_timeout)
-                        .map_or(builtin.stall_timeout, |a| a.v),
-                },
-                limits: Limits {
-                    memory_max,
-                    memory_high: memory_high.and_then(|a| a.v),
-                    memory_swap_max: pick(&g.memory_swap_max, &defaults.memory_swap_max)
-                        .and_then(|a| a.v),
-                    cpu_max: pick(&g.cpu_max, &defaults.cpu_max).and_then(|a| a.v),
-                    cpu_weight: pick(&g.cpu_weight, &defaults.cpu_weight).map(|a| a.v),
-                    pids_max: pick(&g.pids_max, &defaults.pids_max).and_then(|a| a.v),
-                    io_weight: pick(&g.io_weight, &defaults.io_weight).map(|a| a.v),
-                },
-                extra_args: pick(&g.extra_args, &defaults.extra_args)
-                    .map(|a| a.v)
-                    .unwrap_or_default(),
-                env,
-            });
+            out.push(cfg);
         }
         // A group name that is also another group's instance id would make
         // control targets ambiguous ("text-1": group or instance?). An id is

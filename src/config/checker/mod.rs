@@ -16,21 +16,13 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diagnostics::{Diagnostic, Severity, Source};
+use super::diagnostics::{At, Diagnostic, Severity, Source};
 use super::resolve_against;
 use super::schema::*;
 use super::units::{parse_duration, parse_size};
 use groups::RawGroup;
 
 type Val<'i> = Spanned<DeValue<'i>>;
-
-/// A value with where it came from.
-#[derive(Debug, Clone)]
-struct At<T> {
-    v: T,
-    span: Range<usize>,
-    key: String,
-}
 
 pub(super) struct Checker<'a> {
     path: &'a Path,
