@@ -48,17 +48,7 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments (e.g. `["--databases", "4"]`).
     pub fn start_with_args(password: Option<&str>, extra_args: &[&str]) -> RedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("clearify-redis-")
-            .tempdir()
-            .expect("create tempdir for redis-server");
-        let mut server = RedisServer {
-            child: None,
-            port: 0,
-            password: password.map(str::to_string),
-            dir,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
+        let mut server = RedisServer::unstarted(0, password, extra_args);
         // The port is picked by binding port 0 and releasing it, so another
         // process may grab it before redis does: retry on conflict.
         let mut last_err = String::new();
@@ -76,17 +66,7 @@ impl RedisServer {
     /// ([`RedisServer::socket_path`]): no TCP port at all (`--port 0`), so
     /// a client reaches it only through the socket.
     pub fn start_unix_only() -> RedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("clearify-redis-")
-            .tempdir()
-            .expect("create tempdir for redis-server");
-        let mut server = RedisServer {
-            child: None,
-            port: 0,
-            password: None,
-            dir,
-            extra_args: Vec::new(),
-        };
+        let mut server = RedisServer::unstarted(0, None, &[]);
         if let Err(e) = server.spawn_and_wait(&[]) {
             panic!("could not start redis-server on a unix socket: {e}");
         }
@@ -96,16 +76,21 @@ impl RedisServer {
     /// A server that is not running yet, with a port reserved for it (free a
     /// moment ago): use `url()` now, `restart()` to start it later.
     pub fn new_stopped(password: Option<&str>) -> RedisServer {
+        RedisServer::unstarted(free_port(), password, &[])
+    }
+
+    /// A server with its own tempdir, not started; port 0: no TCP port.
+    fn unstarted(port: u16, password: Option<&str>, extra_args: &[&str]) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("clearify-redis-")
             .tempdir()
             .expect("create tempdir for redis-server");
         RedisServer {
             child: None,
-            port: free_port(),
+            port,
             password: password.map(str::to_string),
             dir,
-            extra_args: Vec::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -205,46 +190,36 @@ impl RedisServer {
 
     /// Runs one command over a fresh RESP connection (authenticating when a
     /// password is set) and returns the reply rendered as text; an error
-    /// reply is an `Err`.
-    /// A server started with [`RedisServer::start_unix_only`] is reached
-    /// through its unix socket.
+    /// reply is an `Err`. A server started with
+    /// [`RedisServer::start_unix_only`] is reached through its unix socket.
     pub fn command(&self, args: &[&str]) -> Result<String, String> {
         if self.port == 0 {
             let path = self.socket_path();
             let stream = UnixStream::connect(&path)
                 .map_err(|e| format!("connect {}: {e}", path.display()))?;
-            stream
-                .set_read_timeout(Some(Duration::from_secs(30)))
-                .map_err(|e| e.to_string())?;
-            let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-            let reply = self.exchange(&stream, reader, args);
-            let _ = stream.shutdown(Shutdown::Both);
-            return reply;
+            return self.round_trip(stream, args);
         }
         let stream = TcpStream::connect(("127.0.0.1", self.port))
             .map_err(|e| format!("connect 127.0.0.1:{}: {e}", self.port))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-        let reply = self.exchange(&stream, reader, args);
-        let _ = stream.shutdown(Shutdown::Both);
-        reply
+        self.round_trip(stream, args)
     }
 
     /// AUTH when a password is set, then `args`; the reply as text.
-    fn exchange(
-        &self,
-        mut stream: impl Write,
-        mut reader: impl BufRead,
-        args: &[&str],
-    ) -> Result<String, String> {
-        if let Some(p) = &self.password {
-            write_command(&mut stream, &["AUTH", p])?;
-            read_reply(&mut reader)?;
-        }
-        write_command(&mut stream, args)?;
-        read_reply(&mut reader)
+    fn round_trip<S: Stream>(&self, mut stream: S, args: &[&str]) -> Result<String, String> {
+        stream
+            .set_timeout(Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.dup().map_err(|e| e.to_string())?);
+        let reply = (|| {
+            if let Some(p) = &self.password {
+                write_command(&mut stream, &["AUTH", p])?;
+                read_reply(&mut reader)?;
+            }
+            write_command(&mut stream, args)?;
+            read_reply(&mut reader)
+        })();
+        stream.close();
+        reply
     }
 
     fn kill_child(&mut self) {
@@ -356,6 +331,32 @@ impl Drop for RedisServer {
         self.kill_child();
     }
 }
+
+/// A TCP or unix stream, for [`RedisServer::command`].
+trait Stream: Read + Write + Sized {
+    fn set_timeout(&self, d: Duration) -> std::io::Result<()>;
+    fn dup(&self) -> std::io::Result<Self>;
+    fn close(&self);
+}
+
+/// The same for both: their inherent methods have the same names.
+macro_rules! impl_stream {
+    ($($t:ty),*) => {$(
+        impl Stream for $t {
+            fn set_timeout(&self, d: Duration) -> std::io::Result<()> {
+                self.set_read_timeout(Some(d))
+            }
+            fn dup(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn close(&self) {
+                let _ = self.shutdown(Shutdown::Both);
+            }
+        }
+    )*};
+}
+
+impl_stream!(TcpStream, UnixStream);
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
