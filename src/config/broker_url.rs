@@ -283,16 +283,6 @@ impl BrokerUrl {
         }
     }
 
-    /// The connection without credentials, db 0, RESP2 and no `CLIENT
-    /// SETINFO`: for a caller that authenticates and selects itself.
-    pub fn bare_connection_info(&self) -> Result<ConnectionInfo, String> {
-        Ok(info(self.addr())?.set_redis_settings(
-            RedisConnectionInfo::default()
-                .set_protocol(ProtocolVersion::RESP2)
-                .set_skip_set_lib_name(),
-        ))
-    }
-
     /// The full connection: credentials and db, RESP2, no `CLIENT SETINFO`.
     pub fn connection_info(&self) -> Result<ConnectionInfo, String> {
         let mut r = RedisConnectionInfo::default()
@@ -345,6 +335,17 @@ impl BrokerUrl {
         )
         .map_err(|e| format!("TLS settings: {}", e.to_string().trim()))
     }
+}
+
+/// `client`'s connection (address and TLS certificates) without
+/// credentials, db 0, RESP2 and no `CLIENT SETINFO`: for a caller that
+/// authenticates and selects itself, and times each step.
+pub fn bare_info(client: &redis::Client) -> ConnectionInfo {
+    client.get_connection_info().clone().set_redis_settings(
+        RedisConnectionInfo::default()
+            .set_protocol(ProtocolVersion::RESP2)
+            .set_skip_set_lib_name(),
+    )
 }
 
 fn info(addr: ConnectionAddr) -> Result<ConnectionInfo, String> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use redis::ConnectionAddr;
 
-use super::{BrokerUrl, Endpoint, Tls, check, redact};
+use super::{BrokerUrl, Endpoint, Tls, bare_info, check, redact};
 
 fn tcp(host: &str, port: u16) -> Endpoint {
     Endpoint::Tcp {
@@ -265,7 +265,7 @@ fn redis_connection_info_carries_everything() {
     assert_eq!(full.redis_settings().password(), Some("s@cret"));
     assert_eq!(full.redis_settings().db(), 2);
     // The bare connection carries neither credentials nor db.
-    let bare = u.bare_connection_info().unwrap();
+    let bare = bare_info(&u.client().unwrap());
     assert_eq!(bare.redis_settings().password(), None);
     assert_eq!(bare.redis_settings().username(), None);
     assert_eq!(bare.redis_settings().db(), 0);
@@ -285,13 +285,61 @@ fn redis_connection_info_carries_everything() {
     ] {
         let u = BrokerUrl::parse(url).unwrap();
         assert!(u.is_tls());
-        let addr = u.bare_connection_info().unwrap().addr().clone();
+        let addr = bare_info(&u.client().unwrap()).addr().clone();
         assert!(
             matches!(addr, ConnectionAddr::TcpTls { insecure: i, .. } if i == insecure),
             "{url}: {addr:?}"
         );
-        u.client().unwrap();
     }
+}
+
+/// The bare connection keeps the TLS certificates the URL names (a CA
+/// made here with openssl): the probe verifies the server as the
+/// subscriber does.
+#[test]
+fn the_bare_connection_keeps_the_tls_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, ca) = (dir.path().join("ca.key"), dir.path().join("ca.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .expect("openssl is needed for this test");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let url = format!(
+        "rediss://:pw@localhost:6390/3?ssl_ca_certs={}",
+        ca.display()
+    );
+    let u = BrokerUrl::parse(&url).unwrap();
+    let full = u.client().unwrap();
+    let bare = bare_info(&full);
+    assert!(
+        matches!(
+            bare.addr(),
+            ConnectionAddr::TcpTls {
+                tls_params: Some(_),
+                ..
+            }
+        ),
+        "{:?}",
+        bare.addr()
+    );
+    assert_eq!(bare.redis_settings().password(), None);
+    assert_eq!(full.get_connection_info().redis_settings().db(), 3);
 }
 
 #[test]
