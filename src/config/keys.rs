@@ -1,7 +1,10 @@
-//! The per-group keys of workers.toml (`[defaults]` and `[group.NAME]`),
-//! each declared once: its name, how it is read and bounded ([`Kind`]),
-//! its built-in default, its meaning and where it goes in a
-//! [`GroupConfig`].
+//! The keys of workers.toml, each declared once. The per-group keys
+//! (`[defaults]` and `[group.NAME]`, [`GROUP_KEYS`]) with their name, how
+//! each is read and bounded ([`Kind`]), its built-in default, its meaning
+//! and where it goes in a [`GroupConfig`]; the keys of `[daemon]`,
+//! `[broker]` and `[celery]` ([`DAEMON_KEYS`], [`BROKER_KEYS`],
+//! [`CELERY_KEYS`]) with their name, default and meaning (each section's
+//! checker reads them: their rules differ key by key).
 //!
 //! Adding a per-group key: one [`GroupKey`] entry here, its line in
 //! packaging/man/workers.toml.5 (the test `every_group_key_is_in_the_man_page`
@@ -14,7 +17,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::diagnostics::At;
-use super::schema::{GroupConfig, MAX_CONCURRENCY, MAX_INSTANCES};
+use super::schema::{
+    DEFAULT_ADMIN_GROUP, DEFAULT_CHECK_INTERVAL, DEFAULT_COMMAND, DEFAULT_LOGLEVEL, DEFAULT_SOCKET,
+    DEFAULT_WORKDIR, GroupConfig, MAX_CONCURRENCY, MAX_INSTANCES,
+};
 
 /// How a key's value is read and bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,4 +294,142 @@ pub(super) const GROUP_KEYS: &[GroupKey] = &[
 /// The names of [`GROUP_KEYS`], for "did you mean" hints.
 pub(super) fn group_key_names() -> Vec<&'static str> {
     GROUP_KEYS.iter().map(|k| k.name).collect()
+}
+
+/// A default of a `[daemon]`, `[broker]` or `[celery]` key, as the
+/// checker's constant holds it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Dflt {
+    /// A string value.
+    Str(&'static str),
+    /// A duration, shown as humantime writes it.
+    Duration(Duration),
+    /// Any other value, as TOML.
+    Toml(&'static str),
+}
+
+impl Dflt {
+    /// As TOML.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) fn toml(self) -> String {
+        match self {
+            Dflt::Str(s) => format!("{s:?}"),
+            Dflt::Duration(d) => format!("\"{}\"", humantime::format_duration(d)),
+            Dflt::Toml(t) => t.to_string(),
+        }
+    }
+}
+
+/// One key of `[daemon]`, `[broker]` or `[celery]`.
+pub(super) struct SectionKey {
+    pub(super) name: &'static str,
+    /// `None`: required, computed (`device_id`) or unset by default.
+    #[allow(dead_code, reason = "documentation, checked against the man page")]
+    pub(super) default: Option<Dflt>,
+    #[allow(dead_code, reason = "documentation, for the reader of this table")]
+    pub(super) doc: &'static str,
+}
+
+const fn key(name: &'static str, default: Option<Dflt>, doc: &'static str) -> SectionKey {
+    SectionKey { name, default, doc }
+}
+
+/// `[daemon]`.
+pub(super) const DAEMON_KEYS: &[SectionKey] = &[
+    key(
+        "socket",
+        Some(Dflt::Str(DEFAULT_SOCKET)),
+        "the control socket (at most 107 bytes); admin.sock is next to it",
+    ),
+    key(
+        "device_id",
+        None,
+        "this machine's unique name on the shared broker; hostname + `-` + 6 hex digits of /etc/machine-id by default",
+    ),
+    key(
+        "admin_group",
+        Some(Dflt::Str(DEFAULT_ADMIN_GROUP)),
+        "the Unix group whose members may start, stop, restart and reload",
+    ),
+    key(
+        "require_limits",
+        Some(Dflt::Toml("false")),
+        "refuse to start when cgroup v2 limits cannot be applied",
+    ),
+];
+
+/// `[broker]` (required when a group exists; exactly one of `url` and
+/// `url_env`).
+pub(super) const BROKER_KEYS: &[SectionKey] = &[
+    key("url", None, "the broker URL ([`super::broker_url`])"),
+    key(
+        "url_env",
+        None,
+        "a variable holding the URL, looked up in `celery.env_file`, then in the daemon's environment",
+    ),
+    key(
+        "wait_timeout",
+        Some(Dflt::Str("infinite")),
+        "how long to wait for the broker at start",
+    ),
+    key(
+        "on_timeout",
+        Some(Dflt::Str("wait")),
+        "`wait`, `start` or `fail` once `wait_timeout` is exceeded",
+    ),
+    key(
+        "check_interval",
+        Some(Dflt::Duration(DEFAULT_CHECK_INTERVAL)),
+        "broker health ping interval, > 0",
+    ),
+    key(
+        "priority_steps",
+        Some(Dflt::Toml("[0, 3, 6, 9]")),
+        "Celery priority sub-queues counted in the backlog, 0..=9",
+    ),
+    key(
+        "key_prefix",
+        Some(Dflt::Str("")),
+        "Celery's `global_keyprefix`",
+    ),
+];
+
+/// `[celery]`.
+pub(super) const CELERY_KEYS: &[SectionKey] = &[
+    key(
+        "app",
+        None,
+        "`celery -A <app>`; required when a group exists",
+    ),
+    key(
+        "command",
+        Some(Dflt::Str(DEFAULT_COMMAND)),
+        "the celery executable (a name in `PATH`, or a path), or a list: executable and its first arguments",
+    ),
+    key(
+        "workdir",
+        Some(Dflt::Str(DEFAULT_WORKDIR)),
+        "the workers' working directory",
+    ),
+    key("env_file", None, "`KEY=VALUE` lines for the workers"),
+    key(
+        "user",
+        None,
+        "the user the workers run as; never root; required when the daemon runs as root",
+    ),
+    key(
+        "loglevel",
+        Some(Dflt::Str(DEFAULT_LOGLEVEL)),
+        "`--loglevel=`: debug, info, warning, error, critical or fatal",
+    ),
+    key(
+        "extra_args",
+        Some(Dflt::Toml("[]")),
+        "appended to every worker's command line, before the group's",
+    ),
+];
+
+/// The names of a section's keys, for "did you mean" hints.
+pub(super) fn section_key_names(keys: &[SectionKey]) -> Vec<&'static str> {
+    keys.iter().map(|k| k.name).collect()
 }

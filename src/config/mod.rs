@@ -12,37 +12,12 @@
 //! (`socket`, `command` with a `/`, `workdir`, `env_file`) are resolved
 //! against the directory of the config file.
 //!
-//! ## `[daemon]`
-//! | key | type | default | meaning |
-//! |---|---|---|---|
-//! | `socket` | path | `/run/clearify-workerd/control.sock` | control socket (≤ 107 bytes) |
-//! | `device_id` | string `[A-Za-z0-9._-]+` | hostname + `-` + first 6 hex digits of `/etc/machine-id` | this machine's unique name on the shared broker; part of every node name |
-//! | `admin_group` | string | `clearify-admin` | Unix group whose members may start, stop, restart and reload (besides root and the daemon's user), through the admin socket `admin.sock` next to `socket` (mode 0660, this group). The default group may be missing (then only root and the daemon's user may); a group named here must exist, else the daemon does not start |
-//! | `require_limits` | bool | `false` | refuse to start when cgroup v2 limits cannot be applied |
-//!
-//! ## `[broker]` (required when at least one group exists)
-//! | key | type | default | meaning |
-//! |---|---|---|---|
-//! | `url` | string | — | `redis://[user][:password@]host[:port][/db]`, `rediss://…`, `redis+socket:///path.sock[?virtual_host=N]`, `socket://…`, `unix:///path.sock[?db=N]`, `redis+unix://…`, `valkey://…`, `valkeys://…` ([`broker_url`]) |
-//! | `url_env` | string | — | name of a variable holding the URL, looked up in `celery.env_file` first, then in the daemon's environment |
-//! | `wait_timeout` | duration or `"infinite"` | `"infinite"` | how long to wait for the broker at start |
-//! | `on_timeout` | `"wait"`, `"start"`, `"fail"` | `"wait"` | what to do once `wait_timeout` is exceeded |
-//! | `check_interval` | duration > 0 | `"10s"` | broker health ping interval |
-//! | `priority_steps` | list of integers 0..=9 | `[0, 3, 6, 9]` | Celery priority sub-queues counted in the backlog |
-//! | `key_prefix` | string | `""` | Celery's `global_keyprefix` |
-//!
-//! Exactly one of `url` and `url_env` must be set.
-//!
-//! ## `[celery]`
-//! | key | type | default | meaning |
-//! |---|---|---|---|
-//! | `app` | string | — (required when groups exist) | `celery -A <app>` |
-//! | `command` | string or list of strings | `celery` | the celery executable: a bare name is looked up in `PATH`, a path must exist and be executable. A list such as `["python3", "-m", "celery"]` gives the executable and the arguments that precede `-A` |
-//! | `workdir` | path | `/` | working directory of the workers; must be a directory |
-//! | `env_file` | path | none | `KEY=VALUE` lines passed to the workers (see below) |
-//! | `user` | string | none | user the workers run as (the package sets `clearify-worker`); when it is not the daemon's own user, the daemon needs root or CAP_SETUID, CAP_SETGID and CAP_KILL; never `root`; required when the daemon runs as root |
-//! | `loglevel` | `debug`, `info`, `warning`, `error`, `critical`, `fatal` | `info` | `--loglevel=` |
-//! | `extra_args` | list of strings | `[]` | appended to every worker's command line, before the group's |
+//! Each key is declared once, with its default and meaning, in
+//! [`keys`]: [`keys::DAEMON_KEYS`], [`keys::BROKER_KEYS`] (required when at
+//! least one group exists; exactly one of `url` and `url_env`, the URL
+//! read by [`broker_url`]), [`keys::CELERY_KEYS`] and, for `[defaults]` and
+//! `[group.NAME]`, [`keys::GROUP_KEYS`]. workers.toml(5) says each at
+//! length; a test checks that it names every key with its default.
 //!
 //! `env_file` syntax: one `KEY=VALUE` per line; blank lines and lines
 //! starting with `#` are ignored; an optional `export ` prefix; the value may
@@ -60,10 +35,6 @@
 //! characters long (a cgroup directory, part of every node name) and are not
 //! `supervisor` (the daemon's own cgroup leaf); a group name may not equal
 //! an instance id of another group (`text-1`). At most 1024 groups.
-//!
-//! The per-group keys, each with its type, bound, default and meaning, are
-//! declared once, in [`keys::GROUP_KEYS`]; workers.toml(5) says each at
-//! length.
 //!
 //! Durations are humantime strings: `"100ms"`, `"60s"`, `"1m 30s"`, `"2h"`,
 //! at most `"1y"` (365.25 days).

@@ -23,6 +23,14 @@ pub const DEFAULT_MACHINE_ID_PATH: &str = "/etc/machine-id";
 pub const DEFAULT_ADMIN_GROUP: &str = "clearify-admin";
 /// Default `[broker].priority_steps`.
 pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+/// Default `[broker].check_interval`.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Default `[celery].command`: looked up in `PATH`.
+pub const DEFAULT_COMMAND: &str = "celery";
+/// Default `[celery].workdir`.
+pub const DEFAULT_WORKDIR: &str = "/";
+/// Default `[celery].loglevel`.
+pub const DEFAULT_LOGLEVEL: &str = "info";
 /// Longest path a Unix socket address can hold (sun_path minus the NUL).
 pub(super) const MAX_SOCKET_PATH: usize = 107;
 
@@ -195,25 +203,6 @@ impl Environment {
 }
 
 pub(super) const TOP_KEYS: &[&str] = &["daemon", "broker", "celery", "defaults", "group"];
-pub(super) const DAEMON_KEYS: &[&str] = &["socket", "device_id", "admin_group", "require_limits"];
-pub(super) const BROKER_KEYS: &[&str] = &[
-    "url",
-    "url_env",
-    "wait_timeout",
-    "on_timeout",
-    "check_interval",
-    "priority_steps",
-    "key_prefix",
-];
-pub(super) const CELERY_KEYS: &[&str] = &[
-    "app",
-    "command",
-    "workdir",
-    "env_file",
-    "user",
-    "loglevel",
-    "extra_args",
-];
 pub(super) const LOGLEVELS: &[&str] = &["debug", "info", "warning", "error", "critical", "fatal"];
 /// The control characters an environment value may hold (`env`,
 /// `env_file`): tab and newline, e.g. for a PEM key. NUL cannot be passed at

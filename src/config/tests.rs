@@ -1303,45 +1303,80 @@ fn load_reads_the_file_and_names_it_on_io_errors() {
     assert!(err.to_string().contains("not valid UTF-8"), "{err}");
 }
 
-/// Each per-group key of [`super::keys::GROUP_KEYS`] has its entry in
-/// workers.toml(5), which states its built-in default: adding a key is one
-/// table entry, its man page entry and a test.
-#[test]
-fn every_group_key_is_in_the_man_page() {
+/// The lines of workers.toml(5)'s section `.SH <title>`.
+fn man_section(title: &str) -> Vec<&'static str> {
     let man = include_str!("../../packaging/man/workers.toml.5");
-    let lines: Vec<&str> = man.lines().collect();
+    man.lines()
+        .skip_while(|l| *l != format!(".SH {title}"))
+        .skip(1)
+        .take_while(|l| !l.starts_with(".SH "))
+        .collect()
+}
+
+/// The entry (`.TP`, then `.B name` or `.BR a ", " name …`) of `name` in
+/// `lines`, up to the next entry or paragraph, joined by newlines.
+fn man_entry(lines: &[&str], name: &str) -> Option<String> {
+    let at = (1..lines.len()).find(|&i| {
+        let l = lines[i];
+        lines[i - 1] == ".TP"
+            && (l.starts_with(".B ") || l.starts_with(".BR "))
+            && l.split([' ', '"']).any(|w| w == name)
+    })?;
+    let entry: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with(".TP") && !l.starts_with(".PP"))
+        .copied()
+        .collect();
+    Some(entry.join("\n"))
+}
+
+/// That the man page `entry` of `name` states `default` (TOML) after
+/// "Default".
+fn assert_man_default(name: &str, entry: &str, default: &str) {
+    let shown = default.replace('"', "\\(dq").replace('-', "\\-");
+    let after = entry
+        .split_once("Default")
+        .map(|(_, rest)| rest.trim_start_matches(':'))
+        .unwrap_or_else(|| panic!("the entry of `{name}` states no default:\n{entry}"));
+    assert!(
+        after
+            .trim_start_matches(['\n', ' '])
+            .trim_start_matches(".BR ")
+            .trim_start_matches(".B ")
+            .trim_start_matches('"')
+            .starts_with(&shown),
+        "the man page gives `{name}` another default than {default}:\n{entry}"
+    );
+}
+
+/// Each key of [`super::keys`] has its entry in its section of
+/// workers.toml(5), which states the default the table declares: adding a
+/// key is one table entry, its man page entry and a test.
+#[test]
+fn every_key_is_in_the_man_page_with_its_default() {
+    let group = man_section("[defaults] AND [group.NAME]");
     for k in super::keys::GROUP_KEYS {
         assert!(!k.doc.is_empty(), "{} has no doc", k.name);
-        // `.B name`, or `.BR a ", " name ...` for keys described together.
-        let at = (1..lines.len())
-            .find(|&i| {
-                let l = lines[i];
-                lines[i - 1] == ".TP"
-                    && (l.starts_with(".B ") || l.starts_with(".BR "))
-                    && l.split([' ', '"']).any(|w| w == k.name)
-            })
+        let entry = man_entry(&group, k.name)
             .unwrap_or_else(|| panic!("workers.toml(5) has no entry for `{}`", k.name));
-        let Some(default) = k.default else {
-            continue;
-        };
-        let entry: Vec<&str> = lines[at + 1..]
-            .iter()
-            .take_while(|l| !l.starts_with(".TP") && !l.starts_with(".PP") && !l.starts_with(".SH"))
-            .copied()
-            .collect();
-        let entry = entry.join("\n");
-        let shown = default.replace('"', "\\(dq");
-        let after = entry
-            .split_once("Default:")
-            .map(|(_, rest)| rest)
-            .unwrap_or_else(|| panic!("the entry of `{}` states no default:\n{entry}", k.name));
-        assert!(
-            after
-                .trim_start_matches(['\n', ' '])
-                .trim_start_matches(".BR ")
-                .starts_with(&shown),
-            "the man page gives `{}` another default than {default}:\n{entry}",
-            k.name
-        );
+        if let Some(default) = k.default {
+            assert_man_default(k.name, &entry, default);
+        }
+    }
+    for (title, keys) in [
+        ("[daemon]", super::keys::DAEMON_KEYS),
+        ("[broker]", super::keys::BROKER_KEYS),
+        ("[celery]", super::keys::CELERY_KEYS),
+    ] {
+        let lines = man_section(title);
+        for k in keys {
+            assert!(!k.doc.is_empty(), "{} has no doc", k.name);
+            let entry = man_entry(&lines, k.name).unwrap_or_else(|| {
+                panic!("{title} of workers.toml(5) has no entry for `{}`", k.name)
+            });
+            if let Some(default) = k.default {
+                assert_man_default(k.name, &entry, &default.toml());
+            }
+        }
     }
 }

@@ -1,10 +1,9 @@
 //! `[broker]`: url or url_env (through [`crate::config::broker_url`]),
 //! wait_timeout, on_timeout, check_interval, priority_steps, key_prefix.
 
-use std::time::Duration;
-
 use toml::de::DeValue;
 
+use super::super::keys::{BROKER_KEYS, section_key_names};
 use super::super::schema::*;
 use super::super::{check_broker_url, redact_url};
 use super::celery::CeleryParts;
@@ -18,7 +17,7 @@ impl Checker<'_> {
         let mut url_written = false;
         let mut wait_timeout = None;
         let mut on_timeout = OnTimeout::Wait;
-        let mut check_interval = Duration::from_secs(10);
+        let mut check_interval = DEFAULT_CHECK_INTERVAL;
         let mut priority_steps = DEFAULT_PRIORITY_STEPS.to_vec();
         let mut key_prefix = String::new();
         let mut ok = true;
@@ -97,7 +96,7 @@ impl Checker<'_> {
                     Some(s) => key_prefix = s,
                     None => ok = false,
                 },
-                _ => self.unknown_key(&k.span(), "broker", name, BROKER_KEYS),
+                _ => self.unknown_key(&k.span(), "broker", name, &section_key_names(BROKER_KEYS)),
             }
         }
         let resolved = match (&url, &url_env) {

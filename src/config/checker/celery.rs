@@ -10,6 +10,7 @@ use toml::de::DeValue;
 
 use super::super::diagnostics::{Diagnostic, Severity};
 use super::super::envfile::{env_line_numbers, parse_env_file};
+use super::super::keys::{CELERY_KEYS, section_key_names};
 use super::super::schema::*;
 use super::{At, Checker, Val, join};
 
@@ -27,7 +28,7 @@ impl Checker<'_> {
         let mut workdir: Option<At<String>> = None;
         let mut env_file: Option<At<String>> = None;
         let mut user = None;
-        let mut loglevel = "info".to_string();
+        let mut loglevel = DEFAULT_LOGLEVEL.to_string();
         let mut extra_args = Vec::new();
         let mut ok = true;
         let mut header = group_span.clone();
@@ -106,7 +107,9 @@ impl Checker<'_> {
                         }
                         None => ok = false,
                     },
-                    _ => self.unknown_key(&k.span(), "celery", name, CELERY_KEYS),
+                    _ => {
+                        self.unknown_key(&k.span(), "celery", name, &section_key_names(CELERY_KEYS))
+                    }
                 }
             }
         }
@@ -124,8 +127,8 @@ impl Checker<'_> {
         // command: checked when groups will run it, or when set explicitly.
         let command_path = match &command {
             Some(c) => self.resolve_command(&c.v, &worker_path, Some(c)),
-            None if has_groups => self.resolve_command("celery", &worker_path, None),
-            None => Some(PathBuf::from("celery")),
+            None if has_groups => self.resolve_command(DEFAULT_COMMAND, &worker_path, None),
+            None => Some(PathBuf::from(DEFAULT_COMMAND)),
         };
 
         let workdir_path = match &workdir {
@@ -147,7 +150,7 @@ impl Checker<'_> {
                     }
                 }
             }
-            None => Some(PathBuf::from("/")),
+            None => Some(PathBuf::from(DEFAULT_WORKDIR)),
         };
 
         let mut env_file_vars = BTreeMap::new();

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::super::keys::{DAEMON_KEYS, section_key_names};
 use super::super::schema::*;
 use super::{Checker, Val, join};
 
@@ -60,7 +61,9 @@ impl Checker<'_> {
                         Some(b) => require_limits = b,
                         None => ok = false,
                     },
-                    _ => self.unknown_key(&k.span(), "daemon", name, DAEMON_KEYS),
+                    _ => {
+                        self.unknown_key(&k.span(), "daemon", name, &section_key_names(DAEMON_KEYS))
+                    }
                 }
             }
         }
