@@ -1380,3 +1380,58 @@ fn every_key_is_in_the_man_page_with_its_default() {
         }
     }
 }
+
+/// The modules a file under `src/<dir>` (or the file `src/<dir>`) names
+/// through `crate::`.
+fn crate_imports(dir: &str) -> Vec<(PathBuf, String)> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        if p.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), out);
+            }
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p.to_path_buf());
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir),
+        &mut files,
+    );
+    assert!(!files.is_empty(), "{dir}");
+    let mut out = Vec::new();
+    for f in files {
+        let text = fs::read_to_string(&f).unwrap();
+        for (i, _) in text.match_indices("crate::") {
+            let module: String = text[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // `crate::` in prose or a format string names no module.
+            if !module.is_empty() {
+                out.push((f.clone(), module));
+            }
+        }
+    }
+    out
+}
+
+/// Issue 13: no import cycles. The flow runs downhill: config imports only
+/// model and sys (never plan, broker, supervisor, control or cli); plan
+/// imports config and model; model imports nothing of the crate.
+#[test]
+fn config_plan_and_model_import_downhill() {
+    for (dir, allowed) in [
+        ("config", &["config", "model", "sys"][..]),
+        ("plan.rs", &["config", "model", "plan"][..]),
+        ("model", &["model"][..]),
+    ] {
+        for (file, module) in crate_imports(dir) {
+            assert!(
+                allowed.contains(&module.as_str()),
+                "{} imports crate::{module}; {dir} may import only {allowed:?}",
+                file.display()
+            );
+        }
+    }
+}
