@@ -6,8 +6,10 @@
 //! [`CELERY_KEYS`]) with their name, default and meaning (each section's
 //! checker reads them: their rules differ key by key).
 //!
-//! Adding a per-group key: one [`GroupKey`] entry here, its line in
-//! packaging/man/workers.toml.5 (the test `every_group_key_is_in_the_man_page`
+//! Adding a per-group key: one [`GroupKey`] entry here (and the field its
+//! `apply` fills, in [`GroupConfig`] or `model::spec::{Timing, Limits}`),
+//! its entry in
+//! packaging/man/workers.toml.5 (the test `every_key_is_in_the_man_page_with_its_default`
 //! checks the name and the default), and a test of it in config/tests.rs
 //! (copy `stall_timeout` in `every_count_duration_and_size_is_bounded`).
 //! The checker reads, bounds, merges over `[defaults]` and applies every
