@@ -19,6 +19,7 @@
 //! connection types (data, no I/O). [`BrokerUrl::client`] is the only
 //! function that touches the file system (it reads the TLS PEM files).
 
+use std::os::unix::ffi::OsStringExt as _;
 use std::path::PathBuf;
 
 use redis::{
@@ -180,7 +181,8 @@ impl BrokerUrl {
             "unix" | "redis+unix" | "redis+socket" | "socket"
         );
         let (endpoint, db) = if unix {
-            let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+            // Bytes, as redis-rs reads the path: a socket path need not be UTF-8.
+            let path: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
             if !hostport.is_empty() || path.len() < 2 {
                 return Err(format!(
                     "a {scheme}:// URL needs an absolute socket path, e.g. {scheme}:///run/redis/redis.sock"
@@ -193,7 +195,7 @@ impl BrokerUrl {
                 &["db", "virtual_host"]
             };
             let db = db_param(keys)?.unwrap_or(0);
-            let path = PathBuf::from(path.into_owned());
+            let path = PathBuf::from(std::ffi::OsString::from_vec(path));
             (Endpoint::Unix { path }, db)
         } else {
             check_host_port(hostport)?;

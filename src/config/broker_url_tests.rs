@@ -2,6 +2,7 @@
 //! the broker monitor's old `parse_target` cases and the old `--check`
 //! cases, each a row.
 
+use std::os::unix::ffi::OsStringExt as _;
 use std::path::PathBuf;
 
 use redis::ConnectionAddr;
@@ -196,6 +197,18 @@ fn old_parser_cases() {
     assert_parses(
         "redis+unix://:pw@/run/redis.sock",
         want(unix("/run/redis.sock"), 0).pass("pw"),
+    );
+    assert_parses(
+        "unix:///run/re%64is.sock?db=1",
+        want(unix("/run/redis.sock"), 1), // percent-decoded
+    );
+    let u = BrokerUrl::parse("unix:///run/%ff.sock").unwrap();
+    assert_eq!(
+        u.endpoint,
+        Endpoint::Unix {
+            path: std::ffi::OsString::from_vec(b"/run/\xff.sock".to_vec()).into()
+        },
+        "a path need not be UTF-8"
     );
     assert_parses(
         "REDIS://Host:1/0",
