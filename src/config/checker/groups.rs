@@ -18,9 +18,22 @@ use crate::model::spec::{Limits, Timing};
 #[derive(Debug, Clone, Default)]
 pub(super) struct RawGroup {
     /// The keys written, valid or not.
-    pub(super) written: HashSet<&'static str>,
-    /// The valid values, by key name.
-    pub(super) values: HashMap<&'static str, At<Value>>,
+    written: Vec<&'static str>,
+    /// The valid values, by key name (a table sets each key at most once,
+    /// and few: a short list beats a map).
+    values: Vec<(&'static str, At<Value>)>,
+}
+
+impl RawGroup {
+    /// The value of key `name`, when written and valid.
+    fn get(&self, name: &str) -> Option<&At<Value>> {
+        self.values.iter().find(|(n, _)| *n == name).map(|(_, a)| a)
+    }
+
+    /// Whether key `name` was written, valid or not.
+    fn wrote(&self, name: &str) -> bool {
+        self.written.contains(&name)
+    }
 }
 
 impl Checker<'_> {
@@ -34,9 +47,9 @@ impl Checker<'_> {
                 self.unknown_key(&k.span(), prefix, name, &group_key_names());
                 continue;
             };
-            g.written.insert(spec.name);
+            g.written.push(spec.name);
             if let Some(value) = self.group_value(spec.kind, v, &key) {
-                g.values.insert(spec.name, self.at(value, v, &key));
+                g.values.push((spec.name, self.at(value, v, &key)));
             }
         }
         g
@@ -242,14 +255,14 @@ impl Checker<'_> {
         let mut total_instances: u64 = 0;
         let mut queue_owner: HashMap<String, (String, usize)> = HashMap::new();
         for (name, table_span, g) in raws {
-            let pick = |key: &str| g.values.get(key).or_else(|| defaults.values.get(key));
+            let pick = |key: &str| g.get(key).or_else(|| defaults.get(key));
             let Some(At {
                 v: Value::Queues(queues),
                 ..
             }) = pick("queues")
             else {
                 // Only report a missing key when it was absent, not invalid.
-                if !g.written.contains("queues") && !defaults.written.contains("queues") {
+                if !g.wrote("queues") && !defaults.wrote("queues") {
                     self.error(
                         table_span,
                         &name.key,
@@ -281,7 +294,7 @@ impl Checker<'_> {
                 if k.kind == Kind::Env {
                     // Merged key by key: [defaults], then the group.
                     for raw in [defaults, g] {
-                        if let Some(a) = raw.values.get(k.name) {
+                        if let Some(a) = raw.get(k.name) {
                             (k.apply)(&mut cfg, a.v.clone());
                         }
                     }
@@ -323,7 +336,7 @@ impl Checker<'_> {
             let before = total_instances;
             total_instances = total_instances.saturating_add(u64::from(cfg.instances));
             if before <= MAX_TOTAL_INSTANCES && total_instances > MAX_TOTAL_INSTANCES {
-                let (span, key) = match g.values.get("instances") {
+                let (span, key) = match g.get("instances") {
                     Some(a) => (&a.span, &a.key),
                     None => (&name.span, &name.key),
                 };
