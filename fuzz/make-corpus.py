@@ -153,6 +153,9 @@ urls = [
     "redis://h/0?x=%a", "redis://h/0?%zz=%41%42", "redis://h/0?a+b=c+d", "redis://h/0#frag",
     "redis://h/0?#?", "REDIS://H/0", "redis://h\x00/0", "redis://h/0?virtual_host=\u00e9",
     "redis://" + "a" * 300 + "/0",
+    "redis+socket://:pw@/s.sock?virtual_host=1", "unix:///s.sock?password=secret",
+    "redis://h/0?protocol=4", "redis://h/0?password=abcd&y=@z", "redis://:pa?ss@h/0",
+    "redis://0.0.0.0/0",
 ]
 for i, u in enumerate(urls):
     safe = re.sub(r"[^A-Za-z0-9]+", "-", u)[:40].strip("-") or "empty"

@@ -20,54 +20,18 @@ use std::path::{Path, PathBuf};
 use crate::config::DEFAULT_SOCKET;
 
 /// The control socket to use: `--socket`/`CLEARIFY_SOCKET` (`explicit`),
-/// else `[daemon].socket` from the config file, else [`DEFAULT_SOCKET`].
+/// else `[daemon].socket` from the config file (resolved as the daemon
+/// resolves it, [`crate::config::daemon_socket_of`]), else [`DEFAULT_SOCKET`].
 pub fn resolve_socket(explicit: Option<&Path>, config: &Path) -> PathBuf {
     if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
         return p.to_path_buf();
     }
-    std::fs::read_to_string(config)
-        .ok()
-        .and_then(|text| socket_from_config(&text))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    crate::config::daemon_socket_of(config).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
-/// `[daemon].socket` from a config file's text. Lenient: when the file does
-/// not parse as a whole (the daemon reports that), the `[daemon]` table is
-/// scanned line by line for the key.
+/// `[daemon].socket` from a config file's text ([`crate::config::daemon_socket`]).
 pub fn socket_from_config(text: &str) -> Option<PathBuf> {
-    if let Ok(table) = text.parse::<toml::Table>() {
-        return table
-            .get("daemon")
-            .and_then(|d| d.get("socket"))
-            .and_then(|s| s.as_str())
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
-    }
-    let mut in_daemon = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_daemon = line.trim_start_matches('[').trim_end_matches(']').trim() == "daemon";
-            continue;
-        }
-        if !in_daemon {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        if key.trim() != "socket" {
-            continue;
-        }
-        // Parse the value alone as TOML, so quoting and comments work.
-        if let Ok(t) = format!("v = {}", value.trim()).parse::<toml::Table>()
-            && let Some(s) = t.get("v").and_then(|v| v.as_str())
-            && !s.is_empty()
-        {
-            return Some(PathBuf::from(s));
-        }
-    }
-    None
+    crate::config::daemon_socket(text)
 }
 
 /// The sockets to try, in order, for a request to the daemon whose reader

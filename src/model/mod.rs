@@ -11,6 +11,7 @@
 //! Nothing here imports from any other module of the crate.
 
 pub mod exit;
+pub mod spec;
 pub mod state;
 pub mod target;
 

@@ -10,6 +10,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,17 +48,7 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments (e.g. `["--databases", "4"]`).
     pub fn start_with_args(password: Option<&str>, extra_args: &[&str]) -> RedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("clearify-redis-")
-            .tempdir()
-            .expect("create tempdir for redis-server");
-        let mut server = RedisServer {
-            child: None,
-            port: 0,
-            password: password.map(str::to_string),
-            dir,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
+        let mut server = RedisServer::unstarted(0, password, extra_args);
         // The port is picked by binding port 0 and releasing it, so another
         // process may grab it before redis does: retry on conflict.
         let mut last_err = String::new();
@@ -71,19 +62,35 @@ impl RedisServer {
         panic!("could not start redis-server on a free port: {last_err}");
     }
 
+    /// Starts a server that listens only on its unix socket
+    /// ([`RedisServer::socket_path`]): no TCP port at all (`--port 0`), so
+    /// a client reaches it only through the socket.
+    pub fn start_unix_only() -> RedisServer {
+        let mut server = RedisServer::unstarted(0, None, &[]);
+        if let Err(e) = server.spawn_and_wait(&[]) {
+            panic!("could not start redis-server on a unix socket: {e}");
+        }
+        server
+    }
+
     /// A server that is not running yet, with a port reserved for it (free a
     /// moment ago): use `url()` now, `restart()` to start it later.
     pub fn new_stopped(password: Option<&str>) -> RedisServer {
+        RedisServer::unstarted(free_port(), password, &[])
+    }
+
+    /// A server with its own tempdir, not started; port 0: no TCP port.
+    fn unstarted(port: u16, password: Option<&str>, extra_args: &[&str]) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("clearify-redis-")
             .tempdir()
             .expect("create tempdir for redis-server");
         RedisServer {
             child: None,
-            port: free_port(),
+            port,
             password: password.map(str::to_string),
             dir,
-            extra_args: Vec::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -183,21 +190,35 @@ impl RedisServer {
 
     /// Runs one command over a fresh RESP connection (authenticating when a
     /// password is set) and returns the reply rendered as text; an error
-    /// reply is an `Err`.
+    /// reply is an `Err`. A server started with
+    /// [`RedisServer::start_unix_only`] is reached through its unix socket.
     pub fn command(&self, args: &[&str]) -> Result<String, String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))
-            .map_err(|e| format!("connect 127.0.0.1:{}: {e}", self.port))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-        if let Some(p) = &self.password {
-            write_command(&mut stream, &["AUTH", p])?;
-            read_reply(&mut reader)?;
+        if self.port == 0 {
+            let path = self.socket_path();
+            let stream = UnixStream::connect(&path)
+                .map_err(|e| format!("connect {}: {e}", path.display()))?;
+            return self.round_trip(stream, args);
         }
-        write_command(&mut stream, args)?;
-        let reply = read_reply(&mut reader);
-        let _ = stream.shutdown(Shutdown::Both);
+        let stream = TcpStream::connect(("127.0.0.1", self.port))
+            .map_err(|e| format!("connect 127.0.0.1:{}: {e}", self.port))?;
+        self.round_trip(stream, args)
+    }
+
+    /// AUTH when a password is set, then `args`; the reply as text.
+    fn round_trip<S: Stream>(&self, mut stream: S, args: &[&str]) -> Result<String, String> {
+        stream
+            .set_timeout(Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.dup().map_err(|e| e.to_string())?);
+        let reply = (|| {
+            if let Some(p) = &self.password {
+                write_command(&mut stream, &["AUTH", p])?;
+                read_reply(&mut reader)?;
+            }
+            write_command(&mut stream, args)?;
+            read_reply(&mut reader)
+        })();
+        stream.close();
         reply
     }
 
@@ -209,11 +230,11 @@ impl RedisServer {
     }
 
     fn base_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--port".to_string(),
-            self.port.to_string(),
-            "--bind".to_string(),
-            "127.0.0.1".to_string(),
+        let mut args = vec!["--port".to_string(), self.port.to_string()];
+        if self.port != 0 {
+            args.extend(["--bind".to_string(), "127.0.0.1".to_string()]);
+        }
+        args.extend([
             "--save".to_string(),
             String::new(),
             "--appendonly".to_string(),
@@ -228,7 +249,7 @@ impl RedisServer {
             self.socket_path().display().to_string(),
             "--unixsocketperm".to_string(),
             "700".to_string(),
-        ];
+        ]);
         if let Some(p) = &self.password {
             args.push("--requirepass".to_string());
             args.push(p.clone());
@@ -311,13 +332,39 @@ impl Drop for RedisServer {
     }
 }
 
+/// A TCP or unix stream, for [`RedisServer::command`].
+trait Stream: Read + Write + Sized {
+    fn set_timeout(&self, d: Duration) -> std::io::Result<()>;
+    fn dup(&self) -> std::io::Result<Self>;
+    fn close(&self);
+}
+
+/// The same for both: their inherent methods have the same names.
+macro_rules! impl_stream {
+    ($($t:ty),*) => {$(
+        impl Stream for $t {
+            fn set_timeout(&self, d: Duration) -> std::io::Result<()> {
+                self.set_read_timeout(Some(d))
+            }
+            fn dup(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn close(&self) {
+                let _ = self.shutdown(Shutdown::Both);
+            }
+        }
+    )*};
+}
+
+impl_stream!(TcpStream, UnixStream);
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
 }
 
-fn write_command(stream: &mut TcpStream, args: &[&str]) -> Result<(), String> {
+fn write_command(stream: &mut impl Write, args: &[&str]) -> Result<(), String> {
     let mut buf = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
