@@ -4,102 +4,12 @@
 //! ([`diff`]) and starts each [`InstanceSpec`] exactly as written here, so
 //! `clearify-workerd --check` can print the very command lines that will run.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::{Config, redact_url};
-pub use crate::model::spec::{Limits, Timing};
-
-/// One worker process to keep running.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceSpec {
-    /// `<group>-<i>`, e.g. `text-1`.
-    pub id: String,
-    pub group: String,
-    /// 1-based.
-    pub index: u32,
-    /// Celery node name, `<group>-<i>@<device_id>`.
-    pub node: String,
-    /// The executable (`celery.command`), resolved.
-    pub program: PathBuf,
-    /// Arguments after the program.
-    pub args: Vec<String>,
-    /// The complete environment of the worker (nothing else is inherited).
-    pub env: BTreeMap<String, String>,
-    pub cwd: PathBuf,
-    /// The user to switch to when the daemon runs as root.
-    pub user: Option<String>,
-    pub timing: Timing,
-}
-
-/// One queue group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupPlan {
-    pub name: String,
-    pub queues: Vec<String>,
-    pub limits: Limits,
-    /// Shared with the supervisor's instances (one copy per instance).
-    pub instances: Vec<Arc<InstanceSpec>>,
-}
-
-/// Everything the daemon runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
-    pub device_id: String,
-    /// Groups in config order.
-    pub groups: Vec<GroupPlan>,
-}
-
-impl Plan {
-    pub fn group(&self, name: &str) -> Option<&GroupPlan> {
-        self.groups.iter().find(|g| g.name == name)
-    }
-
-    pub fn instances(&self) -> impl Iterator<Item = &Arc<InstanceSpec>> {
-        self.groups.iter().flat_map(|g| g.instances.iter())
-    }
-}
-
-/// What a reload changes, by group name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlanDiff {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-    pub unchanged: Vec<String>,
-}
-
-/// Compare two plans group by group. A group is changed when anything that
-/// affects its processes differs (queues, limits, any instance spec).
-pub fn diff(old: &Plan, new: &Plan) -> PlanDiff {
-    // By name through maps: linear in the number of groups.
-    let by_name = |p: &'_ Plan| -> HashMap<String, usize> {
-        p.groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.name.clone(), i))
-            .collect()
-    };
-    let (old_names, new_names) = (by_name(old), by_name(new));
-    let mut d = PlanDiff::default();
-    for g in &new.groups {
-        match old_names.get(&g.name).and_then(|&i| old.groups.get(i)) {
-            None => d.added.push(g.name.clone()),
-            Some(o) if o == g => d.unchanged.push(g.name.clone()),
-            Some(_) => d.changed.push(g.name.clone()),
-        }
-    }
-    for g in &old.groups {
-        if !new_names.contains_key(&g.name) {
-            d.removed.push(g.name.clone());
-        }
-    }
-    d
-}
+pub use crate::model::spec::{GroupPlan, InstanceSpec, Limits, Plan, PlanDiff, Timing, diff};
 
 /// Build the plan from a validated config: for each group (in config
 /// order) and each instance `i` in `1..=instances`, the exact process to run.

@@ -18,7 +18,7 @@ use super::{
     CgroupError, SUPERVISOR, WANTED_CONTROLLERS, check_name, make_dir, parse_controllers,
     parse_keyed, parse_pids, parse_populated, parse_single, read_file, write_file,
 };
-use crate::plan::Limits;
+use crate::model::spec::Limits;
 
 /// The cpu.max period the daemon writes, in microseconds.
 pub const CPU_PERIOD_USEC: u64 = 100_000;

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use tokio::net::unix::pipe;
 
-use crate::plan::InstanceSpec;
+use crate::model::spec::InstanceSpec;
 use crate::sys::privdrop::{self, RunAs};
 
 /// The environment variable that marks every process of one run of an
