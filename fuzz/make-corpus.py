@@ -210,7 +210,7 @@ for name, resp in responses.items():
 # --------------------------------------------------------------------- framer
 # Byte 0: chunk size (bit 7: the daemon's 48 KiB, else 1 + b % 64);
 # byte 1: the seed for the read sizes and the clock; then the stream.
-src = read("src/journal.rs").decode()
+src = read("src/logs/grouper.rs").decode()
 m = re.search(r'const CELERY_STDERR: &str = "\\\n(.*?)";\n', src, re.S)
 celery = m.group(1).replace('\\"', '"').replace("\\\\", "\\").encode()
 streams = {
