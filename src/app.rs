@@ -37,10 +37,8 @@ use crate::supervisor::effects::SysEffects;
 use crate::supervisor::{Msg, Setup, Supervisor};
 use crate::sys::cgroup::{self, CgroupError, CgroupTree};
 use crate::sys::notify::Notifier;
-use crate::sys::process::{self, RunAs, UserError};
-
-/// Where the delegated cgroup v2 tree is looked for.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+use crate::sys::privdrop::{self, RunAs, UserError};
+use crate::sys::process;
 
 /// What the daemon is started with.
 #[derive(Debug, Clone)]
@@ -54,7 +52,7 @@ pub struct Options {
 
 /// Where start-up meets the machine.
 pub struct Host {
-    /// The cgroup v2 mount ([`CGROUP_ROOT`] on a real host).
+    /// The cgroup v2 mount ([`cgroup::DEFAULT_ROOT`] on a real host).
     pub cgroup_root: PathBuf,
     /// systemd's notification socket (from `$NOTIFY_SOCKET`).
     pub notifier: Notifier,
@@ -64,7 +62,7 @@ impl Host {
     /// The machine the daemon runs on.
     pub fn system() -> Host {
         Host {
-            cgroup_root: PathBuf::from(CGROUP_ROOT),
+            cgroup_root: PathBuf::from(cgroup::DEFAULT_ROOT),
             notifier: Notifier::from_env(),
         }
     }
@@ -260,7 +258,7 @@ fn load_config(path: &Path) -> Result<Config, StartError> {
 /// Step 3: the user workers run as. Without groups a bad user is only a
 /// warning: nothing runs yet.
 fn worker_user(config: &Config) -> Result<Option<RunAs>, StartError> {
-    match process::resolve_user(config.celery.user.as_deref()) {
+    match privdrop::resolve_user(config.celery.user.as_deref()) {
         Ok(u) => Ok(u),
         Err(e) if !config.groups.is_empty() => Err(StartError::User(e)),
         Err(e) => {

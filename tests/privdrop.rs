@@ -186,7 +186,7 @@ fn the_doctor_and_the_worker_spawn_drop_to_the_same_ids_without_capabilities() {
     // tokio's).
     let built = plan::build(&config);
     let spec = built.instances().next().expect("one instance");
-    let run_as = sys::process::resolve_user(spec.user.as_deref())
+    let run_as = sys::privdrop::resolve_user(spec.user.as_deref())
         .unwrap()
         .expect("root drops to the worker user");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -31,7 +31,8 @@ use crate::model::ExitReason;
 use crate::plan::{InstanceSpec, Limits};
 use crate::sys::cgroup::{CgroupTree, Leaf};
 use crate::sys::notify::Notifier;
-use crate::sys::process::{self, Exit, RunAs};
+use crate::sys::privdrop::RunAs;
+use crate::sys::process::{self, Exit};
 
 /// A boxed future, for the trait's asynchronous steps.
 pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;

@@ -35,7 +35,7 @@ pub fn celery_check(config: &Config, timeout: Duration) -> Finding {
     let app = config.celery.app.clone().unwrap_or_default();
     let mut args = config.celery.command_args.clone();
     args.extend(["-A".to_string(), app.clone(), "report".to_string()]);
-    let run_as = match crate::sys::process::resolve_user(spec.user.as_deref()) {
+    let run_as = match crate::sys::privdrop::resolve_user(spec.user.as_deref()) {
         Ok(r) => r,
         Err(e) => {
             return Finding::fail(NAME, e.to_string(), "set [celery].user to the worker user");

@@ -37,7 +37,6 @@ mod reaper;
 pub mod records;
 mod spawn;
 
-pub use crate::sys::privdrop::{RunAs, UserError, resolve_user};
 pub use kill::{
     KillReport, LiveMains, kill_all_descendants, kill_run, main_identity, run_members, signal,
 };
