@@ -11,19 +11,24 @@
 //! - (c) `src/model/` does no I/O: no `tokio`, `std::fs`, `std::net`,
 //!   `std::process`, `nix` or `libc`;
 //! - (d) no source file is over [`MAX_LINES`] lines, except unit-test files
-//!   (`tests.rs`, `*_tests.rs`).
+//!   (`tests.rs`, `*_tests.rs`, and files declared `#[cfg(test)] mod x;`).
 //!
-//! An import is any path the code names: `use` lines (with their `{...}`
-//! groups expanded) and paths written inline (`crate::sys::process::spawn`,
-//! `super::protocol::MAX_FRAME`), outside comments and string literals.
-//! Each finding names the file, the line and the path that breaks the rule.
+//! Each file is parsed with `syn`. An import is any path the code names:
+//! `use` trees (with their `{...}` groups expanded) and paths written inline
+//! (`crate::sys::process::spawn`, `super::protocol::MAX_FRAME`), also in
+//! macro bodies and attribute arguments; comments and string literals are
+//! not code. Each finding names the file, the line and the path that breaks
+//! the rule.
 //!
 //! The checker itself is tested below on small in-memory trees, so a rule
 //! that stopped finding anything would fail here too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::Path;
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use syn::visit::{self, Visit};
 
 /// The longest a non-test source file may be.
 const MAX_LINES: usize = 700;
@@ -45,215 +50,221 @@ const IO_PATHS: [&[&str]; 6] = [
 /// skipped.
 const EXTERNAL_ROOTS: [&str; 4] = ["std", "tokio", "nix", "libc"];
 
-// ------------------------------------------------------------------ lexing
-
-/// `text` with comments, string and char literals blanked out (newlines
-/// kept, so line numbers stay right).
-fn strip(text: &str) -> String {
-    let b: Vec<char> = text.chars().collect();
-    let mut out = String::with_capacity(text.len());
-    let blank = |c: char| if c == '\n' { '\n' } else { ' ' };
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
-        if c == '/' && next == Some('/') {
-            while i < b.len() && b[i] != '\n' {
-                out.push(' ');
-                i += 1;
-            }
-        } else if c == '/' && next == Some('*') {
-            let mut depth = 0usize;
-            while i < b.len() {
-                if b[i] == '/' && b.get(i + 1) == Some(&'*') {
-                    depth += 1;
-                    out.push_str("  ");
-                    i += 2;
-                } else if b[i] == '*' && b.get(i + 1) == Some(&'/') {
-                    depth -= 1;
-                    out.push_str("  ");
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    out.push(blank(b[i]));
-                    i += 1;
-                }
-            }
-        } else if (c == 'r' || (c == 'b' && next == Some('r')))
-            && !prev_is_ident(&b, i)
-            && raw_string_start(&b, i + usize::from(c == 'b') + 1).is_some()
-        {
-            let start = i + usize::from(c == 'b') + 1;
-            let hashes = raw_string_start(&b, start).unwrap_or(0);
-            // Skip the prefix, the hashes and the opening quote.
-            let body = start + hashes + 1;
-            for &ch in &b[i..body] {
-                out.push(blank(ch));
-            }
-            i = body;
-            while i < b.len() {
-                if b[i] == '"' && (1..=hashes).all(|k| b.get(i + k) == Some(&'#')) {
-                    for _ in 0..=hashes {
-                        out.push(' ');
-                    }
-                    i += hashes + 1;
-                    break;
-                }
-                out.push(blank(b[i]));
-                i += 1;
-            }
-        } else if c == '"' {
-            out.push(' ');
-            i += 1;
-            while i < b.len() {
-                if b[i] == '\\' {
-                    out.push(' ');
-                    if let Some(&e) = b.get(i + 1) {
-                        out.push(blank(e));
-                    }
-                    i += 2;
-                    continue;
-                }
-                if b[i] == '"' {
-                    out.push(' ');
-                    i += 1;
-                    break;
-                }
-                out.push(blank(b[i]));
-                i += 1;
-            }
-        } else if c == '\'' {
-            // A char literal ('a', '\n', '\u{1b}') or a lifetime ('a).
-            let end = if next == Some('\\') {
-                (i + 2..b.len()).find(|&k| b[k] == '\'')
-            } else if b.get(i + 2) == Some(&'\'') {
-                Some(i + 2)
-            } else {
-                None
-            };
-            match end {
-                Some(end) => {
-                    for _ in i..=end {
-                        out.push(' ');
-                    }
-                    i = end + 1;
-                }
-                None => {
-                    out.push(' ');
-                    i += 1;
-                }
-            }
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn prev_is_ident(b: &[char], i: usize) -> bool {
-    i > 0 && (b[i - 1].is_alphanumeric() || b[i - 1] == '_')
-}
-
-/// At `i` (after `r`): the number of `#` before a `"`, when this is a raw
-/// string.
-fn raw_string_start(b: &[char], i: usize) -> Option<usize> {
-    let hashes = b[i.min(b.len())..]
-        .iter()
-        .take_while(|&&c| c == '#')
-        .count();
-    (b.get(i + hashes) == Some(&'"')).then_some(hashes)
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Tok {
-    text: String,
-    line: usize,
-}
-
-/// Identifiers, `::` and single punctuation characters, with their lines.
-fn tokens(stripped: &str) -> Vec<Tok> {
-    let mut toks = Vec::new();
-    let chars: Vec<char> = stripped.chars().collect();
-    let mut line = 1;
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '\n' {
-            line += 1;
-            i += 1;
-        } else if c.is_whitespace() {
-            i += 1;
-        } else if c.is_alphabetic() || c == '_' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            let mut text: String = chars[start..i].iter().collect();
-            // r#ident
-            if text == "r" && chars.get(i) == Some(&'#') {
-                let s2 = i + 1;
-                let mut j = s2;
-                while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
-                    j += 1;
-                }
-                text = chars[s2..j].iter().collect();
-                i = j;
-            }
-            toks.push(Tok { text, line });
-        } else if c.is_ascii_digit() {
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-        } else if c == ':' && chars.get(i + 1) == Some(&':') {
-            toks.push(Tok {
-                text: "::".into(),
-                line,
-            });
-            i += 2;
-        } else {
-            toks.push(Tok {
-                text: c.to_string(),
-                line,
-            });
-            i += 1;
-        }
-    }
-    toks
-}
-
-fn is_ident(s: &str) -> bool {
-    s.chars()
-        .next()
-        .is_some_and(|c| c.is_alphabetic() || c == '_')
-}
-
-// ------------------------------------------------------------------ parsing
+// ------------------------------------------------------------------ collecting
 
 /// One path a file names.
-#[derive(Debug, Clone, PartialEq, Eq)]
 struct Import {
     /// As written, e.g. `super::protocol::Request`.
     written: Vec<String>,
     line: usize,
-    /// The module it was written in (file module plus inline modules).
+    /// The inline modules it sits in, inside its file's module.
     module: Vec<String>,
     /// Inside `#[cfg(test)]` code.
     test: bool,
 }
 
-/// A source file, parsed: its module path, the inline modules it declares,
-/// the file modules it declares `#[cfg(test)]`, and the paths it names.
-#[derive(Debug)]
+/// A `mod name;` declaration: the module (inline modules and name, inside
+/// the file's module), its `#[path = "..."]`, and whether it is test code.
+struct ModDecl {
+    module: Vec<String>,
+    path: Option<String>,
+    test: bool,
+}
+
+/// What one file declares and names, collected by walking its syntax tree.
+#[derive(Default)]
+struct Collector {
+    /// The inline modules (`mod x { ... }`) around the current item.
+    inline: Vec<String>,
+    /// How many `#[cfg(test)]` items are around the current one.
+    test: usize,
+    imports: Vec<Import>,
+    inline_modules: Vec<Vec<String>>,
+    decls: Vec<ModDecl>,
+}
+
+fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg") && a.parse_args::<syn::Ident>().is_ok_and(|i| i == "test")
+    })
+}
+
+fn line(span: Span) -> usize {
+    span.start().line
+}
+
+impl Collector {
+    fn push(&mut self, written: Vec<String>, line: usize, test: bool) {
+        let module = self.inline.clone();
+        let test = test || self.test > 0;
+        self.imports.push(Import {
+            written,
+            line,
+            module,
+            test,
+        });
+    }
+
+    /// Runs `walk` on an item, as test code if it is `#[cfg(test)]`.
+    fn scoped(&mut self, attrs: &[syn::Attribute], walk: impl FnOnce(&mut Self)) {
+        let test = usize::from(is_cfg_test(attrs));
+        self.test += test;
+        walk(self);
+        self.test -= test;
+    }
+
+    /// The paths (`ident (:: ident)*`) in tokens that syn leaves unparsed:
+    /// macro bodies and attribute arguments.
+    fn scan(&mut self, tokens: TokenStream) {
+        let toks: Vec<TokenTree> = tokens.into_iter().collect();
+        let punct =
+            |k: usize| matches!(toks.get(k), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+        let mut i = 0;
+        while let Some(tok) = toks.get(i) {
+            match tok {
+                TokenTree::Group(g) => self.scan(g.stream()),
+                TokenTree::Ident(first) => {
+                    let mut path = vec![first.to_string()];
+                    while punct(i + 1)
+                        && punct(i + 2)
+                        && let Some(TokenTree::Ident(next)) = toks.get(i + 3)
+                    {
+                        path.push(next.to_string());
+                        i += 3;
+                    }
+                    if path.len() > 1 {
+                        self.push(path, line(first.span()), false);
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+/// The leaf paths of a use tree with the line each starts on, e.g.
+/// `crate::{a::{b, c}, d as e, f::{self}}` gives `crate::a::b`,
+/// `crate::a::c`, `crate::d`, `crate::f`.
+fn use_paths(
+    tree: &syn::UseTree,
+    prefix: &mut Vec<String>,
+    start: Option<usize>,
+) -> Vec<(Vec<String>, usize)> {
+    let at = |span: Span| start.unwrap_or_else(|| line(span));
+    match tree {
+        syn::UseTree::Path(p) => {
+            prefix.push(p.ident.to_string());
+            let out = use_paths(&p.tree, prefix, Some(at(p.ident.span())));
+            prefix.pop();
+            out
+        }
+        syn::UseTree::Name(syn::UseName { ident })
+        | syn::UseTree::Rename(syn::UseRename { ident, .. }) => {
+            let mut path = prefix.clone();
+            if ident != "self" {
+                path.push(ident.to_string());
+            }
+            vec![(path, at(ident.span()))]
+        }
+        syn::UseTree::Glob(g) => vec![(prefix.clone(), at(g.star_token.spans[0]))],
+        syn::UseTree::Group(g) => g
+            .items
+            .iter()
+            .flat_map(|t| use_paths(t, prefix, None))
+            .collect(),
+    }
+}
+
+/// Visits the items that may carry `#[cfg(test)]` as test code when they do.
+macro_rules! test_scoped {
+    ($($visit:ident: $node:ident),* $(,)?) => {
+        $(fn $visit(&mut self, n: &'ast syn::$node) {
+            self.scoped(&n.attrs, |s| visit::$visit(s, n));
+        })*
+    };
+}
+
+impl<'ast> Visit<'ast> for Collector {
+    test_scoped!(
+        visit_item_fn: ItemFn,
+        visit_item_impl: ItemImpl,
+        visit_item_struct: ItemStruct,
+        visit_item_enum: ItemEnum,
+        visit_item_const: ItemConst,
+        visit_item_static: ItemStatic,
+        visit_item_type: ItemType,
+        visit_item_trait: ItemTrait,
+        visit_item_macro: ItemMacro,
+        visit_impl_item_fn: ImplItemFn,
+        visit_impl_item_const: ImplItemConst,
+        visit_trait_item_fn: TraitItemFn,
+        visit_field: Field,
+        visit_variant: Variant,
+        visit_local: Local,
+        visit_stmt_macro: StmtMacro,
+    );
+
+    fn visit_item_mod(&mut self, n: &'ast syn::ItemMod) {
+        let mut module = self.inline.clone();
+        module.push(n.ident.to_string());
+        if n.content.is_none() {
+            let path = n.attrs.iter().find(|a| a.path().is_ident("path"));
+            let path = match path.map(|a| &a.meta) {
+                Some(syn::Meta::NameValue(syn::MetaNameValue {
+                    value:
+                        syn::Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Str(s),
+                            ..
+                        }),
+                    ..
+                })) => Some(s.value()),
+                _ => None,
+            };
+            let test = is_cfg_test(&n.attrs);
+            self.decls.push(ModDecl { module, path, test });
+            return;
+        }
+        self.inline_modules.push(module);
+        self.inline.push(n.ident.to_string());
+        self.scoped(&n.attrs, |s| visit::visit_item_mod(s, n));
+        self.inline.pop();
+    }
+
+    fn visit_item_use(&mut self, n: &'ast syn::ItemUse) {
+        let test = is_cfg_test(&n.attrs);
+        for (path, line) in use_paths(&n.tree, &mut Vec::new(), None) {
+            self.push(path, line, test);
+        }
+    }
+
+    fn visit_path(&mut self, n: &'ast syn::Path) {
+        // An inline path that names a module has two segments or more.
+        if n.segments.len() > 1 {
+            let written = n.segments.iter().map(|s| s.ident.to_string()).collect();
+            self.push(written, line(n.segments[0].ident.span()), false);
+        }
+        visit::visit_path(self, n);
+    }
+
+    fn visit_macro(&mut self, n: &'ast syn::Macro) {
+        visit::visit_macro(self, n);
+        self.scan(n.tokens.clone());
+    }
+
+    fn visit_meta_list(&mut self, n: &'ast syn::MetaList) {
+        visit::visit_meta_list(self, n);
+        self.scan(n.tokens.clone());
+    }
+}
+
+/// A source file, parsed.
 struct Parsed {
     file: String,
     module: Vec<String>,
     lines: usize,
-    inline_modules: Vec<Vec<String>>,
-    test_children: Vec<String>,
-    imports: Vec<Import>,
+    found: Collector,
+    error: Option<String>,
 }
 
 /// The module path of a file under `src/`: `src/lib.rs` is the root,
@@ -271,199 +282,26 @@ fn module_of(file: &str) -> Option<Vec<String>> {
 }
 
 fn parse(file: &str, text: &str) -> Option<Parsed> {
-    let module = module_of(file)?;
-    let toks = tokens(&strip(text));
-    let mut p = Parsed {
+    let mut found = Collector::default();
+    let error = match syn::parse_file(text) {
+        Ok(ast) => {
+            found.visit_file(&ast);
+            None
+        }
+        Err(e) => Some(format!("{file}:{}: does not parse: {e}", line(e.span()))),
+    };
+    Some(Parsed {
         file: file.to_string(),
-        module: module.clone(),
+        module: module_of(file)?,
         lines: text.lines().count(),
-        inline_modules: Vec::new(),
-        test_children: Vec::new(),
-        imports: Vec::new(),
-    };
-    // Open scopes: (brace depth after the `{`, inline module name, test).
-    let mut scopes: Vec<(usize, Option<String>, bool)> = Vec::new();
-    let mut depth = 0usize;
-    let mut pending_test = false;
-    let mut pending_mod: Option<String> = None;
-    let current = |scopes: &Vec<(usize, Option<String>, bool)>| -> (Vec<String>, bool) {
-        let mut m = module.clone();
-        let mut test = false;
-        for (_, name, t) in scopes {
-            if let Some(n) = name {
-                m.push(n.clone());
-            }
-            test |= *t;
-        }
-        (m, test)
-    };
-    let mut i = 0;
-    while i < toks.len() {
-        let t = toks[i].text.as_str();
-        match t {
-            "#" => {
-                // #[cfg(test)] (also #![cfg(test)] is not used here).
-                let words: Vec<&str> = toks[i + 1..(i + 7).min(toks.len())]
-                    .iter()
-                    .map(|t| t.text.as_str())
-                    .collect();
-                if words.starts_with(&["[", "cfg", "(", "test", ")", "]"]) {
-                    pending_test = true;
-                    i += 7;
-                    continue;
-                }
-            }
-            "mod" => {
-                if let (Some(name), Some(after)) = (toks.get(i + 1), toks.get(i + 2)) {
-                    if after.text == "{" {
-                        pending_mod = Some(name.text.clone());
-                        i += 2;
-                        continue;
-                    }
-                    if after.text == ";" {
-                        if pending_test {
-                            p.test_children.push(name.text.clone());
-                        }
-                        pending_test = false;
-                        i += 3;
-                        continue;
-                    }
-                }
-            }
-            "{" => {
-                depth += 1;
-                if let Some(name) = pending_mod.take() {
-                    let (mut m, _) = current(&scopes);
-                    m.push(name.clone());
-                    p.inline_modules.push(m);
-                    scopes.push((depth, Some(name), pending_test));
-                } else if pending_test {
-                    scopes.push((depth, None, true));
-                }
-                pending_test = false;
-            }
-            "}" => {
-                if scopes.last().is_some_and(|s| s.0 == depth) {
-                    scopes.pop();
-                }
-                depth = depth.saturating_sub(1);
-            }
-            ";" => pending_test = false,
-            "use" => {
-                let (m, test) = current(&scopes);
-                let test = test || pending_test;
-                let end = (i..toks.len())
-                    .find(|&k| toks[k].text == ";")
-                    .unwrap_or(toks.len());
-                for (path, line) in use_tree(&toks[i + 1..end]) {
-                    p.imports.push(Import {
-                        written: path,
-                        line,
-                        module: m.clone(),
-                        test,
-                    });
-                }
-                pending_test = false;
-                i = end + 1;
-                continue;
-            }
-            _ if is_ident(t)
-                && toks.get(i + 1).is_some_and(|n| n.text == "::")
-                && !(i > 0 && toks[i - 1].text == "::") =>
-            {
-                // An inline path: ident (:: ident)*.
-                let mut path = vec![t.to_string()];
-                let mut k = i + 1;
-                while toks.get(k).is_some_and(|n| n.text == "::")
-                    && toks.get(k + 1).is_some_and(|n| is_ident(&n.text))
-                {
-                    path.push(toks[k + 1].text.clone());
-                    k += 2;
-                }
-                let (m, test) = current(&scopes);
-                p.imports.push(Import {
-                    written: path,
-                    line: toks[i].line,
-                    module: m,
-                    test: test || pending_test,
-                });
-                i = k;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    Some(p)
-}
-
-/// The leaf paths of a use tree (the tokens between `use` and `;`), e.g.
-/// `crate::{a::{b, c}, d as e}` gives `crate::a::b`, `crate::a::c`,
-/// `crate::d`.
-fn use_tree(toks: &[Tok]) -> Vec<(Vec<String>, usize)> {
-    fn walk(toks: &[Tok], i: &mut usize, prefix: &[String], out: &mut Vec<(Vec<String>, usize)>) {
-        let mut path = prefix.to_vec();
-        let line = toks.get(*i).map_or(0, |t| t.line);
-        while let Some(t) = toks.get(*i) {
-            match t.text.as_str() {
-                "::" => *i += 1,
-                "{" => {
-                    *i += 1;
-                    loop {
-                        match toks.get(*i).map(|t| t.text.as_str()) {
-                            None => return,
-                            Some("}") => {
-                                *i += 1;
-                                return;
-                            }
-                            Some(",") => *i += 1,
-                            Some(_) => walk(toks, i, &path, out),
-                        }
-                    }
-                }
-                "," | "}" => break,
-                "*" => {
-                    *i += 1;
-                    out.push((path.clone(), line));
-                    return;
-                }
-                "as" => {
-                    *i += 2;
-                    out.push((path.clone(), line));
-                    return;
-                }
-                s if is_ident(s) => {
-                    path.push(s.to_string());
-                    *i += 1;
-                }
-                _ => *i += 1,
-            }
-        }
-        if path.len() > prefix.len() {
-            out.push((path, line));
-        }
-    }
-    // Skip a visibility: `pub`, `pub(crate)`, `pub(super)`, `pub(in path)`.
-    let mut start = 0;
-    if toks.first().is_some_and(|t| t.text == "pub") {
-        start = 1;
-        if toks.get(1).is_some_and(|t| t.text == "(") {
-            start = (1..toks.len())
-                .find(|&k| toks[k].text == ")")
-                .map_or(toks.len(), |k| k + 1);
-        }
-    }
-    let mut out = Vec::new();
-    let mut i = start;
-    walk(toks, &mut i, &[], &mut out);
-    out
+        found,
+        error,
+    })
 }
 
 // ------------------------------------------------------------------ checking
 
-/// Where a path leads: a module of this crate (and how far the path named
-/// an item in it), or an external crate's path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a path leads: a module of this crate, or an external crate's path.
 enum Target {
     Module(Vec<String>),
     External(Vec<String>),
@@ -477,18 +315,31 @@ struct Crate {
 
 impl Crate {
     fn new(sources: &[(String, String)]) -> Crate {
-        let files: Vec<Parsed> = sources.iter().filter_map(|(f, t)| parse(f, t)).collect();
-        let mut modules = BTreeSet::new();
+        let mut files: Vec<Parsed> = sources.iter().filter_map(|(f, t)| parse(f, t)).collect();
+        // `mod x;` declarations: test modules, and `#[path = "x_tests.rs"]`
+        // files, whose module is the declared one.
         let mut test_modules = BTreeSet::new();
+        let mut moved = BTreeMap::new();
         for f in &files {
-            modules.insert(f.module.clone());
-            for m in &f.inline_modules {
-                modules.insert(m.clone());
+            for d in &f.found.decls {
+                let module = [f.module.as_slice(), &d.module].concat();
+                if let Some(path) = &d.path {
+                    let file = Path::new(&f.file).with_file_name(path);
+                    moved.insert(file.to_string_lossy().into_owned(), module.clone());
+                }
+                if d.test {
+                    test_modules.insert(module);
+                }
             }
-            for child in &f.test_children {
-                let mut m = f.module.clone();
-                m.push(child.clone());
-                test_modules.insert(m);
+        }
+        let mut modules = BTreeSet::new();
+        for f in &mut files {
+            if let Some(module) = moved.remove(&f.file) {
+                f.module = module;
+            }
+            modules.insert(f.module.clone());
+            for m in &f.found.inline_modules {
+                modules.insert([f.module.as_slice(), m].concat());
             }
         }
         Crate {
@@ -513,23 +364,17 @@ impl Crate {
                 m.extend(rest.iter().cloned());
                 m
             }
-            "self" => {
-                let mut m = from.to_vec();
-                m.extend(written[1..].iter().cloned());
-                m
-            }
+            "self" => [from, &written[1..]].concat(),
             _ if EXTERNAL_ROOTS.contains(&first) => {
                 return Some(Target::External(written.to_vec()));
             }
             _ => {
                 // A child module named without `self::` (2018 paths).
-                let mut m = from.to_vec();
-                m.push(first.to_string());
+                let m = [from, &written[..1]].concat();
                 if !self.modules.contains(&m) {
                     return None;
                 }
-                m.extend(written[1..].iter().cloned());
-                m
+                [from, written].concat()
             }
         };
         // The longest prefix that is a module.
@@ -556,6 +401,7 @@ impl Crate {
         // scope -> (from, to) -> an example "file:line: path".
         let mut edges: BTreeMap<Vec<String>, BTreeMap<(String, String), String>> = BTreeMap::new();
         for f in &self.files {
+            findings.extend(f.error.clone());
             let test_file = self.is_test_file(f);
             if !test_file && f.lines > MAX_LINES {
                 findings.push(format!(
@@ -564,12 +410,12 @@ impl Crate {
                 ));
             }
             let top = f.module.first().map(String::as_str);
-            for imp in &f.imports {
-                let Some(target) = self.resolve(&imp.module, &imp.written) else {
+            for imp in &f.found.imports {
+                let from = [f.module.as_slice(), &imp.module].concat();
+                let Some(target) = self.resolve(&from, &imp.written) else {
                     continue;
                 };
-                let written = imp.written.join("::");
-                let at = format!("{}:{}: {written}", f.file, imp.line);
+                let at = format!("{}:{}: {}", f.file, imp.line, imp.written.join("::"));
                 match &target {
                     Target::External(path) => {
                         if top == Some("model")
@@ -581,25 +427,21 @@ impl Crate {
                         }
                     }
                     Target::Module(to) => {
-                        let to_top = to.first().map(String::as_str);
-                        if matches!(top, Some("sys" | "model"))
-                            && to_top.is_some_and(|t| UPPER.contains(&t))
+                        let to_top = to.first().map(String::as_str).unwrap_or_default();
+                        if let Some(top @ ("sys" | "model")) = top
+                            && UPPER.contains(&to_top)
                         {
                             findings.push(format!(
-                                "{at}: src/{}/ must not import {} (an upward import)",
-                                top.unwrap_or_default(),
-                                to_top.unwrap_or_default()
+                                "{at}: src/{top}/ must not import {to_top} (an upward import)"
                             ));
                         }
                         if test_file || imp.test {
                             continue;
                         }
-                        let from = &imp.module;
                         let k = from.iter().zip(to).take_while(|(a, b)| a == b).count();
                         if k < from.len() && k < to.len() {
-                            let scope = from[..k].to_vec();
                             edges
-                                .entry(scope)
+                                .entry(from[..k].to_vec())
                                 .or_default()
                                 .entry((from[k].clone(), to[k].clone()))
                                 .or_insert(at);
@@ -609,21 +451,11 @@ impl Crate {
             }
         }
         for (scope, graph) in &edges {
+            let name = |m: &str| [scope.as_slice(), &[m.to_string()]].concat().join("::");
             for cycle in cycles(graph) {
-                let name = |m: &str| {
-                    let mut p = scope.clone();
-                    p.push(m.to_string());
-                    p.join("::")
-                };
-                let mut s = format!(
-                    "import cycle: {}",
-                    cycle
-                        .iter()
-                        .chain(cycle.first())
-                        .map(|m| name(m))
-                        .collect::<Vec<_>>()
-                        .join(" -> ")
-                );
+                let ring: Vec<String> =
+                    cycle.iter().chain(cycle.first()).map(|m| name(m)).collect();
+                let mut s = format!("import cycle: {}", ring.join(" -> "));
                 for (a, b) in cycle.iter().zip(cycle.iter().cycle().skip(1)) {
                     if let Some(ex) = graph.get(&(a.clone(), b.clone())) {
                         let _ = write!(s, "\n    {} -> {}: {ex}", name(a), name(b));
@@ -640,119 +472,45 @@ fn to_strings(p: &[&str]) -> Vec<String> {
     p.iter().map(|s| s.to_string()).collect()
 }
 
-/// One cycle through each strongly connected component of more than one
-/// node (Tarjan), as the list of its nodes in order.
+/// The shortest cycle through each node that is on one (breadth-first
+/// search back to it), each cycle once, starting at its smallest node.
 fn cycles(graph: &BTreeMap<(String, String), String>) -> Vec<Vec<String>> {
     let mut adj: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (a, b) in graph.keys() {
         adj.entry(a).or_default().push(b);
-        adj.entry(b).or_default();
     }
-    // Tarjan's algorithm.
-    struct St<'a> {
-        index: BTreeMap<&'a str, usize>,
-        low: BTreeMap<&'a str, usize>,
-        on: BTreeSet<&'a str>,
-        stack: Vec<&'a str>,
-        next: usize,
-        sccs: Vec<Vec<&'a str>>,
-    }
-    fn visit<'a>(v: &'a str, adj: &BTreeMap<&'a str, Vec<&'a str>>, st: &mut St<'a>) {
-        st.index.insert(v, st.next);
-        st.low.insert(v, st.next);
-        st.next += 1;
-        st.stack.push(v);
-        st.on.insert(v);
-        for &w in adj.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-            if !st.index.contains_key(w) {
-                visit(w, adj, st);
-                let lw = st.low[w];
-                let lv = st.low[v];
-                st.low.insert(v, lv.min(lw));
-            } else if st.on.contains(w) {
-                let iw = st.index[w];
-                let lv = st.low[v];
-                st.low.insert(v, lv.min(iw));
-            }
-        }
-        if st.low[v] == st.index[v] {
-            let mut scc = Vec::new();
-            while let Some(w) = st.stack.pop() {
-                st.on.remove(w);
-                scc.push(w);
-                if w == v {
-                    break;
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for &start in adj.keys() {
+        let mut prev: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut queue = VecDeque::from([start]);
+        let mut last = None;
+        'search: while let Some(v) = queue.pop_front() {
+            for &w in adj.get(v).into_iter().flatten() {
+                if w == start {
+                    last = Some(v);
+                    break 'search;
+                }
+                if !prev.contains_key(w) {
+                    prev.insert(w, v);
+                    queue.push_back(w);
                 }
             }
-            st.sccs.push(scc);
         }
-    }
-    let mut st = St {
-        index: BTreeMap::new(),
-        low: BTreeMap::new(),
-        on: BTreeSet::new(),
-        stack: Vec::new(),
-        next: 0,
-        sccs: Vec::new(),
-    };
-    for &v in adj.keys() {
-        if !st.index.contains_key(v) {
-            visit(v, &adj, &mut st);
+        let Some(mut v) = last else { continue };
+        let mut cycle = vec![v.to_string()];
+        while v != start {
+            v = prev[v];
+            cycle.push(v.to_string());
         }
-    }
-    // In each component, the shortest cycle through each of its nodes
-    // (BFS), each cycle once.
-    let mut out: Vec<Vec<String>> = Vec::new();
-    for scc in st.sccs.into_iter().filter(|s| s.len() > 1) {
-        let members: BTreeSet<&str> = scc.iter().copied().collect();
-        for &start in &members {
-            let mut cycle = shortest_cycle(start, &members, &adj);
-            // Rotate to its smallest node, to see each cycle once.
-            let Some(min) = (0..cycle.len()).min_by_key(|&k| cycle[k].clone()) else {
-                continue;
-            };
-            cycle.rotate_left(min);
-            if !out.contains(&cycle) {
-                out.push(cycle);
-            }
+        cycle.reverse();
+        // Rotate to its smallest node, to see each cycle once.
+        let min = (0..cycle.len()).min_by_key(|&k| &cycle[k]).unwrap_or(0);
+        cycle.rotate_left(min);
+        if !out.contains(&cycle) {
+            out.push(cycle);
         }
     }
     out
-}
-
-/// The shortest cycle from `start` back to it, through `members` only.
-fn shortest_cycle(
-    start: &str,
-    members: &BTreeSet<&str>,
-    adj: &BTreeMap<&str, Vec<&str>>,
-) -> Vec<String> {
-    let mut prev: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut queue = std::collections::VecDeque::from([start]);
-    let mut last = None;
-    'search: while let Some(v) = queue.pop_front() {
-        for &w in adj.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-            if !members.contains(w) {
-                continue;
-            }
-            if w == start {
-                last = Some(v);
-                break 'search;
-            }
-            if !prev.contains_key(w) {
-                prev.insert(w, v);
-                queue.push_back(w);
-            }
-        }
-    }
-    let mut cycle = Vec::new();
-    let mut v = last.unwrap_or(start);
-    while v != start {
-        cycle.push(v.to_string());
-        v = prev.get(v).copied().unwrap_or(start);
-    }
-    cycle.push(start.to_string());
-    cycle.reverse();
-    cycle
 }
 
 // ------------------------------------------------------------------ the crate
