@@ -16,16 +16,15 @@
 //! Each file is parsed with `syn`. An import is any path the code names:
 //! `use` trees (with their `{...}` groups expanded) and paths written inline
 //! (`crate::sys::process::spawn`, `super::protocol::MAX_FRAME`), also in
-//! macro bodies and attribute arguments; comments and string literals are
-//! not code. Each finding names the file, the line and the path that breaks
-//! the rule.
+//! macro bodies and attribute arguments, never in comments or strings.
+//! Each finding names the file, the line and the path that breaks the rule.
 //!
 //! The checker itself is tested below on small in-memory trees, so a rule
 //! that stopped finding anything would fail here too.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::visit::{self, Visit};
@@ -37,18 +36,14 @@ const MAX_LINES: usize = 700;
 const UPPER: [&str; 3] = ["supervisor", "control", "cli"];
 
 /// What `model` must not use: I/O and the runtime.
-const IO_PATHS: [&[&str]; 6] = [
-    &["tokio"],
-    &["std", "fs"],
-    &["std", "net"],
-    &["std", "process"],
-    &["nix"],
-    &["libc"],
+const IO_PATHS: [&str; 6] = [
+    "tokio",
+    "std::fs",
+    "std::net",
+    "std::process",
+    "nix",
+    "libc",
 ];
-
-/// Crates whose paths are recorded (for rule c); other external crates are
-/// skipped.
-const EXTERNAL_ROOTS: [&str; 4] = ["std", "tokio", "nix", "libc"];
 
 // ------------------------------------------------------------------ collecting
 
@@ -57,30 +52,21 @@ struct Import {
     /// As written, e.g. `super::protocol::Request`.
     written: Vec<String>,
     line: usize,
-    /// The inline modules it sits in, inside its file's module.
+    /// The module it is named in.
     module: Vec<String>,
     /// Inside `#[cfg(test)]` code.
     test: bool,
 }
 
-/// A `mod name;` declaration: the module (inline modules and name, inside
-/// the file's module), its `#[path = "..."]`, and whether it is test code.
-struct ModDecl {
-    module: Vec<String>,
-    path: Option<String>,
-    test: bool,
-}
-
-/// What one file declares and names, collected by walking its syntax tree.
+/// Walks a file's syntax tree for the paths it names and its inline modules.
 #[derive(Default)]
 struct Collector {
-    /// The inline modules (`mod x { ... }`) around the current item.
-    inline: Vec<String>,
+    /// The current module: the file's, then `mod x { ... }` inside it.
+    module: Vec<String>,
     /// How many `#[cfg(test)]` items are around the current one.
     test: usize,
     imports: Vec<Import>,
     inline_modules: Vec<Vec<String>>,
-    decls: Vec<ModDecl>,
 }
 
 fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
@@ -94,9 +80,8 @@ fn line(span: Span) -> usize {
 }
 
 impl Collector {
-    fn push(&mut self, written: Vec<String>, line: usize, test: bool) {
-        let module = self.inline.clone();
-        let test = test || self.test > 0;
+    fn push(&mut self, written: Vec<String>, line: usize) {
+        let (module, test) = (self.module.clone(), self.test > 0);
         self.imports.push(Import {
             written,
             line,
@@ -113,11 +98,11 @@ impl Collector {
         self.test -= test;
     }
 
-    /// The paths (`ident (:: ident)*`) in tokens that syn leaves unparsed:
-    /// macro bodies and attribute arguments.
+    /// The paths (`a::b...`) in tokens that syn leaves unparsed: macro
+    /// bodies and attribute arguments.
     fn scan(&mut self, tokens: TokenStream) {
         let toks: Vec<TokenTree> = tokens.into_iter().collect();
-        let punct =
+        let colon =
             |k: usize| matches!(toks.get(k), Some(TokenTree::Punct(p)) if p.as_char() == ':');
         let mut i = 0;
         while let Some(tok) = toks.get(i) {
@@ -125,15 +110,15 @@ impl Collector {
                 TokenTree::Group(g) => self.scan(g.stream()),
                 TokenTree::Ident(first) => {
                     let mut path = vec![first.to_string()];
-                    while punct(i + 1)
-                        && punct(i + 2)
+                    while colon(i + 1)
+                        && colon(i + 2)
                         && let Some(TokenTree::Ident(next)) = toks.get(i + 3)
                     {
                         path.push(next.to_string());
                         i += 3;
                     }
                     if path.len() > 1 {
-                        self.push(path, line(first.span()), false);
+                        self.push(path, line(first.span()));
                     }
                 }
                 _ => {}
@@ -176,9 +161,9 @@ fn use_paths(
     }
 }
 
-/// Visits the items that may carry `#[cfg(test)]` as test code when they do.
+/// Visits the items that may be `#[cfg(test)]` as test code when they are.
 macro_rules! test_scoped {
-    ($($visit:ident: $node:ident),* $(,)?) => {
+    ($($visit:ident: $node:ident),*) => {
         $(fn $visit(&mut self, n: &'ast syn::$node) {
             self.scoped(&n.attrs, |s| visit::$visit(s, n));
         })*
@@ -186,63 +171,36 @@ macro_rules! test_scoped {
 }
 
 impl<'ast> Visit<'ast> for Collector {
-    test_scoped!(
-        visit_item_fn: ItemFn,
-        visit_item_impl: ItemImpl,
-        visit_item_struct: ItemStruct,
-        visit_item_enum: ItemEnum,
-        visit_item_const: ItemConst,
-        visit_item_static: ItemStatic,
-        visit_item_type: ItemType,
-        visit_item_trait: ItemTrait,
-        visit_item_macro: ItemMacro,
-        visit_impl_item_fn: ImplItemFn,
-        visit_impl_item_const: ImplItemConst,
-        visit_trait_item_fn: TraitItemFn,
-        visit_field: Field,
-        visit_variant: Variant,
-        visit_local: Local,
-        visit_stmt_macro: StmtMacro,
-    );
+    test_scoped!(visit_item_fn: ItemFn, visit_item_impl: ItemImpl, visit_item_struct: ItemStruct,
+        visit_item_enum: ItemEnum, visit_item_const: ItemConst, visit_item_static: ItemStatic,
+        visit_item_type: ItemType, visit_item_trait: ItemTrait, visit_item_macro: ItemMacro,
+        visit_impl_item_fn: ImplItemFn, visit_impl_item_const: ImplItemConst,
+        visit_trait_item_fn: TraitItemFn, visit_field: Field, visit_variant: Variant,
+        visit_local: Local, visit_stmt_macro: StmtMacro);
 
     fn visit_item_mod(&mut self, n: &'ast syn::ItemMod) {
-        let mut module = self.inline.clone();
-        module.push(n.ident.to_string());
-        if n.content.is_none() {
-            let path = n.attrs.iter().find(|a| a.path().is_ident("path"));
-            let path = match path.map(|a| &a.meta) {
-                Some(syn::Meta::NameValue(syn::MetaNameValue {
-                    value:
-                        syn::Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Str(s),
-                            ..
-                        }),
-                    ..
-                })) => Some(s.value()),
-                _ => None,
-            };
-            let test = is_cfg_test(&n.attrs);
-            self.decls.push(ModDecl { module, path, test });
-            return;
+        // `mod x;` is read in `Crate::new`.
+        if n.content.is_some() {
+            self.module.push(n.ident.to_string());
+            self.inline_modules.push(self.module.clone());
+            self.scoped(&n.attrs, |s| visit::visit_item_mod(s, n));
+            self.module.pop();
         }
-        self.inline_modules.push(module);
-        self.inline.push(n.ident.to_string());
-        self.scoped(&n.attrs, |s| visit::visit_item_mod(s, n));
-        self.inline.pop();
     }
 
     fn visit_item_use(&mut self, n: &'ast syn::ItemUse) {
-        let test = is_cfg_test(&n.attrs);
-        for (path, line) in use_paths(&n.tree, &mut Vec::new(), None) {
-            self.push(path, line, test);
-        }
+        self.scoped(&n.attrs, |s| {
+            for (path, line) in use_paths(&n.tree, &mut Vec::new(), None) {
+                s.push(path, line);
+            }
+        });
     }
 
     fn visit_path(&mut self, n: &'ast syn::Path) {
         // An inline path that names a module has two segments or more.
         if n.segments.len() > 1 {
             let written = n.segments.iter().map(|s| s.ident.to_string()).collect();
-            self.push(written, line(n.segments[0].ident.span()), false);
+            self.push(written, line(n.segments[0].ident.span()));
         }
         visit::visit_path(self, n);
     }
@@ -258,13 +216,21 @@ impl<'ast> Visit<'ast> for Collector {
     }
 }
 
-/// A source file, parsed.
-struct Parsed {
-    file: String,
+// ------------------------------------------------------------------ checking
+
+/// A source file: its module, whether it is test code, what it names.
+struct File {
+    name: String,
     module: Vec<String>,
     lines: usize,
-    found: Collector,
+    test: bool,
+    imports: Vec<Import>,
     error: Option<String>,
+}
+
+struct Crate {
+    files: Vec<File>,
+    modules: BTreeSet<Vec<String>>,
 }
 
 /// The module path of a file under `src/`: `src/lib.rs` is the root,
@@ -272,8 +238,7 @@ struct Parsed {
 /// binary `src/bin/x.rs` is `bin::x` (it imports the crate as
 /// `clearify_workerd::`, and nothing imports it).
 fn module_of(file: &str) -> Option<Vec<String>> {
-    let rel = file.strip_prefix("src/")?;
-    let rel = rel.strip_suffix(".rs")?;
+    let rel = file.strip_prefix("src/")?.strip_suffix(".rs")?;
     let mut parts: Vec<String> = rel.split('/').map(String::from).collect();
     if parts.last().is_some_and(|p| p == "mod" || p == "lib") {
         parts.pop();
@@ -281,118 +246,88 @@ fn module_of(file: &str) -> Option<Vec<String>> {
     Some(parts)
 }
 
-fn parse(file: &str, text: &str) -> Option<Parsed> {
-    let mut found = Collector::default();
-    let error = match syn::parse_file(text) {
-        Ok(ast) => {
-            found.visit_file(&ast);
-            None
-        }
-        Err(e) => Some(format!("{file}:{}: does not parse: {e}", line(e.span()))),
-    };
-    Some(Parsed {
-        file: file.to_string(),
-        module: module_of(file)?,
-        lines: text.lines().count(),
-        found,
-        error,
-    })
-}
-
-// ------------------------------------------------------------------ checking
-
-/// Where a path leads: a module of this crate, or an external crate's path.
-enum Target {
-    Module(Vec<String>),
-    External(Vec<String>),
-}
-
-struct Crate {
-    files: Vec<Parsed>,
-    modules: BTreeSet<Vec<String>>,
-    test_modules: BTreeSet<Vec<String>>,
-}
-
 impl Crate {
     fn new(sources: &[(String, String)]) -> Crate {
-        let mut files: Vec<Parsed> = sources.iter().filter_map(|(f, t)| parse(f, t)).collect();
-        // `mod x;` declarations: test modules, and `#[path = "x_tests.rs"]`
-        // files, whose module is the declared one.
+        let parsed: Vec<_> = sources
+            .iter()
+            .filter_map(|(name, text)| Some((name, text, module_of(name)?, syn::parse_file(text))))
+            .collect();
+        // `#[cfg(test)] mod x;` is test code; `#[path = "x_tests.rs"] mod x;`
+        // makes that file module `x`.
         let mut test_modules = BTreeSet::new();
-        let mut moved = BTreeMap::new();
-        for f in &files {
-            for d in &f.found.decls {
-                let module = [f.module.as_slice(), &d.module].concat();
-                if let Some(path) = &d.path {
-                    let file = Path::new(&f.file).with_file_name(path);
-                    moved.insert(file.to_string_lossy().into_owned(), module.clone());
+        let mut moved: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for (name, _, module, ast) in &parsed {
+            for item in ast.iter().flat_map(|ast| &ast.items) {
+                let syn::Item::Mod(m @ syn::ItemMod { content: None, .. }) = item else {
+                    continue;
+                };
+                let module = [module.as_slice(), &[m.ident.to_string()]].concat();
+                let path = m.attrs.iter().find(|a| a.path().is_ident("path"));
+                if let Some(Ok(nv)) = path.map(|a| a.meta.require_name_value())
+                    && let syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(path),
+                        ..
+                    }) = &nv.value
+                {
+                    moved.insert(Path::new(name).with_file_name(path.value()), module.clone());
                 }
-                if d.test {
+                if is_cfg_test(&m.attrs) {
                     test_modules.insert(module);
                 }
             }
         }
         let mut modules = BTreeSet::new();
-        for f in &mut files {
-            if let Some(module) = moved.remove(&f.file) {
-                f.module = module;
-            }
-            modules.insert(f.module.clone());
-            for m in &f.found.inline_modules {
-                modules.insert([f.module.as_slice(), m].concat());
-            }
+        let mut files = Vec::new();
+        for (name, text, module, ast) in parsed {
+            let module = moved.remove(Path::new(name)).unwrap_or(module);
+            let test = name.ends_with("/tests.rs")
+                || name.ends_with("_tests.rs")
+                || (1..=module.len()).any(|k| test_modules.contains(&module[..k]));
+            let mut found = Collector {
+                module: module.clone(),
+                ..Collector::default()
+            };
+            let error = match ast {
+                Ok(ast) => {
+                    found.visit_file(&ast);
+                    None
+                }
+                Err(e) => Some(format!("{name}:{}: does not parse: {e}", line(e.span()))),
+            };
+            modules.insert(module.clone());
+            modules.extend(found.inline_modules);
+            let (name, lines, imports) = (name.clone(), text.lines().count(), found.imports);
+            files.push(File {
+                name,
+                module,
+                lines,
+                test,
+                imports,
+                error,
+            });
         }
-        Crate {
-            files,
-            modules,
-            test_modules,
-        }
+        Crate { files, modules }
     }
 
-    /// Resolves `written`, named in module `from`.
-    fn resolve(&self, from: &[String], written: &[String]) -> Option<Target> {
-        let first = written.first()?.as_str();
-        let abs: Vec<String> = match first {
-            "crate" | "clearify_workerd" => written[1..].to_vec(),
+    /// The module that `written`, named in module `from`, leads to (the
+    /// longest prefix that is a module); none for external crates.
+    fn resolve(&self, from: &[String], written: &[String]) -> Option<Vec<String>> {
+        let (first, rest) = written.split_first()?;
+        let mut m = match first.as_str() {
+            "crate" | "clearify_workerd" => rest.to_vec(),
             "super" => {
-                let mut m = from.to_vec();
-                let mut rest = written;
-                while rest.first().is_some_and(|s| s == "super") {
-                    m.pop()?;
-                    rest = &rest[1..];
-                }
-                m.extend(rest.iter().cloned());
-                m
+                let ups = written.iter().take_while(|s| *s == "super").count();
+                [&from[..from.len().checked_sub(ups)?], &written[ups..]].concat()
             }
-            "self" => [from, &written[1..]].concat(),
-            _ if EXTERNAL_ROOTS.contains(&first) => {
-                return Some(Target::External(written.to_vec()));
-            }
-            _ => {
-                // A child module named without `self::` (2018 paths).
-                let m = [from, &written[..1]].concat();
-                if !self.modules.contains(&m) {
-                    return None;
-                }
-                [from, written].concat()
-            }
+            "self" => [from, rest].concat(),
+            // A child module named without `self::` (2018 paths).
+            _ if self.modules.contains(&[from, &written[..1]].concat()) => [from, written].concat(),
+            _ => return None,
         };
-        // The longest prefix that is a module.
-        let mut m = abs;
         while !self.modules.contains(&m) {
             m.pop()?;
         }
-        Some(Target::Module(m))
-    }
-
-    fn is_test_file(&self, f: &Parsed) -> bool {
-        let name = Path::new(&f.file)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("");
-        name == "tests.rs"
-            || name.ends_with("_tests.rs")
-            || (1..=f.module.len()).any(|k| self.test_modules.contains(&f.module[..k]))
+        Some(m)
     }
 
     /// Every finding, one line each.
@@ -402,51 +337,44 @@ impl Crate {
         let mut edges: BTreeMap<Vec<String>, BTreeMap<(String, String), String>> = BTreeMap::new();
         for f in &self.files {
             findings.extend(f.error.clone());
-            let test_file = self.is_test_file(f);
-            if !test_file && f.lines > MAX_LINES {
+            if !f.test && f.lines > MAX_LINES {
                 findings.push(format!(
                     "{}: {} lines, more than {MAX_LINES} (split it; unit tests may go in a sibling tests.rs)",
-                    f.file, f.lines
+                    f.name, f.lines
                 ));
             }
-            let top = f.module.first().map(String::as_str);
-            for imp in &f.found.imports {
-                let from = [f.module.as_slice(), &imp.module].concat();
-                let Some(target) = self.resolve(&from, &imp.written) else {
+            let top = f.module.first().map_or("", String::as_str);
+            for imp in &f.imports {
+                let written = imp.written.join("::");
+                let at = format!("{}:{}: {written}", f.name, imp.line);
+                if top == "model"
+                    && IO_PATHS
+                        .iter()
+                        .any(|io| format!("{written}::").starts_with(&format!("{io}::")))
+                {
+                    let io = IO_PATHS.join(", ");
+                    findings.push(format!(
+                        "{at}: src/model/ does no I/O and no tokio (no {io})"
+                    ));
+                }
+                let Some(to) = self.resolve(&imp.module, &imp.written) else {
                     continue;
                 };
-                let at = format!("{}:{}: {}", f.file, imp.line, imp.written.join("::"));
-                match &target {
-                    Target::External(path) => {
-                        if top == Some("model")
-                            && IO_PATHS.iter().any(|io| path.starts_with(&to_strings(io)))
-                        {
-                            findings.push(format!(
-                                "{at}: src/model/ does no I/O and no tokio (no tokio, std::fs, std::net, std::process, nix, libc)"
-                            ));
-                        }
-                    }
-                    Target::Module(to) => {
-                        let to_top = to.first().map(String::as_str).unwrap_or_default();
-                        if let Some(top @ ("sys" | "model")) = top
-                            && UPPER.contains(&to_top)
-                        {
-                            findings.push(format!(
-                                "{at}: src/{top}/ must not import {to_top} (an upward import)"
-                            ));
-                        }
-                        if test_file || imp.test {
-                            continue;
-                        }
-                        let k = from.iter().zip(to).take_while(|(a, b)| a == b).count();
-                        if k < from.len() && k < to.len() {
-                            edges
-                                .entry(from[..k].to_vec())
-                                .or_default()
-                                .entry((from[k].clone(), to[k].clone()))
-                                .or_insert(at);
-                        }
-                    }
+                let to_top = to.first().map_or("", String::as_str);
+                if matches!(top, "sys" | "model") && UPPER.contains(&to_top) {
+                    findings.push(format!(
+                        "{at}: src/{top}/ must not import {to_top} (an upward import)"
+                    ));
+                }
+                let from = &imp.module;
+                let k = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+                if !f.test && !imp.test && k < from.len() && k < to.len() {
+                    let edge = (from[k].clone(), to[k].clone());
+                    edges
+                        .entry(from[..k].to_vec())
+                        .or_default()
+                        .entry(edge)
+                        .or_insert(at);
                 }
             }
         }
@@ -466,10 +394,6 @@ impl Crate {
         }
         findings
     }
-}
-
-fn to_strings(p: &[&str]) -> Vec<String> {
-    p.iter().map(|s| s.to_string()).collect()
 }
 
 /// The shortest cycle through each node that is on one (breadth-first
@@ -503,7 +427,6 @@ fn cycles(graph: &BTreeMap<(String, String), String>) -> Vec<Vec<String>> {
             cycle.push(v.to_string());
         }
         cycle.reverse();
-        // Rotate to its smallest node, to see each cycle once.
         let min = (0..cycle.len()).min_by_key(|&k| &cycle[k]).unwrap_or(0);
         cycle.rotate_left(min);
         if !out.contains(&cycle) {
@@ -624,6 +547,24 @@ fn checker_finds_a_cycle_between_siblings_through_super() {
 }
 
 #[test]
+fn checker_reads_paths_in_macro_bodies() {
+    let found = check(&[
+        LIB,
+        ("src/a.rs", "pub struct X;\npub fn f() { crate::b::g(); }"),
+        (
+            "src/b.rs",
+            "pub fn g() {\n    tracing::info!(x = ?crate::a::X, \"crate::c::Y\");\n}",
+        ),
+    ]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("import cycle: a -> b -> a"),
+        "{found:?}"
+    );
+    assert!(found[0].contains("src/b.rs:2: crate::a::X"), "{found:?}");
+}
+
+#[test]
 fn checker_lets_a_parent_and_its_children_use_each_other() {
     let found = check(&[
         LIB,
@@ -653,9 +594,9 @@ fn checker_ignores_comments_strings_and_test_code() {
         ),
         (
             "src/b.rs",
-            "pub struct X; pub fn g() { crate::a::f(\"\"); }",
+            "pub struct X; pub fn g() { crate::a::f(\"\"); crate::c::h(); }",
         ),
-        ("src/c/mod.rs", "#[cfg(test)]\nmod tests;"),
+        ("src/c/mod.rs", "pub fn h() {}\n#[cfg(test)]\nmod tests;"),
         ("src/c/tests.rs", "use crate::b::X;"),
         ("src/c/machine_tests.rs", "use crate::b::X;"),
     ]);
@@ -690,6 +631,30 @@ fn checker_finds_upward_imports_from_sys_and_model() {
         found[1]
             .starts_with("src/model/mod.rs:1: crate::cli::Args: src/model/ must not import cli"),
         "{found:?}"
+    );
+}
+
+#[test]
+fn checker_resolves_super_in_a_path_test_file_from_its_declared_module() {
+    let found = check(&[
+        LIB,
+        ("src/sys/mod.rs", "pub mod accounts;"),
+        (
+            "src/sys/accounts.rs",
+            "#[cfg(test)]\n#[path = \"accounts_tests.rs\"]\nmod tests;",
+        ),
+        // sys::accounts::tests: three `super` lead to the crate root.
+        (
+            "src/sys/accounts_tests.rs",
+            "use super::super::super::supervisor::X;",
+        ),
+        ("src/supervisor.rs", "pub struct X;"),
+    ]);
+    assert_eq!(
+        found,
+        [
+            "src/sys/accounts_tests.rs:1: super::super::super::supervisor::X: src/sys/ must not import supervisor (an upward import)"
+        ]
     );
 }
 
