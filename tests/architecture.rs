@@ -36,34 +36,29 @@ const MAX_LINES: usize = 700;
 const UPPER: [&str; 3] = ["supervisor", "control", "cli"];
 
 /// What `model` must not use: I/O and the runtime.
-const IO_PATHS: [&str; 6] = [
-    "tokio",
-    "std::fs",
-    "std::net",
-    "std::process",
-    "nix",
-    "libc",
-];
+const IO_PATHS: &str = "tokio, std::fs, std::net, std::process, nix, libc";
 
 // ------------------------------------------------------------------ collecting
 
 /// One path a file names.
 struct Import {
+    file: String,
     /// As written, e.g. `super::protocol::Request`.
     written: Vec<String>,
     line: usize,
     /// The module it is named in.
     module: Vec<String>,
-    /// Inside `#[cfg(test)]` code.
+    /// Inside `#[cfg(test)]` code or a unit-test file.
     test: bool,
 }
 
 /// Walks a file's syntax tree for the paths it names and its inline modules.
 #[derive(Default)]
 struct Collector {
+    file: String,
     /// The current module: the file's, then `mod x { ... }` inside it.
     module: Vec<String>,
-    /// How many `#[cfg(test)]` items are around the current one.
+    /// How many `#[cfg(test)]` items (or test files) are around the current one.
     test: usize,
     imports: Vec<Import>,
     inline_modules: Vec<Vec<String>>,
@@ -81,8 +76,9 @@ fn line(span: Span) -> usize {
 
 impl Collector {
     fn push(&mut self, written: Vec<String>, line: usize) {
-        let (module, test) = (self.module.clone(), self.test > 0);
+        let (file, module, test) = (self.file.clone(), self.module.clone(), self.test > 0);
         self.imports.push(Import {
+            file,
             written,
             line,
             module,
@@ -218,19 +214,11 @@ impl<'ast> Visit<'ast> for Collector {
 
 // ------------------------------------------------------------------ checking
 
-/// A source file: its module, whether it is test code, what it names.
-struct File {
-    name: String,
-    module: Vec<String>,
-    lines: usize,
-    test: bool,
-    imports: Vec<Import>,
-    error: Option<String>,
-}
-
 struct Crate {
-    files: Vec<File>,
     modules: BTreeSet<Vec<String>>,
+    imports: Vec<Import>,
+    /// Parse errors and long files.
+    findings: Vec<String>,
 }
 
 /// The module path of a file under `src/`: `src/lib.rs` is the root,
@@ -276,37 +264,37 @@ impl Crate {
                 }
             }
         }
-        let mut modules = BTreeSet::new();
-        let mut files = Vec::new();
+        let (mut modules, mut imports, mut findings) = (BTreeSet::new(), Vec::new(), Vec::new());
         for (name, text, module, ast) in parsed {
             let module = moved.remove(Path::new(name)).unwrap_or(module);
             let test = name.ends_with("/tests.rs")
                 || name.ends_with("_tests.rs")
                 || (1..=module.len()).any(|k| test_modules.contains(&module[..k]));
+            let lines = text.lines().count();
+            if !test && lines > MAX_LINES {
+                findings.push(format!(
+                    "{name}: {lines} lines, more than {MAX_LINES} (split it; unit tests may go in a sibling tests.rs)"
+                ));
+            }
+            modules.insert(module.clone());
             let mut found = Collector {
-                module: module.clone(),
+                file: name.clone(),
+                module,
+                test: usize::from(test),
                 ..Collector::default()
             };
-            let error = match ast {
-                Ok(ast) => {
-                    found.visit_file(&ast);
-                    None
-                }
-                Err(e) => Some(format!("{name}:{}: does not parse: {e}", line(e.span()))),
-            };
-            modules.insert(module.clone());
+            match ast {
+                Ok(ast) => found.visit_file(&ast),
+                Err(e) => findings.push(format!("{name}:{}: does not parse: {e}", line(e.span()))),
+            }
             modules.extend(found.inline_modules);
-            let (name, lines, imports) = (name.clone(), text.lines().count(), found.imports);
-            files.push(File {
-                name,
-                module,
-                lines,
-                test,
-                imports,
-                error,
-            });
+            imports.extend(found.imports);
         }
-        Crate { files, modules }
+        Crate {
+            modules,
+            imports,
+            findings,
+        }
     }
 
     /// The module that `written`, named in module `from`, leads to (the
@@ -332,50 +320,40 @@ impl Crate {
 
     /// Every finding, one line each.
     fn check(&self) -> Vec<String> {
-        let mut findings = Vec::new();
+        let mut findings = self.findings.clone();
         // scope -> (from, to) -> an example "file:line: path".
         let mut edges: BTreeMap<Vec<String>, BTreeMap<(String, String), String>> = BTreeMap::new();
-        for f in &self.files {
-            findings.extend(f.error.clone());
-            if !f.test && f.lines > MAX_LINES {
+        for imp in &self.imports {
+            let written = imp.written.join("::");
+            let at = format!("{}:{}: {written}", imp.file, imp.line);
+            let top = imp.module.first().map_or("", String::as_str);
+            if top == "model"
+                && IO_PATHS
+                    .split(", ")
+                    .any(|io| format!("{written}::").starts_with(&format!("{io}::")))
+            {
                 findings.push(format!(
-                    "{}: {} lines, more than {MAX_LINES} (split it; unit tests may go in a sibling tests.rs)",
-                    f.name, f.lines
+                    "{at}: src/model/ does no I/O and no tokio (no {IO_PATHS})"
                 ));
             }
-            let top = f.module.first().map_or("", String::as_str);
-            for imp in &f.imports {
-                let written = imp.written.join("::");
-                let at = format!("{}:{}: {written}", f.name, imp.line);
-                if top == "model"
-                    && IO_PATHS
-                        .iter()
-                        .any(|io| format!("{written}::").starts_with(&format!("{io}::")))
-                {
-                    let io = IO_PATHS.join(", ");
-                    findings.push(format!(
-                        "{at}: src/model/ does no I/O and no tokio (no {io})"
-                    ));
-                }
-                let Some(to) = self.resolve(&imp.module, &imp.written) else {
-                    continue;
-                };
-                let to_top = to.first().map_or("", String::as_str);
-                if matches!(top, "sys" | "model") && UPPER.contains(&to_top) {
-                    findings.push(format!(
-                        "{at}: src/{top}/ must not import {to_top} (an upward import)"
-                    ));
-                }
-                let from = &imp.module;
-                let k = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
-                if !f.test && !imp.test && k < from.len() && k < to.len() {
-                    let edge = (from[k].clone(), to[k].clone());
-                    edges
-                        .entry(from[..k].to_vec())
-                        .or_default()
-                        .entry(edge)
-                        .or_insert(at);
-                }
+            let Some(to) = self.resolve(&imp.module, &imp.written) else {
+                continue;
+            };
+            let to_top = to.first().map_or("", String::as_str);
+            if matches!(top, "sys" | "model") && UPPER.contains(&to_top) {
+                findings.push(format!(
+                    "{at}: src/{top}/ must not import {to_top} (an upward import)"
+                ));
+            }
+            let from = &imp.module;
+            let k = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+            if !imp.test && k < from.len() && k < to.len() {
+                let edge = (from[k].clone(), to[k].clone());
+                edges
+                    .entry(from[..k].to_vec())
+                    .or_default()
+                    .entry(edge)
+                    .or_insert(at);
             }
         }
         for (scope, graph) in &edges {
@@ -680,6 +658,16 @@ fn checker_finds_io_in_model() {
             "src/model/mod.rs:3: tokio::spawn",
             "src/model/mod.rs:3: libc::getpid",
         ],
+        "{found:?}"
+    );
+}
+
+#[test]
+fn checker_reports_a_file_it_cannot_parse() {
+    let found = check(&[LIB, ("src/a.rs", "pub fn f() {}\npub fn g( {}")]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("src/a.rs:2: does not parse: "),
         "{found:?}"
     );
 }
