@@ -11,19 +11,23 @@
 //! - (c) `src/model/` does no I/O: no `tokio`, `std::fs`, `std::net`,
 //!   `std::process`, `nix` or `libc`;
 //! - (d) no source file is over [`MAX_LINES`] lines, except unit-test files
-//!   (`tests.rs`, `*_tests.rs`).
+//!   (`tests.rs`, `*_tests.rs`, and files declared `#[cfg(test)] mod x;`).
 //!
-//! An import is any path the code names: `use` lines (with their `{...}`
-//! groups expanded) and paths written inline (`crate::sys::process::spawn`,
-//! `super::protocol::MAX_FRAME`), outside comments and string literals.
+//! Each file is parsed with `syn`. An import is any path the code names:
+//! `use` trees (with their `{...}` groups expanded) and paths written inline
+//! (`crate::sys::process::spawn`, `super::protocol::MAX_FRAME`), also in
+//! macro bodies and attribute arguments, never in comments or strings.
 //! Each finding names the file, the line and the path that breaks the rule.
 //!
 //! The checker itself is tested below on small in-memory trees, so a rule
 //! that stopped finding anything would fail here too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use syn::visit::{self, Visit};
 
 /// The longest a non-test source file may be.
 const MAX_LINES: usize = 700;
@@ -32,228 +36,189 @@ const MAX_LINES: usize = 700;
 const UPPER: [&str; 3] = ["supervisor", "control", "cli"];
 
 /// What `model` must not use: I/O and the runtime.
-const IO_PATHS: [&[&str]; 6] = [
-    &["tokio"],
-    &["std", "fs"],
-    &["std", "net"],
-    &["std", "process"],
-    &["nix"],
-    &["libc"],
-];
+const IO_PATHS: &str = "tokio, std::fs, std::net, std::process, nix, libc";
 
-/// Crates whose paths are recorded (for rule c); other external crates are
-/// skipped.
-const EXTERNAL_ROOTS: [&str; 4] = ["std", "tokio", "nix", "libc"];
-
-// ------------------------------------------------------------------ lexing
-
-/// `text` with comments, string and char literals blanked out (newlines
-/// kept, so line numbers stay right).
-fn strip(text: &str) -> String {
-    let b: Vec<char> = text.chars().collect();
-    let mut out = String::with_capacity(text.len());
-    let blank = |c: char| if c == '\n' { '\n' } else { ' ' };
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
-        if c == '/' && next == Some('/') {
-            while i < b.len() && b[i] != '\n' {
-                out.push(' ');
-                i += 1;
-            }
-        } else if c == '/' && next == Some('*') {
-            let mut depth = 0usize;
-            while i < b.len() {
-                if b[i] == '/' && b.get(i + 1) == Some(&'*') {
-                    depth += 1;
-                    out.push_str("  ");
-                    i += 2;
-                } else if b[i] == '*' && b.get(i + 1) == Some(&'/') {
-                    depth -= 1;
-                    out.push_str("  ");
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    out.push(blank(b[i]));
-                    i += 1;
-                }
-            }
-        } else if (c == 'r' || (c == 'b' && next == Some('r')))
-            && !prev_is_ident(&b, i)
-            && raw_string_start(&b, i + usize::from(c == 'b') + 1).is_some()
-        {
-            let start = i + usize::from(c == 'b') + 1;
-            let hashes = raw_string_start(&b, start).unwrap_or(0);
-            // Skip the prefix, the hashes and the opening quote.
-            let body = start + hashes + 1;
-            for &ch in &b[i..body] {
-                out.push(blank(ch));
-            }
-            i = body;
-            while i < b.len() {
-                if b[i] == '"' && (1..=hashes).all(|k| b.get(i + k) == Some(&'#')) {
-                    for _ in 0..=hashes {
-                        out.push(' ');
-                    }
-                    i += hashes + 1;
-                    break;
-                }
-                out.push(blank(b[i]));
-                i += 1;
-            }
-        } else if c == '"' {
-            out.push(' ');
-            i += 1;
-            while i < b.len() {
-                if b[i] == '\\' {
-                    out.push(' ');
-                    if let Some(&e) = b.get(i + 1) {
-                        out.push(blank(e));
-                    }
-                    i += 2;
-                    continue;
-                }
-                if b[i] == '"' {
-                    out.push(' ');
-                    i += 1;
-                    break;
-                }
-                out.push(blank(b[i]));
-                i += 1;
-            }
-        } else if c == '\'' {
-            // A char literal ('a', '\n', '\u{1b}') or a lifetime ('a).
-            let end = if next == Some('\\') {
-                (i + 2..b.len()).find(|&k| b[k] == '\'')
-            } else if b.get(i + 2) == Some(&'\'') {
-                Some(i + 2)
-            } else {
-                None
-            };
-            match end {
-                Some(end) => {
-                    for _ in i..=end {
-                        out.push(' ');
-                    }
-                    i = end + 1;
-                }
-                None => {
-                    out.push(' ');
-                    i += 1;
-                }
-            }
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn prev_is_ident(b: &[char], i: usize) -> bool {
-    i > 0 && (b[i - 1].is_alphanumeric() || b[i - 1] == '_')
-}
-
-/// At `i` (after `r`): the number of `#` before a `"`, when this is a raw
-/// string.
-fn raw_string_start(b: &[char], i: usize) -> Option<usize> {
-    let hashes = b[i.min(b.len())..]
-        .iter()
-        .take_while(|&&c| c == '#')
-        .count();
-    (b.get(i + hashes) == Some(&'"')).then_some(hashes)
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Tok {
-    text: String,
-    line: usize,
-}
-
-/// Identifiers, `::` and single punctuation characters, with their lines.
-fn tokens(stripped: &str) -> Vec<Tok> {
-    let mut toks = Vec::new();
-    let chars: Vec<char> = stripped.chars().collect();
-    let mut line = 1;
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '\n' {
-            line += 1;
-            i += 1;
-        } else if c.is_whitespace() {
-            i += 1;
-        } else if c.is_alphabetic() || c == '_' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            let mut text: String = chars[start..i].iter().collect();
-            // r#ident
-            if text == "r" && chars.get(i) == Some(&'#') {
-                let s2 = i + 1;
-                let mut j = s2;
-                while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
-                    j += 1;
-                }
-                text = chars[s2..j].iter().collect();
-                i = j;
-            }
-            toks.push(Tok { text, line });
-        } else if c.is_ascii_digit() {
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-        } else if c == ':' && chars.get(i + 1) == Some(&':') {
-            toks.push(Tok {
-                text: "::".into(),
-                line,
-            });
-            i += 2;
-        } else {
-            toks.push(Tok {
-                text: c.to_string(),
-                line,
-            });
-            i += 1;
-        }
-    }
-    toks
-}
-
-fn is_ident(s: &str) -> bool {
-    s.chars()
-        .next()
-        .is_some_and(|c| c.is_alphabetic() || c == '_')
-}
-
-// ------------------------------------------------------------------ parsing
+// ------------------------------------------------------------------ collecting
 
 /// One path a file names.
-#[derive(Debug, Clone, PartialEq, Eq)]
 struct Import {
+    file: String,
     /// As written, e.g. `super::protocol::Request`.
     written: Vec<String>,
     line: usize,
-    /// The module it was written in (file module plus inline modules).
+    /// The module it is named in.
     module: Vec<String>,
-    /// Inside `#[cfg(test)]` code.
+    /// Inside `#[cfg(test)]` code or a unit-test file.
     test: bool,
 }
 
-/// A source file, parsed: its module path, the inline modules it declares,
-/// the file modules it declares `#[cfg(test)]`, and the paths it names.
-#[derive(Debug)]
-struct Parsed {
+/// Walks a file's syntax tree for the paths it names and its inline modules.
+#[derive(Default)]
+struct Collector {
     file: String,
+    /// The current module: the file's, then `mod x { ... }` inside it.
     module: Vec<String>,
-    lines: usize,
-    inline_modules: Vec<Vec<String>>,
-    test_children: Vec<String>,
+    /// How many `#[cfg(test)]` items (or test files) are around the current one.
+    test: usize,
     imports: Vec<Import>,
+    inline_modules: Vec<Vec<String>>,
+}
+
+fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg") && a.parse_args::<syn::Ident>().is_ok_and(|i| i == "test")
+    })
+}
+
+fn line(span: Span) -> usize {
+    span.start().line
+}
+
+impl Collector {
+    fn push(&mut self, written: Vec<String>, line: usize) {
+        let (file, module, test) = (self.file.clone(), self.module.clone(), self.test > 0);
+        self.imports.push(Import {
+            file,
+            written,
+            line,
+            module,
+            test,
+        });
+    }
+
+    /// Runs `walk` on an item, as test code if it is `#[cfg(test)]`.
+    fn scoped(&mut self, attrs: &[syn::Attribute], walk: impl FnOnce(&mut Self)) {
+        let test = usize::from(is_cfg_test(attrs));
+        self.test += test;
+        walk(self);
+        self.test -= test;
+    }
+
+    /// The paths (`a::b...`) in tokens that syn leaves unparsed: macro
+    /// bodies and attribute arguments.
+    fn scan(&mut self, tokens: TokenStream) {
+        let toks: Vec<TokenTree> = tokens.into_iter().collect();
+        let colon =
+            |k: usize| matches!(toks.get(k), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+        let mut i = 0;
+        while let Some(tok) = toks.get(i) {
+            match tok {
+                TokenTree::Group(g) => self.scan(g.stream()),
+                TokenTree::Ident(first) => {
+                    let mut path = vec![first.to_string()];
+                    while colon(i + 1)
+                        && colon(i + 2)
+                        && let Some(TokenTree::Ident(next)) = toks.get(i + 3)
+                    {
+                        path.push(next.to_string());
+                        i += 3;
+                    }
+                    if path.len() > 1 {
+                        self.push(path, line(first.span()));
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+/// The leaf paths of a use tree with the line each starts on, e.g.
+/// `crate::{a::{b, c}, d as e, f::{self}}` gives `crate::a::b`,
+/// `crate::a::c`, `crate::d`, `crate::f`.
+fn use_paths(
+    tree: &syn::UseTree,
+    prefix: &mut Vec<String>,
+    start: Option<usize>,
+) -> Vec<(Vec<String>, usize)> {
+    let at = |span: Span| start.unwrap_or_else(|| line(span));
+    match tree {
+        syn::UseTree::Path(p) => {
+            prefix.push(p.ident.to_string());
+            let out = use_paths(&p.tree, prefix, Some(at(p.ident.span())));
+            prefix.pop();
+            out
+        }
+        syn::UseTree::Name(syn::UseName { ident })
+        | syn::UseTree::Rename(syn::UseRename { ident, .. }) => {
+            let mut path = prefix.clone();
+            if ident != "self" {
+                path.push(ident.to_string());
+            }
+            vec![(path, at(ident.span()))]
+        }
+        syn::UseTree::Glob(g) => vec![(prefix.clone(), at(g.star_token.spans[0]))],
+        syn::UseTree::Group(g) => g
+            .items
+            .iter()
+            .flat_map(|t| use_paths(t, prefix, None))
+            .collect(),
+    }
+}
+
+/// Visits the items that may be `#[cfg(test)]` as test code when they are.
+macro_rules! test_scoped {
+    ($($visit:ident: $node:ident),*) => {
+        $(fn $visit(&mut self, n: &'ast syn::$node) {
+            self.scoped(&n.attrs, |s| visit::$visit(s, n));
+        })*
+    };
+}
+
+impl<'ast> Visit<'ast> for Collector {
+    test_scoped!(visit_item_fn: ItemFn, visit_item_impl: ItemImpl, visit_item_struct: ItemStruct,
+        visit_item_enum: ItemEnum, visit_item_const: ItemConst, visit_item_static: ItemStatic,
+        visit_item_type: ItemType, visit_item_trait: ItemTrait, visit_item_macro: ItemMacro,
+        visit_impl_item_fn: ImplItemFn, visit_impl_item_const: ImplItemConst,
+        visit_trait_item_fn: TraitItemFn, visit_field: Field, visit_variant: Variant,
+        visit_local: Local, visit_stmt_macro: StmtMacro);
+
+    fn visit_item_mod(&mut self, n: &'ast syn::ItemMod) {
+        // `mod x;` is read in `Crate::new`.
+        if n.content.is_some() {
+            self.module.push(n.ident.to_string());
+            self.inline_modules.push(self.module.clone());
+            self.scoped(&n.attrs, |s| visit::visit_item_mod(s, n));
+            self.module.pop();
+        }
+    }
+
+    fn visit_item_use(&mut self, n: &'ast syn::ItemUse) {
+        self.scoped(&n.attrs, |s| {
+            for (path, line) in use_paths(&n.tree, &mut Vec::new(), None) {
+                s.push(path, line);
+            }
+        });
+    }
+
+    fn visit_path(&mut self, n: &'ast syn::Path) {
+        // An inline path that names a module has two segments or more.
+        if n.segments.len() > 1 {
+            let written = n.segments.iter().map(|s| s.ident.to_string()).collect();
+            self.push(written, line(n.segments[0].ident.span()));
+        }
+        visit::visit_path(self, n);
+    }
+
+    fn visit_macro(&mut self, n: &'ast syn::Macro) {
+        visit::visit_macro(self, n);
+        self.scan(n.tokens.clone());
+    }
+
+    fn visit_meta_list(&mut self, n: &'ast syn::MetaList) {
+        visit::visit_meta_list(self, n);
+        self.scan(n.tokens.clone());
+    }
+}
+
+// ------------------------------------------------------------------ checking
+
+struct Crate {
+    modules: BTreeSet<Vec<String>>,
+    imports: Vec<Import>,
+    /// Parse errors and long files.
+    findings: Vec<String>,
 }
 
 /// The module path of a file under `src/`: `src/lib.rs` is the root,
@@ -261,8 +226,7 @@ struct Parsed {
 /// binary `src/bin/x.rs` is `bin::x` (it imports the crate as
 /// `clearify_workerd::`, and nothing imports it).
 fn module_of(file: &str) -> Option<Vec<String>> {
-    let rel = file.strip_prefix("src/")?;
-    let rel = rel.strip_suffix(".rs")?;
+    let rel = file.strip_prefix("src/")?.strip_suffix(".rs")?;
     let mut parts: Vec<String> = rel.split('/').map(String::from).collect();
     if parts.last().is_some_and(|p| p == "mod" || p == "lib") {
         parts.pop();
@@ -270,360 +234,134 @@ fn module_of(file: &str) -> Option<Vec<String>> {
     Some(parts)
 }
 
-fn parse(file: &str, text: &str) -> Option<Parsed> {
-    let module = module_of(file)?;
-    let toks = tokens(&strip(text));
-    let mut p = Parsed {
-        file: file.to_string(),
-        module: module.clone(),
-        lines: text.lines().count(),
-        inline_modules: Vec::new(),
-        test_children: Vec::new(),
-        imports: Vec::new(),
-    };
-    // Open scopes: (brace depth after the `{`, inline module name, test).
-    let mut scopes: Vec<(usize, Option<String>, bool)> = Vec::new();
-    let mut depth = 0usize;
-    let mut pending_test = false;
-    let mut pending_mod: Option<String> = None;
-    let current = |scopes: &Vec<(usize, Option<String>, bool)>| -> (Vec<String>, bool) {
-        let mut m = module.clone();
-        let mut test = false;
-        for (_, name, t) in scopes {
-            if let Some(n) = name {
-                m.push(n.clone());
-            }
-            test |= *t;
-        }
-        (m, test)
-    };
-    let mut i = 0;
-    while i < toks.len() {
-        let t = toks[i].text.as_str();
-        match t {
-            "#" => {
-                // #[cfg(test)] (also #![cfg(test)] is not used here).
-                let words: Vec<&str> = toks[i + 1..(i + 7).min(toks.len())]
-                    .iter()
-                    .map(|t| t.text.as_str())
-                    .collect();
-                if words.starts_with(&["[", "cfg", "(", "test", ")", "]"]) {
-                    pending_test = true;
-                    i += 7;
-                    continue;
-                }
-            }
-            "mod" => {
-                if let (Some(name), Some(after)) = (toks.get(i + 1), toks.get(i + 2)) {
-                    if after.text == "{" {
-                        pending_mod = Some(name.text.clone());
-                        i += 2;
-                        continue;
-                    }
-                    if after.text == ";" {
-                        if pending_test {
-                            p.test_children.push(name.text.clone());
-                        }
-                        pending_test = false;
-                        i += 3;
-                        continue;
-                    }
-                }
-            }
-            "{" => {
-                depth += 1;
-                if let Some(name) = pending_mod.take() {
-                    let (mut m, _) = current(&scopes);
-                    m.push(name.clone());
-                    p.inline_modules.push(m);
-                    scopes.push((depth, Some(name), pending_test));
-                } else if pending_test {
-                    scopes.push((depth, None, true));
-                }
-                pending_test = false;
-            }
-            "}" => {
-                if scopes.last().is_some_and(|s| s.0 == depth) {
-                    scopes.pop();
-                }
-                depth = depth.saturating_sub(1);
-            }
-            ";" => pending_test = false,
-            "use" => {
-                let (m, test) = current(&scopes);
-                let test = test || pending_test;
-                let end = (i..toks.len())
-                    .find(|&k| toks[k].text == ";")
-                    .unwrap_or(toks.len());
-                for (path, line) in use_tree(&toks[i + 1..end]) {
-                    p.imports.push(Import {
-                        written: path,
-                        line,
-                        module: m.clone(),
-                        test,
-                    });
-                }
-                pending_test = false;
-                i = end + 1;
-                continue;
-            }
-            _ if is_ident(t)
-                && toks.get(i + 1).is_some_and(|n| n.text == "::")
-                && !(i > 0 && toks[i - 1].text == "::") =>
-            {
-                // An inline path: ident (:: ident)*.
-                let mut path = vec![t.to_string()];
-                let mut k = i + 1;
-                while toks.get(k).is_some_and(|n| n.text == "::")
-                    && toks.get(k + 1).is_some_and(|n| is_ident(&n.text))
-                {
-                    path.push(toks[k + 1].text.clone());
-                    k += 2;
-                }
-                let (m, test) = current(&scopes);
-                p.imports.push(Import {
-                    written: path,
-                    line: toks[i].line,
-                    module: m,
-                    test: test || pending_test,
-                });
-                i = k;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    Some(p)
-}
-
-/// The leaf paths of a use tree (the tokens between `use` and `;`), e.g.
-/// `crate::{a::{b, c}, d as e}` gives `crate::a::b`, `crate::a::c`,
-/// `crate::d`.
-fn use_tree(toks: &[Tok]) -> Vec<(Vec<String>, usize)> {
-    fn walk(toks: &[Tok], i: &mut usize, prefix: &[String], out: &mut Vec<(Vec<String>, usize)>) {
-        let mut path = prefix.to_vec();
-        let line = toks.get(*i).map_or(0, |t| t.line);
-        while let Some(t) = toks.get(*i) {
-            match t.text.as_str() {
-                "::" => *i += 1,
-                "{" => {
-                    *i += 1;
-                    loop {
-                        match toks.get(*i).map(|t| t.text.as_str()) {
-                            None => return,
-                            Some("}") => {
-                                *i += 1;
-                                return;
-                            }
-                            Some(",") => *i += 1,
-                            Some(_) => walk(toks, i, &path, out),
-                        }
-                    }
-                }
-                "," | "}" => break,
-                "*" => {
-                    *i += 1;
-                    out.push((path.clone(), line));
-                    return;
-                }
-                "as" => {
-                    *i += 2;
-                    out.push((path.clone(), line));
-                    return;
-                }
-                s if is_ident(s) => {
-                    path.push(s.to_string());
-                    *i += 1;
-                }
-                _ => *i += 1,
-            }
-        }
-        if path.len() > prefix.len() {
-            out.push((path, line));
-        }
-    }
-    // Skip a visibility: `pub`, `pub(crate)`, `pub(super)`, `pub(in path)`.
-    let mut start = 0;
-    if toks.first().is_some_and(|t| t.text == "pub") {
-        start = 1;
-        if toks.get(1).is_some_and(|t| t.text == "(") {
-            start = (1..toks.len())
-                .find(|&k| toks[k].text == ")")
-                .map_or(toks.len(), |k| k + 1);
-        }
-    }
-    let mut out = Vec::new();
-    let mut i = start;
-    walk(toks, &mut i, &[], &mut out);
-    out
-}
-
-// ------------------------------------------------------------------ checking
-
-/// Where a path leads: a module of this crate (and how far the path named
-/// an item in it), or an external crate's path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Target {
-    Module(Vec<String>),
-    External(Vec<String>),
-}
-
-struct Crate {
-    files: Vec<Parsed>,
-    modules: BTreeSet<Vec<String>>,
-    test_modules: BTreeSet<Vec<String>>,
-}
-
 impl Crate {
     fn new(sources: &[(String, String)]) -> Crate {
-        let files: Vec<Parsed> = sources.iter().filter_map(|(f, t)| parse(f, t)).collect();
-        let mut modules = BTreeSet::new();
+        let parsed: Vec<_> = sources
+            .iter()
+            .filter_map(|(name, text)| Some((name, text, module_of(name)?, syn::parse_file(text))))
+            .collect();
+        // `#[cfg(test)] mod x;` is test code; `#[path = "x_tests.rs"] mod x;`
+        // makes that file module `x`.
         let mut test_modules = BTreeSet::new();
-        for f in &files {
-            modules.insert(f.module.clone());
-            for m in &f.inline_modules {
-                modules.insert(m.clone());
-            }
-            for child in &f.test_children {
-                let mut m = f.module.clone();
-                m.push(child.clone());
-                test_modules.insert(m);
+        let mut moved: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for (name, _, module, ast) in &parsed {
+            for item in ast.iter().flat_map(|ast| &ast.items) {
+                let syn::Item::Mod(m @ syn::ItemMod { content: None, .. }) = item else {
+                    continue;
+                };
+                let module = [module.as_slice(), &[m.ident.to_string()]].concat();
+                let path = m.attrs.iter().find(|a| a.path().is_ident("path"));
+                if let Some(Ok(nv)) = path.map(|a| a.meta.require_name_value())
+                    && let syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(path),
+                        ..
+                    }) = &nv.value
+                {
+                    moved.insert(Path::new(name).with_file_name(path.value()), module.clone());
+                }
+                if is_cfg_test(&m.attrs) {
+                    test_modules.insert(module);
+                }
             }
         }
+        let (mut modules, mut imports, mut findings) = (BTreeSet::new(), Vec::new(), Vec::new());
+        for (name, text, module, ast) in parsed {
+            let module = moved.remove(Path::new(name)).unwrap_or(module);
+            let test = name.ends_with("/tests.rs")
+                || name.ends_with("_tests.rs")
+                || (1..=module.len()).any(|k| test_modules.contains(&module[..k]));
+            let lines = text.lines().count();
+            if !test && lines > MAX_LINES {
+                findings.push(format!(
+                    "{name}: {lines} lines, more than {MAX_LINES} (split it; unit tests may go in a sibling tests.rs)"
+                ));
+            }
+            modules.insert(module.clone());
+            let mut found = Collector {
+                file: name.clone(),
+                module,
+                test: usize::from(test),
+                ..Collector::default()
+            };
+            match ast {
+                Ok(ast) => found.visit_file(&ast),
+                Err(e) => findings.push(format!("{name}:{}: does not parse: {e}", line(e.span()))),
+            }
+            modules.extend(found.inline_modules);
+            imports.extend(found.imports);
+        }
         Crate {
-            files,
             modules,
-            test_modules,
+            imports,
+            findings,
         }
     }
 
-    /// Resolves `written`, named in module `from`.
-    fn resolve(&self, from: &[String], written: &[String]) -> Option<Target> {
-        let first = written.first()?.as_str();
-        let abs: Vec<String> = match first {
-            "crate" | "clearify_workerd" => written[1..].to_vec(),
+    /// The module that `written`, named in module `from`, leads to (the
+    /// longest prefix that is a module); none for external crates.
+    fn resolve(&self, from: &[String], written: &[String]) -> Option<Vec<String>> {
+        let (first, rest) = written.split_first()?;
+        let mut m = match first.as_str() {
+            "crate" | "clearify_workerd" => rest.to_vec(),
             "super" => {
-                let mut m = from.to_vec();
-                let mut rest = written;
-                while rest.first().is_some_and(|s| s == "super") {
-                    m.pop()?;
-                    rest = &rest[1..];
-                }
-                m.extend(rest.iter().cloned());
-                m
+                let ups = written.iter().take_while(|s| *s == "super").count();
+                [&from[..from.len().checked_sub(ups)?], &written[ups..]].concat()
             }
-            "self" => {
-                let mut m = from.to_vec();
-                m.extend(written[1..].iter().cloned());
-                m
-            }
-            _ if EXTERNAL_ROOTS.contains(&first) => {
-                return Some(Target::External(written.to_vec()));
-            }
-            _ => {
-                // A child module named without `self::` (2018 paths).
-                let mut m = from.to_vec();
-                m.push(first.to_string());
-                if !self.modules.contains(&m) {
-                    return None;
-                }
-                m.extend(written[1..].iter().cloned());
-                m
-            }
+            "self" => [from, rest].concat(),
+            // A child module named without `self::` (2018 paths).
+            _ if self.modules.contains(&[from, &written[..1]].concat()) => [from, written].concat(),
+            _ => return None,
         };
-        // The longest prefix that is a module.
-        let mut m = abs;
         while !self.modules.contains(&m) {
             m.pop()?;
         }
-        Some(Target::Module(m))
-    }
-
-    fn is_test_file(&self, f: &Parsed) -> bool {
-        let name = Path::new(&f.file)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("");
-        name == "tests.rs"
-            || name.ends_with("_tests.rs")
-            || (1..=f.module.len()).any(|k| self.test_modules.contains(&f.module[..k]))
+        Some(m)
     }
 
     /// Every finding, one line each.
     fn check(&self) -> Vec<String> {
-        let mut findings = Vec::new();
+        let mut findings = self.findings.clone();
         // scope -> (from, to) -> an example "file:line: path".
         let mut edges: BTreeMap<Vec<String>, BTreeMap<(String, String), String>> = BTreeMap::new();
-        for f in &self.files {
-            let test_file = self.is_test_file(f);
-            if !test_file && f.lines > MAX_LINES {
+        for imp in &self.imports {
+            let written = imp.written.join("::");
+            let at = format!("{}:{}: {written}", imp.file, imp.line);
+            let top = imp.module.first().map_or("", String::as_str);
+            if top == "model"
+                && IO_PATHS
+                    .split(", ")
+                    .any(|io| format!("{written}::").starts_with(&format!("{io}::")))
+            {
                 findings.push(format!(
-                    "{}: {} lines, more than {MAX_LINES} (split it; unit tests may go in a sibling tests.rs)",
-                    f.file, f.lines
+                    "{at}: src/model/ does no I/O and no tokio (no {IO_PATHS})"
                 ));
             }
-            let top = f.module.first().map(String::as_str);
-            for imp in &f.imports {
-                let Some(target) = self.resolve(&imp.module, &imp.written) else {
-                    continue;
-                };
-                let written = imp.written.join("::");
-                let at = format!("{}:{}: {written}", f.file, imp.line);
-                match &target {
-                    Target::External(path) => {
-                        if top == Some("model")
-                            && IO_PATHS.iter().any(|io| path.starts_with(&to_strings(io)))
-                        {
-                            findings.push(format!(
-                                "{at}: src/model/ does no I/O and no tokio (no tokio, std::fs, std::net, std::process, nix, libc)"
-                            ));
-                        }
-                    }
-                    Target::Module(to) => {
-                        let to_top = to.first().map(String::as_str);
-                        if matches!(top, Some("sys" | "model"))
-                            && to_top.is_some_and(|t| UPPER.contains(&t))
-                        {
-                            findings.push(format!(
-                                "{at}: src/{}/ must not import {} (an upward import)",
-                                top.unwrap_or_default(),
-                                to_top.unwrap_or_default()
-                            ));
-                        }
-                        if test_file || imp.test {
-                            continue;
-                        }
-                        let from = &imp.module;
-                        let k = from.iter().zip(to).take_while(|(a, b)| a == b).count();
-                        if k < from.len() && k < to.len() {
-                            let scope = from[..k].to_vec();
-                            edges
-                                .entry(scope)
-                                .or_default()
-                                .entry((from[k].clone(), to[k].clone()))
-                                .or_insert(at);
-                        }
-                    }
-                }
+            let Some(to) = self.resolve(&imp.module, &imp.written) else {
+                continue;
+            };
+            let to_top = to.first().map_or("", String::as_str);
+            if matches!(top, "sys" | "model") && UPPER.contains(&to_top) {
+                findings.push(format!(
+                    "{at}: src/{top}/ must not import {to_top} (an upward import)"
+                ));
+            }
+            let from = &imp.module;
+            let k = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+            if !imp.test && k < from.len() && k < to.len() {
+                let edge = (from[k].clone(), to[k].clone());
+                edges
+                    .entry(from[..k].to_vec())
+                    .or_default()
+                    .entry(edge)
+                    .or_insert(at);
             }
         }
         for (scope, graph) in &edges {
+            let name = |m: &str| [scope.as_slice(), &[m.to_string()]].concat().join("::");
             for cycle in cycles(graph) {
-                let name = |m: &str| {
-                    let mut p = scope.clone();
-                    p.push(m.to_string());
-                    p.join("::")
-                };
-                let mut s = format!(
-                    "import cycle: {}",
-                    cycle
-                        .iter()
-                        .chain(cycle.first())
-                        .map(|m| name(m))
-                        .collect::<Vec<_>>()
-                        .join(" -> ")
-                );
+                let ring: Vec<String> =
+                    cycle.iter().chain(cycle.first()).map(|m| name(m)).collect();
+                let mut s = format!("import cycle: {}", ring.join(" -> "));
                 for (a, b) in cycle.iter().zip(cycle.iter().cycle().skip(1)) {
                     if let Some(ex) = graph.get(&(a.clone(), b.clone())) {
                         let _ = write!(s, "\n    {} -> {}: {ex}", name(a), name(b));
@@ -636,123 +374,44 @@ impl Crate {
     }
 }
 
-fn to_strings(p: &[&str]) -> Vec<String> {
-    p.iter().map(|s| s.to_string()).collect()
-}
-
-/// One cycle through each strongly connected component of more than one
-/// node (Tarjan), as the list of its nodes in order.
+/// The shortest cycle through each node that is on one (breadth-first
+/// search back to it), each cycle once, starting at its smallest node.
 fn cycles(graph: &BTreeMap<(String, String), String>) -> Vec<Vec<String>> {
     let mut adj: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (a, b) in graph.keys() {
         adj.entry(a).or_default().push(b);
-        adj.entry(b).or_default();
     }
-    // Tarjan's algorithm.
-    struct St<'a> {
-        index: BTreeMap<&'a str, usize>,
-        low: BTreeMap<&'a str, usize>,
-        on: BTreeSet<&'a str>,
-        stack: Vec<&'a str>,
-        next: usize,
-        sccs: Vec<Vec<&'a str>>,
-    }
-    fn visit<'a>(v: &'a str, adj: &BTreeMap<&'a str, Vec<&'a str>>, st: &mut St<'a>) {
-        st.index.insert(v, st.next);
-        st.low.insert(v, st.next);
-        st.next += 1;
-        st.stack.push(v);
-        st.on.insert(v);
-        for &w in adj.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-            if !st.index.contains_key(w) {
-                visit(w, adj, st);
-                let lw = st.low[w];
-                let lv = st.low[v];
-                st.low.insert(v, lv.min(lw));
-            } else if st.on.contains(w) {
-                let iw = st.index[w];
-                let lv = st.low[v];
-                st.low.insert(v, lv.min(iw));
-            }
-        }
-        if st.low[v] == st.index[v] {
-            let mut scc = Vec::new();
-            while let Some(w) = st.stack.pop() {
-                st.on.remove(w);
-                scc.push(w);
-                if w == v {
-                    break;
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for &start in adj.keys() {
+        let mut prev: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut queue = VecDeque::from([start]);
+        let mut last = None;
+        'search: while let Some(v) = queue.pop_front() {
+            for &w in adj.get(v).into_iter().flatten() {
+                if w == start {
+                    last = Some(v);
+                    break 'search;
+                }
+                if !prev.contains_key(w) {
+                    prev.insert(w, v);
+                    queue.push_back(w);
                 }
             }
-            st.sccs.push(scc);
         }
-    }
-    let mut st = St {
-        index: BTreeMap::new(),
-        low: BTreeMap::new(),
-        on: BTreeSet::new(),
-        stack: Vec::new(),
-        next: 0,
-        sccs: Vec::new(),
-    };
-    for &v in adj.keys() {
-        if !st.index.contains_key(v) {
-            visit(v, &adj, &mut st);
+        let Some(mut v) = last else { continue };
+        let mut cycle = vec![v.to_string()];
+        while v != start {
+            v = prev[v];
+            cycle.push(v.to_string());
         }
-    }
-    // In each component, the shortest cycle through each of its nodes
-    // (BFS), each cycle once.
-    let mut out: Vec<Vec<String>> = Vec::new();
-    for scc in st.sccs.into_iter().filter(|s| s.len() > 1) {
-        let members: BTreeSet<&str> = scc.iter().copied().collect();
-        for &start in &members {
-            let mut cycle = shortest_cycle(start, &members, &adj);
-            // Rotate to its smallest node, to see each cycle once.
-            let Some(min) = (0..cycle.len()).min_by_key(|&k| cycle[k].clone()) else {
-                continue;
-            };
-            cycle.rotate_left(min);
-            if !out.contains(&cycle) {
-                out.push(cycle);
-            }
+        cycle.reverse();
+        let min = (0..cycle.len()).min_by_key(|&k| &cycle[k]).unwrap_or(0);
+        cycle.rotate_left(min);
+        if !out.contains(&cycle) {
+            out.push(cycle);
         }
     }
     out
-}
-
-/// The shortest cycle from `start` back to it, through `members` only.
-fn shortest_cycle(
-    start: &str,
-    members: &BTreeSet<&str>,
-    adj: &BTreeMap<&str, Vec<&str>>,
-) -> Vec<String> {
-    let mut prev: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut queue = std::collections::VecDeque::from([start]);
-    let mut last = None;
-    'search: while let Some(v) = queue.pop_front() {
-        for &w in adj.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-            if !members.contains(w) {
-                continue;
-            }
-            if w == start {
-                last = Some(v);
-                break 'search;
-            }
-            if !prev.contains_key(w) {
-                prev.insert(w, v);
-                queue.push_back(w);
-            }
-        }
-    }
-    let mut cycle = Vec::new();
-    let mut v = last.unwrap_or(start);
-    while v != start {
-        cycle.push(v.to_string());
-        v = prev.get(v).copied().unwrap_or(start);
-    }
-    cycle.push(start.to_string());
-    cycle.reverse();
-    cycle
 }
 
 // ------------------------------------------------------------------ the crate
@@ -866,6 +525,24 @@ fn checker_finds_a_cycle_between_siblings_through_super() {
 }
 
 #[test]
+fn checker_reads_paths_in_macro_bodies() {
+    let found = check(&[
+        LIB,
+        ("src/a.rs", "pub struct X;\npub fn f() { crate::b::g(); }"),
+        (
+            "src/b.rs",
+            "pub fn g() {\n    tracing::info!(x = ?crate::a::X, \"crate::c::Y\");\n}",
+        ),
+    ]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("import cycle: a -> b -> a"),
+        "{found:?}"
+    );
+    assert!(found[0].contains("src/b.rs:2: crate::a::X"), "{found:?}");
+}
+
+#[test]
 fn checker_lets_a_parent_and_its_children_use_each_other() {
     let found = check(&[
         LIB,
@@ -895,9 +572,9 @@ fn checker_ignores_comments_strings_and_test_code() {
         ),
         (
             "src/b.rs",
-            "pub struct X; pub fn g() { crate::a::f(\"\"); }",
+            "pub struct X; pub fn g() { crate::a::f(\"\"); crate::c::h(); }",
         ),
-        ("src/c/mod.rs", "#[cfg(test)]\nmod tests;"),
+        ("src/c/mod.rs", "pub fn h() {}\n#[cfg(test)]\nmod tests;"),
         ("src/c/tests.rs", "use crate::b::X;"),
         ("src/c/machine_tests.rs", "use crate::b::X;"),
     ]);
@@ -936,6 +613,30 @@ fn checker_finds_upward_imports_from_sys_and_model() {
 }
 
 #[test]
+fn checker_resolves_super_in_a_path_test_file_from_its_declared_module() {
+    let found = check(&[
+        LIB,
+        ("src/sys/mod.rs", "pub mod accounts;"),
+        (
+            "src/sys/accounts.rs",
+            "#[cfg(test)]\n#[path = \"accounts_tests.rs\"]\nmod tests;",
+        ),
+        // sys::accounts::tests: three `super` lead to the crate root.
+        (
+            "src/sys/accounts_tests.rs",
+            "use super::super::super::supervisor::X;",
+        ),
+        ("src/supervisor.rs", "pub struct X;"),
+    ]);
+    assert_eq!(
+        found,
+        [
+            "src/sys/accounts_tests.rs:1: super::super::super::supervisor::X: src/sys/ must not import supervisor (an upward import)"
+        ]
+    );
+}
+
+#[test]
 fn checker_finds_io_in_model() {
     let found = check(&[
         LIB,
@@ -957,6 +658,16 @@ fn checker_finds_io_in_model() {
             "src/model/mod.rs:3: tokio::spawn",
             "src/model/mod.rs:3: libc::getpid",
         ],
+        "{found:?}"
+    );
+}
+
+#[test]
+fn checker_reports_a_file_it_cannot_parse() {
+    let found = check(&[LIB, ("src/a.rs", "pub fn f() {}\npub fn g( {}")]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("src/a.rs:2: does not parse: "),
         "{found:?}"
     );
 }
