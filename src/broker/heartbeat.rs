@@ -3,6 +3,9 @@
 //! (redis-rs' async pub/sub), and the decoding of a kombu envelope carrying a
 //! `worker-heartbeat` event ([`decode_heartbeat`]).
 
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
@@ -76,39 +79,33 @@ pub fn decode_heartbeat(payload: &[u8]) -> Option<Heartbeat> {
     })
 }
 
-/// Standard base64 (with or without padding; whitespace ignored).
-/// Public for the fuzz targets (fuzz/) only.
+/// kombu's `body_encoding = "base64"` is standard base64 with padding
+/// (Python's `base64.b64encode`). The `base64` crate decodes it, with this
+/// engine read leniently as the hand-written decoder did before it: no
+/// padding needed, and bits left over at the end are dropped.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Base64 in either alphabet (standard or URL-safe), with or without
+/// padding; ASCII whitespace is skipped and anything from the first `=` on
+/// is ignored. Public for the fuzz targets (fuzz/) only.
 #[doc(hidden)]
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &c in s.as_bytes() {
-        if c == b'=' {
-            break;
-        }
-        if c.is_ascii_whitespace() {
-            continue;
-        }
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    let text = s.split('=').next().unwrap_or_default();
+    let standard: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|c| match c {
+            b'-' => b'+',
+            b'_' => b'/',
+            c => c,
+        })
+        .collect();
+    LENIENT.decode(standard).ok()
 }
 
 /// Subscribes to the heartbeat channel once the broker is up, and again
@@ -247,6 +244,20 @@ mod tests {
         assert_eq!(base64_decode("Zm9vYmFy").unwrap(), b"foobar");
         assert_eq!(base64_decode("Zm9v\nYmE=").unwrap(), b"fooba");
         assert!(base64_decode("Zm9*").is_none());
+        // As leniently as ever: both alphabets, any ASCII whitespace, and
+        // nothing from the first `=` on.
+        assert_eq!(base64_decode("+/8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode("-_8").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode(" Zm9v\r\n\tYmFy ").unwrap(), b"foobar");
+        assert_eq!(base64_decode("Zm8=Zm9v!").unwrap(), b"fo");
+        assert_eq!(
+            base64_decode("Zm9=").unwrap(),
+            b"fo",
+            "trailing bits dropped"
+        );
+        // A lone symbol at the end carries no whole byte: not base64 (the
+        // hand-written decoder dropped it silently).
+        assert!(base64_decode("Zm9vY").is_none());
     }
 
     #[test]
