@@ -27,9 +27,10 @@
 //! "memory touched in one idle window"). Only `PING`,
 //! `AUTH`, `SELECT` and `LLEN` are spoken here, and every reply they have
 //! is a single line (`+`, `-`, `:`), so the protocol part is small and
-//! unit-tested. `rediss://` links go through redis-rs' synchronous
-//! connection instead: TLS is not written by hand, and a TLS check costs a
-//! record's decryption anyway.
+//! unit-tested. `rediss://` links keep the gate's redis-rs async
+//! connection instead and run each round trip on the runtime (`link`):
+//! TLS is not written by hand, and a TLS check costs a record's decryption
+//! anyway.
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::AsFd;
@@ -44,7 +45,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backlog::{BACKLOG_MIN_INTERVAL, queue_keys};
-use super::link::{Link, PING, PlainStream, Reply, pack};
+use super::link::{Link, PING, PlainStream, Reply, Request, Tls, pack};
 use super::probe::ProbeError;
 use super::url::Target;
 use super::{BrokerEvent, Watched};
@@ -134,6 +135,9 @@ pub(super) struct Job {
     pub(super) queues: watch::Receiver<Watched>,
     pub(super) latency: Arc<watch::Sender<Option<Duration>>>,
     pub(super) tx: mpsc::Sender<BrokerEvent>,
+    /// For a `rediss://` broker: the gate's connection, which becomes the
+    /// link (`None`: the thread opens a plain link of its own).
+    pub(super) tls: Option<Tls>,
 }
 
 /// Runs a health thread until its link breaks. Returns the error, or `None`
@@ -175,8 +179,11 @@ pub(super) async fn run(job: Job) -> Option<ProbeError> {
 #[derive(Default)]
 struct Keys {
     queues: Vec<String>,
-    /// The queue (index into `queues`) of each LLEN, in order.
+    /// The key of each LLEN, in order.
+    llen: Vec<String>,
+    /// The queue (index into `queues`) of each LLEN.
     owners: Vec<usize>,
+    /// The LLENs in RESP.
     packed: Vec<u8>,
     poll: bool,
 }
@@ -191,6 +198,7 @@ impl Keys {
         for (i, q) in w.queues.iter().enumerate() {
             for key in queue_keys(q, priority_steps, key_prefix) {
                 pack(&mut keys.packed, &[b"LLEN", key.as_bytes()]);
+                keys.llen.push(key);
                 keys.owners.push(i);
             }
         }
@@ -203,7 +211,11 @@ impl Job {
         if self.control.stopped() {
             return None;
         }
-        let mut link = match Link::open(&self.target) {
+        let opened = match self.tls.take() {
+            Some(tls) => Ok(Link::Tls(tls)),
+            None => Link::open(&self.target),
+        };
+        let mut link = match opened {
             Ok(l) => l,
             Err(e) => return Some(e),
         };
@@ -329,11 +341,15 @@ impl Job {
                 request
             }
         };
-        let count = usize::from(ping) + keys.map_or(0, |k| k.owners.len());
+        let req = Request {
+            packed: req,
+            ping,
+            llen: keys.map_or(&[], |k| &k.llen),
+        };
         let mut backlog = keys.map(|k| vec![0u64; k.queues.len()]);
         let what = if ping { "PING" } else { "LLEN" };
         let started = Instant::now();
-        link.round_trip(req, count, what, |i, reply| {
+        link.request(&req, what, |i, reply| {
             if ping && i == 0 {
                 return match reply {
                     Reply::Status(b"PONG") => Ok(()),
@@ -383,6 +399,7 @@ mod tests {
         };
         let k = Keys::new(&w, &[0, 9], "p:");
         assert_eq!(k.owners, [0, 0, 1, 1]);
+        assert_eq!(k.llen, ["p:a", "p:a\x06\x169", "p:b", "p:b\x06\x169"]);
         let mut expected = Vec::new();
         for key in ["p:a", "p:a\x06\x169", "p:b", "p:b\x06\x169"] {
             pack(&mut expected, &[b"LLEN", key.as_bytes()]);

@@ -1,17 +1,24 @@
 //! The health link: one connection to the broker for the health thread
-//! (`health`), with blocking I/O. A plain link (TCP or unix socket) speaks
+//! (`health`). A plain link (TCP or unix socket) has blocking I/O and speaks
 //! the four commands it needs (`PING`, `AUTH`, `SELECT`, `LLEN`, whose replies
 //! are all single lines) in RESP written here, which keeps an idle check to
-//! a few memory pages (see `health` and docs/benchmarks.md); a TLS link
-//! (`rediss://`) goes through redis-rs.
+//! a few memory pages (see `health` and docs/benchmarks.md). A TLS link
+//! (`rediss://`) keeps the gate's redis-rs async connection and has each
+//! round trip run on the runtime: TLS is not written by hand, and a TLS
+//! check costs a record's decryption anyway.
+//!
+//! These are the broker's two client paths: redis-rs' async connection
+//! (gate, heartbeats, `clearifyctl test`, TLS health) and this RESP.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::time::{Duration, Instant};
 
-use redis::{ConnectionAddr, ConnectionLike, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{ConnectionAddr, Value};
 
 use super::probe::{ProbeError, classify};
 use super::url::Target;
@@ -26,10 +33,65 @@ const MAX_REPLY_LINE: usize = 4096;
 // The link
 
 /// One connection to the broker: plain (TCP or unix socket, RESP written
-/// here) or TLS (redis-rs' synchronous connection).
+/// here) or TLS (redis-rs' async connection, driven by the runtime).
 pub(super) enum Link {
     Plain(Plain),
-    Tls(Box<redis::Connection>),
+    Tls(Tls),
+}
+
+/// A TLS link: the gate's connection (authenticated, its db selected, with
+/// [`RESPONSE_TIMEOUT`]) and the runtime that drives it.
+pub(super) struct Tls {
+    conn: MultiplexedConnection,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Tls {
+    pub(super) fn new(conn: MultiplexedConnection, runtime: tokio::runtime::Handle) -> Tls {
+        Tls { conn, runtime }
+    }
+
+    /// Runs the request on the runtime and waits for its replies.
+    fn query(&self, req: &Request<'_>, what: &str) -> Result<Vec<Value>, ProbeError> {
+        let mut pipe = redis::pipe();
+        if req.ping {
+            pipe.cmd("PING");
+        }
+        for key in req.llen {
+            pipe.cmd("LLEN").arg(key);
+        }
+        let count = req.count();
+        let mut conn = self.conn.clone();
+        let (done_tx, done_rx) = sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = done_tx.send(conn.send_packed_commands(&pipe, 0, count).await);
+        });
+        // The connection times out by itself; this is a backstop.
+        match done_rx.recv_timeout(RESPONSE_TIMEOUT + Duration::from_secs(1)) {
+            Ok(replies) => replies.map_err(|e| classify(&e, what)),
+            Err(RecvTimeoutError::Timeout) => Err(ProbeError::transient(format!(
+                "timed out after {}s ({what})",
+                RESPONSE_TIMEOUT.as_secs_f64()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => Err(ProbeError::transient(format!(
+                "{what}: the runtime is shutting down"
+            ))),
+        }
+    }
+}
+
+/// One round trip: a `PING` first if `ping`, then an `LLEN` of each of
+/// `llen`. `packed` is the same in RESP, for a plain link.
+pub(super) struct Request<'a> {
+    pub(super) packed: &'a [u8],
+    pub(super) ping: bool,
+    pub(super) llen: &'a [String],
+}
+
+impl Request<'_> {
+    fn count(&self) -> usize {
+        usize::from(self.ping) + self.llen.len()
+    }
 }
 
 /// A plain socket, and the bytes read from it and not parsed yet (only
@@ -201,18 +263,8 @@ fn closed() -> ProbeError {
 }
 
 impl Link {
-    /// Connects, authenticates and selects the database.
+    /// Connects a plain link, authenticates and selects the database.
     pub(super) fn open(target: &Target) -> Result<Link, ProbeError> {
-        if target.tls {
-            let conn = target
-                .full
-                .get_connection_with_timeout(CONNECT_TIMEOUT)
-                .map_err(|e| classify(&e, "health link connect"))?;
-            conn.set_read_timeout(Some(RESPONSE_TIMEOUT))
-                .and_then(|()| conn.set_write_timeout(Some(RESPONSE_TIMEOUT)))
-                .map_err(|e| classify(&e, "health link setup"))?;
-            return Ok(Link::Tls(Box::new(conn)));
-        }
         let mut plain = Plain::connect(target)?;
         let mut hello = Vec::new();
         let mut count = 0;
@@ -271,20 +323,19 @@ impl Link {
         }
     }
 
-    pub(super) fn round_trip(
+    /// Sends `req` and hands its replies to `each`, in order.
+    pub(super) fn request(
         &mut self,
-        req: &[u8],
-        count: usize,
+        req: &Request<'_>,
         what: &str,
         mut each: impl FnMut(usize, Reply<'_>) -> Result<(), ProbeError>,
     ) -> Result<(), ProbeError> {
-        let conn = match self {
-            Link::Plain(p) => return p.round_trip(req, count, what, each),
-            Link::Tls(conn) => conn,
+        let count = req.count();
+        let tls = match self {
+            Link::Plain(p) => return p.round_trip(req.packed, count, what, each),
+            Link::Tls(tls) => tls,
         };
-        let values = conn
-            .req_packed_commands(req, 0, count)
-            .map_err(|e| classify(&e, what))?;
+        let values = tls.query(req, what)?;
         if values.len() != count {
             return Err(ProbeError::transient(format!(
                 "{what}: {} replies to {count} commands",

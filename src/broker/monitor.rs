@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::gate::Gate;
 use super::heartbeat::heartbeat_task;
+use super::link::Tls;
 use super::probe::ProbeError;
 use super::url::{Target, parse_target};
 use super::{BrokerEvent, BrokerSettings, health};
@@ -162,9 +163,15 @@ async fn main_task(
             return;
         }
         up_tx.send_modify(|c| c.ups += 1);
-        // The gate's connection has proved the broker ready; the health
-        // thread checks it from now on, on a link of its own.
-        drop(conn);
+        // The gate's connection has proved the broker ready. The health
+        // thread checks it from now on: a plain broker on a link of its
+        // own, a TLS one on the gate's connection (`link`).
+        let tls = if target.tls {
+            Some(Tls::new(conn, tokio::runtime::Handle::current()))
+        } else {
+            drop(conn);
+            None
+        };
         let err = health::run(health::Job {
             target: target.clone(),
             check_interval: settings.check_interval,
@@ -174,6 +181,7 @@ async fn main_task(
             queues: queues.clone(),
             latency: latency_tx.clone(),
             tx: tx.clone(),
+            tls,
         })
         .await;
         latency_tx.send_replace(None);
