@@ -10,7 +10,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use super::RESPONSE_TIMEOUT;
-use super::probe::{ProbeError, with_timeout};
+use super::error::{ProbeError, with_timeout};
 
 /// The backlog is never queried more often than this (a cache).
 pub const BACKLOG_MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -19,6 +19,21 @@ pub const BACKLOG_MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const PRIORITY_SEP: &str = "\x06\x16";
 /// kombu's default priority steps.
 pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+
+/// The queues the monitor reports the backlog of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// Every queue of the plan ([`Monitor::refresh_backlog`] reports them
+    /// all).
+    pub queues: Vec<String>,
+    /// Whether to fetch the backlog at every health check as well (in the
+    /// PING's round trip). Only stall detection needs it; without it the
+    /// backlog is fetched when somebody asks ([`Monitor::refresh_backlog`],
+    /// i.e. `clearifyctl status`) and when the queues change.
+    ///
+    /// [`Monitor::refresh_backlog`]: super::Monitor::refresh_backlog
+    pub poll: bool,
+}
 
 /// The Redis keys holding queue `queue`'s messages: the queue itself and one
 /// sub-queue per non-zero priority step, e.g. `q`, `q\x06\x163`,

@@ -15,7 +15,8 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use super::BrokerEvent;
-use super::probe::{ProbeError, connect_and_ping, ms};
+use super::error::ProbeError;
+use super::probe::{connect_and_ping, ms};
 use super::url::Target;
 use crate::supervisor::backoff::Retry;
 

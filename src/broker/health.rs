@@ -44,11 +44,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::backlog::{BACKLOG_MIN_INTERVAL, queue_keys};
+use super::BrokerEvent;
+use super::backlog::{BACKLOG_MIN_INTERVAL, Watched, queue_keys};
+use super::error::ProbeError;
 use super::link::{Link, PING, PlainStream, Reply, Request, Tls, pack};
-use super::probe::ProbeError;
 use super::url::Target;
-use super::{BrokerEvent, Watched};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

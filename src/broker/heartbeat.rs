@@ -9,8 +9,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use super::monitor::LinkCounts;
-use super::probe::{ProbeError, with_timeout};
+use super::error::{ProbeError, with_timeout};
 use super::url::Target;
 use super::{BrokerEvent, CONNECT_TIMEOUT, RESPONSE_TIMEOUT, gate};
 
@@ -106,6 +105,13 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
         })
         .collect();
     LENIENT.decode(standard).ok()
+}
+
+/// How often the monitor saw the broker come up and go down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct LinkCounts {
+    pub(super) ups: u64,
+    pub(super) downs: u64,
 }
 
 /// Subscribes to the heartbeat channel once the broker is up, and again

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, Value};
 
-use super::probe::{ProbeError, classify};
+use super::error::{ProbeError, classify};
 use super::url::Target;
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 

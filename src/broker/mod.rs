@@ -4,12 +4,13 @@
 //! | file | owns |
 //! |---|---|
 //! | `url.rs` | the broker URL → [`Target`](url) (`parse_target`, [`check_url`]) |
-//! | `probe.rs` | one readiness check over redis-rs' async connection ([`probe`]) and the classification of failures ([`ProbeError`]) |
+//! | `error.rs` | [`ProbeError`]: why the broker is not ready, transient or fatal; the classification of redis-rs errors |
+//! | `probe.rs` | one readiness check over redis-rs' async connection ([`probe`]), step by step |
 //! | `gate.rs` | waiting for the broker at boot and after an outage, with the retry schedule |
 //! | `monitor.rs` | the actor: [`spawn_monitor`], [`Monitor`] |
 //! | `health.rs` | the health check while up: a thread with a link of its own |
 //! | `link.rs` | that link: RESP written by hand over TCP or a unix socket, redis-rs for TLS |
-//! | `backlog.rs` | the queues' Redis keys (kombu priority sub-queues) and lengths |
+//! | `backlog.rs` | the queues watched ([`Watched`]), their Redis keys (kombu priority sub-queues) and lengths |
 //! | `heartbeat.rs` | the Celery heartbeat channel, subscription and decoding |
 //! | `report.rs` | [`test_report`] for `clearifyctl test` |
 //!
@@ -33,6 +34,7 @@
 //! in the supervisor.
 
 mod backlog;
+mod error;
 mod gate;
 mod health;
 mod heartbeat;
@@ -45,13 +47,16 @@ mod url;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-pub use backlog::{BACKLOG_MIN_INTERVAL, DEFAULT_PRIORITY_STEPS, PRIORITY_SEP, queue_keys};
+pub use backlog::{
+    BACKLOG_MIN_INTERVAL, DEFAULT_PRIORITY_STEPS, PRIORITY_SEP, Watched, queue_keys,
+};
+pub use error::{ProbeError, ProbeErrorKind};
 pub use gate::{BACKOFF_MAX, BACKOFF_MIN};
 #[doc(hidden)]
 pub use heartbeat::base64_decode;
 pub use heartbeat::{Heartbeat, decode_heartbeat, heartbeat_channel};
-pub use monitor::{Monitor, Watched, spawn_monitor};
-pub use probe::{ProbeError, ProbeErrorKind, probe};
+pub use monitor::{Monitor, spawn_monitor};
+pub use probe::probe;
 pub use report::test_report;
 pub use url::check_url;
 

@@ -10,10 +10,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::backlog::Watched;
+use super::error::ProbeError;
 use super::gate::Gate;
-use super::heartbeat::heartbeat_task;
+use super::heartbeat::{LinkCounts, heartbeat_task};
 use super::link::Tls;
-use super::probe::ProbeError;
 use super::url::{Target, parse_target};
 use super::{BrokerEvent, BrokerSettings, health};
 use crate::config::redact_url;
@@ -71,18 +72,6 @@ impl Drop for Monitor {
             t.abort();
         }
     }
-}
-
-/// The queues the monitor reports the backlog of.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Watched {
-    /// Every queue of the plan ([`Monitor::refresh_backlog`] reports them all).
-    pub queues: Vec<String>,
-    /// Whether to fetch the backlog at every health check as well (in the
-    /// PING's round trip). Only stall detection needs it; without it the
-    /// backlog is fetched when somebody asks ([`Monitor::refresh_backlog`],
-    /// i.e. `clearifyctl status`) and when the queues change.
-    pub poll: bool,
 }
 
 /// Starts the gate + health monitor and the heartbeat subscription.
@@ -191,11 +180,4 @@ async fn main_task(
             return;
         }
     }
-}
-
-/// How often the monitor saw the broker come up and go down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct LinkCounts {
-    pub(super) ups: u64,
-    pub(super) downs: u64,
 }

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::backlog::fetch_backlog;
-use super::probe::{connect_steps, ping, step, with_hint, with_timeout};
+use super::error::with_timeout;
+use super::probe::{connect_steps, ping, step, with_hint};
 use super::url::parse_target;
 use super::{BrokerSettings, RESPONSE_TIMEOUT};
 use crate::config::redact_url;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use redis::{Client, ConnectionAddr, IntoConnectionInfo};
 
-use super::probe::{ProbeError, redis_error_text};
+use super::error::{ProbeError, redis_error_text};
 use crate::config::redact_url;
 
 /// A parsed broker URL.
