@@ -3,7 +3,7 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `url.rs` | the broker URL → [`Target`](url) (`parse_target`, [`check_url`]) |
+//! | `url.rs` | the broker URL → `Target` (`parse_target`, [`check_url`]) |
 //! | `error.rs` | [`ProbeError`]: why the broker is not ready, transient or fatal; the classification of redis-rs errors |
 //! | `probe.rs` | one readiness check over redis-rs' async connection ([`probe`]), step by step |
 //! | `gate.rs` | waiting for the broker at boot and after an outage, with the retry schedule |
@@ -24,8 +24,9 @@
 //!   passes), then `Up`/`Down`, `Backlog` and `Heartbeat`. While the broker
 //!   is up, a thread with a connection of its own pings it and fetches the
 //!   backlog (`health`: why a thread, and why its RESP is written by hand);
-//!   the gate, the heartbeat subscription and `clearifyctl test` use
-//!   redis-rs.
+//!   the gate, the heartbeat subscription, `clearifyctl test` and a TLS
+//!   health link use redis-rs' async connection. These are the two Redis
+//!   client paths.
 //! - [`test_report`] connects afresh for `clearifyctl test`.
 //! - [`decode_heartbeat`] decodes a kombu envelope from the
 //!   `<key_prefix>/<db>.celeryev/worker.heartbeat` pub/sub channel.
