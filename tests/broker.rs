@@ -2,7 +2,8 @@
 //!
 //! Needs `redis-server` on PATH (or `CLEARIFY_TEST_REDIS_SERVER`), a Python
 //! with Celery 5 (`CLEARIFY_TEST_PYTHON`, default `<repo>/.venv/bin/python`)
-//! and `openssl` for the TLS test. Missing tools fail the tests loudly.
+//! and `openssl` and `redis-cli` (with TLS) for the TLS test. Missing tools
+//! fail the tests loudly.
 
 #[path = "support/redis.rs"]
 mod redis_support;
@@ -915,8 +916,8 @@ async fn tls_with_ca_file_and_without_verification() {
     assert_eq!(e.kind, ProbeErrorKind::Transient, "{e}");
     assert!(t.elapsed() < Duration::from_secs(8));
 
-    // The monitor over TLS: up, and its health link (redis-rs' synchronous
-    // TLS connection) pings and reports the backlog.
+    // The monitor over TLS: up, and its health link (the gate's redis-rs
+    // connection, driven by the runtime) pings and reports the backlog.
     let (tx, mut rx) = mpsc::channel(64);
     let m = spawn_monitor(settings(&url), polled(&["q"]), tx);
     let (_, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
@@ -932,7 +933,44 @@ async fn tls_with_ca_file_and_without_verification() {
         !down.iter().any(|e| matches!(e, BrokerEvent::Down { .. })),
         "{down:?}"
     );
+
+    // Redis drops the health link: the next check (300 ms) notices, the
+    // gate reconnects over TLS and the new link answers.
+    let killed = blocking(move || tls_cli(port, &["CLIENT", "KILL", "TYPE", "normal"])).await;
+    assert_ne!(killed, "0", "the TLS health link is a normal client");
+    let (seen, down) = recv_until(&mut rx, Duration::from_secs(5), |e| {
+        matches!(e, BrokerEvent::Down { .. })
+    })
+    .await;
+    assert!(
+        down.is_some(),
+        "no Down after the TLS link was killed; saw {seen:?}"
+    );
+    let (seen, up) = recv_until(&mut rx, Duration::from_secs(5), is_up).await;
+    assert!(up.is_some(), "no Up after the reconnect; saw {seen:?}");
+    m.refresh_backlog();
+    next_backlog(&mut rx, Duration::from_secs(5)).await;
     m.shutdown().await;
+}
+
+/// One command to the TLS server through `redis-cli --tls` (which comes
+/// with redis-server); the reply's text.
+fn tls_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args([
+            "--tls",
+            "--insecure",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(["--no-auth-warning", "-a", "tlspw"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("redis-cli is required for the TLS test: {e}"));
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 // ---------------------------------------------------------------------------

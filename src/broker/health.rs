@@ -27,15 +27,13 @@
 //! "memory touched in one idle window"). Only `PING`,
 //! `AUTH`, `SELECT` and `LLEN` are spoken here, and every reply they have
 //! is a single line (`+`, `-`, `:`), so the protocol part is small and
-//! unit-tested. `rediss://` links go through redis-rs' synchronous
-//! connection instead: TLS is not written by hand, and a TLS check costs a
-//! record's decryption anyway.
-
+//! unit-tested. `rediss://` links keep the gate's redis-rs async
+//! connection instead and run each round trip on the runtime (`link`):
+//! TLS is not written by hand, and a TLS check costs a record's decryption
+//! anyway.
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
+use std::io;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -44,18 +42,13 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use redis::{ConnectionAddr, ConnectionLike, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{
-    BACKLOG_MIN_INTERVAL, BrokerEvent, CONNECT_TIMEOUT, ProbeError, RESPONSE_TIMEOUT, Target,
-    Watched, classify, queue_keys,
-};
-
-/// `PING` in RESP.
-const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
-/// A reply line longer than this is not one of ours: a protocol error.
-const MAX_REPLY_LINE: usize = 4096;
+use super::BrokerEvent;
+use super::backlog::{BACKLOG_MIN_INTERVAL, Watched, queue_keys};
+use super::error::ProbeError;
+use super::link::{Link, PING, PlainStream, Reply, Request, Tls, pack};
+use super::url::Target;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -142,6 +135,9 @@ pub(super) struct Job {
     pub(super) queues: watch::Receiver<Watched>,
     pub(super) latency: Arc<watch::Sender<Option<Duration>>>,
     pub(super) tx: mpsc::Sender<BrokerEvent>,
+    /// For a `rediss://` broker: the gate's connection, which becomes the
+    /// link (`None`: the thread opens a plain link of its own).
+    pub(super) tls: Option<Tls>,
 }
 
 /// Runs a health thread until its link breaks. Returns the error, or `None`
@@ -183,8 +179,11 @@ pub(super) async fn run(job: Job) -> Option<ProbeError> {
 #[derive(Default)]
 struct Keys {
     queues: Vec<String>,
-    /// The queue (index into `queues`) of each LLEN, in order.
+    /// The key of each LLEN, in order.
+    llen: Vec<String>,
+    /// The queue (index into `queues`) of each LLEN.
     owners: Vec<usize>,
+    /// The LLENs in RESP.
     packed: Vec<u8>,
     poll: bool,
 }
@@ -199,6 +198,7 @@ impl Keys {
         for (i, q) in w.queues.iter().enumerate() {
             for key in queue_keys(q, priority_steps, key_prefix) {
                 pack(&mut keys.packed, &[b"LLEN", key.as_bytes()]);
+                keys.llen.push(key);
                 keys.owners.push(i);
             }
         }
@@ -211,14 +211,16 @@ impl Job {
         if self.control.stopped() {
             return None;
         }
-        let mut link = match Link::open(&self.target) {
+        let opened = match self.tls.take() {
+            Some(tls) => Ok(Link::Tls(tls)),
+            None => Link::open(&self.target),
+        };
+        let mut link = match opened {
             Ok(l) => l,
             Err(e) => return Some(e),
         };
-        if let Link::Plain(p) = &link {
-            // Without the duplicate, a stop waits for the reply's timeout.
-            *lock(&self.control.socket) = p.stream.try_clone().ok();
-        }
+        // Without the duplicate, a stop waits for the reply's timeout.
+        *lock(&self.control.socket) = link.socket_clone();
         let result = self.serve(&mut link);
         *lock(&self.control.socket) = None;
         if self.control.stopped() || self.tx.is_closed() {
@@ -339,11 +341,15 @@ impl Job {
                 request
             }
         };
-        let count = usize::from(ping) + keys.map_or(0, |k| k.owners.len());
+        let req = Request {
+            packed: req,
+            ping,
+            llen: keys.map_or(&[], |k| &k.llen),
+        };
         let mut backlog = keys.map(|k| vec![0u64; k.queues.len()]);
         let what = if ping { "PING" } else { "LLEN" };
         let started = Instant::now();
-        link.round_trip(req, count, what, |i, reply| {
+        link.request(&req, what, |i, reply| {
             if ping && i == 0 {
                 return match reply {
                     Reply::Status(b"PONG") => Ok(()),
@@ -381,475 +387,9 @@ impl Job {
     }
 }
 
-// ---------------------------------------------------------------------------
-// The link
-
-/// One connection to the broker: plain (TCP or unix socket, RESP written
-/// here) or TLS (redis-rs' synchronous connection).
-enum Link {
-    Plain(Plain),
-    Tls(Box<redis::Connection>),
-}
-
-/// A plain socket, and the bytes read from it and not parsed yet (only
-/// within a round trip).
-struct Plain {
-    stream: PlainStream,
-    buf: Vec<u8>,
-}
-
-pub(super) enum PlainStream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl PlainStream {
-    /// Another fd for the same socket.
-    fn try_clone(&self) -> io::Result<PlainStream> {
-        Ok(match self {
-            PlainStream::Tcp(s) => PlainStream::Tcp(s.try_clone()?),
-            PlainStream::Unix(s) => PlainStream::Unix(s.try_clone()?),
-        })
-    }
-
-    /// Ends the connection for every fd of it: a blocked read returns.
-    fn shutdown(&self) {
-        let _ = match self {
-            PlainStream::Tcp(s) => s.shutdown(Shutdown::Both),
-            PlainStream::Unix(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            PlainStream::Tcp(s) => s.as_fd(),
-            PlainStream::Unix(s) => s.as_fd(),
-        }
-    }
-
-    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            PlainStream::Tcp(s) => s.write_all(data),
-            PlainStream::Unix(s) => s.write_all(data),
-        }
-    }
-
-    fn read(&mut self, into: &mut [u8]) -> io::Result<usize> {
-        match self {
-            PlainStream::Tcp(s) => s.read(into),
-            PlainStream::Unix(s) => s.read(into),
-        }
-    }
-}
-
-impl Plain {
-    /// Connects with [`CONNECT_TIMEOUT`]; reads and writes time out after
-    /// [`RESPONSE_TIMEOUT`].
-    fn connect(target: &Target) -> Result<Plain, ProbeError> {
-        let io_err = |during: &str, e: io::Error| {
-            ProbeError::transient(format!("health link: {during} failed: {e}"))
-        };
-        let stream = match target.bare_info.addr() {
-            ConnectionAddr::Unix(path) => {
-                let s = UnixStream::connect(path).map_err(|e| io_err("connect", e))?;
-                s.set_read_timeout(Some(RESPONSE_TIMEOUT))
-                    .and_then(|()| s.set_write_timeout(Some(RESPONSE_TIMEOUT)))
-                    .map_err(|e| io_err("setsockopt", e))?;
-                PlainStream::Unix(s)
-            }
-            _ => {
-                let Some((host, port)) = &target.host_port else {
-                    return Err(ProbeError::transient("health link: no address"));
-                };
-                let addrs = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| io_err(&format!("DNS lookup of {host}"), e))?;
-                let mut last = None;
-                let mut connected = None;
-                for addr in addrs {
-                    match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                        Ok(s) => {
-                            connected = Some(s);
-                            break;
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                let s = match (connected, last) {
-                    (Some(s), _) => s,
-                    (None, Some(e)) => return Err(io_err("connect", e)),
-                    (None, None) => {
-                        return Err(ProbeError::transient(format!(
-                            "health link: DNS lookup of {host} returned no address"
-                        )));
-                    }
-                };
-                s.set_nodelay(true)
-                    .and_then(|()| s.set_read_timeout(Some(RESPONSE_TIMEOUT)))
-                    .and_then(|()| s.set_write_timeout(Some(RESPONSE_TIMEOUT)))
-                    .map_err(|e| io_err("setsockopt", e))?;
-                PlainStream::Tcp(s)
-            }
-        };
-        Ok(Plain {
-            stream,
-            buf: Vec::with_capacity(512),
-        })
-    }
-
-    /// Sends `req` and hands the `count` replies to `each`, in order.
-    fn round_trip(
-        &mut self,
-        req: &[u8],
-        count: usize,
-        what: &str,
-        mut each: impl FnMut(usize, Reply<'_>) -> Result<(), ProbeError>,
-    ) -> Result<(), ProbeError> {
-        let timed_out = || {
-            ProbeError::transient(format!(
-                "timed out after {}s ({what})",
-                RESPONSE_TIMEOUT.as_secs_f64()
-            ))
-        };
-        let io_err = |e: io::Error| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
-            _ => ProbeError::transient(format!("connection lost ({what}): {e}")),
-        };
-        let deadline = Instant::now() + RESPONSE_TIMEOUT;
-        self.stream.write_all(req).map_err(io_err)?;
-        let buf = &mut self.buf;
-        buf.clear();
-        let mut parsed = 0;
-        let mut done = 0;
-        while done < count {
-            while done < count {
-                match parse_reply(&buf[parsed..])? {
-                    Some((reply, used)) => {
-                        each(done, reply)?;
-                        parsed += used;
-                        done += 1;
-                    }
-                    None => break,
-                }
-            }
-            if done == count {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(timed_out());
-            }
-            let mut chunk = [0u8; 512];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(closed()),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_err(e)),
-            }
-        }
-        if parsed < buf.len() {
-            return Err(ProbeError::transient(format!(
-                "the broker sent more than the replies to {what}"
-            )));
-        }
-        Ok(())
-    }
-}
-
-fn closed() -> ProbeError {
-    ProbeError::transient("the broker closed the connection")
-}
-
-impl Link {
-    /// Connects, authenticates and selects the database.
-    fn open(target: &Target) -> Result<Link, ProbeError> {
-        if target.tls {
-            let conn = target
-                .full
-                .get_connection_with_timeout(CONNECT_TIMEOUT)
-                .map_err(|e| classify(&e, "health link connect"))?;
-            conn.set_read_timeout(Some(RESPONSE_TIMEOUT))
-                .and_then(|()| conn.set_write_timeout(Some(RESPONSE_TIMEOUT)))
-                .map_err(|e| classify(&e, "health link setup"))?;
-            return Ok(Link::Tls(Box::new(conn)));
-        }
-        let mut plain = Plain::connect(target)?;
-        let mut hello = Vec::new();
-        let mut count = 0;
-        if let Some(password) = &target.password {
-            match &target.username {
-                Some(user) => pack(&mut hello, &[b"AUTH", user.as_bytes(), password.as_bytes()]),
-                None => pack(&mut hello, &[b"AUTH", password.as_bytes()]),
-            }
-            count += 1;
-        }
-        if target.db != 0 {
-            pack(&mut hello, &[b"SELECT", target.db.to_string().as_bytes()]);
-            count += 1;
-        }
-        if count > 0 {
-            plain.round_trip(&hello, count, "AUTH/SELECT", |_, reply| match reply {
-                Reply::Status(b"OK") => Ok(()),
-                other => Err(ProbeError::transient(format!(
-                    "health link: AUTH/SELECT answered {other:?}"
-                ))),
-            })?;
-        }
-        Ok(Link::Plain(plain))
-    }
-
-    fn fd(&self) -> Option<BorrowedFd<'_>> {
-        match self {
-            Link::Plain(p) => Some(p.stream.fd()),
-            Link::Tls(_) => None,
-        }
-    }
-
-    /// The socket became readable while no reply was due: the broker closed
-    /// it (or broke the protocol).
-    fn unsolicited(&mut self) -> ProbeError {
-        let Link::Plain(p) = self else {
-            return closed();
-        };
-        let mut chunk = [0u8; 64];
-        loop {
-            return match p.stream.read(&mut chunk) {
-                Ok(0) => closed(),
-                Ok(_) => ProbeError::transient("the broker sent data nobody asked for"),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => ProbeError::transient(format!("connection lost: {e}")),
-            };
-        }
-    }
-
-    fn round_trip(
-        &mut self,
-        req: &[u8],
-        count: usize,
-        what: &str,
-        mut each: impl FnMut(usize, Reply<'_>) -> Result<(), ProbeError>,
-    ) -> Result<(), ProbeError> {
-        let conn = match self {
-            Link::Plain(p) => return p.round_trip(req, count, what, each),
-            Link::Tls(conn) => conn,
-        };
-        let values = conn
-            .req_packed_commands(req, 0, count)
-            .map_err(|e| classify(&e, what))?;
-        if values.len() != count {
-            return Err(ProbeError::transient(format!(
-                "{what}: {} replies to {count} commands",
-                values.len()
-            )));
-        }
-        for (i, v) in values.iter().enumerate() {
-            let text;
-            let reply = match v {
-                Value::SimpleString(s) => Reply::Status(s.as_bytes()),
-                Value::Okay => Reply::Status(b"OK"),
-                Value::Int(n) => Reply::Int(*n),
-                Value::ServerError(e) => {
-                    text = match e.details() {
-                        Some(d) => format!("{} {d}", e.code()),
-                        None => e.code().to_string(),
-                    };
-                    Reply::Error(text.as_bytes())
-                }
-                _ => Reply::Other,
-            };
-            each(i, reply)?;
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// RESP, the part of it spoken here
-
-/// Appends one command, as a RESP array of bulk strings.
-fn pack(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// A reply to one of our commands.
-#[derive(PartialEq, Eq)]
-enum Reply<'a> {
-    /// `+OK`, `+PONG`
-    Status(&'a [u8]),
-    /// `-ERR …`
-    Error(&'a [u8]),
-    /// `:42`
-    Int(i64),
-    /// Something else (only from the TLS link, which parses all of RESP).
-    Other,
-}
-
-impl std::fmt::Debug for Reply<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reply::Status(s) => write!(f, "+{}", String::from_utf8_lossy(s)),
-            Reply::Error(s) => write!(f, "-{}", String::from_utf8_lossy(s)),
-            Reply::Int(n) => write!(f, ":{n}"),
-            Reply::Other => f.write_str("a reply of another type"),
-        }
-    }
-}
-
-/// Parses one single-line reply at the start of `buf`: `None` when it is
-/// not complete yet, else the reply and the bytes it took. Any other type
-/// is a protocol error (none of our commands has one).
-fn parse_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, ProbeError> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        if buf.len() > MAX_REPLY_LINE {
-            return Err(ProbeError::transient(
-                "the broker sent a reply line without an end",
-            ));
-        }
-        return Ok(None);
-    };
-    let line = &buf[1..end];
-    let reply = match buf[0] {
-        b'+' => Reply::Status(line),
-        b'-' => Reply::Error(line),
-        b':' => std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Reply::Int)
-            .ok_or_else(|| {
-                ProbeError::transient(format!(
-                    "the broker sent a malformed integer: {:?}",
-                    String::from_utf8_lossy(line)
-                ))
-            })?,
-        other => {
-            return Err(ProbeError::transient(format!(
-                "the broker sent an unexpected reply (type {:?}) to a PING, AUTH, SELECT or LLEN",
-                char::from(other)
-            )));
-        }
-    };
-    Ok(Some((reply, end + 2)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn packs_commands_as_resp_arrays() {
-        let mut out = Vec::new();
-        pack(&mut out, &[b"PING"]);
-        assert_eq!(out, PING);
-        out.clear();
-        pack(&mut out, &[b"LLEN", b"q\x06\x163"]);
-        assert_eq!(out, b"*2\r\n$4\r\nLLEN\r\n$4\r\nq\x06\x163\r\n");
-    }
-
-    #[test]
-    fn parses_single_line_replies_and_waits_for_the_rest() {
-        let buf = b"+PONG\r\n:42\r\n-WRONGTYPE Operation\r\n:-1\r\n+OK";
-        let mut at = 0;
-        let mut got = Vec::new();
-        while let Some((r, used)) = parse_reply(&buf[at..]).unwrap() {
-            got.push(format!("{r:?}"));
-            at += used;
-        }
-        assert_eq!(got, ["+PONG", ":42", "-WRONGTYPE Operation", ":-1"]);
-        assert_eq!(&buf[at..], b"+OK", "an incomplete line waits for more");
-        assert!(parse_reply(b"").unwrap().is_none());
-        assert!(parse_reply(b"\r").unwrap().is_none());
-    }
-
-    #[test]
-    fn other_reply_types_and_garbage_are_errors() {
-        for bad in [
-            &b"$4\r\nPONG\r\n"[..],
-            b"*1\r\n:1\r\n",
-            b":12x\r\n",
-            b"HTTP/1.1 400 Bad Request\r\n",
-        ] {
-            let e = parse_reply(bad).map(|_| ()).unwrap_err();
-            assert!(e.message.contains("the broker sent"), "{bad:?}: {e}");
-        }
-        let endless = vec![b'+'; MAX_REPLY_LINE + 1];
-        assert!(parse_reply(&endless).is_err());
-    }
-
-    /// A plain link over a socketpair, and the broker's end of it.
-    fn link_pair() -> (Plain, UnixStream) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        ours.set_read_timeout(Some(RESPONSE_TIMEOUT)).unwrap();
-        let plain = Plain {
-            stream: PlainStream::Unix(ours),
-            buf: Vec::new(),
-        };
-        (plain, theirs)
-    }
-
-    fn replies(plain: &mut Plain, req: &[u8], count: usize) -> Result<Vec<String>, ProbeError> {
-        let mut got = Vec::new();
-        plain.round_trip(req, count, "PING", |i, r| {
-            got.push(format!("{i}{r:?}"));
-            Ok(())
-        })?;
-        Ok(got)
-    }
-
-    #[test]
-    fn a_round_trip_reassembles_replies_split_across_reads() {
-        let (mut plain, mut broker) = link_pair();
-        let server = std::thread::spawn(move || {
-            let mut req = [0u8; 64];
-            let n = broker.read(&mut req).unwrap();
-            for part in [&b"+PO"[..], b"NG\r\n:4", b"2\r\n:0\r", b"\n"] {
-                broker.write_all(part).unwrap();
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            req[..n].to_vec()
-        });
-        let mut req = PING.to_vec();
-        pack(&mut req, &[b"LLEN", b"a"]);
-        pack(&mut req, &[b"LLEN", b"b"]);
-        let got = replies(&mut plain, &req, 3).unwrap();
-        assert_eq!(got, ["0+PONG", "1:42", "2:0"]);
-        assert_eq!(server.join().unwrap(), req, "the request as sent");
-    }
-
-    #[test]
-    fn a_round_trip_fails_on_extra_data_a_close_or_silence() {
-        // More than the replies asked for.
-        let (mut plain, mut broker) = link_pair();
-        broker.write_all(b"+PONG\r\n+PONG\r\n").unwrap();
-        let e = replies(&mut plain, PING, 1).unwrap_err();
-        assert!(e.message.contains("more than the replies"), "{e}");
-
-        // Closed in the middle of a reply.
-        let (mut plain, mut broker) = link_pair();
-        let server = std::thread::spawn(move || {
-            let mut req = [0u8; 64];
-            let _ = broker.read(&mut req).unwrap();
-            broker.write_all(b"+PO").unwrap();
-        });
-        let e = replies(&mut plain, PING, 1).unwrap_err();
-        assert_eq!(e.message, "the broker closed the connection");
-        server.join().unwrap();
-        // Closed before the request: the write fails.
-        let (mut plain, broker) = link_pair();
-        drop(broker);
-        let e = replies(&mut plain, PING, 1).unwrap_err();
-        assert!(e.message.starts_with("connection lost (PING)"), "{e}");
-
-        // A broker that says nothing: the response timeout.
-        let (mut plain, _broker) = link_pair();
-        let t = Instant::now();
-        let e = replies(&mut plain, PING, 1).unwrap_err();
-        assert!(e.message.starts_with("timed out after 3s (PING)"), "{e}");
-        assert!(t.elapsed() >= RESPONSE_TIMEOUT, "{:?}", t.elapsed());
-    }
 
     #[test]
     fn keys_pack_one_llen_per_priority_step() {
@@ -859,6 +399,7 @@ mod tests {
         };
         let k = Keys::new(&w, &[0, 9], "p:");
         assert_eq!(k.owners, [0, 0, 1, 1]);
+        assert_eq!(k.llen, ["p:a", "p:a\x06\x169", "p:b", "p:b\x06\x169"]);
         let mut expected = Vec::new();
         for key in ["p:a", "p:a\x06\x169", "p:b", "p:b\x06\x169"] {
             pack(&mut expected, &[b"LLEN", key.as_bytes()]);
