@@ -17,8 +17,8 @@ pub const BACKLOG_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// kombu's separator between a queue name and its priority step.
 pub const PRIORITY_SEP: &str = "\x06\x16";
-/// kombu's default priority steps.
-pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+/// kombu's default priority steps (defined once, in the config schema).
+pub use crate::config::DEFAULT_PRIORITY_STEPS;
 
 /// The queues the monitor reports the backlog of.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

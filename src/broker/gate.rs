@@ -18,7 +18,7 @@ use super::BrokerEvent;
 use super::error::ProbeError;
 use super::probe::{connect_and_ping, ms};
 use super::url::Target;
-use crate::supervisor::backoff::Retry;
+use crate::model::backoff::Retry;
 
 /// First retry delay of the gate / reconnect loop.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);

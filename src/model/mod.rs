@@ -2,6 +2,8 @@
 //! shared by the pure core (`plan`, `supervisor::machine`), the effect
 //! modules (`sys`) and the protocol (`control`).
 //!
+//! - [`backoff`]: the one restart and retry schedule (the machine's
+//!   restarts, the broker's reconnects);
 //! - [`exit`]: how a worker ended ([`ExitReason`]);
 //! - [`state`]: the instance and broker states status shows, with their
 //!   wire spelling;
@@ -10,6 +12,7 @@
 //!
 //! Nothing here imports from any other module of the crate.
 
+pub mod backoff;
 pub mod exit;
 pub mod spec;
 pub mod state;

@@ -13,7 +13,7 @@
 //! The actor's tests (`tests.rs`) run it in-process against the fake on
 //! tokio's paused clock.
 
-pub mod backoff;
+pub use crate::model::backoff;
 mod commands;
 pub mod effects;
 pub mod machine;

@@ -38,9 +38,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::backoff;
 pub use crate::model::ExitReason;
 use crate::model::InstanceState;
+use crate::model::backoff;
 use crate::model::target::{self, Member, Target};
 use crate::plan::{self, InstanceSpec, Limits, Plan, PlanDiff};
 
