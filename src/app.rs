@@ -228,7 +228,7 @@ impl Started {
             config,
             limits_line: self.limits_line,
             logs,
-            effects: Box::new(effects),
+            effects,
         };
         let actor = Supervisor::new(setup, tx.clone()).run(rx, self.exits);
         tokio::pin!(actor);

@@ -4,7 +4,7 @@ use super::*;
 use crate::model::Target;
 use machine::CommandError;
 
-impl Supervisor {
+impl<E: Effects> Supervisor<E> {
     pub(super) fn control(&mut self, c: ControlMsg) {
         let now = Instant::now();
         let ControlMsg { request, reply, .. } = c;

@@ -95,13 +95,13 @@ struct Running {
 }
 
 /// Everything the supervisor needs from the start-up sequence.
-pub struct Setup {
+pub struct Setup<E> {
     pub config: Config,
     /// "on" or "off (reason)", for status.
     pub limits_line: String,
     /// The ring buffers of worker output (the effects' log pumps fill it).
     pub logs: LogStore,
-    pub effects: Box<dyn Effects>,
+    pub effects: E,
 }
 
 /// The usage sample of one instance, for the CPU% between two status calls.
@@ -113,13 +113,15 @@ struct Usage {
     cpu_percent: Option<f64>,
 }
 
-/// The actor.
-pub struct Supervisor {
+/// The actor. Generic over its effects (not a `Box<dyn Effects>`): the
+/// daemon's loop then calls `SysEffects` directly, which keeps the idle
+/// path as small as it was (docs/benchmarks.md, run J).
+pub struct Supervisor<E: Effects> {
     machine: Machine,
     config: Config,
     running: Running,
     limits_line: String,
-    effects: Box<dyn Effects>,
+    effects: E,
     logs: LogStore,
     started: SystemTime,
     broker: BrokerView,
@@ -139,10 +141,10 @@ pub struct Supervisor {
     reload_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl Supervisor {
+impl<E: Effects> Supervisor<E> {
     /// Build the supervisor. `tx` is the sender of its own mailbox (for the
     /// broker monitor, the kill tasks and the reload reader).
-    pub fn new(setup: Setup, tx: mpsc::Sender<Msg>) -> Self {
+    pub fn new(setup: Setup<E>, tx: mpsc::Sender<Msg>) -> Self {
         let plan = plan::build(&setup.config);
         let has_work = !plan.groups.is_empty();
         // Without groups there is nothing to gate.

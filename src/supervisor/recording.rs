@@ -93,8 +93,8 @@ impl Recorder {
     }
 
     /// The effects to give the actor.
-    pub fn effects(&self) -> Box<dyn Effects> {
-        Box::new(RecordingEffects(self.clone()))
+    pub fn effects(&self) -> RecordingEffects {
+        RecordingEffects(self.clone())
     }
 
     /// Every call so far, with when it was made.
@@ -194,7 +194,8 @@ impl Recorder {
     }
 }
 
-struct RecordingEffects(Recorder);
+/// The [`Effects`] a [`Recorder`] hands to the actor.
+pub struct RecordingEffects(Recorder);
 
 struct FakeMonitor(Recorder);
 

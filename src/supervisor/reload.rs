@@ -8,7 +8,7 @@
 
 use super::*;
 
-impl Supervisor {
+impl<E: Effects> Supervisor<E> {
     /// Start a reload: tell systemd, and read the file off the actor.
     pub(super) fn begin_reload(&mut self, reply: Option<oneshot::Sender<Response>>) {
         self.effects.notify(Notice::Reloading);

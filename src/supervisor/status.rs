@@ -5,7 +5,7 @@ use super::*;
 use crate::model::InstanceState;
 use crate::model::target::{self, Member, Target};
 
-impl Supervisor {
+impl<E: Effects> Supervisor<E> {
     /// The status document, limited to the instances `targets` take in
     /// (all of them when it is empty).
     pub(super) fn status(&mut self, targets: &[Target]) -> Status {
