@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use super::diagnostics::At;
 use super::schema::{
-    DEFAULT_ADMIN_GROUP, DEFAULT_CHECK_INTERVAL, DEFAULT_COMMAND, DEFAULT_LOGLEVEL, DEFAULT_SOCKET,
-    DEFAULT_WORKDIR, GroupConfig, MAX_CONCURRENCY, MAX_INSTANCES,
+    DEFAULT_ADMIN_GROUP, DEFAULT_CHECK_INTERVAL, DEFAULT_COMMAND, DEFAULT_FLEET_INTERVAL,
+    DEFAULT_FORGET_AFTER, DEFAULT_LOGLEVEL, DEFAULT_SOCKET, DEFAULT_WORKDIR, GroupConfig,
+    MAX_CONCURRENCY, MAX_INSTANCES,
 };
 
 /// How a key's value is read and bounded.
@@ -430,6 +431,32 @@ pub(super) const CELERY_KEYS: &[SectionKey] = &[
         "appended to every worker's command line, before the group's",
     ),
 ];
+
+/// `[fleet]`.
+pub(super) const FLEET_KEYS: &[SectionKey] = &[
+    key(
+        "publish",
+        Some(Dflt::Toml("true")),
+        "publish this device's record in the shared Redis",
+    ),
+    key(
+        "interval",
+        Some(Dflt::Duration(DEFAULT_FLEET_INTERVAL)),
+        "how often the record is written, 1s to 1h",
+    ),
+    key(
+        "forget_after",
+        Some(Dflt::Duration(DEFAULT_FORGET_AFTER)),
+        "the record's TTL: how long a lost device stays visible; at least 3 intervals",
+    ),
+];
+
+/// `[metrics]`.
+pub(super) const METRICS_KEYS: &[SectionKey] = &[key(
+    "textfile",
+    None,
+    "a .prom file written atomically every [fleet] interval, for node_exporter's textfile collector",
+)];
 
 /// The names of a section's keys, for "did you mean" hints.
 pub(super) fn section_key_names(keys: &[SectionKey]) -> Vec<&'static str> {

@@ -25,6 +25,14 @@ pub const DEFAULT_ADMIN_GROUP: &str = "clearify-admin";
 pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 /// Default `[broker].check_interval`.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// `[fleet] interval`.
+pub const DEFAULT_FLEET_INTERVAL: Duration = Duration::from_secs(10);
+/// `[fleet] forget_after`.
+pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Bounds of `[fleet] interval`: Redis `EX` takes whole seconds, and a
+/// beat a second is already far more than a fleet view needs.
+pub const MIN_FLEET_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_FLEET_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default `[celery].command`: looked up in `PATH`.
 pub const DEFAULT_COMMAND: &str = "celery";
 /// Default `[celery].workdir`.
@@ -79,6 +87,8 @@ pub struct Config {
     /// `None` only when there are no groups and no `[broker]` section.
     pub broker: Option<BrokerConfig>,
     pub celery: CeleryConfig,
+    pub fleet: FleetConfig,
+    pub metrics: MetricsConfig,
     /// In file order.
     pub groups: Vec<GroupConfig>,
 }
@@ -95,6 +105,34 @@ pub struct DaemonConfig {
     pub device_id: String,
     pub admin_group: String,
     pub require_limits: bool,
+}
+
+/// `[fleet]`: this device's record in the shared Redis (docs/fleet.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// Whether to publish the record at all.
+    pub publish: bool,
+    /// How often.
+    pub interval: Duration,
+    /// The record's TTL: how long a lost device stays visible.
+    pub forget_after: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            publish: true,
+            interval: DEFAULT_FLEET_INTERVAL,
+            forget_after: DEFAULT_FORGET_AFTER,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus text file for node_exporter.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricsConfig {
+    /// Written atomically every `[fleet] interval` (`None`: not written).
+    pub textfile: Option<PathBuf>,
 }
 
 /// What to do once `[broker].wait_timeout` has passed without a broker.
@@ -202,7 +240,9 @@ impl Environment {
     }
 }
 
-pub(super) const TOP_KEYS: &[&str] = &["daemon", "broker", "celery", "defaults", "group"];
+pub(super) const TOP_KEYS: &[&str] = &[
+    "daemon", "broker", "celery", "fleet", "metrics", "defaults", "group",
+];
 pub(super) const LOGLEVELS: &[&str] = &["debug", "info", "warning", "error", "critical", "fatal"];
 /// The control characters an environment value may hold (`env`,
 /// `env_file`): tab and newline, e.g. for a PEM key. NUL cannot be passed at

@@ -1367,6 +1367,8 @@ fn every_key_is_in_the_man_page_with_its_default() {
         ("[daemon]", super::keys::DAEMON_KEYS),
         ("[broker]", super::keys::BROKER_KEYS),
         ("[celery]", super::keys::CELERY_KEYS),
+        ("[fleet]", super::keys::FLEET_KEYS),
+        ("[metrics]", super::keys::METRICS_KEYS),
     ] {
         let lines = man_section(title);
         for k in keys {
@@ -1434,4 +1436,44 @@ fn config_plan_and_model_import_downhill() {
             );
         }
     }
+}
+
+#[test]
+fn fleet_and_metrics_have_defaults_and_bounds() {
+    let fx = Fx::new();
+    let l = fx.ok(&with_base(""));
+    assert_eq!(l.config.fleet, FleetConfig::default());
+    assert!(l.config.fleet.publish);
+    assert_eq!(l.config.fleet.interval, Duration::from_secs(10));
+    assert_eq!(l.config.fleet.forget_after, Duration::from_secs(86400));
+    assert_eq!(l.config.metrics.textfile, None);
+
+    let l = fx.ok(&with_base(
+        "[fleet]\npublish = false\ninterval = \"30s\"\nforget_after = \"2h\"\n[metrics]\ntextfile = \"/var/lib/prometheus/node-exporter/clearify.prom\"\n",
+    ));
+    assert!(!l.config.fleet.publish);
+    assert_eq!(l.config.fleet.interval, Duration::from_secs(30));
+    assert_eq!(
+        l.config.metrics.textfile.as_deref(),
+        Some(Path::new("/var/lib/prometheus/node-exporter/clearify.prom"))
+    );
+
+    let diags = fx.errors(&with_base("[fleet]\ninterval = \"500ms\"\n"));
+    assert_error(&diags, "fleet.interval", 6, 12, "between 1s and 1h");
+    let diags = fx.errors(&with_base("[fleet]\ninterval = \"1500ms\"\n"));
+    assert_error(&diags, "fleet.interval", 6, 12, "whole number of seconds");
+    let diags = fx.errors(&with_base(
+        "[fleet]\ninterval = \"1m\"\nforget_after = \"2m\"\n",
+    ));
+    assert_error(
+        &diags,
+        "fleet.forget_after",
+        7,
+        16,
+        "at least 3 × interval (3m)",
+    );
+    let diags = fx.errors(&with_base("[fleet]\nintervall = \"1m\"\n"));
+    assert_error(&diags, "fleet.intervall", 6, 1, "did you mean `interval`");
+    let diags = fx.errors(&with_base("[metrics]\ntextfile = \"/tmp/clearify.txt\"\n"));
+    assert_error(&diags, "metrics.textfile", 6, 12, "must end in `.prom`");
 }

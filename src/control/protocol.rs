@@ -28,6 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::fleet::{DeviceView, FleetView, QueuesView};
 pub use crate::model::{BrokerState, InstanceState};
 
 /// Bumped whenever a request or response changes incompatibly.
@@ -114,6 +115,37 @@ pub enum Request {
     Test,
     /// The daemon's version.
     Version,
+    /// A view of the fleet registry in the shared Redis (docs/fleet.md),
+    /// read by the daemon (which holds the broker credentials).
+    Fleet { query: FleetQuery },
+    /// Removes a device from the fleet registry at once (admin only).
+    FleetForget {
+        #[serde(deserialize_with = "bounded_name")]
+        device_id: String,
+    },
+}
+
+/// Which view of the fleet `clearifyctl fleet` wants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "view", rename_all = "snake_case")]
+pub enum FleetQuery {
+    /// One line per device.
+    Devices,
+    /// Per queue: backlog, consumers, shares.
+    Queues,
+    /// One device's groups and instances.
+    Device {
+        #[serde(deserialize_with = "bounded_name")]
+        device_id: String,
+    },
+}
+
+/// A name of at most [`MAX_TARGET_LEN`] bytes.
+fn bounded_name<'de, D>(d: D) -> Result<String, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(BoundedName::deserialize(d)?.0)
 }
 
 /// A target list of at most [`MAX_TARGETS`] names of at most
@@ -185,6 +217,7 @@ impl Request {
                 | Request::Stop { .. }
                 | Request::Restart { .. }
                 | Request::Reload
+                | Request::FleetForget { .. }
         )
     }
 }
@@ -209,6 +242,9 @@ pub enum Response {
         lines: Vec<LogLine>,
     },
     Test(TestReport),
+    Fleet(FleetView),
+    FleetQueues(QueuesView),
+    FleetDevice(DeviceView),
     Version {
         version: String,
         protocol: u32,

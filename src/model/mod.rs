@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod exit;
+pub mod fleet;
 pub mod spec;
 pub mod state;
 pub mod target;

@@ -53,6 +53,11 @@ impl<E: Effects> Supervisor<E> {
                 self.test(reply);
                 return;
             }
+            // Work in progress (issue 14): the reader lands next.
+            Request::Fleet { .. } | Request::FleetForget { .. } => Response::Error {
+                kind: ErrorKind::Refused,
+                message: "the fleet view is not built yet".into(),
+            },
             Request::Version => Response::Version {
                 version: crate::VERSION.to_string(),
                 protocol: crate::control::protocol::PROTOCOL_VERSION,

@@ -6,6 +6,7 @@
 mod broker;
 mod celery;
 mod daemon;
+mod fleet;
 pub(super) mod groups;
 
 use std::collections::HashMap;
@@ -441,6 +442,8 @@ impl<'a> Checker<'a> {
             }
         };
 
+        let fleet = self.fleet(sections.get("fleet").copied());
+        let metrics = self.metrics(sections.get("metrics").copied());
         let groups = self.groups(&defaults, &raw_groups);
 
         if self.has_errors() {
@@ -451,6 +454,8 @@ impl<'a> Checker<'a> {
             daemon: daemon?,
             broker,
             celery: celery.config?,
+            fleet: fleet?,
+            metrics: metrics?,
             groups,
         })
     }

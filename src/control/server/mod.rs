@@ -278,5 +278,7 @@ pub fn request_name(request: &Request) -> &'static str {
         Request::Logs { .. } => "logs",
         Request::Test => "test",
         Request::Version => "version",
+        Request::Fleet { .. } => "fleet",
+        Request::FleetForget { .. } => "fleet forget",
     }
 }

@@ -1,0 +1,570 @@
+//! The fleet registry's vocabulary (issue 14): the record each daemon
+//! publishes in the shared Redis ([`DeviceRecord`]), how a reader takes in a
+//! record it did not write ([`parse_record`]: size-capped, schema-checked),
+//! and the three views `clearifyctl fleet` shows, computed from the records
+//! and the Redis clock ([`device_rows`], [`queue_rows`], [`DeviceView`]).
+//!
+//! Records are untrusted input: any device, or anyone with write access to
+//! the broker, can write one. Everything here is bounded by
+//! [`MAX_RECORD`] and [`MAX_DEVICES`]; strings are kept as they are and
+//! escaped where they are shown (`cli::render`).
+//!
+//! Keys, under the broker's `key_prefix` ([`Keys`]):
+//! - `clearify:fleet`: a sorted set, device id → the Redis `TIME` of its
+//!   last beat (seconds, with microseconds as the fraction);
+//! - `clearify:fleet:<device_id>`: the record (JSON), with a TTL of the
+//!   device's `[fleet] forget_after`;
+//! - `clearify:fleet-prune`: the `SET … NX EX 60` guard that lets one
+//!   reader a minute prune members whose record has expired.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::InstanceState;
+
+/// The record's schema. A reader skips records of another schema.
+pub const SCHEMA: u32 = 1;
+
+/// Largest record, in bytes, that a daemon writes or a reader takes in
+/// (readers fetch at most this many bytes plus one with `GETRANGE`, so a
+/// 10 MB value costs them 16 KiB).
+pub const MAX_RECORD: usize = 16 * 1024;
+
+/// Most set members a reader looks at (the most recently seen first). The
+/// rest are counted, not read: a million members cost one `ZCARD`.
+pub const MAX_DEVICES: usize = 1000;
+
+/// Longest device id a reader accepts from the set (`[daemon] device_id` is
+/// checked when it is configured; a longer member is someone else's).
+pub const MAX_DEVICE_ID: usize = 128;
+
+/// Most distinct queues the queue view counts (each costs a few `LLEN`s).
+pub const MAX_QUEUES: usize = 512;
+
+/// A device whose last beat is older than this many of its intervals is
+/// lost.
+pub const LOST_AFTER_INTERVALS: f64 = 3.0;
+
+/// The fleet's keys under a broker `key_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(key_prefix: &str) -> Keys {
+        Keys {
+            prefix: format!("{key_prefix}clearify:"),
+        }
+    }
+    /// The sorted set of device ids by last beat.
+    pub fn set(&self) -> String {
+        format!("{}fleet", self.prefix)
+    }
+    /// One device's record.
+    pub fn record(&self, device_id: &str) -> String {
+        format!("{}fleet:{device_id}", self.prefix)
+    }
+    /// The pruning guard.
+    pub fn prune_guard(&self) -> String {
+        format!("{}fleet-prune", self.prefix)
+    }
+}
+
+/// Whether a daemon is serving or stopped on purpose (a lost device is one
+/// whose beats stopped without this turning `stopped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonRun {
+    Running,
+    Stopped,
+}
+
+/// What one daemon publishes. Never a secret: no broker URL, no
+/// environment, no command line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// [`SCHEMA`].
+    pub schema: u32,
+    pub device_id: String,
+    /// The daemon's version.
+    pub version: String,
+    pub hostname: String,
+    /// Debian's name: `amd64`, `arm64`, `armhf`, … (else Rust's).
+    pub arch: String,
+    /// The kernel release (`uname -r`).
+    pub kernel: String,
+    /// Seconds since the Unix epoch (`btime` of /proc/stat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_time: Option<u64>,
+    pub uptime_secs: u64,
+    /// The publishing interval, seconds: readers judge "lost" by it.
+    pub interval_secs: f64,
+    pub run: DaemonRun,
+    /// Redis time of the clean stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// 1, 5 and 15 minute load averages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<[f64; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_available_bytes: Option<u64>,
+    /// Whether cgroup v2 limits are applied.
+    pub limits: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_rtt_ms: Option<f64>,
+    /// Restarts of all instances in the last hour (of this daemon's run).
+    pub restarts_last_hour: u64,
+    pub groups: Vec<GroupRecord>,
+    /// Instances whose detail was left out to keep the record under
+    /// [`MAX_RECORD`] (their group's sums still count them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub instances_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One group, with sums that stay when its instances' detail is left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    /// Instances configured.
+    pub total: u32,
+    pub running: u32,
+    pub crash_looping: u32,
+    /// Restarts since the daemon started, all instances.
+    pub restarts: u64,
+    /// Memory used by the group's instances, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// `memory_max` per instance, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// Tasks processed since start, summed from the Celery heartbeats'
+    /// `processed` counters (a restarted worker's count starts again).
+    pub processed: u64,
+    /// Tasks executing now (heartbeats' `active`).
+    pub active: u64,
+    /// Tasks per minute between the last two beats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_minute: Option<f64>,
+    #[serde(default)]
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// One instance, as in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub state: InstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    pub restarts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_secs: Option<f64>,
+}
+
+impl DeviceRecord {
+    /// The record as written: JSON of at most [`MAX_RECORD`] bytes. When
+    /// the instances' detail does not fit, it is left out group by group
+    /// (the largest first) and counted in `instances_omitted`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut rec = self.clone();
+        loop {
+            let bytes = serde_json::to_vec(&rec).unwrap_or_default();
+            if bytes.len() <= MAX_RECORD {
+                return bytes;
+            }
+            let Some(g) = rec
+                .groups
+                .iter_mut()
+                .filter(|g| !g.instances.is_empty())
+                .max_by_key(|g| g.instances.len())
+            else {
+                // Still too big without any instance: strings too long
+                // (only a hand-edited device id could). Drop the groups.
+                rec.instances_omitted = rec.groups.iter().map(|g| u64::from(g.total)).sum();
+                rec.groups.clear();
+                return serde_json::to_vec(&rec).unwrap_or_default();
+            };
+            rec.instances_omitted += g.instances.len() as u64;
+            g.instances.clear();
+        }
+    }
+}
+
+/// Parses a record read from Redis. `bytes` may be longer than
+/// [`MAX_RECORD`] by one byte: that is how a too-large value shows (the
+/// reader asked for `MAX_RECORD + 1` bytes).
+pub fn parse_record(device_id: &str, bytes: &[u8]) -> Result<DeviceRecord, String> {
+    if bytes.len() > MAX_RECORD {
+        return Err(format!("record larger than {MAX_RECORD} bytes"));
+    }
+    // serde_json refuses nesting deeper than 128 by itself.
+    let rec: DeviceRecord =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a fleet record: {e}"))?;
+    if rec.schema != SCHEMA {
+        return Err(format!(
+            "record schema {} (this reader knows {SCHEMA})",
+            rec.schema
+        ));
+    }
+    if rec.device_id != device_id {
+        return Err(format!(
+            "record names another device ({:?})",
+            truncate(&rec.device_id, 64)
+        ));
+    }
+    if !(rec.interval_secs.is_finite() && rec.interval_secs > 0.0) {
+        return Err("record has no valid interval_secs".into());
+    }
+    Ok(rec)
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// How a device looks to a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Beats arrive.
+    Up,
+    /// Stopped on purpose (a clean stop).
+    Stopped,
+    /// No beat for [`LOST_AFTER_INTERVALS`] intervals, and no clean stop.
+    Lost,
+}
+
+/// A record with the score of its set member (its last beat, Redis time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub record: DeviceRecord,
+    pub last_beat: f64,
+}
+
+impl Seen {
+    /// Up, stopped or lost at Redis time `now`.
+    pub fn presence(&self, now: f64) -> Presence {
+        if self.record.run == DaemonRun::Stopped {
+            Presence::Stopped
+        } else if now - self.last_beat > LOST_AFTER_INTERVALS * self.record.interval_secs {
+            Presence::Lost
+        } else {
+            Presence::Up
+        }
+    }
+}
+
+/// A record a reader skipped, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The set member (untrusted: escape it when showing it).
+    pub device_id: String,
+    pub reason: String,
+}
+
+/// What a reader read: the records it took in and what it left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadSummary {
+    /// Redis `TIME` when read, seconds since the Unix epoch.
+    pub now: f64,
+    /// Members of the set.
+    pub members: u64,
+    /// Members looked at (at most [`MAX_DEVICES`], the most recent).
+    pub read: u64,
+    /// Members whose record has expired (pruned by some reader).
+    pub expired: u64,
+    pub skipped: Vec<Skipped>,
+}
+
+/// One line of `clearifyctl fleet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRow {
+    pub device_id: String,
+    pub hostname: String,
+    pub presence: Presence,
+    pub version: String,
+    /// The version differs from the most common one.
+    pub version_skew: bool,
+    pub arch: String,
+    pub uptime_secs: u64,
+    pub running: u64,
+    pub total: u64,
+    pub crash_looping: u64,
+    pub restarts_last_hour: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_minute: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The sum of the groups' `memory_max` × instances when every group has
+    /// one, else the device's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_rtt_ms: Option<f64>,
+    /// Redis time of the last beat.
+    pub last_seen: f64,
+    /// Seconds since the last beat (by Redis time).
+    pub last_seen_secs: f64,
+}
+
+impl DeviceRow {
+    /// Problems first: lost, crash-looping, workers down, then stopped,
+    /// version skew, then the healthy ones.
+    fn rank(&self) -> u8 {
+        match self.presence {
+            Presence::Lost => 0,
+            Presence::Up if self.crash_looping > 0 => 1,
+            Presence::Up if self.running < self.total => 2,
+            Presence::Stopped => 3,
+            Presence::Up if self.version_skew => 4,
+            Presence::Up => 5,
+        }
+    }
+}
+
+/// The answer to `clearifyctl fleet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetView {
+    #[serde(flatten)]
+    pub read: ReadSummary,
+    /// The most common version among the devices shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_version: Option<String>,
+    pub devices: Vec<DeviceRow>,
+}
+
+/// The most common version (ties: the highest string), if any device.
+fn common_version(seen: &[Seen]) -> Option<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for s in seen {
+        *counts.entry(s.record.version.as_str()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)))
+        .map(|(v, _)| v.to_string())
+}
+
+/// The device list, problems first, then by device id.
+pub fn device_rows(read: ReadSummary, seen: &[Seen]) -> FleetView {
+    let now = read.now;
+    let common = common_version(seen);
+    let mut devices: Vec<DeviceRow> = seen
+        .iter()
+        .map(|s| {
+            let r = &s.record;
+            let sum = |f: fn(&GroupRecord) -> u64| r.groups.iter().map(f).sum::<u64>();
+            let memory = r
+                .groups
+                .iter()
+                .filter_map(|g| g.memory_bytes)
+                .reduce(u64::saturating_add);
+            let limits: Option<u64> = r
+                .groups
+                .iter()
+                .map(|g| g.memory_max.map(|m| m.saturating_mul(u64::from(g.total))))
+                .try_fold(0u64, |acc, m| m.map(|m| acc.saturating_add(m)));
+            let tpm: Option<f64> = r
+                .groups
+                .iter()
+                .filter_map(|g| g.tasks_per_minute)
+                .reduce(|a, b| a + b);
+            DeviceRow {
+                device_id: r.device_id.clone(),
+                hostname: r.hostname.clone(),
+                presence: s.presence(now),
+                version: r.version.clone(),
+                version_skew: common.as_deref().is_some_and(|c| c != r.version),
+                arch: r.arch.clone(),
+                uptime_secs: r.uptime_secs,
+                running: sum(|g| u64::from(g.running)),
+                total: sum(|g| u64::from(g.total)),
+                crash_looping: sum(|g| u64::from(g.crash_looping)),
+                restarts_last_hour: r.restarts_last_hour,
+                tasks_per_minute: tpm,
+                memory_bytes: memory,
+                memory_limit_bytes: match limits {
+                    Some(l) if !r.groups.is_empty() => Some(l),
+                    _ => r.mem_total_bytes,
+                },
+                broker_rtt_ms: r.broker_rtt_ms,
+                last_seen: s.last_beat,
+                last_seen_secs: (now - s.last_beat).max(0.0),
+            }
+        })
+        .collect();
+    devices.sort_by(|a, b| {
+        a.rank()
+            .cmp(&b.rank())
+            .then_with(|| a.device_id.cmp(&b.device_id))
+    });
+    FleetView {
+        read,
+        common_version: common,
+        devices,
+    }
+}
+
+/// One device's part in a queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueDevice {
+    pub device_id: String,
+    /// Instances of the groups that consume the queue.
+    pub instances: u64,
+    pub running: u64,
+    /// Their total concurrency (instances × concurrency).
+    pub concurrency: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_minute: Option<f64>,
+    /// Its part of the queue's tasks per minute, 0..=1 (`None` when nobody
+    /// processed anything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+}
+
+/// One queue of `clearifyctl fleet queues`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueRow {
+    pub queue: String,
+    /// Messages waiting, priority sub-queues summed (as in `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
+    pub instances: u64,
+    pub concurrency: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_minute: Option<f64>,
+    pub devices: Vec<QueueDevice>,
+}
+
+/// The answer to `clearifyctl fleet queues`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuesView {
+    #[serde(flatten)]
+    pub read: ReadSummary,
+    pub queues: Vec<QueueRow>,
+    /// Distinct queues beyond [`MAX_QUEUES`], not shown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queues_omitted: u64,
+}
+
+/// The queues the live (up) devices consume, at most [`MAX_QUEUES`], in
+/// name order: what a reader fetches the backlog of.
+pub fn live_queues(now: f64, seen: &[Seen]) -> (Vec<String>, u64) {
+    let mut all: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.presence(now) == Presence::Up)
+        .flat_map(|s| s.record.groups.iter())
+        .flat_map(|g| g.queues.iter().map(String::as_str))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let omitted = all.len().saturating_sub(MAX_QUEUES) as u64;
+    all.truncate(MAX_QUEUES);
+    (all.into_iter().map(str::to_string).collect(), omitted)
+}
+
+/// The load-balancing view: for each queue the live devices that consume
+/// it. A group with several queues counts towards each of them (its tasks
+/// per minute cannot be split by queue).
+pub fn queue_rows(read: ReadSummary, seen: &[Seen], backlog: &BTreeMap<String, u64>) -> QueuesView {
+    let (names, omitted) = live_queues(read.now, seen);
+    let mut queues = Vec::with_capacity(names.len());
+    for name in names {
+        let mut devices = Vec::new();
+        for s in seen.iter().filter(|s| s.presence(read.now) == Presence::Up) {
+            let groups: Vec<&GroupRecord> = s
+                .record
+                .groups
+                .iter()
+                .filter(|g| g.queues.contains(&name))
+                .collect();
+            if groups.is_empty() {
+                continue;
+            }
+            devices.push(QueueDevice {
+                device_id: s.record.device_id.clone(),
+                instances: groups.iter().map(|g| u64::from(g.total)).sum(),
+                running: groups.iter().map(|g| u64::from(g.running)).sum(),
+                concurrency: groups
+                    .iter()
+                    .map(|g| u64::from(g.total).saturating_mul(u64::from(g.concurrency)))
+                    .fold(0, u64::saturating_add),
+                tasks_per_minute: groups
+                    .iter()
+                    .filter_map(|g| g.tasks_per_minute)
+                    .reduce(|a, b| a + b),
+                share: None,
+            });
+        }
+        let tpm: f64 = devices.iter().filter_map(|d| d.tasks_per_minute).sum();
+        if tpm > 0.0 {
+            for d in &mut devices {
+                d.share = Some(d.tasks_per_minute.unwrap_or(0.0) / tpm);
+            }
+        }
+        devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        queues.push(QueueRow {
+            backlog: backlog.get(&name).copied(),
+            instances: devices.iter().map(|d| d.instances).sum(),
+            concurrency: devices.iter().map(|d| d.concurrency).sum(),
+            tasks_per_minute: devices
+                .iter()
+                .any(|d| d.tasks_per_minute.is_some())
+                .then_some(tpm),
+            queue: name,
+            devices,
+        });
+    }
+    QueuesView {
+        read,
+        queues,
+        queues_omitted: omitted,
+    }
+}
+
+/// The answer to `clearifyctl fleet DEVICE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// Redis time when read.
+    pub now: f64,
+    pub presence: Presence,
+    pub last_seen: f64,
+    pub record: DeviceRecord,
+}
+
+impl DeviceView {
+    pub fn new(now: f64, seen: Seen) -> DeviceView {
+        DeviceView {
+            now,
+            presence: seen.presence(now),
+            last_seen: seen.last_beat,
+            record: seen.record,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
