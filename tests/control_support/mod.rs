@@ -324,6 +324,9 @@ impl FakeState {
                 version: self.daemon_version.lock().unwrap().clone(),
                 protocol: clearify_workerd::control::protocol::PROTOCOL_VERSION,
             },
+            Request::Fleet { .. } | Request::FleetForget { .. } => {
+                Response::error(ErrorKind::Refused, "the fake has no fleet")
+            }
         }
     }
 }
