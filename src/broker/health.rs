@@ -11,7 +11,16 @@
 //!   once a second), and in the PING's round trip when stall detection
 //!   needs it ([`Watched::poll`]);
 //! - it sees at once when the broker closes the connection (the socket is in
-//!   the same `poll(2)` as the timer), instead of at the next PING.
+//!   the same `poll(2)` as the timer), instead of at the next PING;
+//! - every `[fleet] interval` this device's fleet beat (`TIME`, `ZADD`,
+//!   `SET … EX`, see docs/fleet.md), in the same round trip as the PING
+//!   when the two intervals meet (both are 10 s by default), so publishing
+//!   adds no wake-up. The beat's score is the Redis clock, read by the
+//!   previous beat's `TIME` and carried forward on the monotonic clock (the
+//!   first beat of a link reads it first). The record is the one the
+//!   supervisor handed over after the previous beat
+//!   ([`BrokerEvent::FleetBeat`]), so its figures are at most one interval
+//!   old.
 //!
 //! It ends with the error that broke the link; the monitor then reports
 //! `Down` and goes back to the gate.
@@ -44,11 +53,12 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::BrokerEvent;
 use super::backlog::{BACKLOG_MIN_INTERVAL, Watched, queue_keys};
 use super::error::ProbeError;
-use super::link::{Link, PING, PlainStream, Reply, Request, Tls, pack};
+use super::link::{Beat, Link, PING, PlainStream, Reply, Request, Tls, pack};
 use super::url::Target;
+use super::{BrokerEvent, FleetSettings};
+use crate::model::fleet::Keys as FleetKeys;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -69,6 +79,8 @@ pub(super) struct Control {
     /// shuts it down, so a thread waiting for a reply ends at once.
     socket: Mutex<Option<PlainStream>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The fleet record the next beat writes.
+    record: Mutex<Option<Vec<u8>>>,
 }
 
 impl Control {
@@ -88,7 +100,13 @@ impl Control {
             refresh: AtomicBool::new(false),
             socket: Mutex::new(None),
             thread: Mutex::new(None),
+            record: Mutex::new(None),
         }
+    }
+
+    /// The fleet record for the next beat.
+    pub(super) fn set_record(&self, record: Vec<u8>) {
+        *lock(&self.record) = Some(record);
     }
 
     /// Makes the thread look at its inputs again (e.g. new queues).
@@ -138,7 +156,13 @@ pub(super) struct Job {
     /// For a `rediss://` broker: the gate's connection, which becomes the
     /// link (`None`: the thread opens a plain link of its own).
     pub(super) tls: Option<Tls>,
+    /// This device's fleet beat, if published.
+    pub(super) fleet: Option<FleetSettings>,
 }
+
+/// The Redis clock as last read: its time and the local instant it was
+/// read at.
+type Clock = (f64, Instant);
 
 /// Runs a health thread until its link breaks. Returns the error, or `None`
 /// when the monitor is stopping or the event receiver is gone.
@@ -243,6 +267,10 @@ impl Job {
             &self.key_prefix,
         );
         let mut request = Vec::new();
+        // The first beat at once (it reads the Redis clock first).
+        let mut next_beat = self.fleet.as_ref().map(|_| Instant::now());
+        let mut clock: Option<Clock> = None;
+        let mut beat_error: Option<String> = None;
         loop {
             if self.control.stopped() || self.tx.is_closed() {
                 return Ok(());
@@ -278,14 +306,37 @@ impl Job {
                 want_backlog = false;
                 last_backlog = Some(now);
             }
-            if ping || backlog {
-                self.check(link, ping, backlog.then_some(&keys), &mut request)?;
+            let beat = match (&self.fleet, next_beat) {
+                (Some(f), Some(t)) if now >= t => self.beat(f, clock, now),
+                _ => None,
+            };
+            if let (Some(b), Some(f)) = (&beat, &self.fleet) {
+                // Without a record yet, or before the clock is known, the
+                // next try is soon; missed beats are not made up.
+                next_beat = Some(match b.score {
+                    Some(_) => now + f.interval,
+                    None => now,
+                });
+            } else if let (Some(f), Some(t)) = (&self.fleet, next_beat)
+                && now >= t
+            {
+                next_beat = Some(now + f.interval.min(Duration::from_secs(1)));
+            }
+            if ping || backlog || beat.is_some() {
+                let keys = backlog.then_some(&keys);
+                let outcome = self.check(link, ping, keys, beat.as_ref(), &mut request)?;
+                if let Some(b) = &beat {
+                    self.after_beat(b, outcome, &mut clock, &mut beat_error);
+                }
             }
             // A backlog asked for within a second of the last one is
             // fetched when that second is over.
             let mut deadline = next_check;
             if want_backlog && let Some(t) = last_backlog {
                 deadline = deadline.min(t + BACKLOG_MIN_INTERVAL);
+            }
+            if let Some(t) = next_beat {
+                deadline = deadline.min(t);
             }
             self.wait(link, deadline)?;
         }
@@ -323,21 +374,82 @@ impl Job {
         Ok(())
     }
 
-    /// One round trip: a PING and/or the backlog.
+    /// The beat due now: the record the supervisor handed over, scored on
+    /// the Redis clock (`None` when there is no record yet).
+    fn beat(&self, f: &FleetSettings, clock: Option<Clock>, now: Instant) -> Option<Beat> {
+        let record = lock(&self.control.record).clone()?;
+        let keys = FleetKeys::new(&self.key_prefix);
+        Some(Beat {
+            set: keys.set(),
+            key: keys.record(&f.device_id),
+            member: f.device_id.clone(),
+            record,
+            ttl_secs: f.forget_after.as_secs().max(1),
+            score: clock.map(|(t, at)| t + now.saturating_duration_since(at).as_secs_f64()),
+        })
+    }
+
+    /// Takes in a beat's replies: the Redis clock, and the supervisor told
+    /// (for the next record). A refused `ZADD`/`SET` (an ACL without them,
+    /// Redis out of memory) is logged once per change, and never breaks the
+    /// link: the broker itself is fine.
+    fn after_beat(
+        &self,
+        beat: &Beat,
+        outcome: BeatOutcome,
+        clock: &mut Option<Clock>,
+        error: &mut Option<String>,
+    ) {
+        if let Some(t) = outcome.time {
+            *clock = Some(t);
+        }
+        if beat.score.is_none() {
+            return;
+        }
+        match outcome.error {
+            None => {
+                if error.take().is_some() {
+                    tracing::info!("fleet: publishing this device's record again");
+                }
+                if let Some(at) = beat.score {
+                    let _ = self.tx.blocking_send(BrokerEvent::FleetBeat { at });
+                }
+            }
+            Some(e) => {
+                if error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(
+                        error = %e,
+                        "fleet: cannot publish this device's record: {e} (see docs/fleet.md for the Redis ACL a device needs)"
+                    );
+                }
+                *error = Some(e);
+            }
+        }
+    }
+
+    /// One round trip: a PING, the backlog and/or the fleet beat.
     fn check(
         &mut self,
         link: &mut Link,
         ping: bool,
         keys: Option<&Keys>,
+        beat: Option<&Beat>,
         request: &mut Vec<u8>,
-    ) -> Result<(), ProbeError> {
-        let req: &[u8] = match keys {
-            None => PING,
-            Some(k) if !ping => &k.packed,
-            Some(k) => {
+    ) -> Result<BeatOutcome, ProbeError> {
+        let req: &[u8] = match (keys, beat) {
+            (None, None) => PING,
+            (Some(k), None) if !ping => &k.packed,
+            _ => {
                 request.clear();
-                request.extend_from_slice(PING);
-                request.extend_from_slice(&k.packed);
+                if ping {
+                    request.extend_from_slice(PING);
+                }
+                if let Some(k) = keys {
+                    request.extend_from_slice(&k.packed);
+                }
+                if let Some(b) = beat {
+                    b.pack(request);
+                }
                 request
             }
         };
@@ -345,9 +457,18 @@ impl Job {
             packed: req,
             ping,
             llen: keys.map_or(&[], |k| &k.llen),
+            beat,
         };
         let mut backlog = keys.map(|k| vec![0u64; k.queues.len()]);
-        let what = if ping { "PING" } else { "LLEN" };
+        let llen_end = usize::from(ping) + keys.map_or(0, |k| k.llen.len());
+        let mut outcome = BeatOutcome::default();
+        let what = if ping {
+            "PING"
+        } else if keys.is_some() {
+            "LLEN"
+        } else {
+            "fleet beat"
+        };
         let started = Instant::now();
         link.request(&req, what, |i, reply| {
             if ping && i == 0 {
@@ -361,6 +482,9 @@ impl Job {
                         "PING answered {other:?} instead of PONG"
                     ))),
                 };
+            }
+            if i >= llen_end {
+                return outcome.take(i - llen_end, reply);
             }
             let (Some(k), Some(b)) = (keys, backlog.as_mut()) else {
                 return Ok(());
@@ -382,6 +506,39 @@ impl Job {
             let map: BTreeMap<String, u64> = k.queues.iter().cloned().zip(b).collect();
             // Fails only when the supervisor is gone: the loop sees that.
             let _ = self.tx.blocking_send(BrokerEvent::Backlog(map));
+        }
+        Ok(outcome)
+    }
+}
+
+/// What a beat's replies said: the Redis clock, and why the record was not
+/// written, if it was not.
+#[derive(Default)]
+struct BeatOutcome {
+    time: Option<Clock>,
+    error: Option<String>,
+}
+
+impl BeatOutcome {
+    /// The `n`th reply of the beat: `TIME`, `ZADD`, `SET`.
+    fn take(&mut self, n: usize, reply: Reply<'_>) -> Result<(), ProbeError> {
+        match (n, reply) {
+            (0, Reply::Time { secs, micros }) => {
+                self.time = Some((secs as f64 + micros as f64 / 1e6, Instant::now()));
+            }
+            (0, other) => {
+                return Err(ProbeError::transient(format!("TIME answered {other:?}")));
+            }
+            (1, Reply::Int(_)) | (2, Reply::Status(b"OK")) => {}
+            (_, Reply::Error(e)) => {
+                let cmd = if n == 1 { "ZADD" } else { "SET" };
+                self.error
+                    .get_or_insert_with(|| format!("{cmd}: {}", String::from_utf8_lossy(e)));
+            }
+            (_, other) => {
+                self.error
+                    .get_or_insert_with(|| format!("unexpected reply {other:?}"));
+            }
         }
         Ok(())
     }

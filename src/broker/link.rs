@@ -1,8 +1,10 @@
 //! The health link: one connection to the broker for the health thread
 //! (`health`). A plain link (TCP or unix socket) has blocking I/O and speaks
-//! the four commands it needs (`PING`, `AUTH`, `SELECT`, `LLEN`, whose replies
-//! are all single lines) in RESP written here, which keeps an idle check to
-//! a few memory pages (see `health` and docs/benchmarks.md). A TLS link
+//! the commands it needs in RESP written here, which keeps an idle check to
+//! a few memory pages (see `health` and docs/benchmarks.md): `PING`, `AUTH`,
+//! `SELECT`, `LLEN`, and the fleet beat's `ZADD` and `SET … EX`, whose
+//! replies are all single lines, and `TIME`, whose reply is an array of two
+//! numbers. A TLS link
 //! (`rediss://`) keeps the gate's redis-rs async connection and has each
 //! round trip run on the runtime: TLS is not written by hand, and a TLS
 //! check costs a record's decryption anyway.
@@ -60,6 +62,17 @@ impl Tls {
         for key in req.llen {
             pipe.cmd("LLEN").arg(key);
         }
+        if let Some(b) = req.beat {
+            pipe.cmd("TIME");
+            if let Some(score) = b.score {
+                pipe.cmd("ZADD").arg(&b.set).arg(score).arg(&b.member);
+                pipe.cmd("SET")
+                    .arg(&b.key)
+                    .arg(&b.record)
+                    .arg("EX")
+                    .arg(b.ttl_secs);
+            }
+        }
         let count = req.count();
         let mut conn = self.conn.clone();
         let (done_tx, done_rx) = sync_channel(1);
@@ -81,16 +94,68 @@ impl Tls {
 }
 
 /// One round trip: a `PING` first if `ping`, then an `LLEN` of each of
-/// `llen`. `packed` is the same in RESP, for a plain link.
+/// `llen`, then the fleet beat if `beat`. `packed` is the same in RESP, for
+/// a plain link ([`Beat::pack`]).
 pub(super) struct Request<'a> {
     pub(super) packed: &'a [u8],
     pub(super) ping: bool,
     pub(super) llen: &'a [String],
+    pub(super) beat: Option<&'a Beat>,
 }
 
 impl Request<'_> {
     fn count(&self) -> usize {
-        usize::from(self.ping) + self.llen.len()
+        usize::from(self.ping) + self.llen.len() + self.beat.map_or(0, Beat::replies)
+    }
+}
+
+/// This device's fleet beat (docs/fleet.md): `TIME` (the Redis clock, for
+/// the next beat's score), `ZADD <set> <score> <member>` and
+/// `SET <key> <record> EX <ttl>`.
+pub(super) struct Beat {
+    pub(super) set: String,
+    pub(super) member: String,
+    pub(super) key: String,
+    pub(super) record: Vec<u8>,
+    pub(super) ttl_secs: u64,
+    /// The beat's time on the Redis clock, seconds. `None` before the
+    /// link has read the Redis clock: then only `TIME` is sent.
+    pub(super) score: Option<f64>,
+}
+
+impl Beat {
+    /// Its replies: `TIME`, and `ZADD` and `SET` when it has a score.
+    pub(super) fn replies(&self) -> usize {
+        if self.score.is_some() { 3 } else { 1 }
+    }
+
+    /// Appends the beat's commands in RESP.
+    pub(super) fn pack(&self, out: &mut Vec<u8>) {
+        pack(out, &[b"TIME"]);
+        let Some(score) = self.score else {
+            return;
+        };
+        let score = format!("{score:.6}");
+        pack(
+            out,
+            &[
+                b"ZADD",
+                self.set.as_bytes(),
+                score.as_bytes(),
+                self.member.as_bytes(),
+            ],
+        );
+        let ttl = self.ttl_secs.to_string();
+        pack(
+            out,
+            &[
+                b"SET",
+                self.key.as_bytes(),
+                &self.record,
+                b"EX",
+                ttl.as_bytes(),
+            ],
+        );
     }
 }
 
@@ -348,6 +413,11 @@ impl Link {
                 Value::SimpleString(s) => Reply::Status(s.as_bytes()),
                 Value::Okay => Reply::Status(b"OK"),
                 Value::Int(n) => Reply::Int(*n),
+                Value::Array(items) => time_of(items.iter().map(|v| match v {
+                    Value::BulkString(b) => Some(b.as_slice()),
+                    _ => None,
+                }))
+                .unwrap_or(Reply::Other),
                 Value::ServerError(e) => {
                     text = match e.details() {
                         Some(d) => format!("{} {d}", e.code()),
@@ -385,6 +455,9 @@ pub(super) enum Reply<'a> {
     Error(&'a [u8]),
     /// `:42`
     Int(i64),
+    /// The reply to `TIME`: an array of two bulk strings, seconds and
+    /// microseconds.
+    Time { secs: u64, micros: u64 },
     /// Something else (only from the TLS link, which parses all of RESP).
     Other,
 }
@@ -395,15 +468,69 @@ impl std::fmt::Debug for Reply<'_> {
             Reply::Status(s) => write!(f, "+{}", String::from_utf8_lossy(s)),
             Reply::Error(s) => write!(f, "-{}", String::from_utf8_lossy(s)),
             Reply::Int(n) => write!(f, ":{n}"),
+            Reply::Time { secs, micros } => write!(f, "TIME {secs}.{micros:06}"),
             Reply::Other => f.write_str("a reply of another type"),
         }
     }
 }
 
-/// Parses one single-line reply at the start of `buf`: `None` when it is
-/// not complete yet, else the reply and the bytes it took. Any other type
-/// is a protocol error (none of our commands has one).
+/// A `TIME` reply from its two elements (each `None` when not a bulk string).
+fn time_of<'a>(mut items: impl Iterator<Item = Option<&'a [u8]>>) -> Option<Reply<'a>> {
+    let number = |b: Option<&[u8]>| std::str::from_utf8(b?).ok()?.parse::<u64>().ok();
+    let secs = number(items.next()?)?;
+    let micros = number(items.next()?)?;
+    (items.next().is_none() && micros < 1_000_000).then_some(Reply::Time { secs, micros })
+}
+
+/// Parses `*2\r\n$N\r\n<secs>\r\n$N\r\n<micros>\r\n` (the only array
+/// any of our commands gets) at the start of `buf`.
+fn parse_time(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, ProbeError> {
+    let bad = || ProbeError::transient("the broker sent an unexpected array (only TIME has one)");
+    let mut at = 0;
+    let mut line = |buf: &[u8]| -> Result<Option<(usize, usize)>, ProbeError> {
+        let rest = &buf[at..];
+        match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(end) if end <= 32 => {
+                let start = at;
+                at += end + 2;
+                Ok(Some((start, start + end)))
+            }
+            Some(_) => Err(bad()),
+            None if rest.len() > 32 => Err(bad()),
+            None => Ok(None),
+        }
+    };
+    let Some((s, e)) = line(buf)? else {
+        return Ok(None);
+    };
+    if &buf[s..e] != b"*2" {
+        return Err(bad());
+    }
+    let mut parts: [&[u8]; 2] = [b"", b""];
+    for part in &mut parts {
+        let Some((s, _)) = line(buf)? else {
+            return Ok(None);
+        };
+        if buf[s] != b'$' {
+            return Err(bad());
+        }
+        let Some((s, e)) = line(buf)? else {
+            return Ok(None);
+        };
+        *part = &buf[s..e];
+    }
+    let reply = time_of(parts.into_iter().map(Some)).ok_or_else(bad)?;
+    Ok(Some((reply, at)))
+}
+
+/// Parses one reply at the start of `buf`: `None` when it is not complete
+/// yet, else the reply and the bytes it took. A single line, or `TIME`'s
+/// array; any other type is a protocol error (none of our commands has
+/// one).
 fn parse_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, ProbeError> {
+    if buf.first() == Some(&b'*') {
+        return parse_time(buf);
+    }
     let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
         if buf.len() > MAX_REPLY_LINE {
             return Err(ProbeError::transient(
@@ -428,7 +555,7 @@ fn parse_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, ProbeError> {
             })?,
         other => {
             return Err(ProbeError::transient(format!(
-                "the broker sent an unexpected reply (type {:?}) to a PING, AUTH, SELECT or LLEN",
+                "the broker sent an unexpected reply (type {:?}) to a PING, AUTH, SELECT, LLEN, ZADD or SET",
                 char::from(other)
             )));
         }
@@ -472,6 +599,10 @@ mod tests {
         for bad in [
             &b"$4\r\nPONG\r\n"[..],
             b"*1\r\n:1\r\n",
+            b"*2\r\n:1\r\n:2\r\n",
+            b"*2\r\n$2\r\nab\r\n$1\r\n1\r\n",
+            b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n",
+            b"*2\r\n$1\r\n1\r\n$7\r\n1000000\r\n",
             b":12x\r\n",
             b"HTTP/1.1 400 Bad Request\r\n",
         ] {
@@ -480,6 +611,59 @@ mod tests {
         }
         let endless = vec![b'+'; MAX_REPLY_LINE + 1];
         assert!(parse_reply(&endless).is_err());
+    }
+
+    #[test]
+    fn parses_the_time_array_and_waits_for_all_of_it() {
+        let full = b"*2\r\n$10\r\n1764950400\r\n$6\r\n000123\r\n+OK\r\n";
+        let (r, used) = parse_reply(full).unwrap().unwrap();
+        assert_eq!(
+            r,
+            Reply::Time {
+                secs: 1_764_950_400,
+                micros: 123
+            }
+        );
+        assert_eq!(&full[used..], b"+OK\r\n");
+        for cut in 1..used {
+            assert!(parse_reply(&full[..cut]).unwrap().is_none(), "cut at {cut}");
+        }
+        let endless = [b"*2\r\n$10\r\n".as_slice(), &[b'1'; 64]].concat();
+        assert!(parse_reply(&endless).is_err());
+    }
+
+    #[test]
+    fn a_beat_packs_time_zadd_and_set_with_ex() {
+        let beat = Beat {
+            set: "clearify:fleet".into(),
+            member: "pi-1".into(),
+            key: "clearify:fleet:pi-1".into(),
+            record: b"{}".to_vec(),
+            ttl_secs: 86400,
+            score: Some(1764950400.5),
+        };
+        let mut out = Vec::new();
+        beat.pack(&mut out);
+        let mut expected = Vec::new();
+        pack(&mut expected, &[b"TIME"]);
+        pack(
+            &mut expected,
+            &[b"ZADD", b"clearify:fleet", b"1764950400.500000", b"pi-1"],
+        );
+        pack(
+            &mut expected,
+            &[b"SET", b"clearify:fleet:pi-1", b"{}", b"EX", b"86400"],
+        );
+        assert_eq!(out, expected);
+        assert_eq!(beat.replies(), 3);
+        let first = Beat {
+            score: None,
+            ..beat
+        };
+        out.clear();
+        first.pack(&mut out);
+        assert_eq!(out, b"*1\r\n$4\r\nTIME\r\n");
+        assert_eq!(first.replies(), 1);
     }
 
     /// A plain link over a socketpair, and the broker's end of it.

@@ -35,6 +35,7 @@
 //! in the supervisor.
 
 mod backlog;
+mod beat;
 mod error;
 mod gate;
 mod health;
@@ -80,6 +81,21 @@ pub struct BrokerSettings {
     pub priority_steps: Vec<u8>,
     /// Celery's `global_keyprefix` (default empty).
     pub key_prefix: String,
+    /// This device's fleet beat (`None`: not published).
+    pub fleet: Option<FleetSettings>,
+}
+
+/// What the health link needs to publish this device's fleet record
+/// (docs/fleet.md): the record itself comes from the supervisor
+/// ([`Monitor::set_fleet_record`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSettings {
+    /// The set member and the record key's suffix.
+    pub device_id: String,
+    /// How often a beat is sent.
+    pub interval: Duration,
+    /// The record's TTL.
+    pub forget_after: Duration,
 }
 
 impl BrokerSettings {
@@ -91,6 +107,7 @@ impl BrokerSettings {
             check_interval: Duration::from_secs(10),
             priority_steps: DEFAULT_PRIORITY_STEPS.to_vec(),
             key_prefix: String::new(),
+            fleet: None,
         }
     }
 }
@@ -118,4 +135,7 @@ pub enum BrokerEvent {
     Backlog(BTreeMap<String, u64>),
     /// A Celery worker heartbeat.
     Heartbeat(Heartbeat),
+    /// The fleet record was written, at this Redis time (seconds): time to
+    /// hand the health link the next one ([`Monitor::set_fleet_record`]).
+    FleetBeat { at: f64 },
 }

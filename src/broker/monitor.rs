@@ -16,12 +16,17 @@ use super::gate::Gate;
 use super::heartbeat::{LinkCounts, heartbeat_task};
 use super::link::Tls;
 use super::url::{Target, parse_target};
-use super::{BrokerEvent, BrokerSettings, health};
+use super::{BrokerEvent, BrokerSettings, FleetSettings, beat, health};
 use crate::config::redact_url;
+use crate::model::fleet::DeviceRecord;
 
 /// The running broker monitor. Dropping it stops its tasks and its health
 /// thread.
 pub struct Monitor {
+    /// For the stop beat: the broker, its key prefix and the fleet settings.
+    target: Option<Target>,
+    key_prefix: String,
+    fleet: Option<FleetSettings>,
     queues: watch::Sender<Watched>,
     latency: watch::Receiver<Option<Duration>>,
     health: Arc<health::Control>,
@@ -44,6 +49,31 @@ impl Monitor {
     /// Asks for a backlog refresh now (still at most one per second).
     pub fn refresh_backlog(&self) {
         self.health.refresh();
+    }
+
+    /// The fleet record the next beat writes (docs/fleet.md). Does not
+    /// wake the health thread: the beat goes out on its own schedule.
+    pub fn set_fleet_record(&self, record: Vec<u8>) {
+        self.health.set_record(record);
+    }
+
+    /// Writes `record` marked stopped (a clean stop, after the workers), on
+    /// a connection of its own. Returns the Redis time of the stop.
+    pub fn publish_stopped(
+        &self,
+        record: DeviceRecord,
+    ) -> impl Future<Output = Result<f64, String>> + Send + 'static {
+        let target = self.target.clone();
+        let prefix = self.key_prefix.clone();
+        let fleet = self.fleet.clone();
+        async move {
+            let (Some(target), Some(fleet)) = (target, fleet) else {
+                return Err("publishing is off".to_string());
+            };
+            beat::publish_stopped(&target, &prefix, &fleet, record)
+                .await
+                .map_err(|e| e.message)
+        }
     }
 
     /// Stops the monitor and waits until its tasks and its health thread
@@ -87,6 +117,9 @@ pub fn spawn_monitor(
     // first up and resubscribes after every outage.
     let (up_tx, up_rx) = watch::channel(LinkCounts::default());
     let target = parse_target(&settings.url);
+    let stop_target = target.as_ref().ok().cloned();
+    let key_prefix = settings.key_prefix.clone();
+    let fleet = settings.fleet.clone();
     let health = health::Control::new().map(Arc::new);
     let heartbeats = match &target {
         Ok(t) => tokio::spawn(heartbeat_task(
@@ -117,6 +150,9 @@ pub fn spawn_monitor(
         tx,
     ));
     Monitor {
+        target: stop_target,
+        key_prefix,
+        fleet,
         queues: queues_tx,
         latency: latency_rx,
         health,
@@ -171,6 +207,7 @@ async fn main_task(
             latency: latency_tx.clone(),
             tx: tx.clone(),
             tls,
+            fleet: settings.fleet.clone(),
         })
         .await;
         latency_tx.send_replace(None);

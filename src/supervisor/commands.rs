@@ -75,7 +75,7 @@ impl<E: Effects> Supervisor<E> {
             });
             return;
         };
-        let settings = broker_settings(b);
+        let settings = broker_settings(b, None);
         let queues = self.queues();
         let heartbeats: Vec<HeartbeatSeen> = self
             .machine

@@ -28,6 +28,7 @@ use super::machine::StopSignal;
 use crate::broker::{self, BrokerEvent, BrokerSettings, Monitor, Watched};
 use crate::logs::{self, LogStore, Sink, WorkerMeta};
 use crate::model::ExitReason;
+use crate::model::fleet::DeviceRecord;
 use crate::plan::{InstanceSpec, Limits};
 use crate::sys::cgroup::{CgroupTree, Leaf};
 use crate::sys::notify::Notifier;
@@ -36,6 +37,8 @@ use crate::sys::process::{self, Exit};
 
 /// A boxed future, for the trait's asynchronous steps.
 pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+/// [`BrokerMonitor::publish_stopped`]'s answer.
+pub type StopFuture = Pin<Box<dyn Future<Output = Result<f64, String>> + Send>>;
 
 /// One `sd_notify` message.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +87,10 @@ pub trait BrokerMonitor: Send {
     fn latency(&self) -> Option<Duration>;
     /// Fetch the backlog soon.
     fn refresh_backlog(&self);
+    /// The fleet record for the next beat.
+    fn set_fleet_record(&self, record: Vec<u8>);
+    /// Write the record marked stopped; the Redis time of the stop.
+    fn publish_stopped(&self, record: DeviceRecord) -> StopFuture;
     /// Stop it and wait until it has stopped.
     fn shutdown(self: Box<Self>) -> BoxFuture<'static>;
 }
@@ -97,6 +104,12 @@ impl BrokerMonitor for Monitor {
     }
     fn refresh_backlog(&self) {
         Monitor::refresh_backlog(self)
+    }
+    fn set_fleet_record(&self, record: Vec<u8>) {
+        Monitor::set_fleet_record(self, record)
+    }
+    fn publish_stopped(&self, record: DeviceRecord) -> StopFuture {
+        Box::pin(Monitor::publish_stopped(self, record))
     }
     fn shutdown(self: Box<Self>) -> BoxFuture<'static> {
         Box::pin(Monitor::shutdown(*self))

@@ -16,6 +16,7 @@
 pub use crate::model::backoff;
 mod commands;
 pub mod effects;
+mod fleet;
 pub mod machine;
 #[cfg(test)]
 mod recording;
@@ -33,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::broker::{self, BrokerEvent, BrokerSettings};
+use crate::broker::{self, BrokerEvent, BrokerSettings, FleetSettings};
 use crate::config::{self, BrokerConfig, Config, OnTimeout};
 use crate::control::protocol::{
     BrokerStatus, DaemonStatus, ErrorKind, GroupStatus, HeartbeatSeen, InstanceStatus, QueueStatus,
@@ -135,6 +136,8 @@ pub struct Supervisor<E: Effects> {
     broker_rev: u64,
     usage: HashMap<String, Usage>,
     usage_at: Option<std::time::Instant>,
+    /// This device's fleet record, while it is published.
+    publisher: Option<fleet::Publisher>,
     exit_code: Option<i32>,
     /// Taken by each reload's reader in turn, so reloads apply in the
     /// order they read the file.
@@ -177,6 +180,7 @@ impl<E: Effects> Supervisor<E> {
             broker_rev: 0,
             usage: HashMap::new(),
             usage_at: None,
+            publisher: None,
             exit_code: None,
             reload_turn: Arc::default(),
             config: setup.config,
@@ -258,6 +262,7 @@ impl<E: Effects> Supervisor<E> {
 
     async fn finish(&mut self) {
         self.effects.notify(Notice::Stopping);
+        self.publish_stopped().await;
         if let Some(m) = self.monitor.take() {
             m.shutdown().await;
         }
@@ -278,7 +283,9 @@ impl<E: Effects> Supervisor<E> {
         if self.machine.plan().groups.is_empty() {
             return;
         }
-        let settings = broker_settings(b);
+        let fleet = fleet::fleet_settings(&self.config);
+        let settings = broker_settings(b, fleet.clone());
+        self.publisher = fleet.map(fleet::Publisher::new);
         let url = config::redact_url(&b.url);
         let (btx, mut brx) = mpsc::channel(256);
         let watched = self.watched();
@@ -355,7 +362,9 @@ impl<E: Effects> Supervisor<E> {
         // everything but the routine events changes it.
         let routine = match &ev {
             BrokerEvent::Up { .. } => self.broker.state == BrokerState::Ok,
-            BrokerEvent::Backlog(_) | BrokerEvent::Heartbeat(_) => true,
+            BrokerEvent::Backlog(_) | BrokerEvent::Heartbeat(_) | BrokerEvent::FleetBeat { .. } => {
+                true
+            }
             _ => false,
         };
         if !routine {
@@ -383,6 +392,7 @@ impl<E: Effects> Supervisor<E> {
                     self.machine.open_gate(now);
                 }
                 self.machine.broker_health(true, now);
+                self.hand_over_fleet_record();
             }
             BrokerEvent::Down { error, since } => {
                 if self.broker.state != BrokerState::Unreachable {
@@ -411,6 +421,7 @@ impl<E: Effects> Supervisor<E> {
                 self.machine
                     .heartbeat(&h.hostname, h.active, h.processed, now)
             }
+            BrokerEvent::FleetBeat { .. } => self.hand_over_fleet_record(),
         }
     }
 
@@ -507,9 +518,10 @@ impl<E: Effects> Supervisor<E> {
     }
 }
 
-/// The broker monitor's settings from the config.
-pub fn broker_settings(b: &config::BrokerConfig) -> BrokerSettings {
+/// The broker monitor's settings from the config, with the fleet beat's.
+pub fn broker_settings(b: &config::BrokerConfig, fleet: Option<FleetSettings>) -> BrokerSettings {
     BrokerSettings {
+        fleet,
         url: b.url.clone(),
         wait_timeout: b.wait_timeout,
         check_interval: b.check_interval,

@@ -14,10 +14,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Msg;
-use super::effects::{BoxFuture, BrokerMonitor, Effects, Kill, MonitorStart, Notice, Sample};
+use super::effects::{
+    BoxFuture, BrokerMonitor, Effects, Kill, MonitorStart, Notice, Sample, StopFuture,
+};
 use super::machine::StopSignal;
 use crate::broker::{BrokerEvent, Watched};
 use crate::model::ExitReason;
+use crate::model::fleet::DeviceRecord;
 use crate::plan::{InstanceSpec, Limits};
 use crate::sys::process::Exit;
 
@@ -51,6 +54,10 @@ pub enum Call {
         queues: Vec<String>,
     },
     SetQueues(Vec<String>),
+    /// The fleet record handed to the monitor (JSON).
+    FleetRecord(Vec<u8>),
+    /// The record of a clean stop.
+    FleetStopped(Box<DeviceRecord>),
     Finish(Vec<String>),
 }
 
@@ -207,6 +214,13 @@ impl BrokerMonitor for FakeMonitor {
         None
     }
     fn refresh_backlog(&self) {}
+    fn set_fleet_record(&self, record: Vec<u8>) {
+        self.0.record(Call::FleetRecord(record));
+    }
+    fn publish_stopped(&self, record: DeviceRecord) -> StopFuture {
+        self.0.record(Call::FleetStopped(Box::new(record)));
+        Box::pin(async { Ok(0.0) })
+    }
     fn shutdown(self: Box<Self>) -> BoxFuture<'static> {
         Box::pin(async {})
     }

@@ -57,6 +57,7 @@ impl<E: Effects> Supervisor<E> {
         let restart_needed = [
             ("[daemon].socket", new.daemon.socket != self.running.socket),
             ("[broker]", new.broker != self.running.broker),
+            ("[fleet]", new.fleet != self.config.fleet),
         ];
         for (what, _) in restart_needed.iter().filter(|(_, changed)| *changed) {
             warnings.push(format!(
@@ -65,7 +66,7 @@ impl<E: Effects> Supervisor<E> {
         }
         if new.daemon.device_id != self.config.daemon.device_id {
             warnings.push(
-                "[daemon].device_id changed: node names change, so every instance restarts".into(),
+                "[daemon].device_id changed: node names change, so every instance restarts; the fleet record keeps the old id until the daemon restarts".into(),
             );
         }
         let d = self.machine.reload(plan::build(&new), Instant::now());

@@ -811,3 +811,57 @@ stall_timeout = "2s"
     assert!(!a.instance("healthy-1").await["heartbeat_age_secs"].is_null());
     assert_eq!(a.shutdown().await, 0);
 }
+
+/// The fleet records the actor hands to the monitor, parsed.
+fn fleet_records(rec: &Recorder) -> Vec<crate::model::fleet::DeviceRecord> {
+    rec.calls()
+        .into_iter()
+        .filter_map(|(_, c)| match c {
+            Call::FleetRecord(bytes) => {
+                Some(crate::model::fleet::parse_record("testdev", &bytes).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_record_follows_the_broker_up_and_each_beat_and_a_stop_marks_it_stopped() {
+    use crate::model::fleet::DaemonRun;
+    let a = Actor::start(TWO_GROUPS).await;
+    // The first record when the broker comes up (workers just spawned).
+    let first = fleet_records(&a.rec);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].groups.len(), 2);
+    assert_eq!(first[0].groups[0].total, 2);
+    a.wait_state("text-2", "running", 2 * UP).await;
+    // Nothing more until the link has written it (no timer of its own).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(fleet_records(&a.rec).len(), 1);
+    a.rec.broker(BrokerEvent::FleetBeat { at: 1.0 }).await;
+    settle().await;
+    let records = fleet_records(&a.rec);
+    assert_eq!(records.len(), 2);
+    let g = &records[1].groups[0];
+    assert_eq!(
+        (g.name.as_str(), g.running, g.crash_looping),
+        ("text", 2, 0)
+    );
+    assert_eq!(records[1].run, DaemonRun::Running);
+    assert_eq!(records[1].interval_secs, 10.0);
+
+    let rec = a.rec.clone();
+    assert_eq!(a.shutdown().await, 0);
+    let stopped: Vec<_> = rec
+        .calls()
+        .into_iter()
+        .filter_map(|(_, c)| match c {
+            Call::FleetStopped(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0].run, DaemonRun::Stopped);
+    // After the workers: the stop record shows none running.
+    assert!(stopped[0].groups.iter().all(|g| g.running == 0));
+}

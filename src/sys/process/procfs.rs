@@ -88,6 +88,13 @@ fn clock_ticks_per_sec() -> u64 {
     if t > 0 { t as u64 } else { 100 }
 }
 
+/// The resident set size of this process, bytes (`/proc/self/statm`).
+pub fn self_rss_bytes() -> Option<u64> {
+    let statm = fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
