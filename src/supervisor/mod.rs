@@ -138,6 +138,8 @@ pub struct Supervisor<E: Effects> {
     usage_at: Option<std::time::Instant>,
     /// This device's fleet record, while it is published.
     publisher: Option<fleet::Publisher>,
+    /// A new fleet record is wanted, once the event's actions are applied.
+    fleet_due: bool,
     exit_code: Option<i32>,
     /// Taken by each reload's reader in turn, so reloads apply in the
     /// order they read the file.
@@ -181,6 +183,7 @@ impl<E: Effects> Supervisor<E> {
             usage: HashMap::new(),
             usage_at: None,
             publisher: None,
+            fleet_due: false,
             exit_code: None,
             reload_turn: Arc::default(),
             config: setup.config,
@@ -257,6 +260,9 @@ impl<E: Effects> Supervisor<E> {
             }
             self.apply();
             self.update_status_line();
+            if std::mem::take(&mut self.fleet_due) {
+                self.hand_over_fleet_record();
+            }
         }
     }
 
@@ -392,7 +398,7 @@ impl<E: Effects> Supervisor<E> {
                     self.machine.open_gate(now);
                 }
                 self.machine.broker_health(true, now);
-                self.hand_over_fleet_record();
+                self.fleet_due = true;
             }
             BrokerEvent::Down { error, since } => {
                 if self.broker.state != BrokerState::Unreachable {
@@ -421,7 +427,7 @@ impl<E: Effects> Supervisor<E> {
                 self.machine
                     .heartbeat(&h.hostname, h.active, h.processed, now)
             }
-            BrokerEvent::FleetBeat { .. } => self.hand_over_fleet_record(),
+            BrokerEvent::FleetBeat { .. } => self.fleet_due = true,
         }
     }
 
