@@ -12,6 +12,7 @@
 //!
 //! Nothing here imports from any other module of the crate.
 
+pub mod autoscale;
 pub mod backoff;
 pub mod exit;
 pub mod fleet;
