@@ -70,6 +70,14 @@ pub fn tree_usage(pid: u32) -> Option<TreeUsage> {
     Some(total)
 }
 
+/// Resident memory of this process alone (not its children), in bytes.
+pub fn own_rss() -> Option<u64> {
+    let (_, pages) = fs::read("/proc/self/stat")
+        .ok()
+        .and_then(|b| parse_stat_usage(&b))?;
+    pages.checked_mul(page_size())
+}
+
 /// utime + stime (clock ticks) and rss (pages) from a `/proc/<pid>/stat`
 /// line. The command name (field 2) may hold spaces and parentheses: the
 /// fields after it start after its last `)`.
@@ -206,6 +214,9 @@ mod tests {
         assert!(alone.rss_bytes > 0, "{alone:?}");
         let me = tree_usage(std::process::id()).expect("own usage");
         assert!(me.rss_bytes >= alone.rss_bytes, "{me:?} vs {alone:?}");
+        // This process alone: some memory, no more than with its children.
+        let own = own_rss().unwrap();
+        assert!(own > 0 && own <= me.rss_bytes, "{own} vs {me:?}");
         assert!(me.cpu_usec >= alone.cpu_usec, "{me:?} vs {alone:?}");
         child.kill().unwrap();
         child.wait().unwrap();
