@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 
 use crate::control::protocol::Status;
-use crate::model::fleet::{FleetView, Presence};
+use crate::model::fleet::{DeviceRow, FleetView, Presence};
 use crate::model::{BrokerState, InstanceState};
 
 /// The content type of this format, for anyone serving it over HTTP.
@@ -259,6 +259,9 @@ pub fn status(s: &Status) -> String {
     x.finish()
 }
 
+/// A per-device gauge of the fleet: name, help, and its value in a row.
+type DeviceGauge = (&'static str, &'static str, fn(&DeviceRow) -> Option<f64>);
+
 /// Every presence, in a fixed order.
 const PRESENCES: [(Presence, &str); 3] = [
     (Presence::Up, "up"),
@@ -322,11 +325,7 @@ pub fn fleet(v: &FleetView) -> String {
             })
         }),
     );
-    let gauges: [(
-        &str,
-        &str,
-        fn(&crate::model::fleet::DeviceRow) -> Option<f64>,
-    ); 9] = [
+    let gauges: [DeviceGauge; 9] = [
         (
             "clearify_fleet_workers_running",
             "Worker instances running on the device.",
