@@ -1,7 +1,8 @@
 //! The operating system, behind thin modules: worker processes
 //! ([`process`]), the one privilege drop ([`privdrop`]), cgroup v2 ([`cgroup`]), user and group
-//! look-ups ([`accounts`]), the systemd notify socket ([`notify`]) and a
-//! timerfd for idle-time periods ([`ticker`]).
+//! look-ups ([`accounts`]), the systemd notify socket ([`notify`]), a
+//! timerfd for idle-time periods ([`ticker`]) and the atomic replacement of
+//! the metrics text file ([`textfile`]).
 //!
 //! Nothing here imports from `supervisor`, `control` or `cli`.
 
@@ -10,4 +11,5 @@ pub mod cgroup;
 pub mod notify;
 pub mod privdrop;
 pub mod process;
+pub mod textfile;
 pub mod ticker;
