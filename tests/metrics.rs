@@ -279,6 +279,21 @@ fn the_daemon_rewrites_the_textfile_every_interval_atomically() {
         fs::read_to_string(&moved).ok()
     });
     assert!(complete(&text), "{text}");
+
+    // A clean stop leaves the final state: the workers down, not "up".
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0, "{}", d.log());
+    let text = fs::read_to_string(&moved).unwrap();
+    for w in ["text-1", "text-2"] {
+        for l in [
+            format!("clearify_instance_up{{device=\"testdev\",group=\"text\",worker=\"{w}\"}} 0"),
+            format!(
+                "clearify_instance_state{{device=\"testdev\",group=\"text\",worker=\"{w}\",state=\"stopped\"}} 1"
+            ),
+        ] {
+            assert!(text.lines().any(|x| x == l), "missing {l:?}:\n{text}");
+        }
+    }
 }
 
 #[test]

@@ -280,6 +280,7 @@ impl<E: Effects> Supervisor<E> {
             .map(|g| g.name.clone())
             .collect();
         self.effects.finish(groups).await;
+        self.write_final_textfile().await;
     }
 
     fn start_broker_monitor(&mut self) {

@@ -10,7 +10,9 @@
 //! never stalls supervision, and a tick while the last write is still
 //! running is skipped. A failed write is logged once per distinct error
 //! (and once when writing works again), never fatal. A reload that changes
-//! the path or the interval takes effect at once.
+//! the path or the interval takes effect at once. At a clean exit the file
+//! gets the final state (every instance down), so node_exporter does not go
+//! on showing stopped workers as up.
 
 use std::sync::Mutex;
 
@@ -64,16 +66,31 @@ impl<E: Effects> Supervisor<E> {
 
     /// One tick: build the document and write it off the actor.
     pub(super) fn write_textfile(&mut self) {
-        let Some(path) = self.config.metrics.textfile.clone() else {
-            return;
-        };
         if self.textfile.job.as_ref().is_some_and(|j| !j.is_finished()) {
-            warn!(path = %path.display(), "the last metrics textfile write is still running; skipping this one");
+            warn!("the last metrics textfile write is still running; skipping this one");
             return;
         }
+        self.textfile.job = self.textfile_job();
+    }
+
+    /// At exit, once the workers are stopped: the last state (every
+    /// instance down), so node_exporter does not go on showing them up.
+    pub(super) async fn write_final_textfile(&mut self) {
+        if let Some(job) = self.textfile.job.take() {
+            let _ = job.await;
+        }
+        if let Some(job) = self.textfile_job() {
+            let _ = job.await;
+        }
+    }
+
+    /// Starts writing the current document on the blocking pool, if a
+    /// textfile is configured.
+    fn textfile_job(&mut self) -> Option<JoinHandle<()>> {
+        let path = self.config.metrics.textfile.clone()?;
         let text = crate::metrics::status(&self.status(&[]));
         let last_error = self.textfile.last_error.clone();
-        self.textfile.job = Some(tokio::task::spawn_blocking(move || {
+        Some(tokio::task::spawn_blocking(move || {
             let result = crate::sys::textfile::write_atomic(&path, text.as_bytes());
             let Ok(mut last) = last_error.lock() else {
                 return;
@@ -92,6 +109,6 @@ impl<E: Effects> Supervisor<E> {
                     }
                 }
             }
-        }));
+        }))
     }
 }
