@@ -3,6 +3,9 @@
 #   - Debian packages: redis-server (the tests and the demo start their own
 #     instances on free loopback ports; the system service is not used),
 #     python3-venv, build tools, and a Rust toolchain when none is on PATH;
+#   - /usr/local/bin/promtool (tests/metrics.rs checks the Prometheus output
+#     with it), taken out of Debian's prometheus package without installing
+#     that package (which would start a Prometheus server on port 9090);
 #   - .venv/ at the repository root with the pinned Celery of
 #     examples/requirements.txt.
 # Idempotent: a second run only checks.
@@ -27,6 +30,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 # The packaged redis-server service is not needed: the tests and the demo
 # start their own. Leave it as the machine had it.
+
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "setup-deps: installing /usr/local/bin/promtool (from Debian's prometheus package)"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && $SUDO apt-get -o DPkg::Lock::Timeout=900 download -qq prometheus) \
+        || { $SUDO apt-get update -qq && (cd "$tmp" && $SUDO apt-get download -qq prometheus); }
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+    $SUDO install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$tmp"
+fi
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import celery, redis' 2>/dev/null \
     || [ "$(readlink -f .venv/bin/python)" != "$(readlink -f /usr/bin/python3 2>/dev/null || true)" ] \

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod logs;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod supervisor;

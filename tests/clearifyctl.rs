@@ -1265,6 +1265,7 @@ fn golden_statuses() -> Vec<(Status, bool)> {
     backoff.last_exit = Some("killed by SIGSEGV".into());
     backoff.memory_bytes = None;
     backoff.cpu_percent = None;
+    backoff.cpu_seconds = None;
     backoff.heartbeat_age_secs = None;
     let mut crash = backoff.clone();
     crash.id = "text-4".into();
@@ -1334,6 +1335,7 @@ fn golden_statuses() -> Vec<(Status, bool)> {
     );
     idle.daemon.broker.url = String::new();
     idle.daemon.limits = "off (no cgroup v2)".into();
+    idle.daemon.rss_bytes = None;
     vec![
         (
             full(

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
@@ -114,12 +114,18 @@ pub enum Command {
     /// Show the daemon, the broker, and every group and instance.
     #[command(
         after_help = "Examples:\n  clearifyctl status\n  clearifyctl status text\n  \
-        clearifyctl status --watch 5 text\n  clearifyctl status --json"
+        clearifyctl status --watch 5 text\n  clearifyctl status --json\n  \
+        clearifyctl status --format prometheus"
     )]
     Status {
-        /// Print the status document as JSON (a stable contract for scripts).
-        #[arg(long)]
+        /// Print the status document as JSON (a stable contract for scripts);
+        /// the same as --format json.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// text (the table), json (the status document) or prometheus (the
+        /// text exposition format, as [metrics] textfile).
+        #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text)]
+        format: Format,
         /// Redraw every SECS seconds (default 2) until interrupted; with --json,
         /// print one compact document per line instead.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
@@ -197,6 +203,17 @@ pub enum Command {
         Exit status: 0 when no check failed (warnings allowed), 1 otherwise."
     )]
     Doctor,
+}
+
+/// How a command prints what it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people: a table.
+    Text,
+    /// The JSON document (a contract for scripts).
+    Json,
+    /// The Prometheus text exposition format.
+    Prometheus,
 }
 
 /// Default of `--request-timeout`: seconds to wait for each answer.

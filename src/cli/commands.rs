@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::CommandFactory;
 
-use super::args::{Args, Command, MAX_SECS};
+use super::args::{Args, Command, Format, MAX_SECS};
 use super::exit::{self, Failure, Outcome, unexpected};
 use super::render;
 use super::socket::Ctx;
@@ -33,9 +33,15 @@ pub fn run(cli: Args) -> i32 {
         } => logs(&ctx, target, lines, follow, raw),
         Command::Status {
             json,
+            format,
             watch,
             targets,
-        } => status(&ctx, json, watch, targets),
+        } => status(
+            &ctx,
+            if json { Format::Json } else { format },
+            watch,
+            targets,
+        ),
         Command::Start { targets } => start(&ctx, targets),
         Command::Stop {
             targets,
@@ -74,10 +80,10 @@ fn usage_error(msg: &str) -> ! {
         .exit()
 }
 
-fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>) -> Outcome {
+fn status(ctx: &Ctx, format: Format, watch: Option<String>, mut targets: Vec<String>) -> Outcome {
     let Some(watch) = watch else {
         let s = ctx.status(&targets)?;
-        print_status(&s, json);
+        print_status(&s, format);
         return Ok(exit::OK);
     };
     // `--watch text` means a target, not an interval.
@@ -92,7 +98,7 @@ fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>
     let every = Duration::from_secs_f64(every);
     loop {
         let result = ctx.status(&targets);
-        if json {
+        if format == Format::Json {
             match &result {
                 Ok(s) => println!("{}", serde_json::to_string(s).expect("status serialises")),
                 Err(f) => eprintln!(
@@ -102,6 +108,7 @@ fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>
             }
         } else {
             let body = match &result {
+                Ok(s) if format == Format::Prometheus => crate::metrics::status(s),
                 Ok(s) => render::status_table(s),
                 Err(f) => format!(
                     "clearifyctl: {}\n",
@@ -119,14 +126,14 @@ fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>
     }
 }
 
-fn print_status(s: &Status, json: bool) {
-    if json {
-        println!(
+fn print_status(s: &Status, format: Format) {
+    match format {
+        Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(s).expect("status serialises")
-        );
-    } else {
-        print!("{}", render::status_table(s));
+        ),
+        Format::Prometheus => print!("{}", crate::metrics::status(s)),
+        Format::Text => print!("{}", render::status_table(s)),
     }
 }
 

@@ -336,6 +336,7 @@ mod tests {
             last_exit: Some("exit 1".into()),
             memory_bytes: Some(100 * 1048576),
             cpu_percent: Some(1.25),
+            cpu_seconds: Some(3.5),
             heartbeat_age_secs: Some(2.4),
             active: None,
             processed: None,
@@ -358,6 +359,7 @@ mod tests {
                 limits: "on".into(),
                 summary: "2/2 running".into(),
                 logs_to_journal: false,
+                rss_bytes: None,
             },
             groups: vec![GroupStatus {
                 name: "text".into(),
@@ -401,6 +403,7 @@ mod tests {
             last_exit: None,
             memory_bytes: None,
             cpu_percent: None,
+            cpu_seconds: None,
             heartbeat_age_secs: None,
             active: None,
             processed: None,

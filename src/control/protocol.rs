@@ -353,6 +353,10 @@ pub struct DaemonStatus {
     /// follows `journalctl` instead of polling the ring buffers).
     #[serde(default)]
     pub logs_to_journal: bool,
+    /// The daemon's own resident memory, in bytes (from /proc/self/stat);
+    /// null when it could not be read.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -394,6 +398,10 @@ pub struct InstanceStatus {
     pub last_exit: Option<String>,
     pub memory_bytes: Option<u64>,
     pub cpu_percent: Option<f64>,
+    /// CPU time (user + system) of the instance's processes since it
+    /// started, in seconds; null when not sampled.
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
     /// Seconds since the last Celery heartbeat, when one was seen.
     pub heartbeat_age_secs: Option<f64>,
     pub active: Option<u64>,

@@ -8,7 +8,8 @@
 //! [`Effects`] ([`effects`]: the real [`effects::SysEffects`] over
 //! `sys`, `logs` and `broker`; a recording fake in the tests). Nothing
 //! else touches the state. `commands` answers the control
-//! requests, `status` presents, `reload` applies a new config.
+//! requests, `status` presents, `reload` applies a new config, `textfile`
+//! writes the metrics file.
 //!
 //! The actor's tests (`tests.rs`) run it in-process against the fake on
 //! tokio's paused clock.
@@ -24,6 +25,7 @@ mod reload;
 mod status;
 #[cfg(test)]
 mod tests;
+mod textfile;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -144,6 +146,8 @@ pub struct Supervisor<E: Effects> {
     /// Taken by each reload's reader in turn, so reloads apply in the
     /// order they read the file.
     reload_turn: Arc<tokio::sync::Mutex<()>>,
+    /// `[metrics] textfile`'s writer.
+    textfile: textfile::Textfile,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -186,6 +190,7 @@ impl<E: Effects> Supervisor<E> {
             fleet_due: false,
             exit_code: None,
             reload_turn: Arc::default(),
+            textfile: textfile::Textfile::default(),
             config: setup.config,
         }
     }
@@ -219,11 +224,14 @@ impl<E: Effects> Supervisor<E> {
         // says something changed: the routine events of an idle daemon
         // (PINGs, heartbeats) then cost O(1).
         let mut deadline_for: Option<(u64, Option<Instant>)> = None;
+        // `[metrics] textfile`'s timer: none without a textfile.
+        let mut textfile_timer = textfile::TextfileTimer::default();
         loop {
             if let Some(code) = self.exit_code {
                 self.finish().await;
                 return code;
             }
+            self.sync_textfile_timer(&mut textfile_timer);
             let revision = self.machine.revision();
             let deadline = match deadline_for {
                 Some((r, d)) if r == revision => d,
@@ -257,6 +265,9 @@ impl<E: Effects> Supervisor<E> {
                     // Sent from the loop itself: a hung loop stops the pings.
                     self.effects.notify(Notice::Watchdog);
                 }
+                _ = tick_of(&textfile_timer.ticker), if textfile_timer.ticker.is_some() => {
+                    self.write_textfile();
+                }
             }
             self.apply();
             self.update_status_line();
@@ -280,6 +291,7 @@ impl<E: Effects> Supervisor<E> {
             .map(|g| g.name.clone())
             .collect();
         self.effects.finish(groups).await;
+        self.write_final_textfile().await;
     }
 
     fn start_broker_monitor(&mut self) {

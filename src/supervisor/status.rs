@@ -79,6 +79,7 @@ impl<E: Effects> Supervisor<E> {
                 limits: self.limits_line.clone(),
                 summary: self.summary(&self.machine.summary_facts(now)),
                 logs_to_journal: self.effects.logs_to_journal(),
+                rss_bytes: crate::sys::process::own_rss(),
             },
             groups,
         }
@@ -199,6 +200,7 @@ pub(super) fn instance_status(v: &machine::InstanceView, u: Option<&Usage>) -> I
             .map(|r| exit_text(r, v.state, v.quick_failures)),
         memory_bytes: u.and_then(|u| u.memory),
         cpu_percent: u.and_then(|u| u.cpu_percent),
+        cpu_seconds: u.map(|u| u.cpu_usec as f64 / 1e6),
         heartbeat_age_secs: v.heartbeat_age.map(|d| d.as_secs_f64()),
         active: v.active,
         processed: v.processed,
@@ -345,8 +347,8 @@ mod tests {
         assert_eq!(
             json,
             [
-                r#"{"id":"text-1","node":"text-1@dev","state":"crash-loop","pid":null,"uptime_secs":null,"restarts":4,"last_exit":"exit 1 (4 quick failures in a row)","memory_bytes":null,"cpu_percent":null,"heartbeat_age_secs":null,"active":null,"processed":null,"pinned":false}"#,
-                r#"{"id":"text-2","node":"text-2@dev","state":"stopped","pid":null,"uptime_secs":null,"restarts":0,"last_exit":"killed by SIGTERM","memory_bytes":null,"cpu_percent":null,"heartbeat_age_secs":null,"active":null,"processed":null,"pinned":true}"#,
+                r#"{"id":"text-1","node":"text-1@dev","state":"crash-loop","pid":null,"uptime_secs":null,"restarts":4,"last_exit":"exit 1 (4 quick failures in a row)","memory_bytes":null,"cpu_percent":null,"cpu_seconds":null,"heartbeat_age_secs":null,"active":null,"processed":null,"pinned":false}"#,
+                r#"{"id":"text-2","node":"text-2@dev","state":"stopped","pid":null,"uptime_secs":null,"restarts":0,"last_exit":"killed by SIGTERM","memory_bytes":null,"cpu_percent":null,"cpu_seconds":null,"heartbeat_age_secs":null,"active":null,"processed":null,"pinned":true}"#,
             ]
         );
         let f = m.summary_facts(Instant::now());

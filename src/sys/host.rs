@@ -69,7 +69,7 @@ impl Load {
             mem_available_bytes: mem
                 .as_deref()
                 .and_then(|m| meminfo_bytes(m, "MemAvailable")),
-            rss_bytes: super::process::self_rss_bytes(),
+            rss_bytes: super::process::own_rss(),
         }
     }
 }

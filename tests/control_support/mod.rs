@@ -50,6 +50,7 @@ pub fn instance(id: &str, pid: u32) -> InstanceStatus {
         last_exit: None,
         memory_bytes: Some(85 * 1024 * 1024),
         cpu_percent: Some(1.5),
+        cpu_seconds: Some(42.25),
         heartbeat_age_secs: Some(2.0),
         active: Some(0),
         processed: Some(10),
@@ -75,6 +76,7 @@ pub fn canned_status() -> Status {
             limits: "on".into(),
             summary: "3/3 running".into(),
             logs_to_journal: false,
+            rss_bytes: Some(6 * 1024 * 1024),
         },
         groups: vec![
             GroupStatus {

@@ -40,6 +40,6 @@ mod spawn;
 pub use kill::{
     KillReport, LiveMains, kill_all_descendants, kill_run, main_identity, run_members, signal,
 };
-pub use procfs::{TreeUsage, parse_stat_usage, self_rss_bytes, start_time, tree_usage};
+pub use procfs::{TreeUsage, own_rss, parse_stat_usage, start_time, tree_usage};
 pub use reaper::{Exit, become_subreaper, reap_all, spawn_reaper};
 pub use spawn::{RUN_MARKER, Spawned, run_marker, spawn};

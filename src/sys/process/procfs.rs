@@ -70,6 +70,14 @@ pub fn tree_usage(pid: u32) -> Option<TreeUsage> {
     Some(total)
 }
 
+/// Resident memory of this process alone (not its children), in bytes.
+pub fn own_rss() -> Option<u64> {
+    let (_, pages) = fs::read("/proc/self/stat")
+        .ok()
+        .and_then(|b| parse_stat_usage(&b))?;
+    pages.checked_mul(page_size())
+}
+
 /// utime + stime (clock ticks) and rss (pages) from a `/proc/<pid>/stat`
 /// line. The command name (field 2) may hold spaces and parentheses: the
 /// fields after it start after its last `)`.
@@ -86,13 +94,6 @@ fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as u64 } else { 100 }
-}
-
-/// The resident set size of this process, bytes (`/proc/self/statm`).
-pub fn self_rss_bytes() -> Option<u64> {
-    let statm = fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
 }
 
 fn page_size() -> u64 {
@@ -213,6 +214,9 @@ mod tests {
         assert!(alone.rss_bytes > 0, "{alone:?}");
         let me = tree_usage(std::process::id()).expect("own usage");
         assert!(me.rss_bytes >= alone.rss_bytes, "{me:?} vs {alone:?}");
+        // This process alone: some memory, no more than with its children.
+        let own = own_rss().unwrap();
+        assert!(own > 0 && own <= me.rss_bytes, "{own} vs {me:?}");
         assert!(me.cpu_usec >= alone.cpu_usec, "{me:?} vs {alone:?}");
         child.kill().unwrap();
         child.wait().unwrap();
