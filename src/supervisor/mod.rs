@@ -139,6 +139,8 @@ pub struct Supervisor<E: Effects> {
     /// Taken by each reload's reader in turn, so reloads apply in the
     /// order they read the file.
     reload_turn: Arc<tokio::sync::Mutex<()>>,
+    /// The fleet reads running off the actor (`commands`).
+    fleet_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -179,6 +181,7 @@ impl<E: Effects> Supervisor<E> {
             usage_at: None,
             exit_code: None,
             reload_turn: Arc::default(),
+            fleet_reads: Arc::new(tokio::sync::Semaphore::new(commands::MAX_FLEET_READS)),
             config: setup.config,
         }
     }
