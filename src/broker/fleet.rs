@@ -181,9 +181,10 @@ impl FleetReader {
                         }),
                         Err(reason) => summary.skipped.push(skip(id, reason)),
                     },
-                    other => summary
-                        .skipped
-                        .push(skip(id, format!("record unreadable: {}", reply_text(&other)))),
+                    other => summary.skipped.push(skip(
+                        id,
+                        format!("record unreadable: {}", reply_text(&other)),
+                    )),
                 }
             }
         }
@@ -235,7 +236,11 @@ impl FleetReader {
             zrem.arg(m.as_slice());
         }
         let _: i64 = with_timeout(RESPONSE_TIMEOUT, "ZREM", zrem.query_async(conn)).await?;
-        tracing::debug!(pruned = gone.len(), "fleet: pruned {} expired members", gone.len());
+        tracing::debug!(
+            pruned = gone.len(),
+            "fleet: pruned {} expired members",
+            gone.len()
+        );
         Ok(gone.len())
     }
 

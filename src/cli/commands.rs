@@ -50,6 +50,7 @@ pub fn run(cli: Args) -> i32 {
         } => restart(&ctx, targets, rolling, no_wait, timeout),
         Command::Reload => reload(&ctx),
         Command::Test => test(&ctx),
+        Command::Fleet { json, watch, args } => super::fleet::run(&ctx, json, watch, args),
         Command::Version => version(&ctx),
         Command::Doctor => doctor(&cli.config, cli.socket.as_deref(), ctx.timeout),
     };
@@ -68,10 +69,61 @@ pub fn run(cli: Args) -> i32 {
     code
 }
 
-fn usage_error(msg: &str) -> ! {
+pub(super) fn usage_error(msg: &str) -> ! {
     Args::command()
         .error(clap::error::ErrorKind::InvalidValue, msg)
         .exit()
+}
+
+/// `--watch SECS` as an interval; `None` when it is not a number (then it
+/// is the first positional argument: `--watch text`).
+pub(super) fn parse_watch(watch: &str) -> Option<Duration> {
+    match watch.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_SECS => Some(Duration::from_secs_f64(v)),
+        Ok(_) => usage_error("--watch SECS must be a positive number of seconds, at most 86400"),
+        Err(_) => None,
+    }
+}
+
+/// `--watch`: fetch every `every` until interrupted; redraw the screen
+/// with `text`, or with `json` print one compact document per line.
+pub(super) fn redraw<T: serde::Serialize>(
+    every: Duration,
+    json: bool,
+    title: &str,
+    mut fetch: impl FnMut() -> Result<T, Failure>,
+    text: impl Fn(&T) -> String,
+) -> ! {
+    loop {
+        let result = fetch();
+        if json {
+            match &result {
+                Ok(s) => match serde_json::to_string(s) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => eprintln!("clearifyctl: cannot encode the answer: {e}"),
+                },
+                Err(f) => eprintln!(
+                    "clearifyctl: {}",
+                    render::escape(&f.message, render::Newlines::Keep)
+                ),
+            }
+        } else {
+            let body = match &result {
+                Ok(s) => text(s),
+                Err(f) => format!(
+                    "clearifyctl: {}\n",
+                    render::escape(&f.message, render::Newlines::Keep)
+                ),
+            };
+            let now = humantime::format_rfc3339_seconds(SystemTime::now());
+            print!(
+                "\x1b[H\x1b[2JEvery {}: {title}    {now}\n\n{body}",
+                humantime::format_duration(every)
+            );
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(every);
+    }
 }
 
 fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>) -> Outcome {
@@ -81,42 +133,17 @@ fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>
         return Ok(exit::OK);
     };
     // `--watch text` means a target, not an interval.
-    let every = match watch.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_SECS => v,
-        Ok(_) => usage_error("--watch SECS must be a positive number of seconds, at most 86400"),
-        Err(_) => {
-            targets.insert(0, watch);
-            2.0
-        }
-    };
-    let every = Duration::from_secs_f64(every);
-    loop {
-        let result = ctx.status(&targets);
-        if json {
-            match &result {
-                Ok(s) => println!("{}", serde_json::to_string(s).expect("status serialises")),
-                Err(f) => eprintln!(
-                    "clearifyctl: {}",
-                    render::escape(&f.message, render::Newlines::Keep)
-                ),
-            }
-        } else {
-            let body = match &result {
-                Ok(s) => render::status_table(s),
-                Err(f) => format!(
-                    "clearifyctl: {}\n",
-                    render::escape(&f.message, render::Newlines::Keep)
-                ),
-            };
-            let now = humantime::format_rfc3339_seconds(SystemTime::now());
-            print!(
-                "\x1b[H\x1b[2JEvery {}: clearifyctl status    {now}\n\n{body}",
-                humantime::format_duration(every)
-            );
-        }
-        let _ = std::io::stdout().flush();
-        std::thread::sleep(every);
-    }
+    let every = parse_watch(&watch).unwrap_or_else(|| {
+        targets.insert(0, watch);
+        Duration::from_secs(2)
+    });
+    redraw(
+        every,
+        json,
+        "clearifyctl status",
+        || ctx.status(&targets),
+        render::status_table,
+    )
 }
 
 fn print_status(s: &Status, json: bool) {

@@ -8,6 +8,7 @@ pub mod args;
 mod commands;
 pub mod doctor;
 pub mod exit;
+pub mod fleet;
 pub mod render;
 pub mod socket;
 
