@@ -617,7 +617,7 @@ fn a_least_privilege_acl_user_can_publish_and_read() {
         &record(
             "pi-q",
             "0.4.0",
-            vec![group("text", &["text"], 2, Some(6.0))],
+            vec![group("text", &["text", "private"], 2, Some(6.0))],
         ),
         now,
         600,
@@ -655,14 +655,18 @@ fn a_least_privilege_acl_user_can_publish_and_read() {
     );
     assert_eq!(ids(&json(&d, &[])), ["pi-acl", "pi-q"]);
     let q = json(&d, &["queues"]);
-    assert!(
+    let row = |name: &str| {
         q["queues"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|q| q["queue"] == "text"),
-        "{q}"
-    );
+            .find(|r| r["queue"] == name)
+            .unwrap_or_else(|| panic!("{name}: {q}"))
+            .clone()
+    };
+    assert_eq!(row("text")["backlog"], 0);
+    // A queue this user may not LLEN has no backlog, not a wrong one.
+    assert_eq!(row("private")["backlog"], Value::Null);
     assert_eq!(json(&d, &["pi-acl"])["presence"], "up");
     add_ghosts(&mut connect(&redis.url()), "", 2, now - 9000.0);
     assert_eq!(json(&d, &[])["expired"], 2);

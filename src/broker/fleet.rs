@@ -266,14 +266,23 @@ impl FleetReader {
         }
         let values: Vec<Value> =
             with_timeout(RESPONSE_TIMEOUT, "LLEN", pipe.query_async(conn)).await?;
+        // A queue whose length is unknown (NOPERM for this ACL user, a key
+        // of another type) has no backlog rather than a wrong one.
+        let mut unknown = Vec::new();
         for (q, v) in owners.into_iter().zip(values) {
-            let n = match v {
-                Value::Int(n) => u64::try_from(n).unwrap_or(0),
-                // A key of another type holds no messages.
-                _ => 0,
-            };
-            let e = out.entry(q.to_string()).or_insert(0u64);
-            *e = e.saturating_add(n);
+            match v {
+                Value::Int(n) => {
+                    let e = out.entry(q.to_string()).or_insert(0u64);
+                    *e = e.saturating_add(u64::try_from(n).unwrap_or(0));
+                }
+                other => {
+                    tracing::debug!(queue = %q, "LLEN answered {}", reply_text(&other));
+                    unknown.push(q);
+                }
+            }
+        }
+        for q in unknown {
+            out.remove(q);
         }
         Ok(out)
     }

@@ -50,7 +50,7 @@ pub fn group(name: &str, queues: &[&str], n: u32, tasks_per_minute: Option<f64>)
                 pid: Some(10_000 + i),
                 uptime_secs: Some(86_400 + u64::from(i)),
                 restarts: 0,
-                last_exit: Some("exited with status 0".into()),
+                last_exit: None,
                 memory_bytes: Some(50 << 20),
                 cpu_percent: Some(3.5),
                 heartbeat_age_secs: Some(1.2),
