@@ -188,10 +188,10 @@ impl FleetReader {
                 }
             }
         }
-        if matches!(guard, Value::Okay) {
-            if let Err(e) = self.prune(conn).await {
-                tracing::debug!(error = %e.message, "fleet pruning failed: {}", e.message);
-            }
+        if matches!(guard, Value::Okay)
+            && let Err(e) = self.prune(conn).await
+        {
+            tracing::debug!(error = %e.message, "fleet pruning failed: {}", e.message);
         }
         Ok((summary, seen))
     }

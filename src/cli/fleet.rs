@@ -166,7 +166,7 @@ fn ago(secs: f64) -> String {
 }
 
 fn redis_time(now: f64) -> String {
-    if now.is_finite() && now >= 0.0 && now < 1e11 {
+    if (0.0..1e11).contains(&now) {
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs_f64(now)).to_string()
     } else {
         "-".into()
