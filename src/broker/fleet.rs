@@ -43,6 +43,8 @@ pub const PRUNE_EVERY_SECS: u64 = 60;
 /// The longest a device list's hostname, version and arch may be shown
 /// (a longer one is cut, with `…`).
 const MAX_SHOWN: usize = 64;
+/// Skipped records named in a device list answer; more are counted.
+const MAX_SKIPPED_SHOWN: usize = 100;
 /// The largest device list answer, in bytes of JSON: under the control
 /// protocol's frame limit, with room for the envelope.
 const ANSWER_BUDGET: usize = crate::control::protocol::MAX_FRAME - 64 * 1024;
@@ -439,35 +441,52 @@ fn cut(s: &mut String) {
     }
 }
 
-/// The device list, with the strings it shows cut and, should it still
-/// not fit [`ANSWER_BUDGET`] (a thousand hostile records), the least
-/// urgent devices left out with a note.
-fn fit_budget(read: ReadSummary, mut seen: Vec<Seen>) -> crate::model::fleet::FleetView {
+/// The device list, with the strings it shows cut, at most
+/// [`MAX_SKIPPED_SHOWN`] skipped records named, and, should it still not
+/// fit [`ANSWER_BUDGET`] (a thousand hostile records), the least urgent
+/// devices (the list's tail) left out with a note.
+fn fit_budget(mut read: ReadSummary, mut seen: Vec<Seen>) -> crate::model::fleet::FleetView {
     for s in &mut seen {
         let r: &mut DeviceRecord = &mut s.record;
         cut(&mut r.hostname);
         cut(&mut r.version);
         cut(&mut r.arch);
     }
+    if read.skipped.len() > MAX_SKIPPED_SHOWN {
+        let more = read.skipped.len() - MAX_SKIPPED_SHOWN;
+        read.skipped.truncate(MAX_SKIPPED_SHOWN);
+        read.skipped
+            .push(skip("", format!("{more} more records skipped")));
+    }
     let mut view = device_rows(read, &seen);
-    let size = |v: &crate::model::fleet::FleetView| serde_json::to_vec(v).map_or(0, |b| b.len());
-    let mut dropped = 0usize;
-    while size(&view) > ANSWER_BUDGET && !view.devices.is_empty() {
-        // Drop an eighth at a time: the answer's size is close to linear.
-        let n = (view.devices.len() / 8).max(1);
-        view.devices.truncate(view.devices.len() - n);
-        dropped += n;
+    let devices = std::mem::take(&mut view.devices);
+    let mut total = json_len(&view);
+    let mut keep = 0;
+    for d in &devices {
+        let n = json_len(d) + 1;
+        if total + n > ANSWER_BUDGET {
+            break;
+        }
+        total += n;
+        keep += 1;
     }
-    while size(&view) > ANSWER_BUDGET && !view.read.skipped.is_empty() {
-        view.read.skipped.truncate(view.read.skipped.len() / 2);
-    }
+    let dropped = devices.len() - keep;
+    view.devices = devices;
+    view.devices.truncate(keep);
     if dropped > 0 {
         view.read.skipped.push(skip(
             "",
-            format!("{dropped} devices not shown: the answer would exceed the control protocol's frame limit"),
+            format!(
+                "{dropped} devices not shown: the answer would exceed the control protocol's frame limit"
+            ),
         ));
     }
     view
+}
+
+/// The length of a value's JSON.
+fn json_len<T: serde::Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map_or(0, |b| b.len())
 }
 
 #[cfg(test)]
@@ -495,6 +514,50 @@ mod tests {
         assert!(member_of(&bad, &Value::Double(1.0)).is_err());
         let inf = Value::BulkString(b"inf".to_vec());
         assert!(member_of(&Value::BulkString(b"d".to_vec()), &inf).is_err());
+    }
+
+    #[test]
+    fn a_thousand_hostile_rows_fit_one_frame() {
+        let esc = |n: usize| "\x1b".repeat(n);
+        let seen: Vec<Seen> = (0..MAX_DEVICES)
+            .map(|i| {
+                let id = format!("{i:04}{}", esc(MAX_DEVICE_ID - 4));
+                let rec = serde_json::json!({
+                    "schema": 1, "device_id": id, "version": esc(3000),
+                    "hostname": esc(10_000), "arch": esc(1000), "kernel": "k",
+                    "uptime_secs": 1, "interval_secs": 10.0, "run": "running",
+                    "limits": false, "restarts_last_hour": 0, "groups": [],
+                });
+                Seen {
+                    record: serde_json::from_value(rec).unwrap(),
+                    last_beat: 1.0,
+                }
+            })
+            .collect();
+        let read = ReadSummary {
+            now: 2.0,
+            members: 2000,
+            read: 1000,
+            expired: 0,
+            skipped: (0..MAX_DEVICES)
+                .map(|_| skip(&esc(MAX_DEVICE_ID), "x".repeat(200)))
+                .collect(),
+        };
+        let view = fit_budget(read, seen);
+        let frame = serde_json::to_vec(&Response::Fleet(view.clone())).unwrap();
+        assert!(
+            frame.len() < crate::control::protocol::MAX_FRAME,
+            "{}",
+            frame.len()
+        );
+        assert!(
+            view.devices
+                .iter()
+                .all(|d| d.hostname.chars().count() <= MAX_SHOWN + 1)
+        );
+        let note = view.read.skipped.last().unwrap();
+        assert!(note.reason.contains("devices not shown"), "{note:?}");
+        assert!(!view.devices.is_empty());
     }
 
     #[test]
