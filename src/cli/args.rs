@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
@@ -237,4 +237,11 @@ fn positive_secs(s: &str) -> Result<f64, String> {
             "{s:?} is not a positive number of seconds (more than 0, at most {MAX_SECS})"
         )),
     }
+}
+
+/// Exits with a usage error (clap's format and exit code 2).
+pub fn usage_error(msg: &str) -> ! {
+    Args::command()
+        .error(clap::error::ErrorKind::InvalidValue, msg)
+        .exit()
 }

@@ -7,12 +7,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::CommandFactory;
-
-use super::args::{Args, Command, MAX_SECS};
+use super::args::{Args, Command, usage_error};
 use super::exit::{self, Failure, Outcome, unexpected};
 use super::render;
 use super::socket::Ctx;
+use super::watch::{parse_watch, redraw};
 use crate::VERSION;
 use crate::control::protocol::{InstanceStatus, PROTOCOL_VERSION, Request, Response, Status};
 use crate::model::{InstanceState, target};
@@ -67,63 +66,6 @@ pub fn run(cli: Args) -> i32 {
     };
     let _ = std::io::stdout().flush();
     code
-}
-
-pub(super) fn usage_error(msg: &str) -> ! {
-    Args::command()
-        .error(clap::error::ErrorKind::InvalidValue, msg)
-        .exit()
-}
-
-/// `--watch SECS` as an interval; `None` when it is not a number (then it
-/// is the first positional argument: `--watch text`).
-pub(super) fn parse_watch(watch: &str) -> Option<Duration> {
-    match watch.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_SECS => Some(Duration::from_secs_f64(v)),
-        Ok(_) => usage_error("--watch SECS must be a positive number of seconds, at most 86400"),
-        Err(_) => None,
-    }
-}
-
-/// `--watch`: fetch every `every` until interrupted; redraw the screen
-/// with `text`, or with `json` print one compact document per line.
-pub(super) fn redraw<T: serde::Serialize>(
-    every: Duration,
-    json: bool,
-    title: &str,
-    mut fetch: impl FnMut() -> Result<T, Failure>,
-    text: impl Fn(&T) -> String,
-) -> ! {
-    loop {
-        let result = fetch();
-        if json {
-            match &result {
-                Ok(s) => match serde_json::to_string(s) {
-                    Ok(line) => println!("{line}"),
-                    Err(e) => eprintln!("clearifyctl: cannot encode the answer: {e}"),
-                },
-                Err(f) => eprintln!(
-                    "clearifyctl: {}",
-                    render::escape(&f.message, render::Newlines::Keep)
-                ),
-            }
-        } else {
-            let body = match &result {
-                Ok(s) => text(s),
-                Err(f) => format!(
-                    "clearifyctl: {}\n",
-                    render::escape(&f.message, render::Newlines::Keep)
-                ),
-            };
-            let now = humantime::format_rfc3339_seconds(SystemTime::now());
-            print!(
-                "\x1b[H\x1b[2JEvery {}: {title}    {now}\n\n{body}",
-                humantime::format_duration(every)
-            );
-        }
-        let _ = std::io::stdout().flush();
-        std::thread::sleep(every);
-    }
 }
 
 fn status(ctx: &Ctx, json: bool, watch: Option<String>, mut targets: Vec<String>) -> Outcome {

@@ -11,10 +11,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::commands::{parse_watch, redraw, usage_error};
+use super::args::usage_error;
 use super::exit::{self, Failure, Outcome, unexpected};
 use super::render::{self, Newlines, human_duration};
 use super::socket::Ctx;
+use super::watch::{parse_watch, redraw};
 use crate::control::protocol::{DeviceView, FleetQuery, FleetView, QueuesView, Request, Response};
 use crate::model::fleet::{Presence, ReadSummary};
 

@@ -11,6 +11,7 @@ pub mod exit;
 pub mod fleet;
 pub mod render;
 pub mod socket;
+mod watch;
 
 pub use args::{Args, Command};
 pub use commands::run;
