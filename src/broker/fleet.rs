@@ -30,8 +30,8 @@ use super::url::parse_target;
 use super::{BrokerSettings, RESPONSE_TIMEOUT};
 use crate::control::protocol::{FleetQuery, Response};
 use crate::model::fleet::{
-    DeviceRecord, DeviceView, Keys, MAX_DEVICE_ID, MAX_DEVICES, MAX_RECORD, ReadSummary, Seen,
-    Skipped, device_rows, live_queues, parse_record, queue_rows,
+    DeviceRecord, DeviceView, Keys, MAX_DEVICE_ID, MAX_DEVICES, MAX_RECORD, QueuesView,
+    ReadSummary, Seen, Skipped, device_rows, live_queues, parse_record, queue_rows,
 };
 
 /// Records fetched per pipelined round trip (at most 16 KiB each).
@@ -98,7 +98,11 @@ impl FleetReader {
                 let (read, seen) = self.read_all(&mut conn).await?;
                 let (names, _) = live_queues(read.now, &seen);
                 let backlog = self.backlog(&mut conn, &names).await?;
-                Ok(Response::FleetQueues(queue_rows(read, &seen, &backlog)))
+                let mut read = read;
+                cap_skipped(&mut read);
+                Ok(Response::FleetQueues(fit_queues(queue_rows(
+                    read, &seen, &backlog,
+                ))))
             }
             FleetQuery::Device { device_id } => self.device(&mut conn, device_id).await,
         }
@@ -452,24 +456,10 @@ fn fit_budget(mut read: ReadSummary, mut seen: Vec<Seen>) -> crate::model::fleet
         cut(&mut r.version);
         cut(&mut r.arch);
     }
-    if read.skipped.len() > MAX_SKIPPED_SHOWN {
-        let more = read.skipped.len() - MAX_SKIPPED_SHOWN;
-        read.skipped.truncate(MAX_SKIPPED_SHOWN);
-        read.skipped
-            .push(skip("", format!("{more} more records skipped")));
-    }
+    cap_skipped(&mut read);
     let mut view = device_rows(read, &seen);
     let devices = std::mem::take(&mut view.devices);
-    let mut total = json_len(&view);
-    let mut keep = 0;
-    for d in &devices {
-        let n = json_len(d) + 1;
-        if total + n > ANSWER_BUDGET {
-            break;
-        }
-        total += n;
-        keep += 1;
-    }
+    let keep = fitting(json_len(&view), &devices);
     let dropped = devices.len() - keep;
     view.devices = devices;
     view.devices.truncate(keep);
@@ -478,6 +468,49 @@ fn fit_budget(mut read: ReadSummary, mut seen: Vec<Seen>) -> crate::model::fleet
             "",
             format!(
                 "{dropped} devices not shown: the answer would exceed the control protocol's frame limit"
+            ),
+        ));
+    }
+    view
+}
+
+/// At most [`MAX_SKIPPED_SHOWN`] skipped records named; the rest counted.
+fn cap_skipped(read: &mut ReadSummary) {
+    if read.skipped.len() > MAX_SKIPPED_SHOWN {
+        let more = read.skipped.len() - MAX_SKIPPED_SHOWN;
+        read.skipped.truncate(MAX_SKIPPED_SHOWN);
+        read.skipped
+            .push(skip("", format!("{more} more records skipped")));
+    }
+}
+
+/// How many of `items`, in order, fit [`ANSWER_BUDGET`] next to `base`
+/// bytes.
+fn fitting<T: serde::Serialize>(base: usize, items: &[T]) -> usize {
+    let mut total = base;
+    for (n, item) in items.iter().enumerate() {
+        total += json_len(item) + 1;
+        if total > ANSWER_BUDGET {
+            return n;
+        }
+    }
+    items.len()
+}
+
+/// The queue view under [`ANSWER_BUDGET`]: the queues that do not fit
+/// (the end of the list) are counted in `queues_omitted`.
+fn fit_queues(mut view: QueuesView) -> QueuesView {
+    let queues = std::mem::take(&mut view.queues);
+    let keep = fitting(json_len(&view), &queues);
+    view.queues = queues;
+    let dropped = view.queues.len() - keep;
+    view.queues.truncate(keep);
+    view.queues_omitted = view.queues_omitted.saturating_add(dropped as u64);
+    if dropped > 0 {
+        view.read.skipped.push(skip(
+            "",
+            format!(
+                "{dropped} queues not shown: the answer would exceed the control protocol's frame limit"
             ),
         ));
     }
