@@ -724,3 +724,50 @@ fn a_thousand_devices_naming_512_queues_each_do_not_stall_the_queue_view() {
     assert_eq!(q0["devices"].as_array().unwrap().len(), 1000);
     assert!(ok(&d.ctl(&["fleet", "queues"])).contains("q000"));
 }
+
+#[test]
+fn watch_prints_one_document_per_redraw() {
+    let redis = RedisServer::start();
+    let mut c = connect(&redis.url());
+    let now = redis_now(&mut c);
+    publish(&mut c, "", &realistic("pi-w", "0.4.0"), now, 600);
+    let d = reader(&redis.url());
+    for view in [&["fleet"][..], &["fleet", "queues"], &["fleet", "pi-w"]] {
+        let mut child = std::process::Command::new(daemon_support::CTL)
+            .arg("--socket")
+            .arg(d.socket())
+            .args(view)
+            .args(["--watch", "0.2", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let docs: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+            .collect();
+        assert!(docs.len() >= 2, "{view:?}: {text}");
+        assert!(docs.iter().all(|v| v["now"].is_f64()), "{text}");
+    }
+    // Text mode redraws the screen with a title.
+    let mut child = std::process::Command::new(daemon_support::CTL)
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["fleet", "--watch", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    child.kill().unwrap();
+    let text = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    assert!(
+        text.matches("\x1b[H\x1b[2JEvery 200ms: clearifyctl fleet")
+            .count()
+            >= 2,
+        "{text}"
+    );
+    assert!(text.contains("pi-w"), "{text}");
+}
