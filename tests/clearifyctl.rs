@@ -1412,3 +1412,48 @@ fn status_json_is_byte_identical_to_the_golden_file() {
         golden.display()
     );
 }
+
+#[test]
+fn fleet_forget_needs_an_admin_reading_the_fleet_does_not() {
+    let u = users();
+    let redis = redis_support::RedisServer::start();
+    let (d, bin) = tiered_daemon(&redis);
+    let sock = d.socket();
+    let reader = |args: &[&str]| {
+        setpriv_at(
+            &sock,
+            &bin,
+            u.user,
+            format!("--groups={}", Gid::effective()),
+            args,
+        )
+    };
+    // A reader reads the fleet through the daemon, without Redis credentials ...
+    let r = reader(&["fleet", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}\n{}", d.log());
+    // (Added after that read: it would have pruned a member without record.)
+    redis
+        .command(&["ZADD", "clearify:fleet", "1", "pi-gone"])
+        .unwrap();
+    // ... but may not forget a device: exit 4, never forwarded.
+    let r = reader(&["fleet", "forget", "pi-gone"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("permission denied"), "{r:?}");
+    assert_eq!(
+        redis.command(&["ZSCORE", "clearify:fleet", "pi-gone"]),
+        Ok("1".to_string())
+    );
+    // An admin may.
+    let r = setpriv_at(
+        &sock,
+        &bin,
+        u.admin_only,
+        "--init-groups".into(),
+        &["fleet", "forget", "pi-gone"],
+    );
+    assert_eq!(r.code, 0, "{r:?}\n{}", d.log());
+    assert_eq!(
+        redis.command(&["ZSCORE", "clearify:fleet", "pi-gone"]),
+        Ok(String::new())
+    );
+}

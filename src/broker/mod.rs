@@ -13,6 +13,7 @@
 //! | `backlog.rs` | the queues watched ([`Watched`]), their Redis keys (kombu priority sub-queues) and lengths |
 //! | `heartbeat.rs` | the Celery heartbeat channel, subscription and decoding |
 //! | `report.rs` | [`test_report`] for `clearifyctl test` |
+//! | `fleet.rs` | reading the fleet registry for `clearifyctl fleet` ([`FleetReader`]) |
 //!
 //! - [`probe`] answers "is the broker ready?" once: connect (TCP, TLS or
 //!   unix socket), AUTH, SELECT, PING → PONG, each with an explicit timeout.
@@ -37,6 +38,7 @@
 mod backlog;
 mod beat;
 mod error;
+mod fleet;
 mod gate;
 mod health;
 mod heartbeat;
@@ -53,6 +55,7 @@ pub use backlog::{
     BACKLOG_MIN_INTERVAL, DEFAULT_PRIORITY_STEPS, PRIORITY_SEP, Watched, queue_keys,
 };
 pub use error::{ProbeError, ProbeErrorKind};
+pub use fleet::{FleetError, FleetReader};
 pub use gate::{BACKOFF_MAX, BACKOFF_MIN};
 #[doc(hidden)]
 pub use heartbeat::base64_decode;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
@@ -14,9 +14,9 @@ const LONG_ABOUT: &str = "\
 Inspect and control clearify-workerd, the Celery worker supervisor, over its control sockets.
 
 Three tiers:
-  readers  (status, logs, test, version): members of group clearify, through
+  readers  (status, logs, test, fleet, version): members of group clearify, through
            control.sock (mode 0660, group clearify);
-  admins   (start, stop, restart, reload too): root, the daemon's user, and members of
+  admins   (start, stop, restart, reload, fleet forget too): root, the daemon's user, and members of
            the admin group ([daemon].admin_group, default \"clearify-admin\"), through
            admin.sock next to it (mode 0660, that group);
   everyone else cannot open either socket.
@@ -45,6 +45,7 @@ Examples:
   clearifyctl logs text-1 -n 100       recent output of one instance
   clearifyctl logs -f                  follow all worker output
   clearifyctl test                     check the broker from the daemon
+  clearifyctl fleet                    every device on the same Redis
   sudo clearifyctl doctor              check host, config, socket, broker and celery
 
 Exit codes:
@@ -193,6 +194,32 @@ pub enum Command {
     },
     /// Check the broker from the daemon; exit 0 only when it is reachable.
     Test,
+    /// The fleet: every device publishing to the same Redis (docs/fleet.md).
+    #[command(
+        after_help = "Views:\n  clearifyctl fleet                 one line per device, problems first\n  \
+        clearifyctl fleet queues          per queue: backlog, consumers, each device's share\n  \
+        clearifyctl fleet DEVICE          one device's groups and instances\n  \
+        clearifyctl fleet forget DEVICE   remove a device from the registry (admin)\n\n\
+        Examples:\n  clearifyctl fleet --watch\n  clearifyctl fleet queues --json\n  \
+        clearifyctl fleet --json | jq '.devices[] | select(.presence != \"up\") | .device_id'"
+    )]
+    Fleet {
+        /// Print the view as JSON (a stable contract for scripts,
+        /// docs/fleet.md); the same as --format json.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+        /// text (a table), json (the view) or prometheus (the device list in
+        /// the text exposition format, docs/metrics.md).
+        #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text)]
+        format: Format,
+        /// Redraw every SECS seconds (default 2) until interrupted; with --json,
+        /// print one compact document per line instead.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<String>,
+        /// Nothing (the device list), `queues`, a DEVICE, or `forget DEVICE`.
+        #[arg(value_name = "VIEW")]
+        args: Vec<String>,
+    },
     /// Show the versions of clearifyctl and the daemon; warns when they differ.
     Version,
     /// Check this host, the config, the control socket, the broker and the Celery app.
@@ -232,4 +259,11 @@ fn positive_secs(s: &str) -> Result<f64, String> {
             "{s:?} is not a positive number of seconds (more than 0, at most {MAX_SECS})"
         )),
     }
+}
+
+/// Exits with a usage error (clap's format and exit code 2).
+pub fn usage_error(msg: &str) -> ! {
+    Args::command()
+        .error(clap::error::ErrorKind::InvalidValue, msg)
+        .exit()
 }

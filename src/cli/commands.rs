@@ -7,12 +7,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::CommandFactory;
-
-use super::args::{Args, Command, Format, MAX_SECS};
+use super::args::{Args, Command, Format, usage_error};
 use super::exit::{self, Failure, Outcome, unexpected};
 use super::render;
 use super::socket::Ctx;
+use super::watch::{parse_watch, redraw};
 use crate::VERSION;
 use crate::control::protocol::{InstanceStatus, PROTOCOL_VERSION, Request, Response, Status};
 use crate::model::{InstanceState, target};
@@ -56,6 +55,12 @@ pub fn run(cli: Args) -> i32 {
         } => restart(&ctx, targets, rolling, no_wait, timeout),
         Command::Reload => reload(&ctx),
         Command::Test => test(&ctx),
+        Command::Fleet {
+            json,
+            format,
+            watch,
+            args,
+        } => super::fleet::run(&ctx, if json { Format::Json } else { format }, watch, args),
         Command::Version => version(&ctx),
         Command::Doctor => doctor(&cli.config, cli.socket.as_deref(), ctx.timeout),
     };
@@ -74,12 +79,6 @@ pub fn run(cli: Args) -> i32 {
     code
 }
 
-fn usage_error(msg: &str) -> ! {
-    Args::command()
-        .error(clap::error::ErrorKind::InvalidValue, msg)
-        .exit()
-}
-
 fn status(ctx: &Ctx, format: Format, watch: Option<String>, mut targets: Vec<String>) -> Outcome {
     let Some(watch) = watch else {
         let s = ctx.status(&targets)?;
@@ -87,43 +86,20 @@ fn status(ctx: &Ctx, format: Format, watch: Option<String>, mut targets: Vec<Str
         return Ok(exit::OK);
     };
     // `--watch text` means a target, not an interval.
-    let every = match watch.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_SECS => v,
-        Ok(_) => usage_error("--watch SECS must be a positive number of seconds, at most 86400"),
-        Err(_) => {
-            targets.insert(0, watch);
-            2.0
-        }
-    };
-    let every = Duration::from_secs_f64(every);
-    loop {
-        let result = ctx.status(&targets);
-        if format == Format::Json {
-            match &result {
-                Ok(s) => println!("{}", serde_json::to_string(s).expect("status serialises")),
-                Err(f) => eprintln!(
-                    "clearifyctl: {}",
-                    render::escape(&f.message, render::Newlines::Keep)
-                ),
-            }
-        } else {
-            let body = match &result {
-                Ok(s) if format == Format::Prometheus => crate::metrics::status(s),
-                Ok(s) => render::status_table(s),
-                Err(f) => format!(
-                    "clearifyctl: {}\n",
-                    render::escape(&f.message, render::Newlines::Keep)
-                ),
-            };
-            let now = humantime::format_rfc3339_seconds(SystemTime::now());
-            print!(
-                "\x1b[H\x1b[2JEvery {}: clearifyctl status    {now}\n\n{body}",
-                humantime::format_duration(every)
-            );
-        }
-        let _ = std::io::stdout().flush();
-        std::thread::sleep(every);
-    }
+    let every = parse_watch(&watch).unwrap_or_else(|| {
+        targets.insert(0, watch);
+        Duration::from_secs(2)
+    });
+    redraw(
+        every,
+        format == Format::Json,
+        "clearifyctl status",
+        || ctx.status(&targets),
+        |s| match format {
+            Format::Prometheus => crate::metrics::status(s),
+            _ => render::status_table(s),
+        },
+    )
 }
 
 fn print_status(s: &Status, format: Format) {

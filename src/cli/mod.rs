@@ -8,8 +8,10 @@ pub mod args;
 mod commands;
 pub mod doctor;
 pub mod exit;
+pub mod fleet;
 pub mod render;
 pub mod socket;
+mod watch;
 
 pub use args::{Args, Command};
 pub use commands::run;

@@ -473,14 +473,15 @@ pub struct QueuesView {
 /// The queues the live (up) devices consume, at most [`MAX_QUEUES`], in
 /// name order: what a reader fetches the backlog of.
 pub fn live_queues(now: f64, seen: &[Seen]) -> (Vec<String>, u64) {
-    let mut all: Vec<&str> = seen
+    // Distinct first: a thousand records may name the same 512 queues.
+    let distinct: std::collections::HashSet<&str> = seen
         .iter()
         .filter(|s| s.presence(now) == Presence::Up)
         .flat_map(|s| s.record.groups.iter())
         .flat_map(|g| g.queues.iter().map(String::as_str))
         .collect();
+    let mut all: Vec<&str> = distinct.into_iter().collect();
     all.sort_unstable();
-    all.dedup();
     let omitted = all.len().saturating_sub(MAX_QUEUES) as u64;
     all.truncate(MAX_QUEUES);
     (all.into_iter().map(str::to_string).collect(), omitted)
@@ -491,34 +492,64 @@ pub fn live_queues(now: f64, seen: &[Seen]) -> (Vec<String>, u64) {
 /// per minute cannot be split by queue).
 pub fn queue_rows(read: ReadSummary, seen: &[Seen], backlog: &BTreeMap<String, u64>) -> QueuesView {
     let (names, omitted) = live_queues(read.now, seen);
-    let mut queues = Vec::with_capacity(names.len());
-    for name in names {
-        let mut devices = Vec::new();
-        for s in seen.iter().filter(|s| s.presence(read.now) == Presence::Up) {
-            let groups: Vec<&GroupRecord> = s
-                .record
-                .groups
+    // One pass over every (device, group, queue): O(what was read), not
+    // queues × devices × groups × queues (a thousand hostile records
+    // naming 512 queues each would stall the reader for seconds).
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut per_queue: Vec<Vec<QueueDevice>> = vec![Vec::new(); names.len()];
+    let mut mine: Vec<Option<QueueDevice>> = vec![None; names.len()];
+    for s in seen.iter().filter(|s| s.presence(read.now) == Presence::Up) {
+        let mut touched: Vec<usize> = Vec::new();
+        for g in &s.record.groups {
+            let mut qs: Vec<usize> = g
+                .queues
                 .iter()
-                .filter(|g| g.queues.contains(&name))
+                .filter_map(|q| index.get(q.as_str()).copied())
                 .collect();
-            if groups.is_empty() {
-                continue;
+            qs.sort_unstable();
+            qs.dedup();
+            for i in qs {
+                let Some(slot) = mine.get_mut(i) else {
+                    continue;
+                };
+                let d = slot.get_or_insert_with(|| {
+                    touched.push(i);
+                    QueueDevice {
+                        device_id: String::new(),
+                        instances: 0,
+                        running: 0,
+                        concurrency: 0,
+                        tasks_per_minute: None,
+                        share: None,
+                    }
+                });
+                d.instances = d.instances.saturating_add(u64::from(g.total));
+                d.running = d.running.saturating_add(u64::from(g.running));
+                d.concurrency = d
+                    .concurrency
+                    .saturating_add(u64::from(g.total).saturating_mul(u64::from(g.concurrency)));
+                d.tasks_per_minute = match (d.tasks_per_minute, g.tasks_per_minute) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => a.or(b),
+                };
             }
-            devices.push(QueueDevice {
-                device_id: s.record.device_id.clone(),
-                instances: groups.iter().map(|g| u64::from(g.total)).sum(),
-                running: groups.iter().map(|g| u64::from(g.running)).sum(),
-                concurrency: groups
-                    .iter()
-                    .map(|g| u64::from(g.total).saturating_mul(u64::from(g.concurrency)))
-                    .fold(0, u64::saturating_add),
-                tasks_per_minute: groups
-                    .iter()
-                    .filter_map(|g| g.tasks_per_minute)
-                    .reduce(|a, b| a + b),
-                share: None,
-            });
         }
+        for i in touched {
+            if let (Some(Some(mut d)), Some(list)) =
+                (mine.get_mut(i).map(Option::take), per_queue.get_mut(i))
+            {
+                d.device_id = s.record.device_id.clone();
+                list.push(d);
+            }
+        }
+    }
+    let by_queue = names.iter().map(String::as_str).zip(per_queue);
+    let mut queues = Vec::with_capacity(names.len());
+    for (name, mut devices) in by_queue {
         let tpm: f64 = devices.iter().filter_map(|d| d.tasks_per_minute).sum();
         if tpm > 0.0 {
             for d in &mut devices {
@@ -527,14 +558,20 @@ pub fn queue_rows(read: ReadSummary, seen: &[Seen], backlog: &BTreeMap<String, u
         }
         devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         queues.push(QueueRow {
-            backlog: backlog.get(&name).copied(),
-            instances: devices.iter().map(|d| d.instances).sum(),
-            concurrency: devices.iter().map(|d| d.concurrency).sum(),
+            backlog: backlog.get(name).copied(),
+            instances: devices
+                .iter()
+                .map(|d| d.instances)
+                .fold(0, u64::saturating_add),
+            concurrency: devices
+                .iter()
+                .map(|d| d.concurrency)
+                .fold(0, u64::saturating_add),
             tasks_per_minute: devices
                 .iter()
                 .any(|d| d.tasks_per_minute.is_some())
                 .then_some(tpm),
-            queue: name,
+            queue: name.to_string(),
             devices,
         });
     }

@@ -1,6 +1,7 @@
 //! The control requests, answered by the actor.
 
 use super::*;
+use crate::control::protocol::FleetQuery;
 use crate::model::Target;
 use machine::CommandError;
 
@@ -53,11 +54,14 @@ impl<E: Effects> Supervisor<E> {
                 self.test(reply);
                 return;
             }
-            // Work in progress (issue 14): the reader lands next.
-            Request::Fleet { .. } | Request::FleetForget { .. } => Response::Error {
-                kind: ErrorKind::Refused,
-                message: "the fleet view is not built yet".into(),
-            },
+            Request::Fleet { query } => {
+                self.fleet(FleetWork::Query(query), reply);
+                return;
+            }
+            Request::FleetForget { device_id } => {
+                self.fleet(FleetWork::Forget(device_id), reply);
+                return;
+            }
             Request::Version => Response::Version {
                 version: crate::VERSION.to_string(),
                 protocol: crate::control::protocol::PROTOCOL_VERSION,
@@ -91,6 +95,62 @@ impl<E: Effects> Supervisor<E> {
         tokio::spawn(async move {
             let report = broker::test_report(&settings, &queues, heartbeats).await;
             let _ = reply.send(Response::Test(report));
+        });
+    }
+}
+
+/// A fleet request, read off the actor.
+enum FleetWork {
+    Query(FleetQuery),
+    Forget(String),
+}
+
+/// Most fleet reads at once; one more is answered Busy.
+pub(super) const MAX_FLEET_READS: usize = 2;
+
+impl<E: Effects> Supervisor<E> {
+    /// `clearifyctl fleet` reads the shared Redis off the actor, at most
+    /// [`MAX_FLEET_READS`] at once, with the broker the daemon runs with
+    /// and this device's id as the config has it now.
+    fn fleet(&mut self, work: FleetWork, reply: oneshot::Sender<Response>) {
+        let Some(b) = &self.running.broker else {
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::Refused,
+                message: "no [broker] configured in the config file: the fleet is read from the broker's Redis".into(),
+            });
+            return;
+        };
+        let Ok(permit) = self.fleet_reads.clone().try_acquire_owned() else {
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::Busy,
+                message: format!("{MAX_FLEET_READS} fleet reads are running; try again"),
+            });
+            return;
+        };
+        let reader = broker::FleetReader {
+            settings: broker_settings(b),
+            device_id: self.config.daemon.device_id.clone(),
+        };
+        tokio::spawn(async move {
+            let result = match work {
+                FleetWork::Query(q) => reader.query(&q).await,
+                FleetWork::Forget(id) => reader
+                    .forget(&id)
+                    .await
+                    .map(|messages| Response::Done { messages }),
+            };
+            drop(permit);
+            let resp = result.unwrap_or_else(|e| match e {
+                broker::FleetError::Unknown(message) => Response::Error {
+                    kind: ErrorKind::UnknownTarget,
+                    message,
+                },
+                broker::FleetError::Failed(message) => Response::Error {
+                    kind: ErrorKind::Refused,
+                    message: format!("reading the fleet failed: {message}"),
+                },
+            });
+            let _ = reply.send(resp);
         });
     }
 }

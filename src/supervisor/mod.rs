@@ -148,6 +148,8 @@ pub struct Supervisor<E: Effects> {
     reload_turn: Arc<tokio::sync::Mutex<()>>,
     /// `[metrics] textfile`'s writer.
     textfile: textfile::Textfile,
+    /// The fleet reads running off the actor (`commands`).
+    fleet_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -191,6 +193,7 @@ impl<E: Effects> Supervisor<E> {
             exit_code: None,
             reload_turn: Arc::default(),
             textfile: textfile::Textfile::default(),
+            fleet_reads: Arc::new(tokio::sync::Semaphore::new(commands::MAX_FLEET_READS)),
             config: setup.config,
         }
     }
