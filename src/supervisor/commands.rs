@@ -128,7 +128,7 @@ impl<E: Effects> Supervisor<E> {
             return;
         };
         let reader = broker::FleetReader {
-            settings: broker_settings(b),
+            settings: broker_settings(b, None),
             device_id: self.config.daemon.device_id.clone(),
         };
         tokio::spawn(async move {
