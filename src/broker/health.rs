@@ -306,8 +306,13 @@ impl Job {
                 want_backlog = false;
                 last_backlog = Some(now);
             }
+            // A beat due soon goes out with this PING rather than on a
+            // wake-up of its own: with equal intervals (the default) the
+            // two then stay together.
             let beat = match (&self.fleet, next_beat) {
-                (Some(f), Some(t)) if now >= t => self.beat(f, clock, now),
+                (Some(f), Some(t)) if now >= t || (ping && now + f.interval / 4 >= t) => {
+                    self.beat(f, clock, now)
+                }
                 _ => None,
             };
             if let (Some(b), Some(f)) = (&beat, &self.fleet) {

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::status::Refresh;
 use super::*;
 use crate::broker::FleetSettings;
 use crate::model::InstanceState;
@@ -174,7 +175,7 @@ impl<E: Effects> Supervisor<E> {
         if self.publisher.is_none() || self.monitor.is_none() {
             return;
         }
-        let status = self.status(&[]);
+        let status = self.status_with(&[], Refresh::Oldest(USAGE_PER_BEAT));
         let limits = self.limits_line.starts_with("on");
         let Some(p) = self.publisher.as_mut() else {
             return;
@@ -208,6 +209,13 @@ impl<E: Effects> Supervisor<E> {
         }
     }
 }
+
+/// Instances whose memory and CPU one beat reads afresh, the oldest
+/// samples first: a beat's cost stays flat however many workers run (at
+/// 200 workers each is read every 13 beats, about two minutes by default;
+/// docs/fleet.md, docs/benchmarks.md run L). A `status` in between reads
+/// all of them, and the record takes those figures.
+pub const USAGE_PER_BEAT: usize = 16;
 
 /// How long a clean stop waits to mark the device stopped.
 pub const STOP_PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);

@@ -5,13 +5,38 @@ use super::*;
 use crate::model::InstanceState;
 use crate::model::target::{self, Member, Target};
 
+/// CPU % between the previous sample and `cpu_usec` now.
+fn cpu_percent(prev: Option<&Usage>, cpu_usec: u64, now: std::time::Instant) -> Option<f64> {
+    let prev = prev?;
+    let dt = now.duration_since(prev.at).as_secs_f64();
+    (dt > 0.0 && cpu_usec >= prev.cpu_usec)
+        .then(|| (cpu_usec - prev.cpu_usec) as f64 / 1e6 / dt * 100.0)
+}
+
+/// How much of the instances' usage a status document samples afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refresh {
+    /// All of it, unless sampled within the last second (`status`).
+    All,
+    /// The `n` oldest samples (the fleet record).
+    Oldest(usize),
+}
+
 impl<E: Effects> Supervisor<E> {
     /// The status document, limited to the instances `targets` take in
     /// (all of them when it is empty).
     pub(super) fn status(&mut self, targets: &[Target]) -> Status {
+        self.status_with(targets, Refresh::All)
+    }
+
+    /// The status document, with the usage refreshed as `refresh` says.
+    pub(super) fn status_with(&mut self, targets: &[Target], refresh: Refresh) -> Status {
         let now = Instant::now();
         let views = self.machine.snapshot(now);
-        self.refresh_usage(&views);
+        match refresh {
+            Refresh::All => self.refresh_usage(&views),
+            Refresh::Oldest(n) => self.refresh_oldest_usage(&views, n),
+        }
         let plan = self.machine.plan().clone();
         let mut groups: Vec<GroupStatus> = Vec::new();
         let mut group_names: Vec<String> = plan.groups.iter().map(|g| g.name.clone()).collect();
@@ -109,11 +134,7 @@ impl<E: Effects> Supervisor<E> {
         }
         let mut next = HashMap::new();
         for (id, (cpu_usec, memory)) in fresh {
-            let cpu_percent = self.usage.get(&id).and_then(|prev| {
-                let dt = now.duration_since(prev.at).as_secs_f64();
-                (dt > 0.0 && cpu_usec >= prev.cpu_usec)
-                    .then(|| (cpu_usec - prev.cpu_usec) as f64 / 1e6 / dt * 100.0)
-            });
+            let cpu_percent = cpu_percent(self.usage.get(&id), cpu_usec, now);
             next.insert(
                 id,
                 Usage {
@@ -125,6 +146,42 @@ impl<E: Effects> Supervisor<E> {
             );
         }
         self.usage = next;
+    }
+
+    /// Samples the `n` instances whose usage is oldest (or missing), and
+    /// keeps the others' last samples: the fleet record's usage, so that a
+    /// beat at 200 workers reads a slice of them, not all (each is read
+    /// again every ⌈N / n⌉ beats; docs/fleet.md). Instances gone or without
+    /// a pid lose their sample.
+    pub(super) fn refresh_oldest_usage(&mut self, views: &[machine::InstanceView], n: usize) {
+        let now = std::time::Instant::now();
+        let live: HashMap<&str, &machine::InstanceView> = views
+            .iter()
+            .filter(|v| v.pid.is_some())
+            .map(|v| (v.id.as_str(), v))
+            .collect();
+        self.usage.retain(|id, _| live.contains_key(id.as_str()));
+        let mut order: Vec<&machine::InstanceView> = live.values().copied().collect();
+        order.sort_by_key(|v| (self.usage.get(&v.id).map(|u| u.at), v.id.as_str()));
+        for v in order.into_iter().take(n) {
+            let Some(s) = v
+                .pid
+                .and_then(|pid| self.effects.usage(&v.id, &v.group, pid))
+            else {
+                self.usage.remove(&v.id);
+                continue;
+            };
+            let cpu_percent = cpu_percent(self.usage.get(&v.id), s.cpu_usec, now);
+            self.usage.insert(
+                v.id.clone(),
+                Usage {
+                    at: now,
+                    cpu_usec: s.cpu_usec,
+                    memory: s.memory,
+                    cpu_percent: cpu_percent.or(Some(0.0)),
+                },
+            );
+        }
     }
 
     /// A plain-words summary, for STATUS= and status.
