@@ -7,7 +7,9 @@
 
 Starts a redis-server on a free 127.0.0.1 port and writes DEVICES device
 records of the test publisher's shape (tests/support/fleet.rs, `realistic`:
-4 groups of 8 instances, every optional field filled) with
+4 groups, every optional field filled; --per-group instances each, 2 by
+default as the issue's Pi with 8 instances; instances as model::fleet's
+InstanceRow arrays, as the daemon writes them) with
 `ZADD clearify:fleet <TIME> <id>` and `SET clearify:fleet:<id> <json> EX`,
 starts the real daemon (no groups, `[fleet] publish = false`) and measures:
 
@@ -77,11 +79,9 @@ class Redis:
 
 
 def instance(group, i):
-    return {
-        "id": f"{group}-{i}", "state": "running", "pid": 10000 + i,
-        "uptime_secs": 86400 + i, "restarts": 0,
-        "memory_bytes": 50 << 20, "cpu_percent": 3.5, "heartbeat_age_secs": 1.2,
-    }
+    # model::fleet::InstanceRow: [id, state, pid, uptime_secs, restarts,
+    # last_exit, memory_bytes, cpu_percent, heartbeat_age_secs]
+    return [f"{group}-{i}", "running", 10000 + i, 86400 + i, 0, None, 50 << 20, 3.5, 1.2]
 
 
 def group(name, queues, n, tpm):
@@ -93,7 +93,7 @@ def group(name, queues, n, tpm):
     }
 
 
-def realistic(device_id, version):
+def realistic(device_id, version, per_group=2):
     """tests/support/fleet.rs `realistic`, field for field."""
     return {
         "schema": 1, "device_id": device_id, "version": version,
@@ -103,10 +103,10 @@ def realistic(device_id, version):
         "mem_total_bytes": 4 << 30, "mem_available_bytes": 3 << 30, "limits": True,
         "broker_rtt_ms": 1.4, "restarts_last_hour": 0,
         "groups": [
-            group("text", ["text_processing"], 8, 42.0),
-            group("images", ["images", "thumbnails"], 8, 12.5),
-            group("billing", ["payments", "webhooks"], 8, 3.0),
-            group("default", ["celery"], 8, 20.0),
+            group("text", ["text_processing"], per_group, 42.0),
+            group("images", ["images", "thumbnails"], per_group, 12.5),
+            group("billing", ["payments", "webhooks"], per_group, 3.0),
+            group("default", ["celery"], per_group, 20.0),
         ],
     }
 
@@ -146,6 +146,8 @@ def main():
     p.add_argument("--ctl", required=True)
     p.add_argument("--devices", type=int, default=500)
     p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--per-group", type=int, default=2,
+                   help="instances per group (4 groups); the issue's Pi has 2, i.e. 8 in all")
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="clearify-bench-fleet-")
     os.chmod(work, 0o755)
@@ -165,7 +167,7 @@ def main():
         for i in range(args.devices):
             # 4 device groups of 125, as a real fleet: a few versions.
             dev = f"pi-{i // 125}-{i % 125:03d}"
-            rec = json.dumps(realistic(dev, "0.4.0" if i % 50 else "0.3.9"),
+            rec = json.dumps(realistic(dev, "0.4.0" if i % 50 else "0.3.9", args.per_group),
                              separators=(",", ":")).encode()
             sizes.append(len(rec))
             cmds.append(("ZADD", "clearify:fleet", f"{now - (i % 10):.6f}", dev))
@@ -196,6 +198,7 @@ def main():
         version_ms = timed(ctl + ["version"], args.runs)
         res = {
             "devices": args.devices,
+            "instances_per_device": 4 * args.per_group,
             "runs": args.runs,
             "record_json_bytes": statistics.median(sizes),
             "record_memory_usage_bytes": record_bytes,

@@ -202,7 +202,8 @@ fn deep_json_and_garbage_are_skipped_with_a_note() {
     );
     publish_raw(&mut c, "", b"deeper", deeper.as_bytes(), now);
     publish_raw(&mut c, "", b"nojson", b"\x00\xff not json at all", now);
-    let mut other = serde_json::to_value(realistic("x", "1")).unwrap();
+    let mut other: serde_json::Value =
+        serde_json::from_slice(&realistic("x", "1").encode()).unwrap();
     other["schema"] = 99.into();
     publish_raw(&mut c, "", b"schema99", other.to_string().as_bytes(), now);
     publish_raw(

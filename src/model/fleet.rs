@@ -83,8 +83,13 @@ pub enum DaemonRun {
 
 /// What one daemon publishes. Never a secret: no broker URL, no
 /// environment, no command line.
+///
+/// `I` is how an instance is spelled: [`InstanceRecord`] (an object with
+/// named fields) everywhere but in Redis, where each is an
+/// [`InstanceRow`] (an array), which keeps a Pi's record at about 3 KiB
+/// ([`DeviceRecord::encode`], [`parse_record`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceRecord {
+pub struct DeviceRecord<I = InstanceRecord> {
     /// [`SCHEMA`].
     pub schema: u32,
     pub device_id: String,
@@ -120,7 +125,7 @@ pub struct DeviceRecord {
     pub broker_rtt_ms: Option<f64>,
     /// Restarts of all instances in the last hour (of this daemon's run).
     pub restarts_last_hour: u64,
-    pub groups: Vec<GroupRecord>,
+    pub groups: Vec<GroupRecord<I>>,
     /// Instances whose detail was left out to keep the record under
     /// [`MAX_RECORD`] (their group's sums still count them).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -133,7 +138,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// One group, with sums that stay when its instances' detail is left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupRecord {
+pub struct GroupRecord<I = InstanceRecord> {
     pub name: String,
     pub queues: Vec<String>,
     pub concurrency: u32,
@@ -157,8 +162,8 @@ pub struct GroupRecord {
     /// Tasks per minute between the last two beats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks_per_minute: Option<f64>,
-    #[serde(default)]
-    pub instances: Vec<InstanceRecord>,
+    #[serde(default = "Vec::new")]
+    pub instances: Vec<I>,
 }
 
 /// One instance, as in `status`.
@@ -181,12 +186,112 @@ pub struct InstanceRecord {
     pub heartbeat_age_secs: Option<f64>,
 }
 
+/// An instance as the record in Redis spells it: `[id, state, pid,
+/// uptime_secs, restarts, last_exit, memory_bytes, cpu_percent,
+/// heartbeat_age_secs]`, the two percentages and ages to a tenth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRow(
+    String,
+    InstanceState,
+    Option<u32>,
+    Option<u64>,
+    u64,
+    Option<String>,
+    Option<u64>,
+    Option<f64>,
+    Option<f64>,
+);
+
+fn tenth(v: Option<f64>) -> Option<f64> {
+    v.map(|v| (v * 10.0).round() / 10.0)
+}
+
+impl From<InstanceRecord> for InstanceRow {
+    fn from(i: InstanceRecord) -> Self {
+        InstanceRow(
+            i.id,
+            i.state,
+            i.pid,
+            i.uptime_secs,
+            i.restarts,
+            i.last_exit,
+            i.memory_bytes,
+            tenth(i.cpu_percent),
+            tenth(i.heartbeat_age_secs),
+        )
+    }
+}
+
+impl From<InstanceRow> for InstanceRecord {
+    fn from(r: InstanceRow) -> Self {
+        let InstanceRow(id, state, pid, uptime_secs, restarts, last_exit, memory, cpu, hb) = r;
+        InstanceRecord {
+            id,
+            state,
+            pid,
+            uptime_secs,
+            restarts,
+            last_exit,
+            memory_bytes: memory,
+            cpu_percent: cpu,
+            heartbeat_age_secs: hb,
+        }
+    }
+}
+
+impl<I> DeviceRecord<I> {
+    /// The same record with each instance spelled as `J`.
+    pub fn map_instances<J: From<I>>(self) -> DeviceRecord<J> {
+        DeviceRecord {
+            schema: self.schema,
+            device_id: self.device_id,
+            version: self.version,
+            hostname: self.hostname,
+            arch: self.arch,
+            kernel: self.kernel,
+            boot_time: self.boot_time,
+            uptime_secs: self.uptime_secs,
+            interval_secs: self.interval_secs,
+            run: self.run,
+            stopped_at: self.stopped_at,
+            rss_bytes: self.rss_bytes,
+            load: self.load,
+            mem_total_bytes: self.mem_total_bytes,
+            mem_available_bytes: self.mem_available_bytes,
+            limits: self.limits,
+            broker_rtt_ms: self.broker_rtt_ms,
+            restarts_last_hour: self.restarts_last_hour,
+            groups: self
+                .groups
+                .into_iter()
+                .map(|g| GroupRecord {
+                    name: g.name,
+                    queues: g.queues,
+                    concurrency: g.concurrency,
+                    total: g.total,
+                    running: g.running,
+                    crash_looping: g.crash_looping,
+                    restarts: g.restarts,
+                    memory_bytes: g.memory_bytes,
+                    memory_max: g.memory_max,
+                    processed: g.processed,
+                    active: g.active,
+                    tasks_per_minute: g.tasks_per_minute,
+                    instances: g.instances.into_iter().map(J::from).collect(),
+                })
+                .collect(),
+            instances_omitted: self.instances_omitted,
+        }
+    }
+}
+
 impl DeviceRecord {
-    /// The record as written: JSON of at most [`MAX_RECORD`] bytes. When
-    /// the instances' detail does not fit, it is left out group by group
-    /// (the largest first) and counted in `instances_omitted`.
+    /// The record as written: JSON of at most [`MAX_RECORD`] bytes, each
+    /// instance an [`InstanceRow`]. When the instances' detail does not
+    /// fit, it is left out group by group (the largest first) and counted
+    /// in `instances_omitted`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut rec = self.clone();
+        let mut rec: DeviceRecord<InstanceRow> = self.clone().map_instances();
         loop {
             let bytes = serde_json::to_vec(&rec).unwrap_or_default();
             if bytes.len() <= MAX_RECORD {
@@ -218,8 +323,9 @@ pub fn parse_record(device_id: &str, bytes: &[u8]) -> Result<DeviceRecord, Strin
         return Err(format!("record larger than {MAX_RECORD} bytes"));
     }
     // serde_json refuses nesting deeper than 128 by itself.
-    let rec: DeviceRecord =
+    let rec: DeviceRecord<InstanceRow> =
         serde_json::from_slice(bytes).map_err(|e| format!("not a fleet record: {e}"))?;
+    let rec: DeviceRecord = rec.map_instances();
     if rec.schema != SCHEMA {
         return Err(format!(
             "record schema {} (this reader knows {SCHEMA})",

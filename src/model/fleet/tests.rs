@@ -97,15 +97,35 @@ fn a_record_too_big_for_the_cap_loses_instance_detail_not_its_sums() {
     let rec = record(
         "big",
         "0.4.0",
-        vec![group("a", &["q"], 200, None), group("b", &["q"], 3, None)],
+        vec![group("a", &["q"], 400, None), group("b", &["q"], 3, None)],
     );
     let bytes = rec.encode();
     assert!(bytes.len() <= MAX_RECORD);
     let back = parse_record("big", &bytes).unwrap();
-    assert_eq!(back.instances_omitted, 200);
+    assert_eq!(back.instances_omitted, 400);
     assert!(back.groups[0].instances.is_empty());
-    assert_eq!(back.groups[0].total, 200);
+    assert_eq!(back.groups[0].total, 400);
     assert_eq!(back.groups[1].instances.len(), 3);
+}
+
+#[test]
+fn in_redis_an_instance_is_an_array_and_200_fit() {
+    let mut g = group("text", &["q"], 200, None);
+    g.instances[0].cpu_percent = Some(12.345_678);
+    g.instances[0].last_exit = Some("killed by SIGKILL".into());
+    let bytes = record("d", "1", vec![g]).encode();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert!(
+        text.contains(r#"["text-1","running",4242,3600,0,"killed by SIGKILL",52428800,12.3,1.2]"#),
+        "{text}"
+    );
+    let back = parse_record("d", &bytes).unwrap();
+    assert_eq!(back.instances_omitted, 0);
+    assert_eq!(back.groups[0].instances.len(), 200);
+    assert_eq!(back.groups[0].instances[0].cpu_percent, Some(12.3));
+    // Elsewhere (fleet DEVICE --json) an instance is an object.
+    let json = serde_json::to_value(&back).unwrap();
+    assert_eq!(json["groups"][0]["instances"][1]["id"], "text-2");
 }
 
 #[test]
