@@ -299,3 +299,142 @@ fn a_broker_outage_is_shown_and_workers_resume_without_restarts() {
     assert_eq!(after["pid"], pid, "not restarted");
     assert_eq!(after["restarts"], 0);
 }
+
+/// `clearifyctl fleet [args] --json` through `d`, parsed.
+fn fleet(d: &Daemon, args: &[&str]) -> Value {
+    let mut all = vec!["fleet"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = d.ctl(&all);
+    assert!(
+        out.status.success(),
+        "fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("fleet --json is JSON")
+}
+
+/// The row of `device` in `clearifyctl fleet --json`.
+fn device_row(view: &Value, device: &str) -> Option<Value> {
+    view["devices"]
+        .as_array()?
+        .iter()
+        .find(|d| d["device_id"] == device)
+        .cloned()
+}
+
+/// Waits until `device`'s row in `d`'s fleet view satisfies `done`.
+fn wait_row(d: &Daemon, device: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    wait_for(T, &format!("{device} {what}"), || {
+        device_row(&fleet(d, &[]), device).filter(|r| done(r))
+    })
+}
+
+/// Issue 14: three daemons with their own device ids on one redis-server,
+/// two of them with real Celery workers on a shared queue. Each sees all
+/// three with the right counts; a killed one is lost within 3 intervals, a
+/// stopped one shows as stopped, one restarted with another version string
+/// shows the skew, and the tasks sent to the shared queue show up in the
+/// consumers' tasks per minute.
+#[test]
+fn three_devices_on_one_redis_see_each_other_in_the_fleet() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let shared = "[group.text]\nqueues = [\"shared_text\"]\nconcurrency = 2\n";
+    let with_fleet = |cfg: String, id: &str| {
+        format!("{cfg}\n[fleet]\ninterval = \"1s\"\n")
+            .replace("device_id = \"ci\"", &format!("device_id = \"{id}\""))
+    };
+    let mut a = Daemon::new(&with_fleet(celery_config(&url, shared), "pi-a"));
+    let mut b = Daemon::new(&with_fleet(celery_config(&url, shared), "pi-b"));
+    let fake = fake_config(&url, "[group.img]\nqueues = [\"images\"]\ninstances = 2\n")
+        .replace("testdev", "vm-c");
+    let mut c = Daemon::new(&format!("{fake}\n[fleet]\ninterval = \"1s\"\n"));
+    a.start();
+    b.start();
+    c.start();
+    wait_consuming(&a, "text-1");
+    wait_consuming(&b, "text-1");
+    c.wait_state("img-2", "running", T);
+
+    // Every device sees all three, with their counts.
+    for d in [&a, &b, &c] {
+        wait_row(d, "vm-c", "2/2 running", |r| {
+            r["running"] == 2 && r["total"] == 2
+        });
+        let view = fleet(d, &[]);
+        assert_eq!(view["devices"].as_array().unwrap().len(), 3, "{view}");
+        for id in ["pi-a", "pi-b"] {
+            let r = device_row(&view, id).unwrap();
+            assert_eq!(
+                (r["running"].as_u64(), r["total"].as_u64()),
+                (Some(1), Some(1)),
+                "{r}"
+            );
+            assert_eq!(r["presence"], "up");
+            assert_eq!(r["version_skew"], false);
+        }
+    }
+
+    // Tasks on the shared queue: both consumers' tasks per minute.
+    let r = client(
+        &url,
+        &[
+            "many",
+            "demo.process_text",
+            r#"["fleet of three"]"#,
+            "shared_text",
+            "40",
+        ],
+    );
+    assert_eq!(r.len(), 40);
+    let queues = wait_for(T, "the shared queue's tasks per minute", || {
+        let v = fleet(&c, &["queues"]);
+        let q = v["queues"]
+            .as_array()?
+            .iter()
+            .find(|q| q["queue"] == "shared_text")?
+            .clone();
+        (q["tasks_per_minute"].as_f64()? > 0.0).then_some(q)
+    });
+    let consumers: Vec<&str> = queues["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(consumers, ["pi-a", "pi-b"], "{queues}");
+    assert_eq!(queues["concurrency"], 4);
+
+    // SIGKILL: lost within 3 intervals (plus a beat's slack).
+    c.signal(Signal::SIGKILL);
+    c.wait_exit(Duration::from_secs(5));
+    let t = Instant::now();
+    wait_row(&a, "vm-c", "lost", |r| r["presence"] == "lost");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+
+    // A clean stop: stopped, not lost.
+    b.signal(Signal::SIGTERM);
+    assert_eq!(b.wait_exit(T), 0);
+    let row = wait_row(&a, "pi-b", "stopped", |r| r["presence"] == "stopped");
+    assert_eq!(row["running"], 0);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        device_row(&fleet(&a, &[]), "pi-b").unwrap()["presence"],
+        "stopped"
+    );
+
+    // Back with another version string: the skew shows.
+    let mut cmd = b.command(Command::new(DAEMON));
+    cmd.env("CLEARIFY_FLEET_VERSION", "0.0.9-old");
+    b.spawn_command(cmd);
+    b.wait_ready();
+    let row = wait_row(&a, "pi-b", "up again with the old version", |r| {
+        r["presence"] == "up" && r["version"] == "0.0.9-old"
+    });
+    assert_eq!(row["version_skew"], true, "{row}");
+    let view = fleet(&a, &[]);
+    assert_eq!(view["common_version"], env!("CARGO_PKG_VERSION"));
+    // Problems first: the lost device leads.
+    assert_eq!(view["devices"][0]["device_id"], "vm-c", "{view}");
+}
