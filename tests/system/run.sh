@@ -195,6 +195,7 @@ for name in "${scenarios[@]}"; do
     mkdir -p "$share/systest" "$share/results" "$share/deb" "$share/examples"
     cp -a "$here/guest-runner.sh" "$here/lib.sh" "$here/tasks.py" "$here/attack_tasks.py" "$here/fixtures" "$here/scenarios" "$share/systest/"
     cp -a "$repo/examples/demo_app" "$share/examples/"
+    cp -a "$repo/packaging/apt-repo.sh" "$here/repo-lib.sh" "$share/systest/"   # 14-apt-repo, 15-upgrade-repo
     [ -n "$deb" ] && cp "$deb" "$share/deb/"
     chmod -R a+rX "$share"
     qemu-img create -q -f qcow2 -b "$img_dir/rootfs.raw" -F raw "$dir/disk.qcow2" || die "qemu-img create failed"
