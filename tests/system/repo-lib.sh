@@ -54,53 +54,34 @@ installed_version() { dpkg-query -W -f='${Version}' clearify-workerd 2>/dev/null
 # daemon_version: the version the running daemon reports (clearifyctl version).
 daemon_version() { clearifyctl version 2>/dev/null | sed -n 's/^clearify-workerd \([^ ]*\) (protocol .*/\1/p'; }
 
-# bump_version V: V with its last number one higher (0.1.0 -> 0.1.1), the
-# same length, or fail (the binaries are patched in place).
-bump_version() {
-    python3 - "$1" <<'PY'
-import re, sys
-v = sys.argv[1]
-m = re.fullmatch(r"(.*?)(\d+)", v)
-if not m:
-    sys.exit(f"cannot bump version {v!r}")
-new = m.group(1) + str(int(m.group(2)) + 1)
-if len(new) != len(v):
-    sys.exit(f"bumping {v} gives {new}, of another length")
-print(new)
-PY
+# next_deb N: the path of version N+1 in the share (deb-next/, made on the
+# host by make-next-deb.sh: binaries built by cargo at N+1, repacked into
+# the .deb with dpkg-deb, changelog bumped; run.sh --deb-next). Fails unless
+# it is the same package, newer than N.
+next_deb() {
+    local debs d
+    debs=$(ls -1 "$SYSTEST_SHARE"/deb-next/*.deb 2>/dev/null || true)
+    [ -n "$debs" ] || fail "no version N+1 in the share: run tests/system/make-next-deb.sh on the host (run.sh picks dist/next/ up, or --deb-next PATH)"
+    [ "$(echo "$debs" | wc -l)" = 1 ] || fail "more than one .deb in deb-next/: $debs"
+    d=$debs
+    [ "$(dpkg-deb -f "$d" Package)" = clearify-workerd ] || fail "$d is not clearify-workerd"
+    dpkg --compare-versions "$(dpkg-deb -f "$d" Version)" gt "$1" || fail "$d is not newer than $1"
+    echo "$d"
 }
 
-# make_next_deb IN OUT: version N+1 of the package IN, without a cargo build:
-# unpacked and repacked with dpkg-deb, Version bumped, an entry on top of the
-# package's changelog, and the version string inside both binaries patched
-# (same length) so that `clearify-workerd --version`, `clearifyctl version`
-# and the daemon's answer over the socket all say N+1. Prints N+1.
-make_next_deb() {
-    local in=$1 out=$2 ver next dir=/root/next-pkg cl
-    ver=$(dpkg-deb -f "$in" Version)
-    next=$(bump_version "$ver") || fail "cannot bump $ver"
-    rm -rf "$dir"
-    dpkg-deb -R "$in" "$dir"
-    sed -i "s/^Version: .*/Version: $next/" "$dir/DEBIAN/control"
-    python3 - "$ver" "$next" "$dir/usr/sbin/clearify-workerd" "$dir/usr/bin/clearifyctl" <<'PY' >&2 || fail "patching the binaries' version failed"
-import sys
-old, new = sys.argv[1].encode(), sys.argv[2].encode()
-for path in sys.argv[3:]:
-    data = open(path, "rb").read()
-    n = data.count(old)
-    if n == 0:
-        sys.exit(f"{path}: version {old!r} not found")
-    open(path, "wb").write(data.replace(old, new))
-    print(f"{path}: {n} occurrence(s) of {old.decode()} -> {new.decode()}")
-PY
-    for cl in "$dir"/usr/share/doc/clearify-workerd/changelog.Debian.gz "$dir"/usr/share/doc/clearify-workerd/changelog.gz; do
-        [ -f "$cl" ] || continue
-        { printf 'clearify-workerd (%s) bookworm; urgency=medium\n\n  * System test 15-upgrade-repo: version N+1, repacked from %s.\n\n -- Clearify Development <dev@clearify.invalid>  %s\n\n' \
-            "$next" "$ver" "$(date -R)"; zcat "$cl"; } | gzip -9n >"$cl.new"
-        mv "$cl.new" "$cl"
-    done
-    (cd "$dir" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | sort -z | xargs -0 md5sum >DEBIAN/md5sums)
-    dpkg-deb -b "$dir" "$out" >/dev/null || fail "dpkg-deb -b of version $next failed"
-    "$dir/usr/sbin/clearify-workerd" --version | grep -qF "$next" || fail "the patched clearify-workerd does not report $next"
-    echo "$next"
+# restart_and_wait: restart the unit; every worker running, text-1 consuming.
+restart_and_wait() {
+    systemctl restart "$UNIT" || fail "systemctl restart $UNIT failed"
+    wait_for 60 "$UNIT active" unit_is_active
+    wait_for 180 "all workers running" all_running
+    wait_for 240 "text-1@systest answers a Celery ping" celery_ready text-1@systest
+}
+
+# start_sleep_task SECS TAG: send demo.sleep to text_processing and wait
+# until it has started; sets SLEEP_ID and SLEEP_STARTED (ms).
+start_sleep_task() {
+    SLEEP_ID=$(tasks send demo.sleep text_processing "[$1, \"$2\"]") || fail "sending demo.sleep"
+    wait_for 120 "the $1 s task $2 started" sh -c \
+        "journalctl -u $UNIT -b --no-pager -o cat | grep -q 'sleep $2: start'"
+    SLEEP_STARTED=$(now_ms)
 }

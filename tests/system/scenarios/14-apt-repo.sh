@@ -59,10 +59,7 @@ assert_cmd "clearifyctl status answers" clearifyctl status
 step "the service runs workers from the installed package"
 write_env
 two_group_config
-systemctl restart "$UNIT" || fail "systemctl restart $UNIT failed"
-wait_for 60 "$UNIT active" unit_is_active
-wait_for 180 "all workers running" all_running
-wait_for 240 "text-1@systest answers a Celery ping" celery_ready text-1@systest
+restart_and_wait
 assert_cmd "tasks run" tasks batch text_processing 3 --timeout 180
 
 step "the same packages signed with another key are refused"
