@@ -49,8 +49,11 @@ if want system; then
     step "system tests in a Debian 12 VM"
     deb=$(ls -t dist/clearify-workerd_*_amd64.deb 2>/dev/null | head -n1)
     [ -n "$deb" ] || { echo "no dist/clearify-workerd_*_amd64.deb: run the deb stage first" >&2; exit 1; }
+    # 15-upgrade-repo upgrades to version N+1 of the package: built here
+    # (cargo, release; the binaries repacked into the .deb).
+    next=$(tests/system/make-next-deb.sh "$deb")
     # SYSTEM_SCENARIOS names the scenarios to run (default: all of them).
     # shellcheck disable=SC2086
-    tests/system/run.sh --deb "$deb" ${SYSTEM_SCENARIOS:-}
+    tests/system/run.sh --deb "$deb" --deb-next "$next" ${SYSTEM_SCENARIOS:-}
 fi
 step "all tests passed"

@@ -19,6 +19,9 @@
 #   --deb PATH     the .deb to install (default: $SYSTEST_DEB, or the newest
 #                  dist/clearify-workerd_*_amd64.deb of the repository)
 #   --keep-disk    keep each scenario's overlay disk (default: deleted)
+#   --deb-next PATH  version N+1 for 15-upgrade-repo (default:
+#                  $SYSTEST_DEB_NEXT, or the newest dist/next/*_amd64.deb,
+#                  made by make-next-deb.sh)
 #   --list         print the scenario names and exit
 # Environment: SYSTEST_OUT (default tests/system/out), SYSTEST_BOOT_TIMEOUT
 # (seconds for a boot to reach the runner, default 300), SYSTEST_CACHE.
@@ -31,10 +34,11 @@ boot_timeout=${SYSTEST_BOOT_TIMEOUT:-300}
 default_timeout=300
 max_phases=3
 deb=${SYSTEST_DEB:-}
+deb_next=${SYSTEST_DEB_NEXT:-}
 keep_disk=0
 names=()
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 # smoke first: when the VM itself is broken, it says so fastest.
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --deb) [ $# -ge 2 ] || die "--deb needs a path"; deb=$2; shift 2 ;;
         --deb=*) deb=${1#--deb=}; shift ;;
+        --deb-next) [ $# -ge 2 ] || die "--deb-next needs a path"; deb_next=$2; shift 2 ;;
         --keep-disk) keep_disk=1; shift ;;
         --list) all_scenarios; exit 0 ;;
         -h|--help) usage; exit 0 ;;
@@ -92,6 +97,12 @@ if [ -n "$deb" ]; then
     echo "run.sh: package: $deb"
 else
     echo "run.sh: no .deb given and none in $repo/dist: scenarios that install it will fail"
+fi
+
+[ -n "$deb_next" ] || deb_next=$(ls -1t "$repo"/dist/next/clearify-workerd_*_amd64.deb 2>/dev/null | head -1 || true)
+if [ -n "$deb_next" ]; then
+    [ -f "$deb_next" ] || die "no such .deb: $deb_next"
+    echo "run.sh: version N+1 (15-upgrade-repo): $deb_next"
 fi
 
 t_start=$(date +%s)
@@ -195,7 +206,9 @@ for name in "${scenarios[@]}"; do
     mkdir -p "$share/systest" "$share/results" "$share/deb" "$share/examples"
     cp -a "$here/guest-runner.sh" "$here/lib.sh" "$here/tasks.py" "$here/attack_tasks.py" "$here/fixtures" "$here/scenarios" "$share/systest/"
     cp -a "$repo/examples/demo_app" "$share/examples/"
+    cp -a "$repo/packaging/apt-repo.sh" "$here/repo-lib.sh" "$share/systest/"   # 14-apt-repo, 15-upgrade-repo
     [ -n "$deb" ] && cp "$deb" "$share/deb/"
+    [ -n "$deb_next" ] && mkdir -p "$share/deb-next" && cp "$deb_next" "$share/deb-next/"
     chmod -R a+rX "$share"
     qemu-img create -q -f qcow2 -b "$img_dir/rootfs.raw" -F raw "$dir/disk.qcow2" || die "qemu-img create failed"
     limit=$(scenario_timeout "$name")
