@@ -66,6 +66,18 @@ printf '%s\n' "$entry" | cat - "$src/debian/changelog" >"$work/changelog"
 mv "$work/changelog" "$src/debian/changelog"
 
 tdir=$repo/target/next-release
+# Seed the cache with the dependencies of a release build already made
+# (the deb stage's, else target/release): when their flags match, only this
+# crate is built instead of every dependency again.
+if [ ! -d "$tdir/release" ]; then
+    for seed in "$repo/target/deb-amd64/release" "$repo/target/release"; do
+        if [ -d "$seed/deps" ]; then
+            mkdir -p "$tdir"
+            cp -a "$seed" "$tdir/release"
+            break
+        fi
+    done
+fi
 echo "make-next-deb.sh: cargo build --release $ver -> $next (target dir $tdir)" >&2
 (cd "$src" && CARGO_TARGET_DIR=$tdir cargo build --release --locked --quiet \
     --bin clearify-workerd --bin clearifyctl) || die "cargo build of $next failed"
