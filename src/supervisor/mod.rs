@@ -87,11 +87,13 @@ struct BrokerView {
 }
 
 /// What the daemon was started with and keeps until it restarts, whatever
-/// a reload says: the broker it watches and the socket it serves.
+/// a reload says: the broker it watches, the socket it serves and the
+/// rate limit of worker lines.
 #[derive(Debug, Clone)]
 struct Running {
     broker: Option<BrokerConfig>,
     socket: PathBuf,
+    log_rate_limit: u32,
 }
 
 /// Everything the supervisor needs from the start-up sequence.
@@ -155,6 +157,7 @@ impl<E: Effects> Supervisor<E> {
             running: Running {
                 broker: setup.config.broker.clone(),
                 socket: setup.config.daemon.socket.clone(),
+                log_rate_limit: setup.config.daemon.log_rate_limit,
             },
             limits_line: setup.limits_line,
             effects: setup.effects,
