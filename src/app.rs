@@ -223,7 +223,8 @@ impl Started {
             logs.clone(),
             self.notifier,
             self.records,
-        );
+        )
+        .with_log_rate_limit(config.daemon.log_rate_limit);
         let setup = Setup {
             config,
             limits_line: self.limits_line,

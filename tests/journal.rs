@@ -313,7 +313,7 @@ sys.stderr.write("tail without newline")
     let store = LogStore::new();
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
     let (stdout, stderr) = pipes(&mut child);
-    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, None, store.clone()));
     assert!(child.wait().await.unwrap().success());
     p.await.unwrap();
     let got = collector.finish();
@@ -394,7 +394,7 @@ err(b"err last")
     let store = LogStore::new();
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
     let (stdout, stderr) = pipes(&mut child);
-    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, None, store.clone()));
 
     // stdout is at EOF and the worker waits: the pump must still run
     let until = Instant::now() + Duration::from_secs(10);
@@ -489,7 +489,7 @@ out.flush()
     let sink = Arc::new(Sink::Journal(JournalSender::with_path(&path)));
     let store = LogStore::new();
     let (stdout, stderr) = pipes(&mut child);
-    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, store.clone()));
+    let p = tokio::spawn(pump(stdout, stderr, meta(pid), sink, None, store.clone()));
     assert!(child.wait().await.unwrap().success());
     p.await.unwrap();
     let got = collector.finish();
@@ -532,6 +532,7 @@ async fn a_lone_line_is_not_held_back() {
         stderr,
         meta(child.id().unwrap()),
         sink,
+        None,
         LogStore::new(),
     ));
     let first = tokio::task::spawn_blocking(move || {
@@ -572,6 +573,7 @@ async fn a_burst_blocks_the_worker_instead_of_dropping_or_buffering() {
         stderr,
         meta(child.id().unwrap()),
         sink,
+        None,
         store.clone(),
     ));
 
@@ -612,6 +614,7 @@ async fn without_journald_the_pump_still_finishes_and_keeps_lines() {
         stderr,
         meta(child.id().unwrap()),
         sink,
+        None,
         store.clone(),
     ));
     child.wait().await.unwrap();

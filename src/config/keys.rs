@@ -359,6 +359,11 @@ pub(super) const DAEMON_KEYS: &[SectionKey] = &[
         Some(Dflt::Toml("false")),
         "refuse to start when cgroup v2 limits cannot be applied",
     ),
+    key(
+        "log_rate_limit",
+        Some(Dflt::Toml("200")),
+        "worker records per second at info and below that go to journald, all groups together, split evenly between the groups; warnings and errors always pass; 0 turns the limit off",
+    ),
 ];
 
 /// `[broker]` (required when a group exists; exactly one of `url` and

@@ -62,6 +62,13 @@ pub const MAX_SIZE: u64 = 1 << 50;
 pub const MAX_PIDS: u64 = 4_194_304;
 /// Largest `cpu_max`, in CPUs.
 pub const MAX_CPUS: f64 = 1024.0;
+/// Default `[daemon] log_rate_limit`, records per second at info and
+/// below, all groups together: with the burst of 10 s of the rate, at most
+/// 200 × 10 + 200 × 30 = 8,000 in journald's 30 s window, below its default
+/// limit of 10,000 per unit (`logs::RateLimits` has the arithmetic).
+pub const DEFAULT_LOG_RATE_LIMIT: u32 = 200;
+/// Largest `[daemon] log_rate_limit`, records per second.
+pub const MAX_LOG_RATE_LIMIT: u32 = 1_000_000;
 /// Longest group name: it is a cgroup directory and part of the node name.
 pub const MAX_GROUP_NAME: usize = 64;
 /// Group names the daemon uses itself (its own cgroup leaf).
@@ -105,6 +112,9 @@ pub struct DaemonConfig {
     pub device_id: String,
     pub admin_group: String,
     pub require_limits: bool,
+    /// Worker records per second at info and below, all groups together,
+    /// before journald (`logs::RateLimits`); 0: no limit.
+    pub log_rate_limit: u32,
 }
 
 /// `[fleet]`: this device's record in the shared Redis (docs/fleet.md).

@@ -444,6 +444,29 @@ fn malformed_durations_and_sizes() {
     assert_error(&diags, "group.g.cpu_max", 11, 11, "at least 0.01");
 }
 
+/// `[daemon] log_rate_limit`: 200 by default, 0 (off) to 1,000,000.
+#[test]
+fn the_log_rate_limit_has_a_default_and_a_bound() {
+    let fx = Fx::new();
+    let c = fx.ok(&with_base("")).config;
+    assert_eq!(c.daemon.log_rate_limit, DEFAULT_LOG_RATE_LIMIT);
+    assert_eq!(DEFAULT_LOG_RATE_LIMIT, 200);
+    for n in [0, 1_000_000] {
+        let c = fx
+            .ok(&format!("[daemon]\nlog_rate_limit = {n}\n{BASE}"))
+            .config;
+        assert_eq!(c.daemon.log_rate_limit, n);
+    }
+    for (v, needle) in [
+        ("1000001", "from 0 to 1000000, found 1000001"),
+        ("-1", "from 0 to 1000000, found -1"),
+        ("\"fast\"", "an integer"),
+    ] {
+        let diags = fx.errors(&format!("[daemon]\nlog_rate_limit = {v}\n{BASE}"));
+        assert_error(&diags, "daemon.log_rate_limit", 2, 18, needle);
+    }
+}
+
 #[test]
 fn every_count_duration_and_size_is_bounded() {
     let fx = Fx::new();

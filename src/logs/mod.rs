@@ -1,10 +1,12 @@
 //! Worker output: line framing, Celery level → syslog priority, grouping of
 //! multi-line records, the journald native-protocol sender, the stderr sink,
-//! the per-instance ring buffers, and the daemon's own logging setup.
+//! the per-instance ring buffers, the per-group rate limit, and the
+//! daemon's own logging setup.
 //!
 //! # The path of a worker's output
 //! ```text
-//! pipe ──read──► LineFramer ──Line──► Grouper ──Record──► Sink (journald | stderr)
+//! pipe ──read──► LineFramer ──Line──► Grouper ──Record──► GroupLimit ──► Sink (journald | stderr)
+//!                              │                        (info and below: a token, or dropped and counted)
 //!                              └────► LogStore (ring buffer, one entry per line)
 //! ```
 //! Everything is bytes: a worker may print anything, and invalid UTF-8 must
@@ -18,6 +20,13 @@
 //! stream. It awaits every send, so when journald (or the daemon's stderr)
 //! is slow, the pump stops reading, the pipes fill and the worker blocks in
 //! `write()`. There is no queue that could grow.
+//!
+//! # Rate limit
+//! Before a record at info or below is written, it takes a token from its
+//! group's bucket ([`ratelimit`], `[daemon] log_rate_limit`); without one
+//! it is dropped and counted, and the drops are reported as one warning per
+//! group every few seconds. Warnings and errors always pass. So one chatty
+//! group cannot exhaust journald's per-unit limit for the others.
 //!
 //! # Grouping rule (one record = one journal entry)
 //! A line *starts a new record* when it is a Celery log header
@@ -61,6 +70,7 @@ mod framer;
 mod grouper;
 mod journald;
 mod pump;
+mod ratelimit;
 mod ring;
 mod sink;
 #[cfg(test)]
@@ -72,6 +82,9 @@ pub use framer::{Line, LineFramer, MAX_RECORD};
 pub use grouper::{Grouper, MAX_HOLD, QUIET, Record};
 pub use journald::{JOURNAL_SOCKET, JournalSender, decode_entry, encode_field};
 pub use pump::pump;
+pub use ratelimit::{
+    BURST_SECS, GroupLimit, LIMITED_PRIORITY, REPORT_EVERY, RateLimits, TokenBucket, thousands,
+};
 pub use ring::{LogStore, MAX_STORED_LINE, RING_BYTES, RING_LINES};
 pub use sink::{SYSLOG_IDENTIFIER, Sink, Stream, WorkerMeta, encode_record, format_stderr};
 pub use tracing_setup::{

@@ -12,6 +12,7 @@ use tokio::net::unix::pipe::Receiver;
 
 use super::framer::{Line, LineFramer, MAX_RECORD};
 use super::grouper::{Grouper, Record};
+use super::ratelimit::GroupLimit;
 use super::ring::LogStore;
 use super::sink::{Sink, Stream, WorkerMeta};
 
@@ -105,6 +106,8 @@ struct Pump {
     pipes: [Pipe; 2],
     meta: Arc<WorkerMeta>,
     sink: Arc<Sink>,
+    /// The group's rate limit for records at info and below; `None`: off.
+    limit: Option<Arc<GroupLimit>>,
     store: LogStore,
     ready: [Ready; 2],
     /// Position in the round: 0, 1 read pipe 0, 1; 2, 3 poll the grouping
@@ -187,6 +190,11 @@ impl Pump {
             let mut timer = None;
             loop {
                 while let Some((i, record)) = this.next_record() {
+                    if let Some(l) = &this.limit
+                        && !l.admit(&record)
+                    {
+                        continue;
+                    }
                     // Awaiting the sink is the backpressure. Boxed: the
                     // sink's future (journald socket readiness, memfd path)
                     // is larger than the rest of the pump and exists only
@@ -262,11 +270,16 @@ fn arm(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Option<Instan
 /// A pipe that has something to read is read before its quiet time may end
 /// a record; each round reads at most one buffer from each ready pipe, so
 /// a flood on one stream does not starve the other.
+///
+/// `limit` is the group's share of the rate limit (see [`super::ratelimit`]):
+/// records at info and below beyond it are dropped (and counted) instead of
+/// written; every line still goes to the store.
 pub fn pump(
     stdout: Receiver,
     stderr: Receiver,
     meta: Arc<WorkerMeta>,
     sink: Arc<Sink>,
+    limit: Option<Arc<GroupLimit>>,
     store: LogStore,
 ) -> impl Future<Output = ()> + Send + 'static {
     // Not an async fn: its future would keep room for the arguments too.
@@ -277,6 +290,7 @@ pub fn pump(
         ],
         meta,
         sink,
+        limit,
         store,
         ready: [Ready::No; 2],
         step: ROUND_OVER,
@@ -316,7 +330,7 @@ mod tests {
             let write = sink.write(&m, Stream::Stdout, &rec);
             let write_size = std::mem::size_of_val(&write);
             drop(write);
-            let f = pump(out, err, m.clone(), sink.clone(), LogStore::new());
+            let f = pump(out, err, m.clone(), sink.clone(), None, LogStore::new());
             let size = std::mem::size_of_val(&f);
             eprintln!(
                 "pump future: {size} bytes for both pipes (sink write future: {write_size} bytes, boxed)"

@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 use super::Msg;
 use super::machine::StopSignal;
 use crate::broker::{self, BrokerEvent, BrokerSettings, Monitor, Watched};
-use crate::logs::{self, LogStore, Sink, WorkerMeta};
+use crate::logs::{self, LogStore, RateLimits, Sink, WorkerMeta};
 use crate::model::ExitReason;
 use crate::model::fleet::DeviceRecord;
 use crate::plan::{InstanceSpec, Limits};
@@ -162,6 +162,8 @@ pub struct SysEffects {
     cgroups: Option<Arc<CgroupTree>>,
     leaves: HashMap<String, Leaf>,
     sink: Arc<Sink>,
+    /// The per-group rate limits of worker records at info and below.
+    log_limits: RateLimits,
     logs: LogStore,
     notifier: Notifier,
     /// The main pids of the live runs, for the kill tasks.
@@ -185,11 +187,19 @@ impl SysEffects {
             cgroups: cgroups.map(Arc::new),
             leaves: HashMap::new(),
             sink: Arc::new(sink),
+            log_limits: RateLimits::new(0),
             logs,
             notifier,
             live: process::LiveMains::default(),
             records,
         }
+    }
+
+    /// Limit worker records at info and below to `per_second` for all
+    /// groups together (`[daemon] log_rate_limit`; 0: no limit).
+    pub fn with_log_rate_limit(mut self, per_second: u32) -> Self {
+        self.log_limits = RateLimits::new(per_second);
+        self
     }
 
     /// Record a run that was just started, for the next daemon (see
@@ -221,6 +231,7 @@ impl SysEffects {
 
 impl Effects for SysEffects {
     fn prepare_group(&mut self, group: &str, limits: &Limits) {
+        self.log_limits.add_group(group);
         let Some(t) = &self.cgroups else { return };
         match t.prepare_group(group, limits) {
             Ok(warnings) => {
@@ -235,6 +246,7 @@ impl Effects for SysEffects {
     }
 
     fn remove_group(&mut self, group: &str) {
+        self.log_limits.remove_group(group);
         if let Some(t) = &self.cgroups
             && let Err(e) = t.remove_group(group)
         {
@@ -264,6 +276,7 @@ impl Effects for SysEffects {
             sp.stderr,
             meta,
             self.sink.clone(),
+            self.log_limits.of(&spec.group),
             self.logs.clone(),
         ));
         self.live.insert(sp.pid);

@@ -90,11 +90,15 @@ struct BrokerView {
 }
 
 /// What the daemon was started with and keeps until it restarts, whatever
-/// a reload says: the broker it watches and the socket it serves.
+/// a reload says: the broker it watches, the socket it serves and the
+/// rate limit of worker lines.
 #[derive(Debug, Clone)]
 struct Running {
     broker: Option<BrokerConfig>,
     socket: PathBuf,
+    log_rate_limit: u32,
+    /// The fleet settings the broker monitor was started with.
+    fleet: config::FleetConfig,
 }
 
 /// Everything the supervisor needs from the start-up sequence.
@@ -166,6 +170,8 @@ impl<E: Effects> Supervisor<E> {
             running: Running {
                 broker: setup.config.broker.clone(),
                 socket: setup.config.daemon.socket.clone(),
+                log_rate_limit: setup.config.daemon.log_rate_limit,
+                fleet: setup.config.fleet.clone(),
             },
             limits_line: setup.limits_line,
             effects: setup.effects,
@@ -304,6 +310,7 @@ impl<E: Effects> Supervisor<E> {
         if self.machine.plan().groups.is_empty() {
             return;
         }
+        self.running.fleet = self.config.fleet.clone();
         let fleet = fleet::fleet_settings(&self.config);
         let settings = broker_settings(b, fleet.clone());
         self.publisher = fleet.map(fleet::Publisher::new);

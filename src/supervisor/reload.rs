@@ -57,7 +57,11 @@ impl<E: Effects> Supervisor<E> {
         let restart_needed = [
             ("[daemon].socket", new.daemon.socket != self.running.socket),
             ("[broker]", new.broker != self.running.broker),
-            ("[fleet]", new.fleet != self.config.fleet),
+            ("[fleet]", new.fleet != self.running.fleet),
+            (
+                "[daemon].log_rate_limit",
+                new.daemon.log_rate_limit != self.running.log_rate_limit,
+            ),
         ];
         for (what, _) in restart_needed.iter().filter(|(_, changed)| *changed) {
             warnings.push(format!(

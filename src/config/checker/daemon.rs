@@ -1,4 +1,5 @@
-//! `[daemon]`: socket, device_id, admin_group, require_limits.
+//! `[daemon]`: socket, device_id, admin_group, require_limits,
+//! log_rate_limit.
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ impl Checker<'_> {
         let mut device_id = None;
         let mut admin_group = DEFAULT_ADMIN_GROUP.to_string();
         let mut require_limits = false;
+        let mut log_rate_limit = DEFAULT_LOG_RATE_LIMIT;
         let mut ok = true;
         if let Some(v) = v
             && let Some(t) = self.table(v, "daemon")
@@ -61,6 +63,12 @@ impl Checker<'_> {
                         Some(b) => require_limits = b,
                         None => ok = false,
                     },
+                    "log_rate_limit" => {
+                        match self.int_in(v, &key, 0, i64::from(MAX_LOG_RATE_LIMIT)) {
+                            Some(n) => log_rate_limit = u32::try_from(n).unwrap_or(u32::MAX),
+                            None => ok = false,
+                        }
+                    }
                     _ => {
                         self.unknown_key(&k.span(), "daemon", name, &section_key_names(DAEMON_KEYS))
                     }
@@ -76,6 +84,7 @@ impl Checker<'_> {
             device_id,
             admin_group,
             require_limits,
+            log_rate_limit,
         })
     }
 
