@@ -53,4 +53,14 @@ if want system; then
     # shellcheck disable=SC2086
     tests/system/run.sh --deb "$deb" ${SYSTEM_SCENARIOS:-}
 fi
+if want system-arm64; then
+    step "arm64 system tests in a Debian 12 arm64 VM (qemu-system-aarch64, TCG)"
+    deb=$(ls -t dist/clearify-workerd_*_arm64.deb 2>/dev/null | head -n1)
+    [ -n "$deb" ] || { echo "no dist/clearify-workerd_*_arm64.deb: run the deb stage first" >&2; exit 1; }
+    # SYSTEM_ARM64_SCENARIOS names the scenarios (default: run.sh's arm64
+    # subset: 01-install 02-tasks 03-crash 04-journald 05-limits 08-warm-stop
+    # 10-remove-purge).
+    # shellcheck disable=SC2086
+    tests/system/run.sh --arch arm64 --deb "$deb" ${SYSTEM_ARM64_SCENARIOS:-}
+fi
 step "all tests passed"
