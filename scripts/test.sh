@@ -16,7 +16,7 @@
 # qemu-system-aarch64 (TCG) and runs the arm64 subset of the scenarios
 # (install, tasks on two groups, SIGKILL restart, journald fields, OOM
 # restart, warm stop, purge). Measured, it adds about 20 min of image build
-# and 6-9 min per scenario, which would take the CI run past 75 min
+# and 3-9 min per scenario (41 min for the 7), which would take the CI run past 75 min
 # (tests/system/README.md, "arm64"). Run it with: scripts/test.sh system-arm64
 # (after the deb stage has built dist/clearify-workerd_*_arm64.deb).
 set -euo pipefail
