@@ -1,8 +1,14 @@
 #!/bin/bash
 # Build (or reuse) the Debian 12 VM image for the clearify-workerd system tests.
 #
-#   tests/system/build-image.sh [--print-dir] [--force]
+#   tests/system/build-image.sh [--print-dir] [--force] [--arch amd64|arm64]
 #
+# --arch (or $SYSTEST_ARCH; default amd64) is the Debian architecture of the
+# image. arm64 is built on an amd64 host: mmdebstrap runs the maintainer
+# scripts through qemu-user (qemu-user-static, registered in binfmt_misc;
+# this script mounts binfmt_misc and registers qemu-aarch64 when needed),
+# installs linux-image-arm64 instead of linux-image-amd64, and caches under
+# /var/cache/clearify-systest-arm64 instead.
 # The image is cached outside the repository, under $SYSTEST_CACHE
 # (default /var/cache/clearify-systest), in a directory named by a hash of
 # everything that goes into it: this script, image/packages.txt and the files
@@ -20,18 +26,26 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-cache_root=${SYSTEST_CACHE:-/var/cache/clearify-systest}
+arch=${SYSTEST_ARCH:-amd64}
 sources=${SYSTEST_APT_SOURCES:-/etc/apt/sources.list.d/debian.sources}
 image_size=${SYSTEST_IMAGE_SIZE:-4G}
 force=0
-for arg in "$@"; do
-    case "$arg" in
+while [ $# -gt 0 ]; do
+    case "$1" in
         --force) force=1 ;;
         --print-dir) ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-        *) echo "build-image.sh: unknown argument: $arg" >&2; exit 2 ;;
+        --arch) [ $# -ge 2 ] || { echo "build-image.sh: --arch needs a value" >&2; exit 2; }; arch=$2; shift ;;
+        --arch=*) arch=${1#--arch=} ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        *) echo "build-image.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
+    shift
 done
+case "$arch" in
+    amd64) cache_root=${SYSTEST_CACHE:-/var/cache/clearify-systest} ;;
+    arm64) cache_root=${SYSTEST_CACHE:-/var/cache/clearify-systest-arm64} ;;
+    *) echo "build-image.sh: unsupported --arch '$arch' (amd64, arm64)" >&2; exit 2 ;;
+esac
 
 die() { echo "build-image.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap and chroot)"
@@ -39,11 +53,24 @@ for tool in mmdebstrap mke2fs chroot sha256sum flock; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install mmdebstrap e2fsprogs)"
 done
 [ -r "$sources" ] || die "no apt sources file at $sources (set SYSTEST_APT_SOURCES)"
+if [ "$arch" != "$(dpkg --print-architecture)" ]; then
+    # A foreign image: its maintainer scripts and the chroot commands below
+    # run through qemu-user, which the kernel finds through binfmt_misc.
+    binfmt=/proc/sys/fs/binfmt_misc
+    [ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt" \
+        || die "cannot mount binfmt_misc on $binfmt"
+    if [ ! -e "$binfmt/qemu-aarch64" ]; then
+        conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+        [ -r "$conf" ] || die "no $conf (apt-get install qemu-user-static; tests/system/install-deps.sh does)"
+        /lib/systemd/systemd-binfmt "$conf" || die "cannot register qemu-aarch64 in binfmt_misc"
+    fi
+    grep -qx enabled "$binfmt/qemu-aarch64" || die "qemu-aarch64 is registered in binfmt_misc but disabled"
+fi
 
 # The cache key: every input of the image, by content.
 key=$(
     cd "$here"
-    { cat build-image.sh; for f in image/*; do echo "== $f"; cat "$f"; done; } | sha256sum | cut -c1-16
+    { cat build-image.sh; for f in image/*; do echo "== $f"; cat "$f"; done; [ "$arch" = amd64 ] || echo "== arch $arch"; } | sha256sum | cut -c1-16
 )
 dir=$cache_root/$key
 mkdir -p "$cache_root"
@@ -65,15 +92,23 @@ log=$work/build.log
 t0=$(date +%s)
 echo "build-image.sh: building $dir (log: $log)" >&2
 
-mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$here/image/packages.txt")
+mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e "s/^linux-image-amd64\$/linux-image-$arch/" "$here/image/packages.txt")
 include=$(IFS=,; echo "${pkgs[*]}")
 
-# mmdebstrap: essential + apt, plus our packages, without Recommends.
-if ! timeout 1800 mmdebstrap \
+# mmdebstrap: essential + apt, plus our packages, without Recommends. The
+# essential hook makes the kernel package's own initrd a small one (conf.d
+# overrides initramfs.conf): a full MODULES=most initrd takes 15+ min when
+# it is built through qemu-user for arm64, and is replaced below anyway.
+# Through qemu-user (arm64) every maintainer script is emulated: more time.
+mmdebstrap_limit=1800
+[ "$arch" = amd64 ] || mmdebstrap_limit=3600
+if ! timeout "$mmdebstrap_limit" mmdebstrap \
         --variant=apt \
+        --architectures="$arch" \
         --aptopt='APT::Install-Recommends "false"' \
         --aptopt='Acquire::Retries "3"' \
         --include="$include" \
+        --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && printf "MODULES=list\nCOMPRESS=gzip\n" >"$1/etc/initramfs-tools/conf.d/systest.conf"' \
         --dpkgopt='path-exclude=/usr/share/doc/*' \
         --dpkgopt='path-include=/usr/share/doc/*/copyright' \
         --dpkgopt='path-exclude=/usr/share/man/*' \

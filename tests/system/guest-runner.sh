@@ -3,7 +3,8 @@
 # systest-runner.service through /usr/local/sbin/systest-boot).
 #
 # Reads $SHARE/run.conf (written by run.sh): SYSTEST_SCENARIO, SYSTEST_PHASE,
-# SYSTEST_TIMEOUT. Waits for the boot to finish, runs the scenario script as
+# SYSTEST_TIMEOUT, SYSTEST_TIME_FACTOR (the multiplier of every wait: 1 on
+# amd64, more on slower emulated architectures). Waits for the boot to finish, runs the scenario script as
 # root with a hard timeout, writes into $SHARE/results/:
 #   phase<N>.started   guest uptime (s) when the runner began, and the boot state
 #   phase<N>.log       the scenario's stdout and stderr
@@ -21,11 +22,12 @@ say() { echo "SYSTEST: $*" >/dev/console; }
 scenario=$SYSTEST_SCENARIO
 phase=$SYSTEST_PHASE
 limit=$SYSTEST_TIMEOUT
+factor=${SYSTEST_TIME_FACTOR:-1}
 mkdir -p "$RESULTS"
 
 up=$(cut -d' ' -f1 /proc/uptime)
 say "runner up at ${up}s, waiting for the boot to finish"
-state=$(timeout 180 systemctl is-system-running --wait 2>&1)
+state=$(timeout $((180 * factor)) systemctl is-system-running --wait 2>&1)
 up2=$(cut -d' ' -f1 /proc/uptime)
 printf 'runner_uptime=%s\nboot_done_uptime=%s\nsystem_state=%s\n' "$up" "$up2" "$state" >"$RESULTS/phase$phase.started.tmp"
 if [ "$state" != running ]; then
@@ -35,7 +37,7 @@ mv "$RESULTS/phase$phase.started.tmp" "$RESULTS/phase$phase.started"
 say "boot finished at ${up2}s (state: $state); running $scenario phase $phase (timeout ${limit}s)"
 
 export SYSTEST_SHARE=$SHARE SYSTEST_RESULTS=$RESULTS SYSTEST_PHASE=$phase SYSTEST_SCENARIO=$scenario
-export SYSTEST_LIB=$SHARE/systest/lib.sh
+export SYSTEST_LIB=$SHARE/systest/lib.sh SYSTEST_TIME_FACTOR=$factor
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 cd /root || exit 1
 t0=$(date +%s)

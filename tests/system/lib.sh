@@ -7,6 +7,10 @@ set -euo pipefail
 SYSTEST_SHARE=${SYSTEST_SHARE:-/mnt/share}
 SYSTEST_RESULTS=${SYSTEST_RESULTS:-$SYSTEST_SHARE/results}
 SYSTEST_PHASE=${SYSTEST_PHASE:-1}
+# Multiplies every wait below (wait_for, celery_ready, tasks): 1 on amd64;
+# run.sh --arch arm64 sets 3 (TCG emulating arm64 is slower).
+SYSTEST_TIME_FACTOR=${SYSTEST_TIME_FACTOR:-1}
+export SYSTEST_TIME_FACTOR
 DEMO_SRC=$SYSTEST_SHARE/examples/demo_app
 # Where the scenarios install the example app inside the guest (the 9p share
 # is root-owned and not a place for the service user's workdir).
@@ -65,9 +69,9 @@ assert_exit() { # expected_code what cmd...
 }
 
 # wait_for SECS what cmd...: poll the command every 0.25 s until it succeeds;
-# fail the scenario after SECS seconds.
+# fail the scenario after SECS (times SYSTEST_TIME_FACTOR) seconds.
 wait_for() {
-    local secs=$1 what=$2; shift 2
+    local secs=$(($1 * SYSTEST_TIME_FACTOR)) what=$2; shift 2
     local deadline=$(( $(date +%s%N) / 1000000 + secs * 1000 )) start=$(date +%s%N)
     until "$@" >/dev/null 2>&1; do
         if [ $(( $(date +%s%N) / 1000000 )) -ge "$deadline" ]; then
@@ -101,7 +105,7 @@ install_demo_app() {
 deb_path() {
     local debs
     debs=$(ls -1 "$SYSTEST_SHARE"/deb/*.deb 2>/dev/null || true)
-    [ -n "$debs" ] || fail "no .deb in the share: pass run.sh --deb PATH (or build dist/clearify-workerd_*_amd64.deb first)"
+    [ -n "$debs" ] || fail "no .deb in the share: pass run.sh --deb PATH (or build dist/clearify-workerd_*_<arch>.deb first)"
     [ "$(echo "$debs" | wc -l)" = 1 ] || fail "more than one .deb in the share: $debs"
     echo "$debs"
 }
@@ -248,7 +252,7 @@ start_service_and_wait() {
 
 # celery_ready NODE: the node answers a Celery ping (it consumes).
 celery_ready() {
-    (cd "$APP_DIR" && timeout 20 python3 -m celery -A demo.celery_app inspect ping -d "$1" -t 3) >/dev/null 2>&1
+    (cd "$APP_DIR" && timeout $((20 * SYSTEST_TIME_FACTOR)) python3 -m celery -A demo.celery_app inspect ping -d "$1" -t $((3 * SYSTEST_TIME_FACTOR))) >/dev/null 2>&1
 }
 
 # install_attack_tasks: the hostile task module (attack_tasks.py) next to the
@@ -258,8 +262,9 @@ install_attack_tasks() {
     (cd "$APP_DIR" && python3 -c 'import attack_tasks') || fail "attack_tasks does not import from $APP_DIR"
 }
 
-# tasks.py: send tasks with the example app and check their results.
-tasks() { (cd "$APP_DIR" && timeout 600 python3 "$SYSTEST_SHARE/systest/tasks.py" "$@"); }
+# tasks.py: send tasks with the example app and check their results (its
+# --timeout is multiplied by SYSTEST_TIME_FACTOR in tasks.py).
+tasks() { (cd "$APP_DIR" && timeout $((600 * SYSTEST_TIME_FACTOR)) python3 "$SYSTEST_SHARE/systest/tasks.py" "$@"); }
 
 # pids of the processes in a cgroup (recursively), one per line.
 cgroup_pids() { find "$1" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -n; }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run the clearify-workerd system tests in a Debian 12 VM.
 #
-#   tests/system/run.sh [--deb PATH] [--keep-disk] [--list] [SCENARIO...]
+#   tests/system/run.sh [--arch amd64|arm64] [--deb PATH] [--keep-disk] [--list] [SCENARIO...]
 #
 # SCENARIO is a file name under scenarios/ without ".sh" (e.g. smoke,
 # 02-tasks) or its number (2). Default: every scenario, in order.
@@ -16,8 +16,13 @@
 # fails, or a scenario produced no result. Never passes vacuously.
 #
 # Options:
+#   --arch ARCH    amd64 (default, or $SYSTEST_ARCH) or arm64: an arm64 image
+#                  (build-image.sh --arch arm64) on qemu-system-aarch64
+#                  (-M virt -cpu cortex-a72, TCG); its default scenarios are
+#                  the arm64 subset (ARM64_SCENARIOS below), and every
+#                  timeout is multiplied by $SYSTEST_TIME_FACTOR (default 3)
 #   --deb PATH     the .deb to install (default: $SYSTEST_DEB, or the newest
-#                  dist/clearify-workerd_*_amd64.deb of the repository)
+#                  dist/clearify-workerd_*_ARCH.deb of the repository)
 #   --keep-disk    keep each scenario's overlay disk (default: deleted)
 #   --deb-next PATH  version N+1 for 15-upgrade-repo (default:
 #                  $SYSTEST_DEB_NEXT, or the newest dist/next/*_amd64.deb,
@@ -35,10 +40,15 @@ default_timeout=300
 max_phases=3
 deb=${SYSTEST_DEB:-}
 deb_next=${SYSTEST_DEB_NEXT:-}
+arch=${SYSTEST_ARCH:-amd64}
+# The scenarios an arm64 run does by default (issue 16 §1): install, tasks on
+# two groups, a SIGKILL restart, journald fields, a memory_max OOM restart,
+# warm stop, purge.
+ARM64_SCENARIOS=(01-install 02-tasks 03-crash 04-journald 05-limits 08-warm-stop 10-remove-purge)
 keep_disk=0
 names=()
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 # smoke first: when the VM itself is broken, it says so fastest.
@@ -49,6 +59,8 @@ while [ $# -gt 0 ]; do
         --deb) [ $# -ge 2 ] || die "--deb needs a path"; deb=$2; shift 2 ;;
         --deb=*) deb=${1#--deb=}; shift ;;
         --deb-next) [ $# -ge 2 ] || die "--deb-next needs a path"; deb_next=$2; shift 2 ;;
+        --arch) [ $# -ge 2 ] || die "--arch needs amd64 or arm64"; arch=$2; shift 2 ;;
+        --arch=*) arch=${1#--arch=}; shift ;;
         --keep-disk) keep_disk=1; shift ;;
         --list) all_scenarios; exit 0 ;;
         -h|--help) usage; exit 0 ;;
@@ -57,14 +69,34 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-for tool in qemu-system-x86_64 qemu-img mmdebstrap mke2fs; do
+# Per architecture: the QEMU binary and machine, the serial console, and a
+# factor for every timeout (TCG emulating arm64 is slower than amd64).
+case "$arch" in
+    amd64)
+        qemu=qemu-system-x86_64
+        machine=(-cpu max)
+        console_dev=ttyS0
+        time_factor=${SYSTEST_TIME_FACTOR:-1}
+        ;;
+    arm64)
+        qemu=qemu-system-aarch64
+        machine=(-M virt -cpu cortex-a72)
+        console_dev=ttyAMA0
+        time_factor=${SYSTEST_TIME_FACTOR:-3}
+        ;;
+    *) die "unsupported --arch '$arch' (amd64, arm64)" ;;
+esac
+[[ "$time_factor" =~ ^[1-9][0-9]?$ ]] || die "SYSTEST_TIME_FACTOR must be an integer 1..99, got '$time_factor'"
+boot_timeout=$((boot_timeout * time_factor))
+
+for tool in "$qemu" qemu-img mmdebstrap mke2fs; do
     if ! command -v "$tool" >/dev/null; then
         echo "run.sh: $tool missing: running install-deps.sh"
-        "$here/install-deps.sh" || die "could not install the tools (see install-deps.sh)"
+        "$here/install-deps.sh" --arch "$arch" || die "could not install the tools (see install-deps.sh)"
         break
     fi
 done
-for tool in qemu-system-x86_64 qemu-img timeout; do
+for tool in "$qemu" qemu-img timeout; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (tests/system/install-deps.sh installs it)"
 done
 
@@ -72,6 +104,9 @@ done
 mapfile -t available < <(all_scenarios)
 [ "${#available[@]}" -gt 0 ] || die "no scenarios under $here/scenarios"
 scenarios=()
+if [ "${#names[@]}" = 0 ] && [ "$arch" = arm64 ]; then
+    names=("${ARM64_SCENARIOS[@]}")
+fi
 if [ "${#names[@]}" = 0 ]; then
     scenarios=("${available[@]}")
 else
@@ -89,12 +124,16 @@ fi
 
 # The .deb, if any. A scenario that needs it fails loudly without it.
 if [ -z "$deb" ]; then
-    deb=$(ls -1t "$repo"/dist/clearify-workerd_*_amd64.deb 2>/dev/null | head -1 || true)
+    deb=$(ls -1t "$repo"/dist/clearify-workerd_*_"$arch".deb 2>/dev/null | head -1 || true)
 fi
 if [ -n "$deb" ]; then
     [ -f "$deb" ] || die "no such .deb: $deb"
     deb=$(cd "$(dirname "$deb")" && pwd)/$(basename "$deb")
     echo "run.sh: package: $deb"
+    case "$deb" in
+        *_"$arch".deb|*_all.deb) ;;
+        *) die "$deb is not an $arch package (--arch $arch)" ;;
+    esac
 else
     echo "run.sh: no .deb given and none in $repo/dist: scenarios that install it will fail"
 fi
@@ -106,10 +145,10 @@ if [ -n "$deb_next" ]; then
 fi
 
 t_start=$(date +%s)
-img_dir=$("$here/build-image.sh" | tail -1) || die "image build failed"
+img_dir=$("$here/build-image.sh" --arch "$arch" | tail -1) || die "image build failed"
 [ -f "$img_dir/ok" ] || die "image build failed: $img_dir/ok missing"
 t_image=$(date +%s)
-echo "run.sh: image $img_dir (ready after $((t_image - t_start)) s)"
+echo "run.sh: $arch image $img_dir (ready after $((t_image - t_start)) s)"
 
 run_id=$(date -u +%Y%m%dT%H%M%SZ)-$$
 run_dir=$out_root/$run_id
@@ -130,7 +169,7 @@ secs() { printf '%d.%01d' $(($1 / 1000)) $((($1 % 1000) / 100)); }
 scenario_timeout() {
     local t
     t=$(sed -n 's/^# systest-timeout: *\([0-9][0-9]*\).*/\1/p' "$here/scenarios/$1.sh" | head -1)
-    echo "${t:-$default_timeout}"
+    echo $(( ${t:-$default_timeout} * time_factor ))
 }
 
 # Boot the VM of scenario $1 (dir $2) for phase $3; returns 0 when the
@@ -139,16 +178,16 @@ boot() {
     local name=$1 dir=$2 phase=$3 limit=$4
     local share=$dir/share console=$dir/console-phase$phase.log
     local qemu_limit=$((boot_timeout + limit + 60))
-    printf 'SYSTEST_SCENARIO=%s\nSYSTEST_PHASE=%s\nSYSTEST_TIMEOUT=%s\n' "$name" "$phase" "$limit" >"$share/run.conf"
+    printf 'SYSTEST_SCENARIO=%s\nSYSTEST_PHASE=%s\nSYSTEST_TIMEOUT=%s\nSYSTEST_TIME_FACTOR=%s\n' "$name" "$phase" "$limit" "$time_factor" >"$share/run.conf"
     local t0 t1 started="" pid now
     t0=$(ms)
-    timeout -k 10 "$qemu_limit" qemu-system-x86_64 \
+    timeout -k 10 "$qemu_limit" "$qemu" \
         -name "systest-$name" \
-        -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
+        -accel tcg,thread=multi "${machine[@]}" -m 2048 -smp 2 \
         -nic none -nographic -no-reboot -monitor none \
         -serial "file:$console" \
         -kernel "$img_dir/vmlinuz" -initrd "$img_dir/initrd.img" \
-        -append "console=ttyS0,115200 root=/dev/vda rootfstype=ext4 rw panic=-1 quiet systemd.show_status=1 mitigations=off" \
+        -append "console=$console_dev,115200 root=/dev/vda rootfstype=ext4 rw panic=-1 quiet systemd.show_status=1 mitigations=off" \
         -drive "file=$dir/disk.qcow2,if=virtio,format=qcow2,cache=unsafe" \
         -virtfs "local,path=$share,mount_tag=share,security_model=none,id=share" \
         -device virtio-rng-pci \

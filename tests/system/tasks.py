@@ -12,6 +12,7 @@ result.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -81,6 +82,9 @@ def main():
     r.add_argument("--timeout", type=float, default=120)
     r.add_argument("--expect")
     a = p.parse_args()
+    # run.sh --arch arm64 (slower under TCG) multiplies every wait.
+    if hasattr(a, "timeout"):
+        a.timeout *= int(os.environ.get("SYSTEST_TIME_FACTOR", "1"))
 
     if a.cmd == "batch":
         batch(a.queue, a.count, a.timeout)
