@@ -437,21 +437,7 @@ pub fn device_text(v: &DeviceView) -> String {
             tpm(g.tasks_per_minute),
             memory(g.memory_bytes, g.memory_max),
         );
-        let mut rows = vec![
-            [
-                "ID",
-                "STATE",
-                "PID",
-                "UPTIME",
-                "RESTARTS",
-                "LAST EXIT",
-                "MEM(MiB)",
-                "CPU%",
-                "HEARTBEAT",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
+        let mut rows = vec![render::HEADERS.map(String::from).to_vec()];
         for i in &g.instances {
             rows.push(vec![
                 one(&i.id),

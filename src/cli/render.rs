@@ -99,7 +99,8 @@ fn queues_line(queues: &[QueueStatus]) -> String {
         .join(" ")
 }
 
-const HEADERS: [&str; 9] = [
+/// The instance table's columns (status, and `fleet DEVICE`).
+pub(super) const HEADERS: [&str; 9] = [
     "ID",
     "STATE",
     "PID",

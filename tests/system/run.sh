@@ -28,6 +28,8 @@
 #                  $SYSTEST_DEB_NEXT, or the newest dist/next/*_amd64.deb,
 #                  made by make-next-deb.sh)
 #   --list         print the scenario names and exit
+# Without scenario names every scenario runs, except those marked
+# "# systest-default: no" (long measurements), which run when named.
 # Environment: SYSTEST_OUT (default tests/system/out), SYSTEST_BOOT_TIMEOUT
 # (seconds for a boot to reach the runner, default 300), SYSTEST_CACHE.
 set -uo pipefail
@@ -48,7 +50,7 @@ ARM64_SCENARIOS=(01-install 02-tasks 03-crash 04-journald 05-limits 08-warm-stop
 keep_disk=0
 names=()
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 # smoke first: when the VM itself is broken, it says so fastest.
@@ -108,7 +110,15 @@ if [ "${#names[@]}" = 0 ] && [ "$arch" = arm64 ]; then
     names=("${ARM64_SCENARIOS[@]}")
 fi
 if [ "${#names[@]}" = 0 ]; then
-    scenarios=("${available[@]}")
+    # A scenario with a "# systest-default: no" line (a long measurement)
+    # runs only when named.
+    for a in "${available[@]}"; do
+        if grep -qx '# systest-default: no' "$here/scenarios/$a.sh"; then
+            echo "run.sh: $a runs only when named (systest-default: no)"
+        else
+            scenarios+=("$a")
+        fi
+    done
 else
     for n in "${names[@]}"; do
         n=${n%.sh}; n=${n##*/}
