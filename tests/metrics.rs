@@ -316,3 +316,50 @@ fn without_a_textfile_nothing_is_written() {
     assert!(prom.is_empty(), "{prom:?}");
     assert!(!d.log().contains("textfile"), "{}", d.log());
 }
+
+#[path = "support/fleet.rs"]
+mod fleet_support;
+
+/// `clearifyctl fleet --format prometheus`: the fleet view of the real
+/// daemon, from records in a real redis-server, passes promtool, with one
+/// series per device (a hostile device id escaped as a label value); the
+/// other views refuse the format (usage error, exit 2).
+#[test]
+fn fleet_format_prometheus_passes_promtool_with_a_series_per_device() {
+    let redis = RedisServer::start();
+    let mut c = fleet_support::connect(&redis.url());
+    let now = fleet_support::redis_now(&mut c);
+    for id in ["pi-1", "pi-2", "vm-\"quoted\"\\"] {
+        fleet_support::publish_raw(
+            &mut c,
+            "",
+            id.as_bytes(),
+            &fleet_support::realistic(id, "0.4.0").encode(),
+            now,
+        );
+    }
+    let mut d = Daemon::new(&fake_config(&redis.url(), "[fleet]\npublish = false\n"));
+    d.start();
+    let out = d.ctl(&["fleet", "--format", "prometheus"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    promtool(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    for label in [
+        r#"device="pi-1""#,
+        r#"device="pi-2""#,
+        r#"device="vm-\"quoted\"\\""#,
+    ] {
+        assert!(text.contains(label), "{label} missing:\n{text}");
+    }
+    let out = d.ctl(&["fleet", "queues", "--format", "prometheus"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
