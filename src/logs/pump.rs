@@ -189,10 +189,16 @@ impl Pump {
         async move {
             let mut timer = None;
             loop {
+                // Records dropped by the rate limit are never awaited on:
+                // without a yield, a flood the pipe keeps full would hold
+                // the daemon's one thread (the actor, the control socket)
+                // for as long as tokio's budget lasts (docs/logging.md).
+                let mut dropped = false;
                 while let Some((i, record)) = this.next_record() {
                     if let Some(l) = &this.limit
                         && !l.admit(&record)
                     {
+                        dropped = true;
                         continue;
                     }
                     // Awaiting the sink is the backpressure. Boxed: the
@@ -212,6 +218,9 @@ impl Pump {
                 }
                 if this.pipes.iter().all(|p| p.rx.is_none()) {
                     return;
+                }
+                if dropped {
+                    tokio::task::yield_now().await;
                 }
                 let deadline = this.pipes.iter().filter_map(|p| p.grouper.deadline()).min();
                 arm(&mut timer, deadline);
@@ -336,6 +345,75 @@ mod tests {
                 "pump future: {size} bytes for both pipes (sink write future: {write_size} bytes, boxed)"
             );
             assert!(size < 768, "pump future is {size} bytes");
+        });
+    }
+
+    /// A flood the rate limit drops must not hold the daemon's one thread:
+    /// the pump yields after each round that dropped records. Before, a
+    /// pipe holding 1 MiB of info lines was framed and dropped in one poll
+    /// (16 reads, under tokio's budget of 128), and no other task ran.
+    #[test]
+    fn a_pump_dropping_a_flood_lets_the_other_tasks_run() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (out_tx, out) = tokio::net::unix::pipe::pipe().unwrap();
+            let (err_tx, err) = tokio::net::unix::pipe::pipe().unwrap();
+            // The pump ends when both pipes are at EOF.
+            drop(err_tx);
+            let size =
+                nix::fcntl::fcntl(&out_tx, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap();
+            assert!(size >= 1 << 20, "pipe of {size} bytes");
+            let line = b"INFO a line of a worker that floods its output\n";
+            let mut flood = Vec::new();
+            while flood.len() + line.len() <= 1 << 20 {
+                flood.extend_from_slice(line);
+            }
+            let mut at = 0;
+            while at < flood.len() {
+                out_tx.writable().await.unwrap();
+                match out_tx.try_write(&flood[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            drop(out_tx);
+            let mut limits = crate::logs::RateLimits::new(1);
+            limits.add_group("g");
+            let limit = limits.of("g");
+            let m = Arc::new(meta("g", "g-1"));
+            let done = Arc::new(AtomicBool::new(false));
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let ticker = {
+                let (done, ticks) = (done.clone(), ticks.clone());
+                tokio::spawn(async move {
+                    while !done.load(Ordering::Relaxed) {
+                        ticks.fetch_add(1, Ordering::Relaxed);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            };
+            pump(
+                out,
+                err,
+                m,
+                Arc::new(Sink::Stderr),
+                limit.clone(),
+                LogStore::new(),
+            )
+            .await;
+            let seen = ticks.load(Ordering::Relaxed);
+            done.store(true, Ordering::Relaxed);
+            ticker.await.unwrap();
+            assert!(limit.unwrap().pending() > 10_000, "the flood was dropped");
+            assert!(
+                seen >= 8,
+                "another task ran {seen} times while the pump dropped 1 MiB"
+            );
         });
     }
 }

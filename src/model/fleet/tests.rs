@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn instance(id: &str, state: InstanceState) -> InstanceRecord {
