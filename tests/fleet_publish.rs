@@ -212,3 +212,27 @@ fn a_refused_beat_is_logged_once_and_the_broker_stays_up() {
         "0"
     );
 }
+
+/// Under systemd the record is built on the watchdog ticks (a wake-up the
+/// daemon has anyway), not on an event from each beat: with WATCHDOG_USEC
+/// set the record still follows the daemon (its uptime moves on).
+#[test]
+fn under_a_watchdog_the_record_is_rebuilt_on_its_ticks() {
+    let redis = RedisServer::start();
+    let mut d =
+        Daemon::new(&config(&redis.url(), "interval = \"1s\"").replace("testdev", "dev-wd"));
+    let notify = d.path("notify.sock");
+    let _sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let mut cmd = d.command(std::process::Command::new(daemon_support::DAEMON));
+    cmd.env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "2000000")
+        .env_remove("WATCHDOG_PID");
+    d.spawn_command(cmd);
+    d.wait_ready();
+    let first = wait_for_full_record(&redis, "dev-wd");
+    let later = wait_for(Duration::from_secs(10), "a record built later", || {
+        record(&redis, "dev-wd").filter(|r| r.uptime_secs >= first.uptime_secs + 3)
+    });
+    assert_eq!(later.groups[0].running, 2);
+    assert!(!d.log().contains("cannot publish"), "{}", d.log());
+}

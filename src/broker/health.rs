@@ -18,9 +18,10 @@
 //!   adds no wake-up. The beat's score is the Redis clock, read by the
 //!   previous beat's `TIME` and carried forward on the monotonic clock (the
 //!   first beat of a link reads it first). The record is the one the
-//!   supervisor handed over after the previous beat
-//!   ([`BrokerEvent::FleetBeat`]), so its figures are at most one interval
-//!   old.
+//!   supervisor handed over: built on its systemd watchdog tick (a
+//!   wake-up it has anyway), or, without a watchdog, after the previous
+//!   beat ([`BrokerEvent::FleetBeat`]); its figures are at most one
+//!   interval (or watchdog period) old.
 //!
 //! It ends with the error that broke the link; the monitor then reports
 //! `Down` and goes back to the gate.
@@ -416,7 +417,9 @@ impl Job {
                 if error.take().is_some() {
                     tracing::info!("fleet: publishing this device's record again");
                 }
-                if let Some(at) = beat.score {
+                if let (Some(at), Some(true)) =
+                    (beat.score, self.fleet.as_ref().map(|f| f.announce))
+                {
                     let _ = self.tx.blocking_send(BrokerEvent::FleetBeat { at });
                 }
             }

@@ -99,6 +99,10 @@ pub struct FleetSettings {
     pub interval: Duration,
     /// The record's TTL.
     pub forget_after: Duration,
+    /// Send [`BrokerEvent::FleetBeat`] after each beat, for a supervisor
+    /// that has no wake-up of its own to build the next record on (no
+    /// systemd watchdog); `false`: it builds on its watchdog ticks.
+    pub announce: bool,
 }
 
 impl BrokerSettings {

@@ -161,15 +161,27 @@ impl Publisher {
 }
 
 /// The fleet settings of a config (`None`: not published).
-pub(super) fn fleet_settings(config: &Config) -> Option<FleetSettings> {
+/// `announce`: the supervisor has no watchdog tick to build records on.
+pub(super) fn fleet_settings(config: &Config, announce: bool) -> Option<FleetSettings> {
     config.fleet.publish.then(|| FleetSettings {
         device_id: config.daemon.device_id.clone(),
         interval: config.fleet.interval,
         forget_after: config.fleet.forget_after,
+        announce,
     })
 }
 
 impl<E: Effects> Supervisor<E> {
+    /// On a systemd watchdog tick: whether a new record is due (the last
+    /// one is three quarters of an interval old), so that under systemd the
+    /// record is built on a wake-up the daemon has anyway.
+    pub(super) fn fleet_record_due_on_tick(&self) -> bool {
+        self.publisher.as_ref().is_some_and(|p| {
+            p.previous
+                .is_none_or(|t| t.elapsed() >= p.settings.interval.mul_f64(0.75))
+        })
+    }
+
     /// Builds the record and hands it to the monitor for the next beat.
     pub(super) fn hand_over_fleet_record(&mut self) {
         if self.publisher.is_none() || self.monitor.is_none() {

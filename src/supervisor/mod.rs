@@ -146,6 +146,8 @@ pub struct Supervisor<E: Effects> {
     publisher: Option<fleet::Publisher>,
     /// A new fleet record is wanted, once the event's actions are applied.
     fleet_due: bool,
+    /// The systemd watchdog ticks (the fleet record is built on them).
+    watchdog_ticks: bool,
     exit_code: Option<i32>,
     /// Taken by each reload's reader in turn, so reloads apply in the
     /// order they read the file.
@@ -196,6 +198,7 @@ impl<E: Effects> Supervisor<E> {
             usage_at: None,
             publisher: None,
             fleet_due: false,
+            watchdog_ticks: false,
             exit_code: None,
             reload_turn: Arc::default(),
             textfile: textfile::Textfile::default(),
@@ -219,6 +222,7 @@ impl<E: Effects> Supervisor<E> {
                 return 1;
             }
         };
+        self.watchdog_ticks = watchdog_tick.is_some();
         self.start_broker_monitor();
         self.machine.boot(Instant::now());
         self.apply();
@@ -273,6 +277,9 @@ impl<E: Effects> Supervisor<E> {
                 _ = tick_of(&watchdog_tick), if watchdog_tick.is_some() => {
                     // Sent from the loop itself: a hung loop stops the pings.
                     self.effects.notify(Notice::Watchdog);
+                    if self.fleet_record_due_on_tick() {
+                        self.fleet_due = true;
+                    }
                 }
                 _ = tick_of(&textfile_timer.ticker), if textfile_timer.ticker.is_some() => {
                     self.write_textfile();
@@ -311,7 +318,7 @@ impl<E: Effects> Supervisor<E> {
             return;
         }
         self.running.fleet = self.config.fleet.clone();
-        let fleet = fleet::fleet_settings(&self.config);
+        let fleet = fleet::fleet_settings(&self.config, !self.watchdog_ticks);
         let settings = broker_settings(b, fleet.clone());
         self.publisher = fleet.map(fleet::Publisher::new);
         let url = config::redact_url(&b.url);
