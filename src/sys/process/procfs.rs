@@ -72,9 +72,10 @@ pub fn tree_usage(pid: u32) -> Option<TreeUsage> {
 
 /// Resident memory of this process alone (not its children), in bytes.
 pub fn own_rss() -> Option<u64> {
-    let (_, pages) = fs::read("/proc/self/stat")
-        .ok()
-        .and_then(|b| parse_stat_usage(&b))?;
+    // statm, not stat: the same figure, but qemu-user (the arm64 unit
+    // tests) fakes this process's stat with an rss of 0.
+    let statm = fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
     pages.checked_mul(page_size())
 }
 
@@ -214,9 +215,10 @@ mod tests {
         assert!(alone.rss_bytes > 0, "{alone:?}");
         let me = tree_usage(std::process::id()).expect("own usage");
         assert!(me.rss_bytes >= alone.rss_bytes, "{me:?} vs {alone:?}");
-        // This process alone: some memory, no more than with its children.
+        // This process's own figure (statm). Not compared with `me`: under
+        // qemu-user (the arm64 unit tests) the stat `me` read is faked.
         let own = own_rss().unwrap();
-        assert!(own > 0 && own <= me.rss_bytes, "{own} vs {me:?}");
+        assert!(own > 0, "{own}");
         assert!(me.cpu_usec >= alone.cpu_usec, "{me:?} vs {alone:?}");
         child.kill().unwrap();
         child.wait().unwrap();
