@@ -104,7 +104,7 @@ impl Publisher {
                     // A counter that went down belongs to a restarted
                     // worker: all of it is new.
                     let before = self.processed.get(&i.id).copied().unwrap_or(p);
-                    done_since += if p >= before { p - before } else { p };
+                    done_since = add_processed(done_since, before, p);
                     processed.insert(i.id.clone(), p);
                 }
                 rec.instances.push(InstanceRecord {
@@ -158,6 +158,15 @@ impl Publisher {
             instances_omitted: 0,
         }
     }
+}
+
+/// `total` plus the tasks an instance processed since its last record:
+/// its heartbeat's `processed` minus the one before (all of it when the
+/// counter went down: a restarted worker). Heartbeats reach the daemon from
+/// anyone who can publish on the broker, so the counters may be anything.
+fn add_processed(total: u64, before: u64, now: u64) -> u64 {
+    let new = if now >= before { now - before } else { now };
+    total.saturating_add(new)
 }
 
 /// The fleet settings of a config (`None`: not published).
@@ -231,3 +240,15 @@ pub const USAGE_PER_BEAT: usize = 16;
 
 /// How long a clean stop waits to mark the device stopped.
 pub const STOP_PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_processed_counters_cannot_overflow_the_sum() {
+        assert_eq!(add_processed(5, 10, 14), 9);
+        assert_eq!(add_processed(5, 10, 3), 8, "a restarted worker counts anew");
+        assert_eq!(add_processed(u64::MAX - 1, 0, u64::MAX), u64::MAX);
+    }
+}
