@@ -2,118 +2,24 @@
 //! examples/demo_app, from the .venv that scripts/setup-deps.sh creates)
 //! against a real redis-server.
 
+#[path = "support/celery.rs"]
+mod celery_support;
 #[path = "support/daemon.rs"]
 mod daemon_support;
 #[path = "support/redis.rs"]
 mod redis_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use celery_support::*;
 use daemon_support::*;
 use nix::sys::signal::Signal;
 use redis_support::RedisServer;
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(60);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's python; fails loudly when the venv is missing.
-fn python() -> PathBuf {
-    let p = std::env::var_os("CLEARIFY_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup-deps.sh (creates .venv with Celery)",
-        p.display()
-    );
-    p
-}
-
-fn celery() -> PathBuf {
-    let c = python().parent().unwrap().join("celery");
-    assert!(
-        c.exists(),
-        "{} is missing: run scripts/setup-deps.sh",
-        c.display()
-    );
-    c
-}
-
-/// Run examples/send_tasks.py with `args`; returns its stdout lines as JSON.
-fn client(url: &str, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(python())
-        .arg(repo().join("examples/send_tasks.py"))
-        .args(args)
-        .env("CELERY_BROKER_URL", url)
-        .output()
-        .expect("run send_tasks.py");
-    assert!(
-        out.status.success(),
-        "send_tasks.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn send(url: &str, task: &str, args: &str, queue: &str) -> String {
-    let out = Command::new(python())
-        .arg(repo().join("examples/send_tasks.py"))
-        .args(["send", task, args, queue])
-        .env("CELERY_BROKER_URL", url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn celery_config(url: &str, groups: &str) -> String {
-    format!(
-        r#"[daemon]
-socket = "{{dir}}/control.sock"
-device_id = "ci"
-
-[broker]
-url = "{url}"
-check_interval = "1s"
-
-[celery]
-app = "demo.celery_app"
-command = "{celery}"
-workdir = "{workdir}"
-user = "{{user}}"
-extra_args = ["--without-mingle", "--without-gossip"]
-
-[defaults]
-stop_timeout = "60s"
-stable_after = "5s"
-env = {{ CELERY_BROKER_URL = "{url}" }}
-
-{groups}
-"#,
-        celery = celery().display(),
-        workdir = repo().join("examples/demo_app").display(),
-    )
-}
-
-/// Wait until the worker's heartbeat shows in status: it consumes.
-fn wait_consuming(d: &Daemon, id: &str) -> Value {
-    d.wait_instance(id, "running with a heartbeat", T, |i| {
-        i["state"] == "running" && !i["heartbeat_age_secs"].is_null()
-    })
-}
+const T: Duration = CELERY_TIMEOUT;
 
 #[test]
 fn tasks_are_executed_by_supervised_workers_in_both_groups() {
