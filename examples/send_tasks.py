@@ -5,6 +5,7 @@
     python send_tasks.py get TASK_ID [TIMEOUT]                  wait for a result, print it
     python send_tasks.py many TASK ARGS_JSON QUEUE COUNT [TIMEOUT]
                                                                  send COUNT tasks, wait for all
+    python send_tasks.py burst TASK ARGS_JSON QUEUE COUNT      send COUNT tasks, print their ids
 
 The broker is CELERY_BROKER_URL (the same variable the workers read).
 """
@@ -40,6 +41,9 @@ def main(argv):
         results = [send(argv[2], argv[3], argv[4]) for _ in range(count)]
         for r in results:
             print(json.dumps({"id": r.id, "result": r.get(timeout=timeout)}))
+    elif cmd == "burst":
+        for _ in range(int(argv[5])):
+            print(send(argv[2], argv[3], argv[4]).id)
     else:
         sys.exit(f"unknown command {cmd!r}\n{__doc__}")
 

@@ -6,6 +6,7 @@ tasks exercise what the supervisor has to get right: output, errors, long
 runs (warm shutdown), memory hogs (cgroup limits) and forks (pids limit).
 """
 
+import json
 import os
 import sys
 import time
@@ -62,6 +63,20 @@ def sleep(seconds, tag="sleep"):
     time.sleep(float(seconds))
     print(f"sleep {tag}: done", flush=True)
     return {"slept": seconds, "tag": tag}
+
+
+@app.task(name="demo.tally", bind=True)
+def tally(self, key, seconds=0):
+    """Sleeps, then counts this run in the Redis hash `key` (field: the task
+    id) and appends {id, node, start, end} to the list `key:runs`: the
+    autoscale tests prove that every task ran exactly once, and where."""
+    start = time.time()
+    time.sleep(float(seconds))
+    run = {"id": self.request.id, "node": self.request.hostname, "start": start, "end": time.time()}
+    r = app.backend.client
+    r.pipeline().hincrby(key, self.request.id, 1).rpush(f"{key}:runs", json.dumps(run)).execute()
+    print(f"tally {self.request.id}: done", flush=True)
+    return run
 
 
 @app.task(name="demo.log_error")
