@@ -290,11 +290,10 @@ fn tallies(redis: &RedisServer, key: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The `demo.tally` runs recorded in `key:runs`: {id, node, start, end}.
-fn runs(redis: &RedisServer, key: &str) -> Vec<Value> {
-    let raw = redis
-        .command(&["LRANGE", &format!("{key}:runs"), "0", "-1"])
-        .expect("LRANGE");
+/// The `demo.tally` runs recorded in the list `list` (`KEY:started`:
+/// {id, node, start}; `KEY:runs`: {id, node, start, end}).
+fn runs(redis: &RedisServer, list: &str) -> Vec<Value> {
+    let raw = redis.command(&["LRANGE", list, "0", "-1"]).expect("LRANGE");
     raw.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("run {l:?}: {e}")))
         .collect()
@@ -313,8 +312,8 @@ fn send_tallies(url: &str, key: &str, seconds: f64, queue: &str, n: usize) -> Ve
     ids
 }
 
-/// Wait until all of `ids` ran, then check each ran exactly once and no
-/// other task was counted; the runs.
+/// Wait until all of `ids` ran, then check each started and ran exactly
+/// once and no other task was counted; the runs.
 fn exactly_once(redis: &RedisServer, key: &str, ids: &[String], d: &Daemon) -> Vec<Value> {
     let counts = wait_for(
         T,
@@ -333,10 +332,21 @@ fn exactly_once(redis: &RedisServer, key: &str, ids: &[String], d: &Daemon) -> V
         d.log()
     );
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "tasks not run exactly once: {twice:?}");
-    let runs = runs(redis, key);
-    assert_eq!(runs.len(), ids.len(), "one run each: {runs:?}");
-    runs
+    assert!(
+        twice.is_empty(),
+        "tasks not run exactly once: {twice:?}\n{}",
+        d.log()
+    );
+    let done = runs(redis, &format!("{key}:runs"));
+    assert_eq!(done.len(), ids.len(), "one run each: {done:?}");
+    let started = runs(redis, &format!("{key}:started"));
+    assert_eq!(
+        started.len(),
+        ids.len(),
+        "one start each (a task killed and run again starts twice): {started:?}\n{}",
+        d.log()
+    );
+    done
 }
 
 /// 1 and 2: a burst of 200 tasks of 0.5 s scales 1 → 4 within 4 checks,
@@ -484,21 +494,36 @@ fn scaling_down_is_warm_the_running_task_finishes_and_every_task_runs_once() {
     let up = trace.until("scaled up to 2", T, |s| s.current == 2);
     let down = trace.until("scaled down to 1", T, |s| s.current == 1);
     let gone = trace.until("without warm-2", T, |s| !s.has("warm-2"));
-    let runs = exactly_once(&redis, "warm", &ids, &d);
-
-    let on2: Vec<&Value> = runs.iter().filter(|r| r["node"] == "warm-2@ci").collect();
-    let cut = on2
+    // The task warm-2 had started when it was scaled away: a premise.
+    let started = wait_for(T, "3 tasks started", || {
+        let s = runs(&redis, "warm:started");
+        (s.len() >= 3).then_some(s)
+    });
+    let victim = started
         .iter()
-        .find(|r| r["end"].as_f64().unwrap() > down.wall)
+        .find(|r| r["node"] == "warm-2@ci" && r["start"].as_f64().unwrap() < down.wall)
         .unwrap_or_else(|| {
             panic!(
-                "no task was running on warm-2 when it was scaled away at {} \
-                 (runs {runs:?}): the test's premise failed\n{}",
+                "warm-2 had started no task when it was scaled away at {} \
+                 (started {started:?}): the test's premise failed\n{}",
                 down.wall,
                 trace.render()
             )
-        });
+        })["id"]
+        .clone();
+    let runs = exactly_once(&redis, "warm", &ids, &d);
+    let cut = runs
+        .iter()
+        .find(|r| r["id"] == victim)
+        .expect("the victim ran");
     let end = cut["end"].as_f64().unwrap();
+    assert!(
+        cut["node"] == "warm-2@ci" && end > down.wall,
+        "the task running on warm-2 when it was scaled away at {} did not finish \
+         there: {cut}\n{}",
+        down.wall,
+        trace.render()
+    );
     assert!(
         gone.wall >= end,
         "warm-2 left status ({}) before its task ended ({end})\n{}",

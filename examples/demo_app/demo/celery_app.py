@@ -67,13 +67,15 @@ def sleep(seconds, tag="sleep"):
 
 @app.task(name="demo.tally", bind=True)
 def tally(self, key, seconds=0):
-    """Sleeps, then counts this run in the Redis hash `key` (field: the task
-    id) and appends {id, node, start, end} to the list `key:runs`: the
-    autoscale tests prove that every task ran exactly once, and where."""
-    start = time.time()
-    time.sleep(float(seconds))
-    run = {"id": self.request.id, "node": self.request.hostname, "start": start, "end": time.time()}
+    """Appends {id, node, start} to the Redis list `key:started`, sleeps,
+    then counts this run in the hash `key` (field: the task id) and appends
+    {id, node, start, end} to the list `key:runs`: the autoscale tests prove
+    that every task started and ran exactly once, and where."""
     r = app.backend.client
+    run = {"id": self.request.id, "node": self.request.hostname, "start": time.time()}
+    r.rpush(f"{key}:started", json.dumps(run))
+    time.sleep(float(seconds))
+    run["end"] = time.time()
     r.pipeline().hincrby(key, self.request.id, 1).rpush(f"{key}:runs", json.dumps(run)).execute()
     print(f"tally {self.request.id}: done", flush=True)
     return run
