@@ -26,7 +26,7 @@ pub fn build(config: &Config) -> Plan {
         .groups
         .iter()
         .map(|g| {
-            let instances = (1..=g.instances)
+            let instances = (1..=g.max_instances())
                 .map(|i| {
                     let id = format!("{}-{i}", g.name);
                     let node = format!("{id}@{device_id}");
@@ -73,6 +73,9 @@ pub fn build(config: &Config) -> Plan {
                 queues: g.queues.clone(),
                 limits: g.limits.clone(),
                 instances,
+                concurrency: g.concurrency,
+                autoscale: g.autoscale,
+                start: g.instances,
             }
         })
         .collect();
@@ -242,6 +245,18 @@ pub fn render_check(plan: &Plan, config: &Config) -> String {
             g.instances.len(),
             cfg.map_or(0, |c| c.concurrency),
         );
+        if let Some(a) = &g.autoscale {
+            let _ = writeln!(
+                out,
+                "  autoscale: {}..{} instances, {} at start; one per {} messages of backlog × this device's share; down after {}; memory headroom {}",
+                a.min,
+                a.max,
+                g.start,
+                a.backlog_per_instance,
+                humantime::format_duration(a.scale_down_after),
+                format_size(a.memory_headroom),
+            );
+        }
         let _ = writeln!(out, "  limits: {}", format_limits(&g.limits));
         if let Some(i) = g.instances.first() {
             let t = &i.timing;
@@ -281,7 +296,7 @@ pub fn render_check(plan: &Plan, config: &Config) -> String {
     let processes: u64 = config
         .groups
         .iter()
-        .map(|g| u64::from(g.instances) * u64::from(g.concurrency))
+        .map(|g| u64::from(g.max_instances()) * u64::from(g.concurrency))
         .sum();
     let _ = writeln!(out);
     let _ = writeln!(
@@ -424,6 +439,26 @@ queues = ["payments", "webhooks"]
         assert_eq!(plan.groups[0].limits.cpu_max, Some(1.5));
         assert!(plan.groups[1].limits.is_empty());
         assert_eq!(plan.groups[1].queues, ["payments", "webhooks"]);
+    }
+
+    /// With autoscale the plan holds every instance the group may have
+    /// (`max`), and how many of them run at start; `--check` says so.
+    #[test]
+    fn an_autoscaled_group_plans_max_instances_and_its_start_count() {
+        let fx = Fx::new();
+        let c = fx.config(
+            "[group.warm]\nqueues = [\"w\"]\ninstances = 3\nautoscale = { min = 2, max = 5 }\n",
+        );
+        let plan = build(&c);
+        let warm = plan.group("warm").unwrap();
+        assert_eq!((warm.instances.len(), warm.start), (5, 3));
+        assert_eq!(warm.instances[4].id, "warm-5");
+        assert_eq!(warm.autoscale.map(|a| (a.min, a.max)), Some((2, 5)));
+        let text = render_check(&plan, &c);
+        assert!(
+            text.contains("autoscale: 2..5 instances, 3 at start; one per 20 messages of backlog"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1241,7 +1241,10 @@ fn a_readers_connection_flood_locks_out_neither_root_nor_an_admin() {
 /// a pinned instance, a crash-loop exit text and every optional field both
 /// set and null.
 fn golden_statuses() -> Vec<(Status, bool)> {
-    use clearify_workerd::control::protocol::{BrokerStatus, GroupStatus, QueueStatus};
+    use clearify_workerd::control::protocol::{
+        AutoscaleStatus, BrokerStatus, GroupStatus, QueueStatus,
+    };
+    use clearify_workerd::model::autoscale::Reason;
     use clearify_workerd::model::{BrokerState, InstanceState::*};
     let inst = |id: &str, state| {
         let mut i = control_support::instance(id, 0);
@@ -1319,7 +1322,21 @@ fn golden_statuses() -> Vec<(Status, bool)> {
         name: "webhook".into(),
         queues: vec![],
         instances: vec![stopping, stopped, oom],
+        autoscale: None,
     };
+    // An autoscaled group (issue 15) refused a scale-up for memory.
+    let mut scaled = control_support::canned_status().groups[0].clone();
+    scaled.autoscale = Some(AutoscaleStatus {
+        min: 1,
+        max: 4,
+        desired: 3,
+        current: 2,
+        state: Reason::UpRefusedMemory,
+        reason: "wants 3; refused: memory: MemAvailable 210 MiB - 150 MiB per instance <= headroom 300 MiB".into(),
+        manual: None,
+        backlog: Some(57),
+        share: 0.4,
+    });
     let mail = GroupStatus {
         name: "mail".into(),
         queues: vec![QueueStatus {
@@ -1327,6 +1344,7 @@ fn golden_statuses() -> Vec<(Status, bool)> {
             backlog: Some(0),
         }],
         instances: vec![waiting],
+        autoscale: None,
     };
     let mut idle = full(
         broker(BrokerState::Unknown, None, None, None),
@@ -1372,6 +1390,14 @@ fn golden_statuses() -> Vec<(Status, bool)> {
             false,
         ),
         (idle, false),
+        (
+            full(
+                broker(BrokerState::Ok, None, Some(1_700_000_300.0), Some(0.5)),
+                "2/2 running, broker ok",
+                vec![scaled],
+            ),
+            true,
+        ),
     ]
 }
 

@@ -16,7 +16,7 @@ Inspect and control clearify-workerd, the Celery worker supervisor, over its con
 Three tiers:
   readers  (status, logs, test, fleet, version): members of group clearify, through
            control.sock (mode 0660, group clearify);
-  admins   (start, stop, restart, reload, fleet forget too): root, the daemon's user, and members of
+  admins   (start, stop, restart, reload, scale, fleet forget too): root, the daemon's user, and members of
            the admin group ([daemon].admin_group, default \"clearify-admin\"), through
            admin.sock next to it (mode 0660, that group);
   everyone else cannot open either socket.
@@ -171,6 +171,23 @@ pub enum Command {
     },
     /// Re-read the config file (as SIGHUP); prints what changed, or the errors.
     Reload,
+    /// Set an autoscaled group's instance count by hand, or give it back to the backlog.
+    #[command(
+        long_about = "Set the instance count of a group with `autoscale` (workers.toml(5)) by hand:         COUNT (0..=autoscale.max) applies at once (new instances start, the highest-numbered         ones stop warmly) and holds until `clearifyctl scale GROUP auto` gives the group back         to its backlog. Admins only. A reload keeps the count; a restart of the daemon forgets it.",
+        after_help = "Examples:
+  clearifyctl scale text 3      hold group text at 3 instances
+          clearifyctl scale text 0      stop all of text's workers (warm shutdown)
+          clearifyctl scale text auto   follow the backlog again
+          clearifyctl status --json | jq '.groups[] | {name, autoscale}'"
+    )]
+    Scale {
+        /// The group (it must have `autoscale`).
+        #[arg(value_name = "GROUP")]
+        group: String,
+        /// A count, 0..=autoscale.max, or `auto`.
+        #[arg(value_name = "COUNT|auto", value_parser = scale_count)]
+        count: ScaleCount,
+    },
     /// Recent worker output from the daemon's buffers.
     #[command(
         after_help = "Examples:\n  clearifyctl logs\n  clearifyctl logs text-1 -n 200\n  \
@@ -241,6 +258,22 @@ pub enum Format {
     Json,
     /// The Prometheus text exposition format.
     Prometheus,
+}
+
+/// `clearifyctl scale`'s COUNT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleCount {
+    Auto,
+    Count(u32),
+}
+
+fn scale_count(s: &str) -> Result<ScaleCount, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(ScaleCount::Auto);
+    }
+    s.parse::<u32>()
+        .map(ScaleCount::Count)
+        .map_err(|_| format!("{s:?} is neither a count (0, 1, 2 …) nor `auto`"))
 }
 
 /// Default of `--request-timeout`: seconds to wait for each answer.

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::args::{Args, Command, Format, usage_error};
+use super::args::{Args, Command, Format, ScaleCount, usage_error};
 use super::exit::{self, Failure, Outcome, unexpected};
 use super::render;
 use super::socket::Ctx;
@@ -54,6 +54,7 @@ pub fn run(cli: Args) -> i32 {
             timeout,
         } => restart(&ctx, targets, rolling, no_wait, timeout),
         Command::Reload => reload(&ctx),
+        Command::Scale { group, count } => scale(&ctx, group, count),
         Command::Test => test(&ctx),
         Command::Fleet {
             json,
@@ -127,6 +128,15 @@ fn print_done(resp: Response) -> Result<(), Failure> {
 
 fn start(ctx: &Ctx, targets: Vec<String>) -> Outcome {
     print_done(ctx.call(Request::Start { targets })?)?;
+    Ok(exit::OK)
+}
+
+fn scale(ctx: &Ctx, group: String, count: ScaleCount) -> Outcome {
+    let count = match count {
+        ScaleCount::Auto => None,
+        ScaleCount::Count(n) => Some(n),
+    };
+    print_done(ctx.call(Request::Scale { group, count })?)?;
     Ok(exit::OK)
 }
 

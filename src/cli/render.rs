@@ -192,6 +192,18 @@ pub fn status_table(status: &Status) -> String {
     for (g, rows) in status.groups.iter().zip(&rows) {
         let _ = writeln!(out);
         let _ = writeln!(out, "{}  queues: {}", one(&g.name), queues_line(&g.queues));
+        if let Some(a) = &g.autoscale {
+            let _ = writeln!(
+                out,
+                "autoscale {}..{}: desired {}, current {} ({}: {})",
+                a.min,
+                a.max,
+                a.desired,
+                a.current,
+                a.state.as_str(),
+                one(&a.reason)
+            );
+        }
         let _ = writeln!(out, "{}", line(&headers));
         for row in rows {
             let _ = writeln!(out, "{}", line(row));
@@ -369,6 +381,7 @@ mod tests {
                     backlog: Some(12),
                 }],
                 instances: vec![inst("text-1", Some(4242)), inst("text-10", Some(5))],
+                autoscale: None,
             }],
         };
         let t = status_table(&status);

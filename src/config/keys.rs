@@ -24,6 +24,7 @@ use super::schema::{
     DEFAULT_FORGET_AFTER, DEFAULT_LOGLEVEL, DEFAULT_SOCKET, DEFAULT_WORKDIR, GroupConfig,
     MAX_CONCURRENCY, MAX_INSTANCES,
 };
+use crate::model::autoscale::Autoscale;
 
 /// How a key's value is read and bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,9 @@ pub(super) enum Kind {
     /// A table of environment variables, merged key by key over
     /// `[defaults]` (every other kind is replaced as a whole).
     Env,
+    /// `{ min, max, backlog_per_instance, scale_down_after,
+    /// memory_headroom }` (config/checker/autoscale.rs).
+    Autoscale,
 }
 
 /// The value of one per-group key, as read.
@@ -63,6 +67,7 @@ pub(super) enum Value {
     Pids(Option<u64>),
     Args(Vec<String>),
     Env(BTreeMap<String, String>),
+    Autoscale(Autoscale),
 }
 
 /// One per-group key.
@@ -124,6 +129,17 @@ pub(super) const GROUP_KEYS: &[GroupKey] = &[
         apply: |g, v| {
             if let Value::Int(n) = v {
                 g.instances = n;
+            }
+        },
+    },
+    GroupKey {
+        name: "autoscale",
+        kind: Kind::Autoscale,
+        default: None,
+        doc: "`{ min, max, backlog_per_instance = 20, scale_down_after = \"2m\", memory_headroom = \"300M\" }`: the instance count follows the backlog; `instances` is then the count at start",
+        apply: |g, v| {
+            if let Value::Autoscale(a) = v {
+                g.autoscale = Some(a);
             }
         },
     },

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::model::autoscale::Autoscale;
 use crate::model::spec::{Limits, Timing};
 
 /// Where the daemon looks for its config unless `--config` says otherwise.
@@ -48,6 +49,10 @@ pub(super) const MAX_SOCKET_PATH: usize = 107;
 
 /// Most `instances` of one group.
 pub const MAX_INSTANCES: u32 = 1024;
+/// Most `autoscale.backlog_per_instance`.
+pub const MAX_BACKLOG_PER_INSTANCE: u32 = 1_000_000;
+/// Shortest `autoscale.scale_down_after`.
+pub const MIN_SCALE_DOWN_AFTER: Duration = Duration::from_secs(1);
 /// Most `concurrency` (`-c`) of one worker.
 pub const MAX_CONCURRENCY: u32 = 1024;
 /// Most `[group.NAME]` sections.
@@ -210,11 +215,23 @@ pub struct GroupConfig {
     pub name: String,
     pub queues: Vec<String>,
     pub concurrency: u32,
+    /// Without `autoscale`: the fixed count. With it: the count at start
+    /// (within min..=max; `min` unless written).
     pub instances: u32,
+    /// `autoscale = { … }`: the count follows the backlog.
+    pub autoscale: Option<Autoscale>,
     pub timing: Timing,
     pub limits: Limits,
     pub extra_args: Vec<String>,
     pub env: BTreeMap<String, String>,
+}
+
+impl GroupConfig {
+    /// The most instances the group can have: `autoscale.max`, else
+    /// `instances`. Ids `<group>-1` … `<group>-<max>` may exist.
+    pub fn max_instances(&self) -> u32 {
+        self.autoscale.map_or(self.instances, |a| a.max)
+    }
 }
 
 /// What the config is checked against: facts about the machine and the

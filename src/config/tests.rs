@@ -1500,3 +1500,152 @@ fn fleet_and_metrics_have_defaults_and_bounds() {
     let diags = fx.errors(&with_base("[metrics]\ntextfile = \"/tmp/clearify.txt\"\n"));
     assert_error(&diags, "metrics.textfile", 6, 12, "must end in `.prom`");
 }
+
+/// `autoscale = { … }`: every field read, its defaults, and `instances`
+/// as the count at start.
+#[test]
+fn autoscale_reads_its_fields_and_defaults() {
+    let fx = Fx::new();
+    let l = fx.ok(&with_base(concat!(
+        "[group.text]\nqueues = [\"q\"]\nconcurrency = 2\n",
+        "autoscale = { min = 1, max = 4, backlog_per_instance = 30, scale_down_after = \"3m\", memory_headroom = \"512M\" }\n",
+        "[group.zero]\nqueues = [\"z\"]\n",
+        "autoscale = { min = 0, max = 2 }\n",
+        "[group.warm]\nqueues = [\"w\"]\ninstances = 3\n",
+        "autoscale = { min = 2, max = 5 }\n",
+    )));
+    let g = |n: &str| l.config.group(n).unwrap().clone();
+    let a = g("text").autoscale.unwrap();
+    assert_eq!(
+        (
+            a.min,
+            a.max,
+            a.backlog_per_instance,
+            a.scale_down_after,
+            a.memory_headroom
+        ),
+        (1, 4, 30, Duration::from_secs(180), 512 << 20)
+    );
+    assert_eq!(g("text").instances, 1, "the start count is min");
+    let z = g("zero").autoscale.unwrap();
+    assert_eq!(
+        (
+            z.min,
+            z.max,
+            z.backlog_per_instance,
+            z.scale_down_after,
+            z.memory_headroom
+        ),
+        (0, 2, 20, Duration::from_secs(120), 300 << 20)
+    );
+    assert_eq!(g("zero").instances, 0);
+    assert_eq!(
+        g("warm").instances,
+        3,
+        "a written instances is the start count"
+    );
+    assert_eq!(g("warm").max_instances(), 5);
+}
+
+/// Each wrong field of `autoscale` is an error at its own value.
+#[test]
+fn autoscale_errors_name_the_field_and_its_position() {
+    let fx = Fx::new();
+    let diags = fx.errors(&with_base(concat!(
+        "[group.a]\nqueues = [\"a\"]\n",
+        "autoscale = { min = 3, max = 2 }\n",
+        "[group.b]\nqueues = [\"b\"]\n",
+        "autoscale = { min = 1 }\n",
+        "[group.c]\nqueues = [\"c\"]\n",
+        "autoscale = { min = 1, max = 2, maxx = 3 }\n",
+        "[group.d]\nqueues = [\"d\"]\n",
+        "autoscale = { min = 0, max = 1, scale_down_after = \"0s\", memory_headroom = \"max\", backlog_per_instance = 0 }\n",
+        "[group.e]\nqueues = [\"e\"]\n",
+        "autoscale = { min = 1025, max = 1025 }\n",
+        "[group.f]\nqueues = [\"f\"]\ninstances = 5\n",
+        "autoscale = { min = 1, max = 4 }\n",
+        "[group.g]\nqueues = [\"g\"]\nautoscale = 3\n",
+    )));
+    assert_error(
+        &diags,
+        "group.a.autoscale.max",
+        7,
+        30,
+        "max (2) is below min (3)",
+    );
+    assert_error(&diags, "group.b.autoscale", 10, 13, "missing `max`");
+    assert_error(
+        &diags,
+        "group.c.autoscale.maxx",
+        13,
+        33,
+        "unknown key `maxx`; did you mean `max`?",
+    );
+    assert_error(
+        &diags,
+        "group.d.autoscale.scale_down_after",
+        16,
+        52,
+        "at least 1s",
+    );
+    assert_error(
+        &diags,
+        "group.d.autoscale.memory_headroom",
+        16,
+        76,
+        "\"max\" would refuse",
+    );
+    assert_error(
+        &diags,
+        "group.d.autoscale.backlog_per_instance",
+        16,
+        106,
+        "from 1 to 1000000",
+    );
+    let e: Vec<_> = diags
+        .iter()
+        .filter(|d| d.key.starts_with("group.e.autoscale"))
+        .collect();
+    assert_eq!(e.len(), 2, "min and max out of bounds: {e:#?}");
+    assert_error(
+        &diags,
+        "group.f.instances",
+        22,
+        13,
+        "must be within min..=max (1..=4, line 23)",
+    );
+    assert_error(&diags, "group.g.autoscale", 26, 13, "a table");
+    assert_eq!(diags.len(), 10, "{diags:#?}");
+}
+
+/// `autoscale.max` counts towards the total, and its ids clash as the
+/// fixed ones do.
+#[test]
+fn autoscale_max_counts_for_the_total_and_the_ids() {
+    let fx = Fx::new();
+    let mut text = BASE.to_string();
+    for i in 0..4 {
+        text.push_str(&format!(
+            "[group.g{i}]\nqueues = [\"q{i}\"]\nautoscale = {{ min = 0, max = 1024 }}\n"
+        ));
+    }
+    fx.ok(&text);
+    text.push_str("[group.g4]\nqueues = [\"q4\"]\nautoscale = { min = 0, max = 1 }\n");
+    let diags = fx.errors(&text);
+    assert_error(
+        &diags,
+        "group.g4.autoscale",
+        19,
+        13,
+        "at most 4096 instances",
+    );
+    let diags = fx.errors(&with_base(concat!(
+        "[group.text]\nqueues = [\"q\"]\nautoscale = { min = 1, max = 3 }\n",
+        "[group.text-3]\nqueues = [\"r\"]\n",
+    )));
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(
+        diags[0].message.contains("instance 3 of group `text`"),
+        "{diags:#?}"
+    );
+}

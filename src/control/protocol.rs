@@ -123,6 +123,14 @@ pub enum Request {
         #[serde(deserialize_with = "bounded_name")]
         device_id: String,
     },
+    /// Sets an autoscaled group's instance count (`Some`) until it is
+    /// given back to the backlog (`None`): `clearifyctl scale GROUP N|auto`
+    /// (admin only).
+    Scale {
+        #[serde(deserialize_with = "bounded_name")]
+        group: String,
+        count: Option<u32>,
+    },
 }
 
 /// Which view of the fleet `clearifyctl fleet` wants.
@@ -218,6 +226,7 @@ impl Request {
                 | Request::Restart { .. }
                 | Request::Reload
                 | Request::FleetForget { .. }
+                | Request::Scale { .. }
         )
     }
 }
@@ -376,6 +385,33 @@ pub struct GroupStatus {
     pub name: String,
     pub queues: Vec<QueueStatus>,
     pub instances: Vec<InstanceStatus>,
+    /// Present when the group has `autoscale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleStatus>,
+}
+
+/// An autoscaled group's scaling (issue 15, workers.toml(5)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleStatus {
+    pub min: u32,
+    pub max: u32,
+    /// What the backlog asks for (clamped to min..=max), or the manual
+    /// count.
+    pub desired: u32,
+    /// Instances the group has now, not counting those being scaled away.
+    pub current: u32,
+    /// `steady`, `up`, `up-refused-memory`, `up-refused-crash-loop`,
+    /// `down-waiting`, `down`, `down-pressure`, `backlog-unknown`,
+    /// `manual` or `held`.
+    pub state: crate::model::autoscale::Reason,
+    /// Why, for humans: "backlog 57, share 0.40, mem ok".
+    pub reason: String,
+    /// The count set by `clearifyctl scale GROUP N`, until `auto`.
+    pub manual: Option<u32>,
+    /// The group's backlog at the last check; null when unknown.
+    pub backlog: Option<u64>,
+    /// This device's share of the fleet's capacity for the group's queues.
+    pub share: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -61,6 +61,7 @@ fn sample() -> Status {
                 },
             ],
             instances: vec![instance("text-1", InstanceState::Running), stopped],
+            autoscale: None,
         }],
     }
 }

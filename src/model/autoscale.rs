@@ -17,13 +17,15 @@
 //!   pressure at once;
 //! - never below `min` nor above `max`.
 //!
-//! Not wired into the daemon yet: the config key, the machine's scaling
-//! actions and the status fields come with the rest of issue 15.
+//! The config key is `autoscale = { … }` (config/checker/autoscale.rs);
+//! the machine carries the decisions out (supervisor/machine/scale.rs).
 
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 /// A group's `autoscale = { … }`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Autoscale {
     pub min: u32,
     pub max: u32,
@@ -61,8 +63,10 @@ pub struct Memory {
     pub pressure: bool,
 }
 
-/// Why the count is what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why the count is what it is. The wire spelling (status `state`) is
+/// kebab-case: `up-refused-memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Reason {
     /// The backlog is not known: no change.
     BacklogUnknown,
@@ -78,6 +82,29 @@ pub enum Reason {
     Down,
     /// Memory pressure: one down at once.
     DownPressure,
+    /// `clearifyctl scale GROUP N`: the operator's count, until `auto`.
+    Manual,
+    /// An operator `stop` pinned an instance of the group: no scaling
+    /// until it is started.
+    Held,
+}
+
+impl Reason {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BacklogUnknown => "backlog-unknown",
+            Reason::Steady => "steady",
+            Reason::Up => "up",
+            Reason::UpRefusedMemory => "up-refused-memory",
+            Reason::UpRefusedCrashLoop => "up-refused-crash-loop",
+            Reason::DownWaiting => "down-waiting",
+            Reason::Down => "down",
+            Reason::DownPressure => "down-pressure",
+            Reason::Manual => "manual",
+            Reason::Held => "held",
+        }
+    }
 }
 
 /// One check's answer.

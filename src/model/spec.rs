@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::autoscale::Autoscale;
+
 /// Resource limits of one queue group (cgroup v2). `None` leaves the
 /// kernel's default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -98,8 +100,16 @@ pub struct GroupPlan {
     pub name: String,
     pub queues: Vec<String>,
     pub limits: Limits,
-    /// Shared with the supervisor's instances (one copy per instance).
+    /// Every instance the group may have (`autoscale.max` of them with
+    /// autoscale), shared with the supervisor's instances.
     pub instances: Vec<Arc<InstanceSpec>>,
+    /// `-c` of each instance.
+    pub concurrency: u32,
+    /// `autoscale = { … }`: the count follows the backlog.
+    pub autoscale: Option<Autoscale>,
+    /// How many of `instances` run at start (all of them without
+    /// autoscale).
+    pub start: u32,
 }
 
 /// Everything the daemon runs.

@@ -62,6 +62,17 @@ impl<E: Effects> Supervisor<E> {
                 self.fleet(FleetWork::Forget(device_id), reply);
                 return;
             }
+            Request::Scale { group, count } => match self.machine.scale(&group, count, now) {
+                Ok(m) => Response::Done { messages: vec![m] },
+                Err(e @ machine::ScaleError::UnknownGroup(_)) => Response::Error {
+                    kind: ErrorKind::UnknownTarget,
+                    message: e.to_string(),
+                },
+                Err(e) => Response::Error {
+                    kind: ErrorKind::Refused,
+                    message: e.to_string(),
+                },
+            },
             Request::Version => Response::Version {
                 version: crate::VERSION.to_string(),
                 protocol: crate::control::protocol::PROTOCOL_VERSION,

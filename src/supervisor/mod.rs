@@ -22,6 +22,7 @@ pub mod machine;
 #[cfg(test)]
 mod recording;
 mod reload;
+mod scale;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -156,6 +157,8 @@ pub struct Supervisor<E: Effects> {
     textfile: textfile::Textfile,
     /// The fleet reads running off the actor (`commands`).
     fleet_reads: Arc<tokio::sync::Semaphore>,
+    /// Autoscaling's checks (`scale`).
+    scaling: scale::Autoscaling,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -203,6 +206,7 @@ impl<E: Effects> Supervisor<E> {
             reload_turn: Arc::default(),
             textfile: textfile::Textfile::default(),
             fleet_reads: Arc::new(tokio::sync::Semaphore::new(commands::MAX_FLEET_READS)),
+            scaling: scale::Autoscaling::default(),
             config: setup.config,
         }
     }
@@ -363,7 +367,8 @@ impl<E: Effects> Supervisor<E> {
                 .machine
                 .plan()
                 .instances()
-                .any(|s| s.timing.stall_timeout.is_some()),
+                .any(|s| s.timing.stall_timeout.is_some())
+                || self.machine.autoscales(),
         }
     }
 
@@ -451,7 +456,10 @@ impl<E: Effects> Supervisor<E> {
                 }
             }
             BrokerEvent::GateTimeout => self.gate_timeout(now),
-            BrokerEvent::Backlog(b) => self.machine.backlog(b, now),
+            BrokerEvent::Backlog(b) => {
+                self.machine.backlog(b, now);
+                self.scale_tick(now);
+            }
             BrokerEvent::Heartbeat(h) => {
                 self.machine
                     .heartbeat(&h.hostname, h.active, h.processed, now)

@@ -2,6 +2,7 @@
 //! machine's typed views become the status document and plain words.
 
 use super::*;
+use crate::control::protocol::AutoscaleStatus;
 use crate::model::InstanceState;
 use crate::model::target::{self, Member, Target};
 
@@ -38,6 +39,7 @@ impl<E: Effects> Supervisor<E> {
             Refresh::Oldest(n) => self.refresh_oldest_usage(&views, n),
         }
         let plan = self.machine.plan().clone();
+        let mut scales = self.machine.scale_views();
         let mut groups: Vec<GroupStatus> = Vec::new();
         let mut group_names: Vec<String> = plan.groups.iter().map(|g| g.name.clone()).collect();
         for v in &views {
@@ -71,10 +73,15 @@ impl<E: Effects> Supervisor<E> {
             if !targets.is_empty() && instances.is_empty() {
                 continue;
             }
+            let autoscale = scales
+                .iter()
+                .position(|s| s.group == name)
+                .map(|i| autoscale_status(scales.swap_remove(i)));
             groups.push(GroupStatus {
                 name,
                 queues,
                 instances,
+                autoscale,
             });
         }
         Status {
@@ -267,6 +274,21 @@ pub(super) fn instance_status(v: &machine::InstanceView, u: Option<&Usage>) -> I
 
 /// One troubled instance in the summary: "text-1 crash-loop (exit 1 (4
 /// quick failures in a row))".
+/// An autoscaled group's part of the status document.
+fn autoscale_status(v: machine::ScaleView) -> AutoscaleStatus {
+    AutoscaleStatus {
+        min: v.config.min,
+        max: v.config.max,
+        desired: v.desired,
+        current: v.current,
+        state: v.state,
+        reason: v.reason,
+        manual: v.manual,
+        backlog: v.backlog,
+        share: v.share,
+    }
+}
+
 fn trouble_text(t: &machine::Trouble) -> String {
     match &t.last_exit {
         Some(r) => format!(
@@ -349,6 +371,9 @@ mod tests {
                 queues: vec!["text".into()],
                 limits: Limits::default(),
                 instances: vec![spec(1), spec(2)],
+                concurrency: 1,
+                autoscale: None,
+                start: 2,
             }],
         };
         Machine::new(plan, true, Box::new(|| 0.0))

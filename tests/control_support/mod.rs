@@ -92,6 +92,7 @@ pub fn canned_status() -> Status {
                     },
                 ],
                 instances: vec![instance("text-1", 101), instance("text-2", 102)],
+                autoscale: None,
             },
             GroupStatus {
                 name: "webhook".into(),
@@ -100,6 +101,7 @@ pub fn canned_status() -> Status {
                     backlog: Some(0),
                 }],
                 instances: vec![instance("webhook-1", 201)],
+                autoscale: None,
             },
         ],
     }
@@ -195,6 +197,9 @@ impl FakeState {
                 }
                 Response::Status(st)
             }
+            Request::Scale { group, count } => Response::Done {
+                messages: vec![format!("{group}: scale {count:?}")],
+            },
             Request::Start { targets }
             | Request::Stop { targets }
             | Request::Restart { targets, .. } => {

@@ -84,6 +84,7 @@ impl Checker<'_> {
                 Some(Value::Args(args.into_iter().map(|a| a.v).collect()))
             }
             Kind::Env => self.env_table(v, key).map(Value::Env),
+            Kind::Autoscale => self.autoscale(v, key).map(Value::Autoscale),
         }
     }
 
@@ -206,6 +207,7 @@ impl Checker<'_> {
             queues: Vec::new(),
             concurrency: 0,
             instances: 0,
+            autoscale: None,
             timing: Timing {
                 stop_timeout: Duration::ZERO,
                 restart_delay: Duration::ZERO,
@@ -333,10 +335,11 @@ impl Checker<'_> {
                     ),
                 );
             }
+            self.start_count(&mut cfg, &pick("instances").cloned(), pick("autoscale"));
             let before = total_instances;
-            total_instances = total_instances.saturating_add(u64::from(cfg.instances));
+            total_instances = total_instances.saturating_add(u64::from(cfg.max_instances()));
             if before <= MAX_TOTAL_INSTANCES && total_instances > MAX_TOTAL_INSTANCES {
-                let (span, key) = match g.get("instances") {
+                let (span, key) = match g.get("instances").or_else(|| g.get("autoscale")) {
                     Some(a) => (&a.span, &a.key),
                     None => (&name.span, &name.key),
                 };
@@ -355,8 +358,10 @@ impl Checker<'_> {
         // control targets ambiguous ("text-1": group or instance?). An id is
         // `<group>-<i>` with a canonical decimal `i`, so only the split at
         // the last `-` can match: one lookup per group.
-        let instances: HashMap<&str, u32> =
-            out.iter().map(|g| (g.name.as_str(), g.instances)).collect();
+        let instances: HashMap<&str, u32> = out
+            .iter()
+            .map(|g| (g.name.as_str(), g.max_instances()))
+            .collect();
         for (name, _, _) in raws {
             if let Some((group, n)) = instance_id_clash(&name.v, |g| instances.get(g).copied()) {
                 self.error(
@@ -367,6 +372,37 @@ impl Checker<'_> {
             }
         }
         out
+    }
+}
+
+impl Checker<'_> {
+    /// With `autoscale`, `instances` is the count at start: within
+    /// min..=max when written, `min` when not.
+    fn start_count(
+        &mut self,
+        cfg: &mut GroupConfig,
+        instances: &Option<At<Value>>,
+        autoscale: Option<&At<Value>>,
+    ) {
+        let (Some(a), Some(at)) = (cfg.autoscale, autoscale) else {
+            return;
+        };
+        match instances {
+            None => cfg.instances = a.min,
+            Some(i) if cfg.instances < a.min || cfg.instances > a.max => self.error(
+                &i.span,
+                &i.key,
+                format!(
+                    "group `{}`: instances ({}) is the count at start with autoscale and must be within min..=max ({}..={}, line {})",
+                    cfg.name,
+                    cfg.instances,
+                    a.min,
+                    a.max,
+                    self.src.position(at.span.start).0
+                ),
+            ),
+            Some(_) => {}
+        }
     }
 }
 

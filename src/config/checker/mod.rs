@@ -3,6 +3,7 @@
 //! getters (each reports its own error) and the walk over the sections;
 //! the sections themselves are in the sibling files.
 
+mod autoscale;
 mod broker;
 mod celery;
 mod daemon;

@@ -280,5 +280,6 @@ pub fn request_name(request: &Request) -> &'static str {
         Request::Version => "version",
         Request::Fleet { .. } => "fleet",
         Request::FleetForget { .. } => "fleet forget",
+        Request::Scale { .. } => "scale",
     }
 }

@@ -106,7 +106,7 @@ impl Machine {
                 .map(|i| i.spec.id.clone())
                 .collect();
             for id in ids {
-                self.retire(&id, now);
+                self.retire(&id, "removed from the config", now);
             }
         }
         for name in d.added.iter().chain(d.changed.iter()) {
@@ -125,9 +125,10 @@ impl Machine {
                 .map(|i| i.spec.id.clone())
                 .collect();
             for id in gone {
-                self.retire(&id, now);
+                self.retire(&id, "removed from the config", now);
             }
-            for spec in &g.instances {
+            let wanted = self.wanted_count(&g);
+            for spec in g.instances.iter().take(wanted) {
                 match self.instances.get_mut(&spec.id) {
                     None => {
                         self.instances
@@ -164,6 +165,8 @@ impl Machine {
                 }
             }
         }
+        let mut scales = std::mem::take(&mut self.scales);
+        self.scales = Machine::scales_for(&self.plan, &mut scales);
         self.after_event(now);
         d
     }

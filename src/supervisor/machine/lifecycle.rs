@@ -190,7 +190,7 @@ impl Machine {
             After::Remove => {
                 let group = inst.spec.group.clone();
                 self.instances.remove(id);
-                info!(instance = id, "{id} removed (no longer in the config)");
+                info!(instance = id, "{id} removed");
                 let group_gone = self.plan.group(&group).is_none()
                     && !self.instances.values().any(|i| i.spec.group == group);
                 if group_gone {
@@ -212,8 +212,9 @@ impl Machine {
         }
     }
 
-    /// Stop an instance that the config no longer has, then forget it.
-    pub(super) fn retire(&mut self, id: &str, now: Instant) {
+    /// Stop an instance that the config no longer has (or that is scaled
+    /// down), then forget it.
+    pub(super) fn retire(&mut self, id: &str, why: &str, now: Instant) {
         for r in self.rolling.values_mut() {
             r.queue.retain(|q| q != id);
         }
@@ -222,7 +223,7 @@ impl Machine {
         };
         inst.after = After::Remove;
         inst.next_spec = None;
-        self.begin_stop(id, After::Remove, "removed from the config", now);
+        self.begin_stop(id, After::Remove, why, now);
     }
 
     /// The heartbeat and stall checks of every running instance.

@@ -120,10 +120,13 @@ pub enum CommandError {
 mod commands;
 mod instance;
 mod lifecycle;
+mod scale;
 
 use instance::{After, Health, HealthVerdict, Instance, Phase, Stage};
 pub use instance::{InstanceView, SummaryFacts, Trouble};
 use instance::{group_backlog, health_verdict, later};
+use scale::Scale;
+pub use scale::{ScaleError, ScaleSample, ScaleView};
 
 #[derive(Debug, Default)]
 struct Rolling {
@@ -147,6 +150,8 @@ pub struct Machine {
     unstopped: HashSet<String>,
     rolling: BTreeMap<String, Rolling>,
     backlog: BTreeMap<String, u64>,
+    /// The groups with `autoscale`, by name (scale.rs).
+    scales: BTreeMap<String, Scale>,
     kill_seq: u64,
     actions: Vec<Action>,
     jitter: Box<dyn FnMut() -> f64 + Send>,
@@ -160,10 +165,21 @@ impl Machine {
     /// [`Machine::open_gate`] (the broker being reachable) before they start.
     /// `jitter` returns numbers in `[-1, 1]` for the backoff jitter.
     pub fn new(plan: Plan, gate_open: bool, jitter: Box<dyn FnMut() -> f64 + Send>) -> Self {
+        // With autoscale, a group starts with its start count.
         let instances = plan
-            .instances()
+            .groups
+            .iter()
+            .flat_map(|g| {
+                let start = if g.autoscale.is_some() {
+                    usize::try_from(g.start).unwrap_or(usize::MAX)
+                } else {
+                    g.instances.len()
+                };
+                g.instances.iter().take(start)
+            })
             .map(|s| (s.id.clone(), Instance::new(s.clone())))
             .collect();
+        let scales = Machine::scales_for(&plan, &mut BTreeMap::new());
         Machine {
             plan,
             instances,
@@ -175,6 +191,7 @@ impl Machine {
             unstopped: HashSet::new(),
             rolling: BTreeMap::new(),
             backlog: BTreeMap::new(),
+            scales,
             kill_seq: 0,
             actions: Vec::new(),
             jitter,
@@ -208,7 +225,12 @@ impl Machine {
                 limits: g.limits.clone(),
             });
         }
-        let ids: Vec<String> = self.plan.instances().map(|s| s.id.clone()).collect();
+        let ids: Vec<String> = self
+            .plan
+            .instances()
+            .filter(|s| self.instances.contains_key(&s.id))
+            .map(|s| s.id.clone())
+            .collect();
         for id in ids {
             self.launch(&id, now);
         }

@@ -43,6 +43,9 @@ fn group(name: &str, queues: &[&str], instances: u32, concurrency: u32) -> Group
                 })
             })
             .collect(),
+        concurrency,
+        autoscale: None,
+        start: instances,
     }
 }
 
@@ -819,3 +822,6 @@ async fn a_mass_shutdown_exits_after_the_last_stop_without_rescanning() {
         "{N} stops took {took:?}: each rescans every instance"
     );
 }
+
+#[path = "scale_tests.rs"]
+mod scale_tests;
