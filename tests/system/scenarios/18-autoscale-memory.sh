@@ -174,9 +174,10 @@ assert_eq "$(jq_py 'inst("text-1")["pid"]')" "$text1_pid" "text-1 pid (not resta
 echo "ok: no text/text-2 cgroup leaf"
 
 text=$(clearifyctl status) || fail "clearifyctl status failed"
-line=$(printf '%s\n' "$text" | grep -F 'autoscale 1..4' || true)
-note "status line: $line"
-assert_contains "$line" "text:" "the autoscale line of clearifyctl status"
+# The autoscale line follows the group's header line ("text  queues: ...").
+line=$(printf '%s\n' "$text" | awk 'prev ~ /^text / && /^autoscale / {print} {prev = $0}')
+note "status: $(printf '%s\n' "$text" | grep -A1 '^text ' | tr '\n' '|')"
+assert_contains "$line" "autoscale 1..4" "the autoscale line under text in clearifyctl status"
 assert_contains "$line" "current 1" "the autoscale line of clearifyctl status"
 assert_contains "$line" "refused" "the autoscale line of clearifyctl status"
 assert_contains "$line" "MemAvailable" "the autoscale line of clearifyctl status"
