@@ -86,6 +86,7 @@ impl Publisher {
                 processed: 0,
                 active: 0,
                 tasks_per_minute: None,
+                max_instances: None,
                 instances: Vec::with_capacity(g.instances.len()),
             };
             for i in &g.instances {
