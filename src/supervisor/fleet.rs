@@ -178,6 +178,7 @@ pub(super) fn fleet_settings(config: &Config, announce: bool) -> Option<FleetSet
         interval: config.fleet.interval,
         forget_after: config.fleet.forget_after,
         announce,
+        read_capacity: false,
     })
 }
 
