@@ -4,7 +4,7 @@
 //! gate; a second task for the heartbeat subscription (`heartbeat`); and,
 //! when autoscaling asks for it, a third that reads the fleet's capacity
 //! (`capacity`).
-//! [`Monitor`] is the supervisor's handle on both.
+//! [`Monitor`] is the supervisor's handle on them all.
 
 use std::sync::Arc;
 use std::time::Duration;
