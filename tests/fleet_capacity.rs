@@ -166,3 +166,34 @@ fn no_capacity_read_unless_asked_and_none_without_a_broker() {
         m.shutdown().await;
     });
 }
+
+#[test]
+fn a_thousand_devices_are_read_within_the_cap() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut conn = connect(&url);
+    let now = redis_now(&mut conn);
+    // 1000 devices, each with a realistic record of 4 groups × 8 instances
+    // (about 3 KiB); one group of each consumes `images`.
+    for i in 0..1000 {
+        let rec = fleet_support::realistic(&format!("pi-{i:04}"), "0.5.0");
+        publish(&mut conn, "", &rec, now, 60);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let t0 = std::time::Instant::now();
+        let (m, mut rx) = monitor(&url, true);
+        let got = next_capacity(&mut rx, Duration::from_secs(10)).await;
+        let took = t0.elapsed();
+        eprintln!("capacity read of 1000 records: {took:?}");
+        let got = got.expect("the fleet was readable");
+        // No `text` group in `realistic`: 1000 × `images` (8 × 2).
+        assert_eq!(got.len(), 1000);
+        assert!(
+            got.iter()
+                .all(|c| c.queues == qs(&["images"]) && c.capacity == 16)
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        m.shutdown().await;
+    });
+}
