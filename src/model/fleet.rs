@@ -160,6 +160,12 @@ pub struct GroupRecord<I = InstanceRecord> {
     /// Tasks per minute between the last two beats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks_per_minute: Option<f64>,
+    /// The most instances the group may run: its autoscale `max`, else
+    /// its fixed count. Other devices' share of a queue is counted from it
+    /// (capacity = max_instances × concurrency; [`capacities`]); absent in
+    /// the records of older daemons (then `total` counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
     #[serde(default = "Vec::new")]
     pub instances: Vec<I>,
 }
@@ -275,6 +281,7 @@ impl<I> DeviceRecord<I> {
                     processed: g.processed,
                     active: g.active,
                     tasks_per_minute: g.tasks_per_minute,
+                    max_instances: g.max_instances,
                     instances: g.instances.into_iter().map(J::from).collect(),
                 })
                 .collect(),
@@ -403,7 +410,9 @@ pub struct ReadSummary {
     pub skipped: Vec<Skipped>,
 }
 
+mod capacity;
 mod views;
+pub use capacity::*;
 pub use views::*;
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ impl Publisher {
                 processed: 0,
                 active: 0,
                 tasks_per_minute: None,
+                max_instances: None,
                 instances: Vec::with_capacity(g.instances.len()),
             };
             for i in &g.instances {
@@ -177,6 +178,7 @@ pub(super) fn fleet_settings(config: &Config, announce: bool) -> Option<FleetSet
         interval: config.fleet.interval,
         forget_after: config.fleet.forget_after,
         announce,
+        read_capacity: false,
     })
 }
 

@@ -402,9 +402,10 @@ impl<E: Effects> Supervisor<E> {
         // everything but the routine events changes it.
         let routine = match &ev {
             BrokerEvent::Up { .. } => self.broker.state == BrokerState::Ok,
-            BrokerEvent::Backlog(_) | BrokerEvent::Heartbeat(_) | BrokerEvent::FleetBeat { .. } => {
-                true
-            }
+            BrokerEvent::Backlog(_)
+            | BrokerEvent::Heartbeat(_)
+            | BrokerEvent::FleetBeat { .. }
+            | BrokerEvent::FleetCapacity(_) => true,
             _ => false,
         };
         if !routine {
@@ -465,6 +466,8 @@ impl<E: Effects> Supervisor<E> {
                     .heartbeat(&h.hostname, h.active, h.processed, now)
             }
             BrokerEvent::FleetBeat { .. } => self.fleet_due = true,
+            // Autoscaling's input (issue 15): wired by the autoscaler.
+            BrokerEvent::FleetCapacity(_) => {}
         }
     }
 
