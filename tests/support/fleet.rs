@@ -44,6 +44,7 @@ pub fn group(name: &str, queues: &[&str], n: u32, tasks_per_minute: Option<f64>)
         active: 1,
         tasks_per_minute,
         max_instances: None,
+        autoscale: None,
         instances: (1..=n)
             .map(|i| InstanceRecord {
                 id: format!("{name}-{i}"),

@@ -7,8 +7,8 @@
 //! liveness rule: not stopped, last beat within [`LOST_AFTER_INTERVALS`]
 //! of its interval) and it is not this device. Each of its groups that
 //! consumes any queue of this device is one [`Capacity`]: its
-//! `max_instances` (else `total`, for an older daemon's record) ×
-//! `concurrency`.
+//! `max_instances` (else `total`, for an older daemon's record) less its
+//! instances in crash-loop (they are not capacity), × `concurrency`.
 //!
 //! [`LOST_AFTER_INTERVALS`]: super::LOST_AFTER_INTERVALS
 
@@ -26,7 +26,8 @@ pub struct Capacity {
     /// bounds the work of each check however many queues a hostile record
     /// names.
     pub queues: Vec<String>,
-    /// `max_instances` (else `total`) × `concurrency`, saturating.
+    /// (`max_instances` (else `total`) − `crash_looping`) × `concurrency`,
+    /// saturating.
     pub capacity: u64,
 }
 
@@ -42,7 +43,11 @@ pub fn capacities(now: f64, seen: &[Seen], me: &str, consumed: &[String]) -> Vec
             continue;
         }
         for g in &s.record.groups {
-            let instances = g.max_instances.unwrap_or(g.total);
+            // Instances in crash-loop are not capacity (issue 15).
+            let instances = g
+                .max_instances
+                .unwrap_or(g.total)
+                .saturating_sub(g.crash_looping);
             let capacity = u64::from(instances).saturating_mul(u64::from(g.concurrency));
             if capacity == 0 {
                 continue;

@@ -31,6 +31,7 @@ fn group(name: &str, queues: &[&str], n: u32, tpm: Option<f64>) -> GroupRecord {
         active: 1,
         tasks_per_minute: tpm,
         max_instances: None,
+        autoscale: None,
         instances: (1..=n)
             .map(|i| instance(&format!("{name}-{i}"), InstanceState::Running))
             .collect(),
@@ -326,6 +327,18 @@ fn capacities_count_the_other_live_devices_groups_on_my_queues() {
             record("zero", "0.4.0", vec![scaled("t", &["text"], 0, Some(0))]),
             now,
         ),
+        // Two of its four instances in crash-loop: (4 − 2) × 2.
+        seen(
+            record(
+                "looping",
+                "0.4.0",
+                vec![GroupRecord {
+                    crash_looping: 2,
+                    ..scaled("t", &["text"], 4, Some(4))
+                }],
+            ),
+            now,
+        ),
         // Saturates instead of overflowing.
         seen(
             record(
@@ -350,6 +363,10 @@ fn capacities_count_the_other_live_devices_groups_on_my_queues() {
             Capacity {
                 queues: qs(&["images", "text"]),
                 capacity: 6
+            },
+            Capacity {
+                queues: qs(&["text"]),
+                capacity: 4
             },
             Capacity {
                 queues: qs(&["images"]),
