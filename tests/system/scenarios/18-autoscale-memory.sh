@@ -7,7 +7,10 @@
 # MemAvailable at 400 MiB, below the headroom; a backlog of 60 five-second
 # tasks then asks for 4 instances: the group stays at 1 for many checks,
 # status --json says state "up-refused-memory" with a reason naming
-# MemAvailable, `clearifyctl status` says so, and journald has the refusal
+# MemAvailable, the per-instance estimate and the headroom, `clearifyctl
+# status` says so. Then MemAvailable at headroom + half the daemon's
+# per-instance estimate: above the headroom, still refused (MemAvailable
+# minus one more instance must stay above it). journald has the refusal
 # once (CLEARIFY_GROUP=text). The balloon freed, the group grows to 4, one
 # instance per check ("1 → 2", "2 → 3", "3 → 4" in the journal, at
 # different checks), every instance running in its own cgroup leaf.
@@ -19,6 +22,7 @@ TIGHT_MIB=$((HEADROOM_MIB - 100))  # MemAvailable held here: below the headroom 
 TASKS=60                           # demo.sleep 5 s each; desired = min(4, ceil(backlog / 5))
 OBSERVE_SECS=8                     # checks watched while refused (check_interval 1s)
 BALLOON_STATE=/run/balloon.state
+BALLOON_TARGET=/run/balloon.target  # "<MemAvailable MiB> <± MiB>", re-read by the balloon
 POLL=/root/autoscale-poll.py
 
 # autoscale-poll.py OUT SECS STOP: samples the text group's autoscale status
@@ -67,6 +71,16 @@ autoscale_state_is() { [ "$(autoscale_field state)" = "$1" ]; }
 # Autoscale lines of this boot's daemon journal carrying STRING, one per line.
 journal_lines_with() { journal -u "$UNIT" CLEARIFY_GROUP=text -o cat | grep -F -- "$1" || true; }
 count_lines_with() { journal_lines_with "$1" | grep -c . || true; }
+# The daemon's figures from the refusal: MemAvailable A - per instance P <= headroom H.
+reason_figures() { # REASON -> "A P H"
+    python3 - "$1" <<'PY'
+import re, sys
+m = re.search(r"MemAvailable (\d+) MiB - (\d+) MiB per instance <= headroom (\d+) MiB", sys.argv[1])
+if not m:
+    sys.exit(f"no 'MemAvailable A MiB - P MiB per instance <= headroom H MiB' in the reason: {sys.argv[1]}")
+print(m[1], m[2], m[3])
+PY
+}
 
 install_demo_app
 start_redis
@@ -119,11 +133,14 @@ text1_pid=$(jq_py 'inst("text-1")["pid"]')
 note "MemAvailable idle: $(mem_available_mib) MiB; text leaf memory.current: $(( $(cat "$(unit_cgroup)/text/text-1/memory.current") >> 20 )) MiB"
 
 step "make memory tight: a balloon holds MemAvailable at $TIGHT_MIB MiB (headroom $HEADROOM_MIB MiB)"
-python3 "$SYSTEST_SHARE/systest/fixtures/memory-balloon.py" "$TIGHT_MIB" "$BALLOON_STATE" >/root/balloon.log 2>&1 &
+balloon_target() { echo "$1 $2" >"$BALLOON_TARGET.new" && mv "$BALLOON_TARGET.new" "$BALLOON_TARGET"; }
+# settled at the target last written
+balloon_settled() { [ "$(awk '{print $3, $4}' "$BALLOON_STATE" 2>/dev/null)" = "1 $(awk '{print $1}' "$BALLOON_TARGET")" ]; }
+balloon_target "$TIGHT_MIB" 24
+python3 "$SYSTEST_SHARE/systest/fixtures/memory-balloon.py" "$BALLOON_TARGET" "$BALLOON_STATE" >/root/balloon.log 2>&1 &
 balloon_pid=$!
-balloon_settled() { [ "$(awk '{print $3}' "$BALLOON_STATE" 2>/dev/null)" = 1 ]; }
 wait_for 120 "the balloon settled MemAvailable near $TIGHT_MIB MiB" balloon_settled
-note "balloon: MemAvailable/held/settled: $(cat "$BALLOON_STATE"); /proc/meminfo MemAvailable $(mem_available_mib) MiB"
+note "balloon: MemAvailable/held/settled/target: $(cat "$BALLOON_STATE"); /proc/meminfo MemAvailable $(mem_available_mib) MiB"
 note "PSI memory: $(tr '\n' ' ' </proc/pressure/memory 2>/dev/null || echo none)"
 
 step "queue a backlog: $TASKS demo.sleep tasks of 5 s on text_processing"
@@ -155,18 +172,13 @@ reason=$(jq_py 'group("text")["autoscale"]["reason"]')
 note "reason: $reason (balloon: $(cat "$BALLOON_STATE"))"
 assert_contains "$reason" MemAvailable "autoscale.reason"
 assert_contains "$reason" headroom "autoscale.reason"
+figures=$(reason_figures "$reason") || fail "the refusal's figures"
+read -r avail per headroom <<<"$figures"
+assert_eq "$headroom" "$HEADROOM_MIB" "the headroom in the reason (MiB)"
 # The figure it names is the VM's (the balloon holds it within ±24 MiB).
-python3 - "$reason" "$TIGHT_MIB" <<'PY' || fail "the MemAvailable figure in the reason is not the VM's"
-import re, sys
-reason, tight = sys.argv[1], int(sys.argv[2])
-m = re.search(r"MemAvailable\D*?(\d+)\s*MiB", reason)
-if not m:
-    print(f"   (the reason gives MemAvailable in another unit than MiB: not compared: {reason})")
-    sys.exit(0)
-v = int(m[1])
-assert abs(v - tight) <= 80, f"MemAvailable {v} MiB in the reason, the VM has about {tight} MiB"
-print(f"ok: the reason's MemAvailable {v} MiB is the VM's (about {tight} MiB)")
-PY
+[ "$avail" -ge $((TIGHT_MIB - 60)) ] && [ "$avail" -le $((TIGHT_MIB + 60)) ] \
+    || fail "MemAvailable $avail MiB in the reason, but the balloon holds the VM's at $TIGHT_MIB ± 24 MiB"
+echo "ok: the reason's MemAvailable $avail MiB is the VM's (about $TIGHT_MIB MiB)"
 assert_eq "$(jq_py 'group("text")["autoscale"]["current"]')" 1 "autoscale.current while refused"
 assert_gt "$(jq_py 'group("text")["autoscale"]["backlog"]')" 15 "autoscale.backlog while refused"
 assert_eq "$(jq_py 'inst("text-1")["pid"]')" "$text1_pid" "text-1 pid (not restarted)"
@@ -181,6 +193,28 @@ assert_contains "$line" "autoscale 1..4" "the autoscale line under text in clear
 assert_contains "$line" "current 1" "the autoscale line of clearifyctl status"
 assert_contains "$line" "refused" "the autoscale line of clearifyctl status"
 assert_contains "$line" "MemAvailable" "the autoscale line of clearifyctl status"
+
+step "MemAvailable above the headroom, but not by the per-instance estimate: still refused"
+assert_ge "$per" 16 "the per-instance estimate in the reason (MiB; text-1's leaf: $(( $(cat "$(unit_cgroup)/text/text-1/memory.current") >> 20 )) MiB)"
+# MemAvailable at headroom + half an instance: above the headroom, so only
+# the estimate of one more instance can refuse.
+between=$((HEADROOM_MIB + per / 2)) band=$((per / 4))
+balloon_target "$between" "$band"
+wait_for 60 "the balloon settled MemAvailable at $between ± $band MiB" balloon_settled
+note "balloon: $(cat "$BALLOON_STATE")"
+python3 "$POLL" /root/poll-between.jsonl 4 False \
+    "$one_instance and s['state'] == 'up-refused-memory' and s['desired'] == 4" \
+    && fail "the poller stopped early"
+rc=$?
+[ "$rc" = 3 ] || fail "with MemAvailable at headroom + half an instance, the group must stay at 1, refused: $(tail -n 2 /root/poll-between.jsonl)"
+status_json >/dev/null
+reason=$(jq_py 'group("text")["autoscale"]["reason"]')
+note "reason: $reason (balloon: $(cat "$BALLOON_STATE"))"
+figures=$(reason_figures "$reason") || fail "the refusal's figures"
+read -r avail per headroom <<<"$figures"
+assert_gt "$avail" "$headroom" "MemAvailable in the reason, above the headroom"
+assert_ge "$headroom" $((avail - per)) "headroom vs MemAvailable - per instance"
+echo "ok: refused at MemAvailable $avail MiB > headroom $headroom MiB, because $avail - $per <= $headroom"
 
 step "journald: the refusal is logged once"
 refusals() { [ "$(count_lines_with MemAvailable)" -ge 1 ]; }
