@@ -958,3 +958,22 @@ autoscale = { min = 1, max = 4, memory_headroom = "300M" }
     assert_eq!(scale(&a.status().await)["share"].as_f64(), Some(1.0));
     a.shutdown().await;
 }
+
+/// `status GROUP` of a group scaled to zero shows the group (with its
+/// autoscale) instead of "unknown target" or nothing.
+#[tokio::test(start_paused = true)]
+async fn status_of_a_group_at_zero_instances_shows_it() {
+    let a = Actor::start(
+        r#"
+[group.idle]
+queues = ["iq"]
+autoscale = { min = 0, max = 2 }
+"#,
+    )
+    .await;
+    let s = a.ask(json!({"type": "status", "targets": ["idle"]})).await;
+    assert_eq!(s["groups"][0]["name"], "idle", "{s}");
+    assert_eq!(s["groups"][0]["instances"], json!([]));
+    assert_eq!(s["groups"][0]["autoscale"]["current"], 0);
+    a.shutdown().await;
+}
