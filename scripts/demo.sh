@@ -69,6 +69,23 @@ sleep 2.5   # one heartbeat, so status shows the processed counts
 echo; echo "== clearifyctl status (processed counts come from the workers' heartbeats)"; ctl status
 echo; echo "== clearifyctl logs text -n 5"; ctl logs text -n 5
 
+echo; echo "== autoscaling: 60 tasks of 0.5 s on queue bulk (group bulk: 0..3 instances, one per 10 waiting)"
+.venv/bin/python examples/send_tasks.py many demo.sleep '[0.5, "bulk"]' bulk 60 180 >"$dir/bulk.out" &
+sender=$!
+pids+=("$sender")
+last=""
+while kill -0 "$sender" 2>/dev/null; do
+    line=$(ctl status --json bulk | .venv/bin/python -c '
+import json, sys
+a = json.load(sys.stdin)["groups"][0]["autoscale"]
+print("bulk: {current} instance(s), desired {desired} ({state}: {reason})".format(**a))' || true)
+    if [ -n "$line" ] && [ "$line" != "$last" ]; then echo "$line"; last=$line; fi
+    sleep 0.5
+done
+wait "$sender"
+echo "== $(grep -c '"slept": 0.5' "$dir/bulk.out") of 60 bulk tasks done"
+echo; echo "== clearifyctl status bulk"; ctl status bulk
+
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
     echo; echo "== running; try: $bin/clearifyctl --socket $dir/control.sock status   (Ctrl-C stops)"
     wait "$daemon" || true

@@ -1483,3 +1483,33 @@ fn fleet_forget_needs_an_admin_reading_the_fleet_does_not() {
         Ok(String::new())
     );
 }
+
+/// `clearifyctl scale` is an admin request: a reader is refused before the
+/// daemon sees it; an admin reaches the daemon, which refuses a group
+/// without autoscale with a clear message (exit 1).
+#[test]
+fn scale_needs_an_admin_and_an_autoscaled_group() {
+    let u = users();
+    let redis = redis_support::RedisServer::start();
+    let (d, bin) = tiered_daemon(&redis);
+    let sock = d.socket();
+    let r = setpriv_at(
+        &sock,
+        &bin,
+        u.user,
+        format!("--groups={}", Gid::effective()),
+        &["scale", "text", "2"],
+    );
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("permission denied"), "{r:?}");
+    let admin = |args: &[&str]| setpriv_at(&sock, &bin, u.admin_only, "--init-groups".into(), args);
+    let r = admin(&["scale", "text", "2"]);
+    assert_eq!(r.code, 1, "{r:?}\n{}", d.log());
+    assert!(r.stderr.contains("group text has no autoscale"), "{r:?}");
+    let r = admin(&["scale", "nope", "auto"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("unknown group \"nope\""), "{r:?}");
+    let r = admin(&["scale", "text", "many"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("neither a count"), "{r:?}");
+}

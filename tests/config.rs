@@ -363,6 +363,14 @@ fn shipped_configs_still_load() {
             .unwrap_or_else(|e| panic!("{f}:\n{e}"));
         let plan = plan::build(&loaded.config);
         assert_eq!(plan.groups.len(), loaded.config.groups.len(), "{f}");
+        // A commented autoscale line is the documented alternative: it
+        // must load too.
+        if text.contains("#autoscale = ") {
+            let on = text.replace("#autoscale = ", "autoscale = ");
+            let loaded = config::load_str(&on, &dir.path().join("workers.toml"), &env)
+                .unwrap_or_else(|e| panic!("{f} with autoscale:\n{e}"));
+            assert!(loaded.config.groups.iter().any(|g| g.autoscale.is_some()));
+        }
     }
 }
 

@@ -77,7 +77,7 @@ impl FleetReader {
         Keys::new(&self.settings.key_prefix)
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, FleetError> {
+    pub(super) async fn connect(&self) -> Result<MultiplexedConnection, FleetError> {
         let target = parse_target(&self.settings.url)?;
         let mut steps = Vec::new();
         connect_steps(&target, &mut steps)
@@ -127,7 +127,7 @@ impl FleetReader {
 
     /// TIME, ZCARD, the most recent members and their records; prunes when
     /// this reader holds the guard.
-    async fn read_all(
+    pub(super) async fn read_all(
         &self,
         conn: &mut MultiplexedConnection,
     ) -> Result<(ReadSummary, Vec<Seen>), FleetError> {

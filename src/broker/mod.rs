@@ -14,6 +14,7 @@
 //! | `heartbeat.rs` | the Celery heartbeat channel, subscription and decoding |
 //! | `report.rs` | [`test_report`] for `clearifyctl test` |
 //! | `fleet.rs` | reading the fleet registry for `clearifyctl fleet` ([`FleetReader`]) |
+//! | `capacity.rs` | the monitor's periodic fleet read for autoscaling ([`BrokerEvent::FleetCapacity`]) |
 //!
 //! - [`probe`] answers "is the broker ready?" once: connect (TCP, TLS or
 //!   unix socket), AUTH, SELECT, PING → PONG, each with an explicit timeout.
@@ -37,6 +38,7 @@
 
 mod backlog;
 mod beat;
+mod capacity;
 mod error;
 mod fleet;
 mod gate;
@@ -50,6 +52,8 @@ mod url;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
+
+use crate::model::fleet::Capacity;
 
 pub use backlog::{
     BACKLOG_MIN_INTERVAL, DEFAULT_PRIORITY_STEPS, PRIORITY_SEP, Watched, queue_keys,
@@ -103,6 +107,11 @@ pub struct FleetSettings {
     /// that has no wake-up of its own to build the next record on (no
     /// systemd watchdog); `false`: it builds on its watchdog ticks.
     pub announce: bool,
+    /// Read the fleet every `interval` and send
+    /// [`BrokerEvent::FleetCapacity`]: the other live devices' capacity
+    /// for this device's queues, the input of an autoscaled group's share
+    /// (`capacity.rs`). Set when some group autoscales.
+    pub read_capacity: bool,
 }
 
 impl BrokerSettings {
@@ -145,4 +154,9 @@ pub enum BrokerEvent {
     /// The fleet record was written, at this Redis time (seconds): time to
     /// hand the health link the next one ([`Monitor::set_fleet_record`]).
     FleetBeat { at: f64 },
+    /// The other live devices' groups that consume this device's queues
+    /// ([`FleetSettings::read_capacity`]); `None` when the fleet could not
+    /// be read (the share is then 1). Sent after the first read and
+    /// whenever it changes.
+    FleetCapacity(Option<Vec<Capacity>>),
 }

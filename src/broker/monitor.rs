@@ -1,8 +1,10 @@
 //! The monitor: the broker's actor. [`spawn_monitor`] starts one task that
 //! runs the gate (`gate`) until the broker is up, sends `Up`, runs the health
 //! check (`health`) until the link breaks, sends `Down` and goes back to the
-//! gate; and a second task for the heartbeat subscription (`heartbeat`).
-//! [`Monitor`] is the supervisor's handle on both.
+//! gate; a second task for the heartbeat subscription (`heartbeat`); and,
+//! when autoscaling asks for it, a third that reads the fleet's capacity
+//! (`capacity`).
+//! [`Monitor`] is the supervisor's handle on them all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +13,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::backlog::Watched;
+use super::capacity::capacity_task;
 use super::error::ProbeError;
 use super::gate::Gate;
 use super::heartbeat::{LinkCounts, heartbeat_task};
 use super::link::Tls;
 use super::url::{Target, parse_target};
-use super::{BrokerEvent, BrokerSettings, FleetSettings, beat, health};
+use super::{BrokerEvent, BrokerSettings, FleetReader, FleetSettings, beat, health};
 use crate::config::redact_url;
 use crate::model::fleet::DeviceRecord;
 
@@ -140,6 +143,21 @@ pub fn spawn_monitor(
             (dummy, Err(err))
         }
     };
+    let mut tasks = Vec::with_capacity(3);
+    if let Some(f) = fleet.as_ref().filter(|f| f.read_capacity)
+        && target.is_ok()
+    {
+        let reader = FleetReader {
+            settings: settings.clone(),
+            device_id: f.device_id.clone(),
+        };
+        tasks.push(tokio::spawn(capacity_task(
+            reader,
+            f.interval,
+            queues_rx.clone(),
+            tx.clone(),
+        )));
+    }
     let main = tokio::spawn(main_task(
         settings,
         target,
@@ -149,6 +167,7 @@ pub fn spawn_monitor(
         Arc::new(latency_tx),
         tx,
     ));
+    tasks.extend([main, heartbeats]);
     Monitor {
         target: stop_target,
         key_prefix,
@@ -156,7 +175,7 @@ pub fn spawn_monitor(
         queues: queues_tx,
         latency: latency_rx,
         health,
-        tasks: vec![main, heartbeats],
+        tasks,
     }
 }
 

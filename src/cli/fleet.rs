@@ -437,6 +437,18 @@ pub fn device_text(v: &DeviceView) -> String {
             tpm(g.tasks_per_minute),
             memory(g.memory_bytes, g.memory_max),
         );
+        if let Some(a) = &g.autoscale {
+            let _ = writeln!(
+                out,
+                "autoscale {}..{}: desired {}, current {} ({}: {})",
+                a.min,
+                a.max,
+                a.desired,
+                g.total,
+                one(&a.state),
+                one(&a.reason)
+            );
+        }
         let mut rows = vec![render::HEADERS.map(String::from).to_vec()];
         for i in &g.instances {
             rows.push(vec![

@@ -403,6 +403,26 @@ mod tests {
             .find(|l| l.trim_start().starts_with("ID"))
             .unwrap();
         assert_eq!(header.find("STATE").unwrap(), col(rows[0]));
+        // An autoscaled group says its range, counts and why, escaped.
+        let mut scaled = status.clone();
+        scaled.groups[0].autoscale = Some(crate::control::protocol::AutoscaleStatus {
+            min: 1,
+            max: 4,
+            desired: 3,
+            current: 2,
+            state: crate::model::autoscale::Reason::UpRefusedMemory,
+            reason: "wants 3; refused\x1b[2J".into(),
+            manual: None,
+            backlog: Some(57),
+            share: 0.4,
+        });
+        let t = status_table(&scaled);
+        assert!(
+            t.contains(
+                "text  queues: text=12\nautoscale 1..4: desired 3, current 2 (up-refused-memory: wants 3; refused\\x1b[2J)\n"
+            ),
+            "{t}"
+        );
     }
 
     #[test]

@@ -160,8 +160,29 @@ pub struct GroupRecord<I = InstanceRecord> {
     /// Tasks per minute between the last two beats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks_per_minute: Option<f64>,
+    /// The most instances the group may run: its autoscale `max`, else
+    /// its fixed count. Other devices' share of a queue is counted from it
+    /// (capacity = max_instances × concurrency; [`capacities`]); absent in
+    /// the records of older daemons (then `total` counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// The group's autoscaling, when it has `autoscale` (issue 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<ScaleRecord>,
     #[serde(default = "Vec::new")]
     pub instances: Vec<I>,
+}
+
+/// An autoscaled group's scaling, as `status` shows it
+/// (`groups[].autoscale`). `state` stays a string: a newer daemon's state
+/// must not make the record unreadable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRecord {
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    pub state: String,
+    pub reason: String,
 }
 
 /// One instance, as in `status`.
@@ -275,6 +296,8 @@ impl<I> DeviceRecord<I> {
                     processed: g.processed,
                     active: g.active,
                     tasks_per_minute: g.tasks_per_minute,
+                    max_instances: g.max_instances,
+                    autoscale: g.autoscale,
                     instances: g.instances.into_iter().map(J::from).collect(),
                 })
                 .collect(),
@@ -403,7 +426,9 @@ pub struct ReadSummary {
     pub skipped: Vec<Skipped>,
 }
 
+mod capacity;
 mod views;
+pub use capacity::*;
 pub use views::*;
 
 #[cfg(test)]

@@ -64,10 +64,24 @@ impl Target {
 }
 
 /// Resolves every name; the first that names nothing is the error.
-pub fn resolve_all(names: &[String], members: &[Member<'_>]) -> Result<Vec<Target>, String> {
+/// `groups` are the configured groups: one with no instance now (an
+/// autoscaled group at zero) is still a target.
+pub fn resolve_all(
+    names: &[String],
+    members: &[Member<'_>],
+    groups: &[&str],
+) -> Result<Vec<Target>, String> {
     names
         .iter()
-        .map(|n| Target::resolve(n, members).ok_or_else(|| n.clone()))
+        .map(|n| {
+            Target::resolve(n, members)
+                .or_else(|| {
+                    groups
+                        .contains(&n.as_str())
+                        .then(|| Target::Group(n.clone()))
+                })
+                .ok_or_else(|| n.clone())
+        })
         .collect()
 }
 
@@ -128,8 +142,13 @@ mod tests {
         assert_eq!(Target::resolve("all", &[]), Some(Target::All));
         assert_eq!(Target::resolve("text", &[]), None);
         assert_eq!(
-            resolve_all(&names(&["text", "nope", "zip"]), &m),
+            resolve_all(&names(&["text", "nope", "zip"]), &m, &[]),
             Err("nope".into())
+        );
+        // A configured group with no instance now is still a target.
+        assert_eq!(
+            resolve_all(&names(&["zero"]), &m, &["text", "zero"]),
+            Ok(vec![Target::Group("zero".into())])
         );
         assert_eq!(Target::Group("text".into()).name(), "text");
         assert_eq!(Target::All.name(), "all");
@@ -158,7 +177,7 @@ mod tests {
     #[test]
     fn select_keeps_target_order_then_member_order_each_once() {
         let m = members();
-        let t = resolve_all(&names(&["webhook-1", "text", "text-2", "all"]), &m).unwrap();
+        let t = resolve_all(&names(&["webhook-1", "text", "text-2", "all"]), &m, &[]).unwrap();
         assert_eq!(
             select(&t, &m),
             vec!["webhook-1", "text-1", "text-2", "text-10"]

@@ -13,8 +13,9 @@
 //! May import `sys`, `logs`, `broker`, `plan`, `model` and the machine's
 //! action types; never `control` or `cli`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,8 @@ use crate::logs::{self, LogStore, RateLimits, Sink, WorkerMeta};
 use crate::model::ExitReason;
 use crate::model::fleet::DeviceRecord;
 use crate::plan::{InstanceSpec, Limits};
-use crate::sys::cgroup::{CgroupTree, Leaf};
+use crate::sys::cgroup::{CgroupTree, Leaf, MemoryPressure, PROC_PRESSURE_MEMORY};
+use crate::sys::host;
 use crate::sys::notify::Notifier;
 use crate::sys::privdrop::RunAs;
 use crate::sys::process::{self, Exit};
@@ -69,6 +71,17 @@ pub struct Kill {
 pub struct Sample {
     pub cpu_usec: u64,
     pub memory: Option<u64>,
+}
+
+/// The memory figures of an autoscale check ([`Effects::memory_sample`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MemorySample {
+    /// `MemAvailable` of /proc/meminfo, bytes; `None` when unreadable.
+    pub available: Option<u64>,
+    /// Each group asked about: its cgroup's memory pressure (zero counters
+    /// when limits are off; PSI then from /proc/pressure/memory). Judge two
+    /// samples with [`crate::sys::cgroup::under_pressure`].
+    pub groups: BTreeMap<String, MemoryPressure>,
 }
 
 /// What the broker monitor is started with.
@@ -144,6 +157,9 @@ pub trait Effects: Send {
     fn notify_enabled(&self) -> bool;
     /// How often systemd wants a watchdog ping.
     fn watchdog_interval(&self) -> Option<Duration>;
+    /// `MemAvailable` and the memory pressure of `groups`, for autoscaling
+    /// (a few small reads of /proc and cgroupfs).
+    fn memory_sample(&mut self, groups: &[String]) -> MemorySample;
     /// Start the broker monitor.
     fn start_monitor(&mut self, start: MonitorStart) -> Box<dyn BrokerMonitor>;
     /// Whether worker output goes to journald (for status).
@@ -379,6 +395,21 @@ impl Effects for SysEffects {
         self.notifier.watchdog_interval()
     }
 
+    fn memory_sample(&mut self, groups: &[String]) -> MemorySample {
+        let host_psi = Path::new(PROC_PRESSURE_MEMORY);
+        let groups = groups
+            .iter()
+            .map(|g| {
+                let dir = self.cgroups.as_ref().and_then(|t| t.group_dir(g).ok());
+                (g.clone(), MemoryPressure::read(dir.as_deref(), host_psi))
+            })
+            .collect();
+        MemorySample {
+            available: host::mem_available(),
+            groups,
+        }
+    }
+
     fn start_monitor(&mut self, start: MonitorStart) -> Box<dyn BrokerMonitor> {
         let MonitorStart {
             settings,
@@ -439,5 +470,67 @@ async fn empty_leaf(t: &CgroupTree, group: &str, id: &str) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_sample_reads_meminfo_and_each_groups_cgroup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let group = tmp.path().join("svc/text");
+        std::fs::create_dir_all(&group).unwrap();
+        std::fs::write(group.join("memory.events"), "high 4\noom 1\noom_kill 1\n").unwrap();
+        std::fs::write(group.join("memory.current"), "1048576\n").unwrap();
+        std::fs::write(
+            group.join("memory.pressure"),
+            "some avg10=22.00 avg60=1 avg300=0 total=5\n",
+        )
+        .unwrap();
+        let tree = CgroupTree::at(tmp.path().to_path_buf(), "/svc".into());
+        let mut fx = SysEffects::new(
+            None,
+            Some(tree),
+            Sink::Stderr,
+            LogStore::new(),
+            Notifier::disabled(),
+            None,
+        );
+        let s = fx.memory_sample(&["text".to_string(), "cgroup.bad".to_string()]);
+        assert!(s.available.is_some_and(|a| a > 0));
+        let text = s.groups["text"];
+        assert_eq!((text.high, text.oom, text.oom_kill), (4, 1, 1));
+        assert_eq!(text.current, Some(1 << 20));
+        assert_eq!(text.psi_some_avg10, Some(22.0));
+        // A name no cgroup may have: no files, but still an answer.
+        assert_eq!(s.groups["cgroup.bad"].high, 0);
+        assert_eq!(s.groups.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_recording_fake_answers_what_the_test_set() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let rec = super::super::recording::Recorder::new(tx);
+        let mut fx = rec.effects();
+        let groups = ["a".to_string(), "b".to_string()];
+        let s = fx.memory_sample(&groups);
+        assert_eq!(s.available, None);
+        assert_eq!(s.groups["a"], MemoryPressure::default());
+        let tight = MemoryPressure {
+            oom_kill: 1,
+            psi_some_avg10: Some(40.0),
+            ..MemoryPressure::default()
+        };
+        rec.set_mem_available(Some(200 << 20));
+        rec.set_memory_pressure("b", tight);
+        let s = fx.memory_sample(&groups);
+        assert_eq!(s.available, Some(200 << 20));
+        assert_eq!(
+            (s.groups["a"], s.groups["b"]),
+            (MemoryPressure::default(), tight)
+        );
+        assert_eq!(rec.memory_samples(), 2);
     }
 }

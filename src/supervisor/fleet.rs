@@ -13,7 +13,9 @@ use super::status::Refresh;
 use super::*;
 use crate::broker::FleetSettings;
 use crate::model::InstanceState;
-use crate::model::fleet::{DaemonRun, DeviceRecord, GroupRecord, InstanceRecord, SCHEMA};
+use crate::model::fleet::{
+    DaemonRun, DeviceRecord, GroupRecord, InstanceRecord, SCHEMA, ScaleRecord,
+};
 use crate::sys::host;
 
 /// How long restarts are counted for `restarts_last_hour`.
@@ -86,6 +88,14 @@ impl Publisher {
                 processed: 0,
                 active: 0,
                 tasks_per_minute: None,
+                max_instances: conf.map(|c| c.max_instances()),
+                autoscale: g.autoscale.as_ref().map(|a| ScaleRecord {
+                    min: a.min,
+                    max: a.max,
+                    desired: a.desired,
+                    state: a.state.as_str().to_string(),
+                    reason: a.reason.clone(),
+                }),
                 instances: Vec::with_capacity(g.instances.len()),
             };
             for i in &g.instances {
@@ -177,6 +187,8 @@ pub(super) fn fleet_settings(config: &Config, announce: bool) -> Option<FleetSet
         interval: config.fleet.interval,
         forget_after: config.fleet.forget_after,
         announce,
+        // The other devices' capacity is read only for autoscaling.
+        read_capacity: config.groups.iter().any(|g| g.autoscale.is_some()),
     })
 }
 

@@ -323,6 +323,7 @@ impl<E: Effects> Supervisor<E> {
         }
         self.running.fleet = self.config.fleet.clone();
         let fleet = fleet::fleet_settings(&self.config, !self.watchdog_ticks);
+        self.scaling.reads_capacity = fleet.as_ref().is_some_and(|f| f.read_capacity);
         let settings = broker_settings(b, fleet.clone());
         self.publisher = fleet.map(fleet::Publisher::new);
         let url = config::redact_url(&b.url);
@@ -402,9 +403,10 @@ impl<E: Effects> Supervisor<E> {
         // everything but the routine events changes it.
         let routine = match &ev {
             BrokerEvent::Up { .. } => self.broker.state == BrokerState::Ok,
-            BrokerEvent::Backlog(_) | BrokerEvent::Heartbeat(_) | BrokerEvent::FleetBeat { .. } => {
-                true
-            }
+            BrokerEvent::Backlog(_)
+            | BrokerEvent::Heartbeat(_)
+            | BrokerEvent::FleetBeat { .. }
+            | BrokerEvent::FleetCapacity(_) => true,
             _ => false,
         };
         if !routine {
@@ -465,6 +467,7 @@ impl<E: Effects> Supervisor<E> {
                     .heartbeat(&h.hostname, h.active, h.processed, now)
             }
             BrokerEvent::FleetBeat { .. } => self.fleet_due = true,
+            BrokerEvent::FleetCapacity(c) => self.fleet_capacity(c),
         }
     }
 

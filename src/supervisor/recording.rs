@@ -15,13 +15,14 @@ use tokio::time::Instant;
 
 use super::Msg;
 use super::effects::{
-    BoxFuture, BrokerMonitor, Effects, Kill, MonitorStart, Notice, Sample, StopFuture,
+    BoxFuture, BrokerMonitor, Effects, Kill, MemorySample, MonitorStart, Notice, Sample, StopFuture,
 };
 use super::machine::StopSignal;
 use crate::broker::{BrokerEvent, Watched};
 use crate::model::ExitReason;
 use crate::model::fleet::DeviceRecord;
 use crate::plan::{InstanceSpec, Limits};
+use crate::sys::cgroup::MemoryPressure;
 use crate::sys::process::Exit;
 
 /// One call the actor made.
@@ -72,6 +73,11 @@ struct World {
     /// Instances whose workers ignore SIGTERM.
     ignore_term: HashSet<String>,
     broker_events: Option<mpsc::Sender<BrokerEvent>>,
+    /// What [`Effects::memory_sample`] answers: `MemAvailable` (unknown
+    /// until set) and the pressure of the groups set (others: zeros).
+    mem_available: Option<u64>,
+    pressure: HashMap<String, MemoryPressure>,
+    memory_samples: usize,
 }
 
 /// The test's handle on the fake world (the actor owns the [`Effects`]).
@@ -181,6 +187,21 @@ impl Recorder {
         if let Some(pid) = pid {
             self.exit(pid, reason);
         }
+    }
+
+    /// `MemAvailable` as the next memory samples report it.
+    pub fn set_mem_available(&self, bytes: Option<u64>) {
+        self.world().mem_available = bytes;
+    }
+
+    /// `group`'s memory pressure as the next memory samples report it.
+    pub fn set_memory_pressure(&self, group: &str, pressure: MemoryPressure) {
+        self.world().pressure.insert(group.to_string(), pressure);
+    }
+
+    /// How many memory samples the actor took.
+    pub fn memory_samples(&self) -> usize {
+        self.world().memory_samples
     }
 
     /// Send a broker event as the monitor would.
@@ -313,6 +334,18 @@ impl Effects for RecordingEffects {
 
     fn watchdog_interval(&self) -> Option<Duration> {
         None
+    }
+
+    fn memory_sample(&mut self, groups: &[String]) -> MemorySample {
+        let mut w = self.0.world();
+        w.memory_samples += 1;
+        MemorySample {
+            available: w.mem_available,
+            groups: groups
+                .iter()
+                .map(|g| (g.clone(), w.pressure.get(g).copied().unwrap_or_default()))
+                .collect(),
+        }
     }
 
     fn start_monitor(&mut self, start: MonitorStart) -> Box<dyn BrokerMonitor> {

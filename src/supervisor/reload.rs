@@ -73,6 +73,15 @@ impl<E: Effects> Supervisor<E> {
                 "[daemon].device_id changed: node names change, so every instance restarts; the fleet record keeps the old id until the daemon restarts".into(),
             );
         }
+        if new.fleet.publish
+            && self.monitor.is_some()
+            && !self.scaling.reads_capacity
+            && new.groups.iter().any(|g| g.autoscale.is_some())
+        {
+            warnings.push(
+                "autoscale added: the other devices' capacity is read from the fleet once the daemon restarts (systemctl restart clearify-workerd); until then each group's share is 1".into(),
+            );
+        }
         let d = self.machine.reload(plan::build(&new), Instant::now());
         self.config = new;
         if let Some(m) = &self.monitor {

@@ -1,14 +1,26 @@
 //! The actor's side of autoscaling: when a check is due (the backlog poll,
 //! at most once per `[broker] check_interval` however often a status
 //! request refreshes the backlog), what the machine cannot know is
-//! measured here ([`ScaleSample`]: the fleet share, the memory figures)
-//! and handed to `Machine::scale_check`.
+//! measured here and handed to `Machine::scale_check` as a
+//! [`ScaleSample`] per group:
+//!
+//! - the share: this group's `max × concurrency` against the other live
+//!   devices' capacity for its queues (`BrokerEvent::FleetCapacity`, read
+//!   by the broker monitor every `[fleet] interval`); 1 while unknown;
+//! - memory: `MemAvailable`, the expected memory of one more instance (the
+//!   group cgroup's `memory.current` over its instances, else their
+//!   sampled RSS, else `memory_max / max`) and pressure (`memory.events`
+//!   counters going up since the last check, or PSI), through
+//!   `Effects::memory_sample`.
 
 use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
 use super::*;
+use crate::model::autoscale::Memory;
+use crate::model::fleet::{Capacity, group_share};
+use crate::sys::cgroup::{MemoryPressure, under_pressure};
 use machine::ScaleSample;
 
 /// What the actor keeps between checks.
@@ -16,9 +28,21 @@ use machine::ScaleSample;
 pub(super) struct Autoscaling {
     /// When the last check ran.
     last: Option<Instant>,
+    /// The other live devices' capacity on this device's queues; `None`
+    /// while unknown (share 1).
+    capacity: Option<Vec<Capacity>>,
+    /// Each group's previous memory sample (pressure is a counter going up).
+    previous: BTreeMap<String, MemoryPressure>,
+    /// The broker monitor reads the fleet's capacity (set at its start).
+    pub(super) reads_capacity: bool,
 }
 
 impl<E: Effects> Supervisor<E> {
+    /// The fleet's capacity changed (or became unknown).
+    pub(super) fn fleet_capacity(&mut self, capacity: Option<Vec<Capacity>>) {
+        self.scaling.capacity = capacity;
+    }
+
     /// A backlog arrived: run a check if one is due.
     pub(super) fn scale_tick(&mut self, now: Instant) {
         if !self.machine.autoscales() {
@@ -45,10 +69,53 @@ impl<E: Effects> Supervisor<E> {
 
     /// The share and memory of every autoscaled group.
     fn scale_samples(&mut self) -> BTreeMap<String, ScaleSample> {
-        self.machine
-            .autoscaled_groups()
-            .into_iter()
-            .map(|g| (g, ScaleSample::default()))
-            .collect()
+        let groups = self.machine.autoscaled_groups();
+        let sample = self.effects.memory_sample(&groups);
+        let views = self.machine.scale_views();
+        let plan = self.machine.plan();
+        let mut out = BTreeMap::new();
+        for g in plan.groups.iter().filter(|g| groups.contains(&g.name)) {
+            let Some(a) = g.autoscale else {
+                continue;
+            };
+            let current = views
+                .iter()
+                .find(|v| v.group == g.name)
+                .map_or(0, |v| v.current);
+            let share = self.scaling.capacity.as_ref().map(|others| {
+                let mine = u64::from(a.max).saturating_mul(u64::from(g.concurrency));
+                group_share(&g.queues, mine, others)
+            });
+            let now = sample.groups.get(&g.name).copied().unwrap_or_default();
+            let pressure = under_pressure(self.scaling.previous.get(&g.name), &now);
+            self.scaling.previous.insert(g.name.clone(), now);
+            let rss: Vec<u64> = self
+                .usage
+                .iter()
+                .filter(|(id, _)| {
+                    id.rsplit_once('-')
+                        .is_some_and(|(group, _)| group == g.name)
+                })
+                .filter_map(|(_, u)| u.memory)
+                .collect();
+            let per_instance = match (now.current, current) {
+                (Some(bytes), n) if n > 0 && bytes > 0 => Some(bytes / u64::from(n)),
+                _ if !rss.is_empty() => Some(rss.iter().sum::<u64>() / rss.len() as u64),
+                _ => g.limits.memory_max.map(|m| m / u64::from(a.max.max(1))),
+            };
+            out.insert(
+                g.name.clone(),
+                ScaleSample {
+                    share,
+                    memory: Memory {
+                        available: sample.available,
+                        per_instance,
+                        pressure,
+                    },
+                },
+            );
+        }
+        self.scaling.previous.retain(|g, _| groups.contains(g));
+        out
     }
 }

@@ -70,7 +70,10 @@ impl<E: Effects> Supervisor<E> {
                 })
                 .map(|v| instance_status(v, self.usage.get(&v.id)))
                 .collect();
-            if !targets.is_empty() && instances.is_empty() {
+            let named = targets
+                .iter()
+                .any(|t| *t == Target::All || *t == Target::Group(name.clone()));
+            if !targets.is_empty() && instances.is_empty() && !named {
                 continue;
             }
             let autoscale = scales

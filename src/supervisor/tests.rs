@@ -865,3 +865,115 @@ async fn a_fleet_record_follows_the_broker_up_and_each_beat_and_a_stop_marks_it_
     // After the workers: the stop record shows none running.
     assert!(stopped[0].groups.iter().all(|g| g.running == 0));
 }
+
+/// Autoscaling through the actor (issue 15): a check runs once per
+/// check_interval however many backlogs arrive (a status request refreshes
+/// the backlog), measures memory through the effects, takes the share from
+/// the fleet's capacity, and acts on memory pressure.
+#[tokio::test(start_paused = true)]
+async fn autoscaling_samples_memory_and_share_once_per_check() {
+    use crate::model::fleet::Capacity;
+    use crate::sys::cgroup::MemoryPressure;
+    let a = Actor::start(
+        r#"
+[group.text]
+queues = ["text"]
+memory_max = "1G"
+autoscale = { min = 1, max = 4, memory_headroom = "300M" }
+"#,
+    )
+    .await;
+    let backlog = || BrokerEvent::Backlog([("text".to_string(), 200)].into());
+    let scale = |s: &Value| s["groups"][0]["autoscale"].clone();
+    // 500 MiB available, the group's cgroup holds 256 MiB in its one
+    // instance: one more leaves 244 MiB, under the headroom: refused.
+    a.rec.set_mem_available(Some(500 << 20));
+    let used = MemoryPressure {
+        current: Some(256 << 20),
+        ..MemoryPressure::default()
+    };
+    a.rec.set_memory_pressure("text", used);
+    a.rec.broker(backlog()).await;
+    settle().await;
+    let s = scale(&a.status().await);
+    assert_eq!(s["state"], "up-refused-memory", "{s}");
+    assert_eq!(
+        s["reason"],
+        "wants 4; refused: memory: MemAvailable 500 MiB - 256 MiB per instance <= headroom 300 MiB"
+    );
+    assert_eq!(a.rec.memory_samples(), 1);
+    // A backlog between checks (a status refresh) is not a check.
+    a.rec.set_mem_available(Some(4 << 30));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    a.rec.broker(backlog()).await;
+    settle().await;
+    assert_eq!(a.rec.memory_samples(), 1);
+    assert_eq!(a.rec.spawns("text-2").len(), 0);
+    // The next check: memory allows, one more.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    a.rec.broker(backlog()).await;
+    settle().await;
+    assert_eq!(a.rec.memory_samples(), 2);
+    assert_eq!(a.rec.spawns("text-2").len(), 1);
+    assert_eq!(scale(&a.status().await)["state"], "up");
+    // Another device consumes "text" with the same capacity: share 0.5.
+    a.rec
+        .broker(BrokerEvent::FleetCapacity(Some(vec![Capacity {
+            queues: vec!["text".into()],
+            capacity: 4,
+        }])))
+        .await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    a.rec.broker(backlog()).await;
+    settle().await;
+    let s = scale(&a.status().await);
+    assert_eq!(
+        (s["share"].as_f64(), s["desired"].as_u64()),
+        (Some(0.5), Some(4))
+    );
+    assert_eq!(a.rec.spawns("text-3").len(), 1);
+    // memory.events `high` goes up: one instance stops at once.
+    a.rec
+        .set_memory_pressure("text", MemoryPressure { high: 3, ..used });
+    tokio::time::advance(Duration::from_secs(10)).await;
+    a.rec.broker(backlog()).await;
+    settle().await;
+    let s = scale(&a.status().await);
+    assert_eq!(s["state"], "down-pressure", "{s}");
+    assert_eq!(
+        s["reason"],
+        "backlog 200, share 0.50, memory pressure (memory.events high/oom or PSI): one instance down at once"
+    );
+    // The fake worker stops at once on SIGTERM: text-3 is gone.
+    assert_eq!(s["current"], 2, "{s}");
+    assert!(a.rec.calls().iter().any(|(_, c)| matches!(
+        c,
+        Call::Signal { id, signal: machine::StopSignal::Term, .. } if id == "text-3"
+    )));
+    // The fleet read failed: share 1 again.
+    a.rec.broker(BrokerEvent::FleetCapacity(None)).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    a.rec.broker(backlog()).await;
+    settle().await;
+    assert_eq!(scale(&a.status().await)["share"].as_f64(), Some(1.0));
+    a.shutdown().await;
+}
+
+/// `status GROUP` of a group scaled to zero shows the group (with its
+/// autoscale) instead of "unknown target" or nothing.
+#[tokio::test(start_paused = true)]
+async fn status_of_a_group_at_zero_instances_shows_it() {
+    let a = Actor::start(
+        r#"
+[group.idle]
+queues = ["iq"]
+autoscale = { min = 0, max = 2 }
+"#,
+    )
+    .await;
+    let s = a.ask(json!({"type": "status", "targets": ["idle"]})).await;
+    assert_eq!(s["groups"][0]["name"], "idle", "{s}");
+    assert_eq!(s["groups"][0]["instances"], json!([]));
+    assert_eq!(s["groups"][0]["autoscale"]["current"], 0);
+    a.shutdown().await;
+}

@@ -74,6 +74,14 @@ impl Load {
     }
 }
 
+/// `MemAvailable` of /proc/meminfo, bytes (one small read: the autoscaler
+/// asks at each check).
+pub fn mem_available() -> Option<u64> {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| meminfo_bytes(&m, "MemAvailable"))
+}
+
 /// `btime` of /proc/stat.
 fn boot_time(stat: &str) -> Option<u64> {
     stat.lines()
@@ -110,6 +118,15 @@ mod tests {
         );
         assert_eq!(meminfo_bytes(meminfo, "Mem"), None);
         assert_eq!(meminfo_bytes("MemTotal: lots kB\n", "MemTotal"), None);
+        // Garbage and overflow: None, not a panic.
+        let huge = format!("MemAvailable: {} kB\n", u64::MAX);
+        assert_eq!(meminfo_bytes(&huge, "MemAvailable"), None);
+        assert_eq!(meminfo_bytes("MemAvailable: -5 kB\n", "MemAvailable"), None);
+        assert_eq!(
+            meminfo_bytes("MemAvailable:\u{0}\u{ff}", "MemAvailable"),
+            None
+        );
+        assert_eq!(meminfo_bytes("MemAvailable: 5 MB\n", "MemAvailable"), None);
         assert_eq!(
             loadavg("0.52 0.58 0.59 1/389 12345\n"),
             Some([0.52, 0.58, 0.59])
@@ -132,5 +149,8 @@ mod tests {
         assert!(l.load.is_some() && l.mem_total_bytes.is_some());
         assert!(l.mem_available_bytes <= l.mem_total_bytes);
         assert!(l.rss_bytes.is_some_and(|r| r > 0));
+        let avail = mem_available();
+        assert!(avail.is_some_and(|a| a > 0), "{avail:?}");
+        assert!(avail <= l.mem_total_bytes);
     }
 }

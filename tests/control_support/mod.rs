@@ -145,7 +145,7 @@ impl FakeState {
                 })
             })
             .collect();
-        let resolved = target::resolve_all(targets, &members)?;
+        let resolved = target::resolve_all(targets, &members, &[])?;
         Ok(target::select(&resolved, &members)
             .into_iter()
             .map(String::from)

@@ -43,6 +43,8 @@ pub fn group(name: &str, queues: &[&str], n: u32, tasks_per_minute: Option<f64>)
         processed: 1234,
         active: 1,
         tasks_per_minute,
+        max_instances: None,
+        autoscale: None,
         instances: (1..=n)
             .map(|i| InstanceRecord {
                 id: format!("{name}-{i}"),

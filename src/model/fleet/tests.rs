@@ -30,6 +30,8 @@ fn group(name: &str, queues: &[&str], n: u32, tpm: Option<f64>) -> GroupRecord {
         processed: 10,
         active: 1,
         tasks_per_minute: tpm,
+        max_instances: None,
+        autoscale: None,
         instances: (1..=n)
             .map(|i| instance(&format!("{name}-{i}"), InstanceState::Running))
             .collect(),
@@ -268,4 +270,167 @@ fn keys_sit_under_the_key_prefix() {
     assert_eq!(k.set(), "p:clearify:fleet");
     assert_eq!(k.record("pi-1"), "p:clearify:fleet:pi-1");
     assert_eq!(k.prune_guard(), "p:clearify:fleet-prune");
+}
+
+fn qs(names: &[&str]) -> Vec<String> {
+    names.iter().map(|q| q.to_string()).collect()
+}
+
+/// `group` with `max_instances` set.
+fn scaled(name: &str, queues: &[&str], total: u32, max: Option<u32>) -> GroupRecord {
+    GroupRecord {
+        max_instances: max,
+        ..group(name, queues, total, None)
+    }
+}
+
+#[test]
+fn capacities_count_the_other_live_devices_groups_on_my_queues() {
+    let now = 1000.0;
+    let mut stopped = record("stopped", "0.4.0", vec![scaled("t", &["text"], 1, Some(4))]);
+    stopped.run = DaemonRun::Stopped;
+    let seen = vec![
+        // Me: never counted.
+        seen(
+            record("me", "0.4.0", vec![scaled("t", &["text"], 1, Some(4))]),
+            now,
+        ),
+        // Autoscaled: max 4 × concurrency 2; the queue it shares with me only.
+        seen(
+            record(
+                "a",
+                "0.4.0",
+                vec![scaled("t", &["text", "other", "text"], 1, Some(4))],
+            ),
+            now - 5.0,
+        ),
+        // An older daemon's record: total 3 × 2; and a group not on my queues.
+        seen(
+            record(
+                "b",
+                "0.3.0",
+                vec![
+                    scaled("t", &["images", "text"], 3, None),
+                    scaled("x", &["other"], 9, None),
+                ],
+            ),
+            now - 29.0,
+        ),
+        // Lost: no beat for more than 3 intervals of 10 s.
+        seen(
+            record("lost", "0.4.0", vec![scaled("t", &["text"], 1, Some(4))]),
+            now - 31.0,
+        ),
+        seen(stopped, now),
+        // No capacity: left out.
+        seen(
+            record("zero", "0.4.0", vec![scaled("t", &["text"], 0, Some(0))]),
+            now,
+        ),
+        // Two of its four instances in crash-loop: (4 − 2) × 2.
+        seen(
+            record(
+                "looping",
+                "0.4.0",
+                vec![GroupRecord {
+                    crash_looping: 2,
+                    ..scaled("t", &["text"], 4, Some(4))
+                }],
+            ),
+            now,
+        ),
+        // Saturates instead of overflowing.
+        seen(
+            record(
+                "huge",
+                "0.4.0",
+                vec![GroupRecord {
+                    concurrency: u32::MAX,
+                    ..scaled("t", &["images"], 1, Some(u32::MAX))
+                }],
+            ),
+            now,
+        ),
+    ];
+    let got = capacities(now, &seen, "me", &qs(&["text", "images"]));
+    assert_eq!(
+        got,
+        vec![
+            Capacity {
+                queues: qs(&["text"]),
+                capacity: 8
+            },
+            Capacity {
+                queues: qs(&["images", "text"]),
+                capacity: 6
+            },
+            Capacity {
+                queues: qs(&["text"]),
+                capacity: 4
+            },
+            Capacity {
+                queues: qs(&["images"]),
+                capacity: u64::from(u32::MAX) * u64::from(u32::MAX)
+            },
+        ]
+    );
+    assert!(capacities(now, &seen, "me", &[]).is_empty());
+}
+
+#[test]
+fn group_share_table() {
+    let cap = |queues: &[&str], capacity| Capacity {
+        queues: qs(queues),
+        capacity,
+    };
+    let others = vec![
+        cap(&["text"], 8),
+        cap(&["images", "text"], 6),
+        cap(&["images"], 2),
+    ];
+    let huge = [cap(&["text"], u64::MAX), cap(&["text"], u64::MAX)];
+    // (my queues, my capacity, others, share)
+    let table: Vec<(&[&str], u64, &[Capacity], f64)> = vec![
+        // Alone: all of it.
+        (&["text"], 8, &[], 1.0),
+        // Nothing anywhere: 1, not NaN.
+        (&["text"], 0, &[], 1.0),
+        // 8 / (8 + 8 + 6).
+        (&["text"], 8, &others, 8.0 / 22.0),
+        // 4 / (4 + 6 + 2): the two-queue entry counts once.
+        (&["images"], 4, &others, 4.0 / 12.0),
+        (&["images", "text"], 4, &others, 4.0 / 20.0),
+        // Nobody else on this queue.
+        (&["reports"], 4, &others, 1.0),
+        // Mine of no capacity beside others: 0.
+        (&["text"], 0, &others, 0.0),
+        // Saturating sum: no overflow, a share near 0.
+        (&["text"], 1, &huge, 1.0 / u64::MAX as f64),
+    ];
+    for (mine, capacity, others, want) in table {
+        let got = group_share(&qs(mine), capacity, others);
+        assert!(
+            (got - want).abs() < 1e-12,
+            "{mine:?} {capacity}: {got} != {want}"
+        );
+    }
+}
+
+#[test]
+fn max_instances_is_optional_in_a_record() {
+    let mut rec = record("d", "0.4.0", vec![scaled("t", &["text"], 1, Some(4))]);
+    let bytes = rec.encode();
+    assert!(String::from_utf8_lossy(&bytes).contains("\"max_instances\":4"));
+    assert_eq!(
+        parse_record("d", &bytes).unwrap().groups[0].max_instances,
+        Some(4)
+    );
+    // An older daemon's record has none, and none is written.
+    rec.groups[0].max_instances = None;
+    let bytes = rec.encode();
+    assert!(!String::from_utf8_lossy(&bytes).contains("max_instances"));
+    assert_eq!(
+        parse_record("d", &bytes).unwrap().groups[0].max_instances,
+        None
+    );
 }

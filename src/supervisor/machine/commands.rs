@@ -87,6 +87,14 @@ impl Machine {
         for id in &ids {
             out.push(one(self, id));
         }
+        // A group at zero instances (autoscale min = 0) has nothing to act on.
+        for name in targets {
+            let empty = self.plan.group(name).is_some()
+                && !self.instances.values().any(|i| &i.spec.group == name);
+            if empty && !self.instances.contains_key(name) {
+                out.push(format!("{name}: no instance now"));
+            }
+        }
         self.after_event(now);
         Ok(out)
     }
@@ -206,8 +214,8 @@ impl Machine {
             return Err(CommandError::NoTarget);
         }
         let members = self.members();
-        let targets =
-            target::resolve_all(targets, &members).map_err(CommandError::UnknownTarget)?;
+        let targets = target::resolve_all(targets, &members, &self.group_names())
+            .map_err(CommandError::UnknownTarget)?;
         Ok(target::select(&targets, &members)
             .into_iter()
             .map(String::from)

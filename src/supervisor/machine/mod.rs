@@ -589,11 +589,16 @@ impl Machine {
             .collect()
     }
 
+    /// The configured groups' names.
+    fn group_names(&self) -> Vec<&str> {
+        self.plan.groups.iter().map(|g| g.name.as_str()).collect()
+    }
+
     /// What the target names mean: [`target::resolve_all`] against the
     /// instances there are now. An empty list stays empty; the error is
     /// the first name that names nothing.
     pub fn targets(&self, names: &[String]) -> Result<Vec<Target>, String> {
-        target::resolve_all(names, &self.members())
+        target::resolve_all(names, &self.members(), &self.group_names())
     }
 
     /// The status of every instance, in the order of [`Machine::members`].

@@ -393,7 +393,7 @@ fn explain(scaler: &Scaler, inputs: &Inputs, d: &Decision) -> String {
             d.desired,
             humantime::format_duration(scaler.config.scale_down_after)
         ),
-        Reason::DownPressure => format!("{base}; memory pressure: one down at once"),
+        Reason::DownPressure => format!("{base}: one instance down at once"),
         _ => base,
     }
 }

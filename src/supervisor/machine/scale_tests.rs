@@ -321,3 +321,20 @@ async fn a_broker_outage_leaves_the_count_alone() {
         (2, Reason::BacklogUnknown, None)
     );
 }
+
+/// A group with no instance now (min = 0) is still a target: status
+/// shows it, and a command on it answers instead of "unknown target".
+#[tokio::test(start_paused = true)]
+async fn a_group_scaled_to_zero_is_still_a_target() {
+    let mut m = machine(plan(vec![scaled("idle", "iq", 0, 2, 0)]));
+    m.boot(Instant::now());
+    assert_eq!(
+        m.targets(&["idle".to_string()]),
+        Ok(vec![Target::Group("idle".into())])
+    );
+    assert_eq!(
+        m.stop(&["idle".to_string()], Instant::now()),
+        Ok(vec!["idle: no instance now".to_string()])
+    );
+    assert!(m.targets(&["nope".to_string()]).is_err());
+}

@@ -1,4 +1,5 @@
-//! The delegated cgroup v2 subtree: detection, limits, stats, kill.
+//! The delegated cgroup v2 subtree: detection, limits, stats, memory
+//! pressure ([`MemoryPressure`]), kill.
 //!
 //! Under systemd with `Delegate=yes` (and `User=clearify`, systemd chowns
 //! the subtree to that user) the daemon owns its cgroup `<own>`:
@@ -21,6 +22,7 @@
 
 mod detect;
 mod facts;
+mod pressure;
 mod tree;
 
 pub use detect::{
@@ -29,6 +31,10 @@ pub use detect::{
 };
 pub(crate) use detect::{FIX_DELEGATE, FIX_MEMORY, FIX_UNIFIED};
 pub use facts::{CgroupFacts, SERVICE_CGROUP, ServiceFacts};
+pub use pressure::{
+    MemoryPressure, PROC_PRESSURE_MEMORY, PSI_SOME_AVG10_THRESHOLD, parse_psi_some_avg10,
+    under_pressure,
+};
 pub use tree::{
     CPU_PERIOD_USEC, CgroupTree, KillMethod, KillOutcome, Leaf, LimitWrite, OomCounts, Stats,
     cpu_max_value, join_cgroup_fd, limit_writes,
