@@ -297,6 +297,7 @@ impl Machine {
         let max = scale.scaler.config.max;
         let Some(n) = count else {
             scale.manual = None;
+            scale.desired = None;
             scale.state = Reason::Steady;
             scale.reason = "back to the backlog: the next check decides".to_string();
             info!(

@@ -258,6 +258,9 @@ async fn the_operator_scale_pins_the_count_until_auto() {
         (3, 3, Reason::Manual, Some(3))
     );
     m.scale("text", None, Instant::now()).unwrap();
+    // Until the next check the backlog's count is not known: the current.
+    let v = scale_of(&m, "text");
+    assert_eq!((v.desired, v.manual, v.state), (3, None, Reason::Steady));
     advance(S).await;
     check(&mut m, "tq", 0, ok());
     assert_eq!(scale_of(&m, "text").state, Reason::DownWaiting);
