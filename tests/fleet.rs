@@ -15,7 +15,7 @@ mod redis_support;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use clearify_workerd::model::fleet::{DaemonRun, MAX_DEVICES};
+use clearify_workerd::model::fleet::{DaemonRun, MAX_DEVICES, ScaleRecord};
 use daemon_support::{Daemon, fake_config, proc_status_field, wait_for};
 use fleet_support::{
     add_ghosts, connect, group, publish, publish_raw, realistic, record, redis_now,
@@ -454,9 +454,21 @@ fn one_device_is_shown_like_status() {
     let redis = RedisServer::start();
     let mut c = connect(&redis.url());
     let now = redis_now(&mut c);
-    publish(&mut c, "", &realistic("pi-7", "0.4.0"), now - 2.0, 600);
+    let mut rec = realistic("pi-7", "0.4.0");
+    // Its first group autoscales; the state is a string a reader shows as
+    // it is, escaped (a newer daemon's state must not break the record).
+    rec.groups[0].autoscale = Some(ScaleRecord {
+        min: 1,
+        max: 8,
+        desired: 8,
+        state: "up".into(),
+        reason: "backlog 160, share 1.00, mem ok\x1b[2J".into(),
+    });
+    rec.groups[0].max_instances = Some(8);
+    publish(&mut c, "", &rec, now - 2.0, 600);
     let d = reader(&redis.url());
     let v = json(&d, &["pi-7"]);
+    assert_eq!(v["record"]["groups"][0]["autoscale"]["state"], "up");
     assert_eq!(v["presence"], "up");
     assert_eq!(v["record"]["groups"].as_array().unwrap().len(), 4);
     let text = ok(&d.ctl(&["fleet", "pi-7"]));
@@ -464,6 +476,12 @@ fn one_device_is_shown_like_status() {
     assert!(text.contains("text-8"), "{text}");
     assert!(
         text.contains("queues: text_processing  running 8/8"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "autoscale 1..8: desired 8, current 8 (up: backlog 160, share 1.00, mem ok\\x1b[2J)"
+        ),
         "{text}"
     );
     let out = d.ctl(&["fleet", "nobody-here"]);

@@ -438,16 +438,9 @@ pub fn device_text(v: &DeviceView) -> String {
             memory(g.memory_bytes, g.memory_max),
         );
         if let Some(a) = &g.autoscale {
-            let _ = writeln!(
-                out,
-                "autoscale {}..{}: desired {}, current {} ({}: {})",
-                a.min,
-                a.max,
-                a.desired,
-                g.total,
-                one(&a.state),
-                one(&a.reason)
-            );
+            let line =
+                render::autoscale_line((a.min, a.max), a.desired, g.total, &a.state, &a.reason);
+            let _ = writeln!(out, "{line}");
         }
         let mut rows = vec![render::HEADERS.map(String::from).to_vec()];
         for i in &g.instances {

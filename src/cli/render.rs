@@ -193,16 +193,14 @@ pub fn status_table(status: &Status) -> String {
         let _ = writeln!(out);
         let _ = writeln!(out, "{}  queues: {}", one(&g.name), queues_line(&g.queues));
         if let Some(a) = &g.autoscale {
-            let _ = writeln!(
-                out,
-                "autoscale {}..{}: desired {}, current {} ({}: {})",
-                a.min,
-                a.max,
+            let line = autoscale_line(
+                (a.min, a.max),
                 a.desired,
                 a.current,
                 a.state.as_str(),
-                one(&a.reason)
+                &a.reason,
             );
+            let _ = writeln!(out, "{line}");
         }
         let _ = writeln!(out, "{}", line(&headers));
         for row in rows {
@@ -213,6 +211,22 @@ pub fn status_table(status: &Status) -> String {
         let _ = writeln!(out, "\n(no groups)");
     }
     out
+}
+
+/// An autoscaled group's line, under its header in `status` and `fleet
+/// DEVICE`: "autoscale 1..4: desired 3, current 2 (up: backlog 57, …)".
+pub(super) fn autoscale_line(
+    (min, max): (u32, u32),
+    desired: u32,
+    current: u32,
+    state: &str,
+    reason: &str,
+) -> String {
+    format!(
+        "autoscale {min}..{max}: desired {desired}, current {current} ({}: {})",
+        one(state),
+        one(reason)
+    )
 }
 
 /// What a reload changed, or why it was not applied.
