@@ -51,6 +51,11 @@ config_cases = {
     "instances-zero": grp("instances = 0"),
     "instances-big": grp("instances = 1025"),
     "concurrency-big": grp("concurrency = 4294967295"),
+    # issue 15: autoscale, valid and at every bound
+    "autoscale": grp('instances = 2\nautoscale = { min = 1, max = 4, backlog_per_instance = 20, scale_down_after = "2m", memory_headroom = "300M" }'),
+    "autoscale-zero": grp("autoscale = { min = 0, max = 1024 }"),
+    "autoscale-bad": grp('instances = 9\nautoscale = { min = 5, max = 2, backlog_per_instance = 0, scale_down_after = "0s", memory_headroom = "max", maxx = 1 }'),
+    "autoscale-huge": grp('autoscale = { min = 4294967295, max = 18446744073709551615, backlog_per_instance = -1, scale_down_after = "300000000000y", memory_headroom = "16E" }'),
     "durations-zero": grp('stop_timeout = "0s"\nrestart_delay = "0s"\nrestart_delay_max = "0s"\nstable_after = "0s"'),
     "durations-off": grp('heartbeat_timeout = "off"\nstall_timeout = "off"'),
     "duration-ns": grp('restart_delay = "1ns"\nrestart_delay_max = "1ns"'),
@@ -234,7 +239,7 @@ for i, (name, s) in enumerate(streams.items()):
         write("framer", f"{name}-{head:02x}", bytes([head, (i * 37) & 0xFF]) + s)
 
 # ------------------------------------------------------------------ heartbeat
-src = read("src/broker/mod.rs").decode()
+src = read("src/broker/heartbeat.rs").decode()
 for const in ("REAL_HEARTBEAT", "REAL_ONLINE"):
     m = re.search(r'const %s: &str = r#"(.*?)"#;' % const, src)
     write("heartbeat", const.lower().replace("_", "-"), m.group(1))
