@@ -132,7 +132,12 @@ pub fn config(data: &[u8]) {
     assert_eq!(plan.groups.len(), cfg.groups.len());
     for (g, p) in cfg.groups.iter().zip(&plan.groups) {
         assert_eq!(g.name, p.name);
-        assert_eq!(u64::from(g.instances), p.instances.len() as u64);
+        // With autoscale the plan holds `max` specs and starts `instances`.
+        assert_eq!(u64::from(g.max_instances()), p.instances.len() as u64);
+        assert_eq!(g.instances, p.start);
+        if let Some(a) = g.autoscale {
+            assert!(a.min <= g.instances && g.instances <= a.max, "{a:?} {}", g.instances);
+        }
     }
     let _ = plan::render_check(&plan, cfg);
     for spec in plan.instances() {
