@@ -136,7 +136,11 @@ pub fn config(data: &[u8]) {
         assert_eq!(u64::from(g.max_instances()), p.instances.len() as u64);
         assert_eq!(g.instances, p.start);
         if let Some(a) = g.autoscale {
-            assert!(a.min <= g.instances && g.instances <= a.max, "{a:?} {}", g.instances);
+            assert!(
+                a.min <= g.instances && g.instances <= a.max,
+                "{a:?} {}",
+                g.instances
+            );
         }
     }
     let _ = plan::render_check(&plan, cfg);
