@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,13 +36,11 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# The harness's own helpers (bench/bench.py): a free port, Redis's PING,
+# the CPU time of all a process's threads.
+from bench import cpu_ns, free_port, redis_ping  # noqa: E402
 TARGET_MS_PER_DECISION = 0.1
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait(pred, what, timeout=60):
@@ -53,27 +50,6 @@ def wait(pred, what, timeout=60):
             return
         time.sleep(0.2)
     sys.exit(f"bench: {what} not ready after {timeout} s")
-
-
-def ping(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def cpu_ns(pid):
-    """Sum of sum_exec_runtime over all threads of pid."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
 
 
 def config(work, port, worker, groups, autoscale):
@@ -121,10 +97,10 @@ def run_once(args, work, port, worker, autoscale):
             if states != {"steady"}:
                 sys.exit(f"bench: the groups do not decide 'steady': {states}")
         time.sleep(args.settle)
-        before = cpu_ns(daemon.pid)
+        before = cpu_ns(daemon.pid)[0]
         t0 = time.monotonic()
         time.sleep(args.window)
-        spent = cpu_ns(daemon.pid) - before
+        spent = cpu_ns(daemon.pid)[0] - before
         secs = time.monotonic() - t0
         return spent / 1e6, secs
     finally:
@@ -158,7 +134,7 @@ def main():
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
     try:
-        wait(lambda: ping(port), "redis-server")
+        wait(lambda: redis_ping(port), "redis-server")
         runs = {"fixed": [], "autoscale": []}
         for _ in range(args.rounds):
             for mode in ("fixed", "autoscale"):
