@@ -499,7 +499,7 @@ impl Job {
             };
             let q = k.owners[i - usize::from(ping)];
             match reply {
-                Reply::Int(n) if n > 0 => b[q] += n as u64,
+                Reply::Int(n) if n > 0 => b[q] = add_length(b[q], n),
                 Reply::Int(_) => {}
                 other => {
                     tracing::debug!(queue = %k.queues[q], reply = ?other, "LLEN did not answer a number")
@@ -552,8 +552,26 @@ impl BeatOutcome {
     }
 }
 
+/// A queue's backlog plus one more key's `LLEN`. The reply comes from
+/// Redis (anyone who can write the broker may fake one).
+fn add_length(sum: u64, n: i64) -> u64 {
+    sum.saturating_add(n.unsigned_abs())
+}
+
 #[cfg(test)]
 mod tests {
+    /// Four priority keys of a hostile Redis answering i64::MAX each do not
+    /// overflow the queue's sum.
+    #[test]
+    fn a_queues_backlog_saturates_instead_of_overflowing() {
+        let mut sum = 0;
+        for _ in 0..4 {
+            sum = super::add_length(sum, i64::MAX);
+        }
+        assert_eq!(sum, u64::MAX);
+        assert_eq!(super::add_length(5, 7), 12);
+    }
+
     use super::*;
 
     #[test]

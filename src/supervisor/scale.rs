@@ -100,7 +100,9 @@ impl<E: Effects> Supervisor<E> {
                 .collect();
             let per_instance = match (now.current, current) {
                 (Some(bytes), n) if n > 0 && bytes > 0 => Some(bytes / u64::from(n)),
-                _ if !rss.is_empty() => Some(rss.iter().sum::<u64>() / rss.len() as u64),
+                _ if !rss.is_empty() => {
+                    Some(rss.iter().fold(0u64, |s, r| s.saturating_add(*r)) / rss.len() as u64)
+                }
                 _ => g.limits.memory_max.map(|m| m / u64::from(a.max.max(1))),
             };
             out.insert(

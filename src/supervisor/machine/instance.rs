@@ -164,8 +164,13 @@ pub struct SummaryFacts {
 
 /// The summed backlog of `group`'s queues.
 pub(super) fn group_backlog(plan: &Plan, backlog: &BTreeMap<String, u64>, group: &str) -> u64 {
-    plan.group(group)
-        .map_or(0, |g| g.queues.iter().filter_map(|q| backlog.get(q)).sum())
+    plan.group(group).map_or(0, |g| {
+        // Figures from Redis: saturate, never overflow.
+        g.queues
+            .iter()
+            .filter_map(|q| backlog.get(q))
+            .fold(0u64, |sum, b| sum.saturating_add(*b))
+    })
 }
 
 /// `t + d`, or (when that does not fit in an `Instant`) a moment so far

@@ -341,3 +341,19 @@ async fn a_group_scaled_to_zero_is_still_a_target() {
     );
     assert!(m.targets(&["nope".to_string()]).is_err());
 }
+
+/// A hostile Redis's backlog (every queue at u64::MAX) saturates the
+/// group's sum in the health checks and in autoscaling, never overflows.
+#[tokio::test(start_paused = true)]
+async fn a_huge_backlog_on_every_queue_saturates() {
+    let g = group("text", &["a", "b"], 1, 1);
+    let mut auto = scaled("auto", "a", 1, 2, 1);
+    auto.queues.push("b".into());
+    let mut m = machine(plan(vec![g, auto]));
+    boot_all(&mut m);
+    let huge = BTreeMap::from([("a".to_string(), u64::MAX), ("b".to_string(), u64::MAX)]);
+    m.backlog(huge, Instant::now());
+    m.scale_check(&BTreeMap::new(), Instant::now());
+    assert_eq!(scale_of(&m, "auto").backlog, Some(u64::MAX));
+    assert_eq!(scale_of(&m, "auto").desired, 2);
+}
