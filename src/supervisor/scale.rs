@@ -89,14 +89,11 @@ impl<E: Effects> Supervisor<E> {
             let now = sample.groups.get(&g.name).copied().unwrap_or_default();
             let pressure = under_pressure(self.scaling.previous.get(&g.name), &now);
             self.scaling.previous.insert(g.name.clone(), now);
-            let rss: Vec<u64> = self
-                .usage
+            // The sampled RSS of the group's instances (by their plan ids).
+            let rss: Vec<u64> = g
+                .instances
                 .iter()
-                .filter(|(id, _)| {
-                    id.rsplit_once('-')
-                        .is_some_and(|(group, _)| group == g.name)
-                })
-                .filter_map(|(_, u)| u.memory)
+                .filter_map(|s| self.usage.get(&s.id)?.memory)
                 .collect();
             let per_instance = match (now.current, current) {
                 (Some(bytes), n) if n > 0 && bytes > 0 => Some(bytes / u64::from(n)),
