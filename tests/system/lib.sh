@@ -137,17 +137,18 @@ write_config() {
     chmod 0644 "$CONFIG"
 }
 
-# The two-group config used by most scenarios. $1: extra keys for
-# [group.text] (e.g. 'memory_max = "200M"'), $2: extra keys for [group.billing].
-two_group_config() {
-    local text_extra=${1:-} billing_extra=${2:-}
-    write_config <<TOML
+# The head of every scenario's workers.toml: [daemon] (with $DAEMON_EXTRA),
+# [broker] (with $BROKER_EXTRA, e.g. 'check_interval = "1s"'), [celery] for
+# the demo app, [defaults]. Printed; the groups follow it.
+config_head() {
+    cat <<TOML
 [daemon]
 device_id = "systest"
 $DAEMON_EXTRA
 
 [broker]
 url = "$BROKER_URL"
+${BROKER_EXTRA:-}
 
 [celery]
 app = "demo.celery_app"
@@ -160,6 +161,16 @@ loglevel = "info"
 [defaults]
 stop_timeout = "60s"
 restart_delay = "100ms"
+TOML
+}
+
+# The two-group config used by most scenarios. $1: extra keys for
+# [group.text] (e.g. 'memory_max = "200M"'), $2: extra keys for [group.billing].
+two_group_config() {
+    local text_extra=${1:-} billing_extra=${2:-}
+    {
+        config_head
+        cat <<TOML
 
 [group.text]
 queues = ["text_processing"]
@@ -171,6 +182,7 @@ queues = ["payments", "webhooks"]
 concurrency = 1
 $billing_extra
 TOML
+    } | write_config
     clearify-workerd --check --config "$CONFIG" || fail "clearify-workerd --check rejects the scenario's config"
 }
 

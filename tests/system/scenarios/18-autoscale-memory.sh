@@ -86,25 +86,9 @@ install_demo_app
 start_redis
 install_deb
 write_env
-write_config <<TOML
-[daemon]
-device_id = "systest"
-
-[broker]
-url = "$BROKER_URL"
-check_interval = "1s"
-
-[celery]
-app = "demo.celery_app"
-command = "/usr/local/bin/celery"
-workdir = "$APP_DIR"
-env_file = "/etc/clearify/worker.env"
-user = "$WORKER_USER"
-loglevel = "info"
-
-[defaults]
-stop_timeout = "60s"
-restart_delay = "100ms"
+{
+    BROKER_EXTRA='check_interval = "1s"' config_head
+    cat <<TOML
 
 [group.text]
 queues = ["text_processing"]
@@ -112,6 +96,7 @@ concurrency = 1
 memory_max = "600M"
 autoscale = { min = 1, max = 4, backlog_per_instance = 5, scale_down_after = "10m", memory_headroom = "${HEADROOM_MIB}M" }
 TOML
+} | write_config
 clearify-workerd --check --config "$CONFIG" || fail "clearify-workerd --check rejects the autoscale config"
 
 step "restart $UNIT on the autoscale config"
