@@ -167,6 +167,8 @@ fn no_capacity_read_unless_asked_and_none_without_a_broker() {
     });
 }
 
+/// The reader's cap is 1000 members: all 1000 are read, within the read's
+/// 10 s cut-off (the time is printed, not asserted: docs/benchmarks.md).
 #[test]
 fn a_thousand_devices_are_read_within_the_cap() {
     let server = RedisServer::start();
@@ -193,7 +195,6 @@ fn a_thousand_devices_are_read_within_the_cap() {
             got.iter()
                 .all(|c| c.queues == qs(&["images"]) && c.capacity == 16)
         );
-        assert!(took < Duration::from_secs(5), "{took:?}");
         m.shutdown().await;
     });
 }
