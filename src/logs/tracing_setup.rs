@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::str::FromStr;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 
 /// Where the daemon's own logs go (`--log-target`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,13 +76,15 @@ pub fn use_colours(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> boo
 /// an `instance = …` field lines up with the worker lines'
 /// `CLEARIFY_INSTANCE`) or human-readable text on stderr (coloured only
 /// per [`stderr_colours`]).
-/// The filter comes from `RUST_LOG`, default `info`. `Auto` falls back to
-/// stderr when the journal socket cannot be opened; `Journal` fails then.
+/// The filter comes from `RUST_LOG` ([`log_filter`]), default `info`.
+/// `Auto` falls back to stderr when the journal socket cannot be opened;
+/// `Journal` fails then.
 pub fn init_tracing(target: LogTarget) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
     use tracing_subscriber::prelude::*;
 
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (targets, refused) = log_filter(rust_log.as_deref());
+    let filter = || targets.clone();
     let journal = match target {
         LogTarget::Stderr => None,
         LogTarget::Auto if !stderr_is_journal() => None,
@@ -109,12 +112,70 @@ pub fn init_tracing(target: LogTarget) -> anyhow::Result<()> {
             )
             .try_init()?,
     }
+    if let Some(why) = refused {
+        tracing::warn!("{why}");
+    }
     Ok(())
+}
+
+/// The log filter for a `RUST_LOG` value: comma-separated `LEVEL` and
+/// `TARGET=LEVEL` directives (`warn,clearify_workerd=debug`), else `info`.
+/// A value that is set but not such a list gives `info` and the sentence
+/// that says so (logged once the subscriber is up: nothing is ignored
+/// silently).
+///
+/// `Targets`, not `EnvFilter`: `EnvFilter`'s span and field matching pulls
+/// in regex-automata and regex-syntax, about 150 KiB of the daemon's mapped
+/// code and so of its RSS (docs/benchmarks.md, run N).
+pub fn log_filter(rust_log: Option<&str>) -> (Targets, Option<String>) {
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    match rust_log.map(str::trim) {
+        None | Some("") => (info(), None),
+        Some(v) => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                info(),
+                Some(format!(
+                    "RUST_LOG={v:?} is not a log filter ({e}); logging at info. It takes LEVEL and TARGET=LEVEL, comma-separated, e.g. RUST_LOG=warn,clearify_workerd=debug"
+                )),
+            ),
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_is_a_list_of_directives_else_info_and_a_reason() {
+        use tracing::Level;
+        let enabled = |t: &Targets, target: &str, level: Level| t.would_enable(target, &level);
+        for unset in [None, Some(""), Some("  ")] {
+            let (t, why) = log_filter(unset);
+            assert!(why.is_none(), "{unset:?}");
+            assert!(enabled(&t, "clearify_workerd::supervisor", Level::INFO));
+            assert!(!enabled(&t, "clearify_workerd::supervisor", Level::DEBUG));
+        }
+        let (t, why) = log_filter(Some("warn,clearify_workerd=debug"));
+        assert!(why.is_none());
+        assert!(enabled(&t, "clearify_workerd::control", Level::DEBUG));
+        assert!(!enabled(&t, "redis", Level::INFO));
+        assert!(enabled(&t, "redis", Level::WARN));
+        let (t, why) = log_filter(Some("debug"));
+        assert!(why.is_none());
+        assert!(enabled(&t, "anything", Level::DEBUG));
+        for bad in ["clearify_workerd=loud", "[span{x=1}]=debug=x", "a=b=c"] {
+            let (t, why) = log_filter(Some(bad));
+            let why = why.unwrap_or_else(|| panic!("{bad} was taken"));
+            assert!(
+                why.contains(&format!("RUST_LOG={bad:?}")) && why.contains("logging at info"),
+                "{why}"
+            );
+            assert!(enabled(&t, "clearify_workerd", Level::INFO));
+            assert!(!enabled(&t, "clearify_workerd", Level::DEBUG));
+        }
+    }
 
     #[test]
     fn colours_only_on_a_terminal_without_no_color() {
